@@ -1,0 +1,220 @@
+"""`lifelong` command line. Exit status 0 on success; otherwise a one-line reason on stderr
+(after the list of problems, for an invalid stream) and a non-zero status."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .config import describe, from_mapping, to_dict
+from .errors import LifelongError, StreamError
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(f"lifelong: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lifelong")
+def cli() -> None:
+    """Continual-editing simulator and lifelong memory runtime for language models."""
+
+
+# ---------------------------------------------------------------------------------- simulate
+@cli.command()
+@click.argument("scenario", required=False, type=click.Path(dir_okay=False))
+@click.option("--stream", "stream", type=click.Path(dir_okay=False), help="edit stream (JSONL); overrides the scenario's")
+@click.option("--method", "methods", multiple=True, help="method to run (repeatable); overrides the scenario's list")
+@click.option("--model", help="'builtin' or a local Hugging Face model directory")
+@click.option("--edits", type=click.IntRange(min=1), help="replay only up to the Nth edit")
+@click.option("--seed", type=int, help="run this one seed")
+@click.option("--db", type=click.Path(dir_okay=False), help="SQLite store (default: runs/<scenario>.db)")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write the JSON summary here")
+@click.option("--resume", is_flag=True, help="continue runs already in the store")
+@click.option("--skip-bad", is_flag=True, help="drop invalid stream lines (counted and reported)")
+@click.option("--quiet", is_flag=True, help="no progress display")
+def simulate(scenario, stream, methods, model, edits, seed, db, json_path, resume, skip_bad, quiet):
+    """Replay an edit stream against each method of SCENARIO and report the results."""
+    import dataclasses
+
+    from .progress import Reporter
+    from .runtime import Runtime
+    from .scenario import load_scenario
+    from .store import Store
+    from .stream import parse_stream
+    from .summary import print_table, summarize
+
+    sc = load_scenario(scenario, {"stream": stream, "methods": list(methods), "model": model,
+                                  "edits": edits, "seed": seed})
+    if skip_bad:
+        sc = dataclasses.replace(sc, stream=dataclasses.replace(sc.stream, skip_bad=True))
+    parsed = parse_stream(sc.stream.file, skip_bad=sc.stream.skip_bad, sort=sc.stream.sort)
+    if parsed.skipped:
+        click.echo(f"lifelong: skipped {len(parsed.skipped)} invalid line(s) of {sc.stream.file}:", err=True)
+        for line in parsed.skipped[:20]:
+            click.echo(f"  {line}", err=True)
+    store = Store(db or Path("runs") / f"{sc.name}.db")
+    reporter = Reporter(quiet=quiet)
+    runtime = Runtime(sc, parsed, store, reporter)
+    run_ids = runtime.run_all(resume=resume)
+    summary = summarize(store, run_ids)
+    summary["skipped_lines"] = len(parsed.skipped)
+    print_table(summary)
+    click.echo(f"store: {store.path}")
+    if json_path:
+        Path(json_path).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        click.echo(f"summary: {json_path}")
+
+
+# ----------------------------------------------------------------------------------- streams
+@cli.group()
+def streams() -> None:
+    """Validate and generate edit streams."""
+
+
+@streams.command("validate")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--sort", is_flag=True, help="allow lines out of timestamp order")
+def streams_validate(file, sort):
+    """Check FILE; print every problem as FILE:LINE: field: what is wrong."""
+    from .stream import parse_stream
+    parsed = parse_stream(file, sort=sort)
+    kinds: dict[str, int] = {}
+    for ev in parsed.events:
+        kinds[ev.kind] = kinds.get(ev.kind, 0) + 1
+    click.echo(f"{file}: valid, {len(parsed.events)} events ("
+               + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) + ")")
+
+
+@streams.command("make")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="JSONL file to write")
+@click.option("--edits", type=click.IntRange(min=1), default=300, show_default=True, help="number of edit events")
+@click.option("--reedit-share", type=float, help="share of edits that re-edit an already edited fact")
+@click.option("--retract-share", type=float, help="retractions, as a share of edits")
+@click.option("--query-share", type=float, help="query events, as a share of edits")
+@click.option("--spacing", type=float, help="mean seconds between events")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--world", type=click.Path(dir_okay=False), help="world.json (default: the built-in model's)")
+def streams_make(output, edits, reedit_share, retract_share, query_share, spacing, seed, world):
+    """Generate a timestamped edit stream from the world's timeline of fact changes."""
+    from .streamgen import StreamSpec, make_stream, write_stream
+    from .world import World, load_builtin_world
+    w = World.from_json(world) if world else load_builtin_world()
+    given = {"edits": edits, "reedit_share": reedit_share, "retract_share": retract_share,
+             "query_share": query_share, "spacing_seconds": spacing, "seed": seed}
+    spec = from_mapping(StreamSpec, {k: v for k, v in given.items() if v is not None}, "streams make")
+    events = make_stream(w, spec)
+    write_stream(events, output)
+    click.echo(f"{output}: {len(events)} events ({edits} edits) from {to_dict(spec)}")
+
+
+# ------------------------------------------------------------------------------------- model
+@cli.group()
+def model() -> None:
+    """Inspect models."""
+
+
+@model.command("check")
+@click.option("--model", "model_path", help="'builtin' (default) or a model directory with a world.json")
+@click.option("--world", type=click.Path(dir_okay=False), help="world.json (default: the model's own)")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write the result as JSON")
+@click.option("--sample", type=int, help="score a seeded sample of this many pairs per split")
+def model_check(model_path, world, json_path, sample):
+    """How well a model knows its world (trained and held-out phrasings, both protocols)."""
+    from .model import load_model
+    from .modelcheck import check_model, format_check
+    from .world import World
+    lm = load_model(model_path)
+    wpath = Path(world) if world else Path(lm.path) / "world.json"
+    if not wpath.exists():
+        raise LifelongError(f"{wpath}: no world.json; give --world")
+    result = check_model(lm, World.from_json(wpath), sample=sample)
+    result["model"] = lm.name
+    click.echo(format_check(result))
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------- pretrain
+@cli.command()
+@click.option("-o", "--out", type=click.Path(file_okay=False), default="out/builtin-model", show_default=True,
+              help="directory to write the model into")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="TOML with [world] and [pretrain] tables (see `lifelong pretrain --show-config`)")
+@click.option("--seed", type=int, help="seed of both the world and the training")
+@click.option("--steps", type=click.IntRange(min=1), help="optimiser steps")
+@click.option("--show-config", is_flag=True, help="print the resolved configuration and exit")
+@click.option("--quiet", is_flag=True)
+def pretrain(out, config_path, seed, steps, show_config, quiet):
+    """Pretrain the built-in model on a synthetic fact world (deterministic from its seed)."""
+    import tomllib
+
+    from .pretrain import PretrainConfig, pretrain as run_pretrain
+    from .world import WorldConfig
+    data = tomllib.loads(Path(config_path).read_text(encoding="utf-8")) if config_path else {}
+    unknown = set(data) - {"world", "pretrain"}
+    if unknown:
+        raise LifelongError(f"{config_path}: unknown table(s) {', '.join(sorted(unknown))}; known: world, pretrain")
+    wd, pd = dict(data.get("world", {})), dict(data.get("pretrain", {}))
+    if seed is not None:
+        wd["seed"], pd["seed"] = seed, seed
+    if steps is not None:
+        pd["steps"] = steps
+    wcfg = from_mapping(WorldConfig, wd, "world")
+    pcfg = from_mapping(PretrainConfig, pd, "pretrain")
+    if show_config:
+        click.echo(json.dumps({"world": to_dict(wcfg), "pretrain": to_dict(pcfg)}, indent=2))
+        return
+    record = run_pretrain(wcfg, pcfg, out, progress=not quiet)
+    check = record["check"]
+    click.echo(f"{out}: trained {check['trained']['tf_acc']:.3f} / held-out "
+               f"{check['heldout']['tf_acc']:.3f} (teacher-forced), {record['wall_seconds']} s")
+
+
+# ----------------------------------------------------------------------------------- methods
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def methods(as_json):
+    """Registered methods and their settings."""
+    from .methods import available_methods
+    found = available_methods()
+    if as_json:
+        click.echo(json.dumps({n: {"summary": c.summary, "settings": [
+            {"name": a, "type": b, "default": d, "help": h} for a, b, d, h in describe(c.Config)]}
+            for n, c in found.items()}, indent=2, default=str))
+        return
+    for name, cls in found.items():
+        click.echo(f"{name}: {cls.summary}")
+        for fname, ftype, default, help_text in describe(cls.Config):
+            click.echo(f"    {fname} ({ftype}, default {default!r}): {help_text}")
+
+
+def main() -> None:
+    try:
+        rv = cli.main(standalone_mode=False)
+        if isinstance(rv, int) and rv:
+            sys.exit(rv)
+    except click.exceptions.Abort:
+        _fail("aborted", 130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except StreamError as exc:
+        for line in exc.problems[:200]:
+            click.echo(line, err=True)
+        if len(exc.problems) > 200:
+            click.echo(f"... and {len(exc.problems) - 200} more", err=True)
+        _fail(str(exc))
+    except LifelongError as exc:
+        code = 130 if type(exc).__name__ == "Interrupted" else 2
+        _fail(str(exc), code)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+
+
+if __name__ == "__main__":
+    main()

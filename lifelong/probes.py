@@ -1,0 +1,166 @@
+"""What to probe at a checkpoint, and probing it.
+
+`Ledger` is the stream's truth so far: a pure function of the events replayed (never of a
+method's outcomes: a retraction the method cannot perform still changes what is true).
+`plan` turns it into probe items; `run_probes` scores them against the live model and, for
+items judged against the pre-stream model, against the stored reference outputs.
+
+Roles (the `role` column of the probes table):
+    rel       newest edit of a fact: its prompt -> its target           (reliability)
+    gen       a rephrase of that edit -> its target                     (generalization)
+    port      a portability probe of that edit -> its answer            (portability)
+    conflict  an older edit's prompt of a re-edited fact -> the newest value
+    stale     the newest edit's prompt scored against a superseded value
+    retract   a retracted fact with no active edit left: its prompt, compared with the
+              pre-stream model                                          (retraction restores)
+    loc       a locality prompt, compared with the pre-stream model    (locality)
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from .model import LM
+from .scoring import score_pairs
+from .stream import Edit, Event, Probe, Retract
+
+
+@dataclass(frozen=True)
+class ProbeItem:
+    item: str
+    role: str
+    prompt: str
+    target: str
+    edit_id: str = ""
+    fact: str = ""
+    edit_index: int = -1
+    against_base: bool = False
+
+
+@dataclass
+class Ledger:
+    """Edits applied so far, per fact, and which were retracted. Build with `replay`."""
+
+    edits: dict[str, Edit]
+    order: dict[str, int]          # edit id -> index among edits (0-based, stream order)
+    by_fact: dict[str, list[str]]  # fact -> edit ids in stream order
+    retracted: set[str]
+
+    @classmethod
+    def replay(cls, events: Iterable[Event]) -> "Ledger":
+        led = cls({}, {}, {}, set())
+        for ev in events:
+            led.add(ev)
+        return led
+
+    def add(self, ev: Event) -> None:
+        """Account for one more replayed event (queries and merges change no truth)."""
+        if isinstance(ev, Edit):
+            self.order[ev.id] = len(self.edits)
+            self.edits[ev.id] = ev
+            self.by_fact.setdefault(ev.fact, []).append(ev.id)
+        elif isinstance(ev, Retract):
+            self.retracted.add(ev.edit_id)
+
+    def active(self, fact: str) -> list[Edit]:
+        return [self.edits[i] for i in self.by_fact[fact] if i not in self.retracted]
+
+    def newest(self, fact: str) -> Edit | None:
+        act = self.active(fact)
+        return act[-1] if act else None
+
+
+def locality_pool(events: Sequence[Event]) -> list[Probe]:
+    """Every distinct locality probe of the stream, in stream order."""
+    seen, pool = set(), []
+    for ev in events:
+        if isinstance(ev, Edit):
+            for p in ev.locality:
+                if (p.prompt, p.answer) not in seen:
+                    seen.add((p.prompt, p.answer))
+                    pool.append(p)
+    return pool
+
+
+def locality_sample(pool: list[Probe], size: int, seed: int) -> list[Probe]:
+    """A fixed seeded sample (the same at every checkpoint, so curves compare like with like)."""
+    if size <= 0 or size >= len(pool):
+        return list(pool)
+    idx = sorted(random.Random(f"loc-{seed}").sample(range(len(pool)), size))
+    return [pool[i] for i in idx]
+
+
+def retract_probe(edit: Edit) -> tuple[str, str]:
+    """(prompt, answer) judged against the pre-stream model once `edit` is retracted."""
+    return edit.prompt, edit.previous if edit.previous else edit.target
+
+
+def _fact_items(led: Ledger, fact: str) -> list[ProbeItem]:
+    ids = led.by_fact[fact]
+    new = led.newest(fact)
+    if new is None:  # every edit of this fact was retracted: it must behave as before
+        last = led.edits[ids[-1]]
+        prompt, answer = retract_probe(last)
+        return [ProbeItem(f"retract:{last.id}", "retract", prompt, answer, last.id, fact,
+                          led.order[last.id], against_base=True)]
+    n = led.order[new.id]
+    items = [ProbeItem(f"rel:{new.id}", "rel", new.prompt, new.target, new.id, fact, n)]
+    items += [ProbeItem(f"gen:{new.id}:{k}", "gen", p, new.target, new.id, fact, n)
+              for k, p in enumerate(new.rephrases)]
+    items += [ProbeItem(f"port:{new.id}:{k}", "port", p.prompt, p.answer, new.id, fact, n)
+              for k, p in enumerate(new.portability)]
+    older = [led.edits[i] for i in ids if i != new.id and led.order[i] < n]
+    for old in older:
+        if old.id not in led.retracted:
+            items.append(ProbeItem(f"conflict:{old.id}", "conflict", old.prompt, new.target,
+                                   new.id, fact, n))
+    for value in sorted({o.target for o in older if o.target != new.target}):
+        items.append(ProbeItem(f"stale:{new.id}:{value}", "stale", new.prompt, value,
+                               new.id, fact, n))
+    return items
+
+
+def plan(led: Ledger, loc: Sequence[Probe], *, sample: int = 0, seed: int = 0,
+         checkpoint: int = 0) -> list[ProbeItem]:
+    """Probe items for one checkpoint. With `sample` > 0, a seeded sample of that many facts
+    (different per checkpoint, the same for the same seed); otherwise every edited fact."""
+    facts = list(led.by_fact)
+    if 0 < sample < len(facts):
+        facts = random.Random(f"probe-{seed}-{checkpoint}").sample(facts, sample)
+        facts.sort(key=lambda f: led.order[led.by_fact[f][0]])
+    items = [it for f in facts for it in _fact_items(led, f)]
+    items += [ProbeItem(f"loc:{k}", "loc", p.prompt, p.answer, against_base=True)
+              for k, p in enumerate(loc)]
+    return items
+
+
+def reference_rows(lm: LM, model_key: str, pairs: Sequence[tuple[str, str]],
+                   batch_size: int) -> list[dict]:
+    """The pre-stream model's outputs for (prompt, answer) pairs, as `reference` rows."""
+    scores = score_pairs(lm, [p for p, _ in pairs], [a for _, a in pairs], batch_size)
+    return [{"model": model_key, "prompt": p, "answer": a, "tf_pred": list(s.tf_pred),
+             "gen_ids": list(s.gen_ids), "gen_text": s.gen_text}
+            for (p, a), s in zip(pairs, scores)]
+
+
+def run_probes(lm: LM, items: Sequence[ProbeItem], reference: dict, batch_size: int) -> list[dict]:
+    """Score `items`. Items against the base compare token for token with `reference`:
+    tf_acc = share of argmax tokens equal to the base's, gen_exact = same greedy output."""
+    scores = score_pairs(lm, [i.prompt for i in items], [i.target for i in items], batch_size)
+    rows = []
+    for it, s in zip(items, scores):
+        row = {"item": it.item, "role": it.role, "edit_id": it.edit_id, "fact": it.fact,
+               "edit_index": it.edit_index, "prompt": it.prompt, "target": it.target,
+               "gen_text": s.gen_text, "against_base": int(it.against_base)}
+        if it.against_base:
+            ref = reference[(it.prompt, it.target)]
+            base_tf, base_gen = tuple(ref["tf_pred"]), tuple(ref["gen_ids"])
+            agree = sum(a == b for a, b in zip(s.tf_pred, base_tf))
+            row.update(tf_acc=agree / max(len(base_tf), 1), tf_exact=int(s.tf_pred == base_tf),
+                       gen_exact=int(s.gen_ids == base_gen))
+        else:
+            row.update(tf_acc=s.tf_acc, tf_exact=int(s.tf_exact), gen_exact=int(s.gen_exact))
+        rows.append(row)
+    return rows

@@ -1,0 +1,157 @@
+"""Scoring prompt -> target pairs in the two protocols of the field, and the target loss
+that editing methods optimise.
+
+- teacher-forced: the gold target is fed in; a target token counts when it is the argmax
+  given the prompt and the gold tokens before it (token accuracy, the common protocol);
+- generated: greedy decoding from the prompt must reproduce the target's tokens exactly
+  (the stricter protocol).
+
+Batches are left padded with explicit position ids, so every row's last position is a real
+token and results do not depend on which other rows share the batch (up to float rounding
+of padded matmuls, which argmax comparisons absorb in practice). Generation recomputes the
+whole sequence at each step (no KV cache) so that hook-based methods see ordinary forwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from .model import LM, ForwardInfo
+
+
+@dataclass(frozen=True)
+class PairScore:
+    """One scored pair. `tf_pred` are the argmax tokens at the target positions (teacher-
+    forced); `gen_ids` the greedily generated tokens (as many as the target has)."""
+
+    tf_acc: float
+    tf_exact: bool
+    gen_exact: bool
+    gen_text: str
+    tf_pred: tuple[int, ...]
+    gen_ids: tuple[int, ...]
+    target_ids: tuple[int, ...]
+
+
+def tokenize_pair(lm: LM, prompt: str, target: str) -> tuple[list[int], list[int]]:
+    """Token ids of `prompt` and of `target` as it continues the prompt after a space.
+
+    The target ids are taken from tokenizing the joined text when that keeps the prompt's ids
+    as a prefix (true for BPE and word-level tokenizers), which avoids the extra-space artefacts
+    of tokenizing " target" on its own with SentencePiece tokenizers.
+    """
+    tok = lm.tok
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    full = tok(prompt + " " + target, add_special_tokens=False)["input_ids"]
+    if full[: len(p_ids)] == p_ids and len(full) > len(p_ids):
+        return p_ids, full[len(p_ids):]
+    return p_ids, tok(" " + target, add_special_tokens=False)["input_ids"]
+
+
+def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r):] = 1
+    return ids, mask
+
+
+def forward_logits(lm: LM, ids: torch.Tensor, mask: torch.Tensor,
+                   prompt_end: torch.Tensor) -> torch.Tensor:
+    """Logits for a left-padded batch, with position ids that skip the padding and the
+    batch's ForwardInfo exposed to hooks."""
+    dev = lm.device
+    ids, mask, prompt_end = ids.to(dev), mask.to(dev), prompt_end.to(dev)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with lm.batch_context(ForwardInfo(attention_mask=mask, prompt_end=prompt_end)):
+        return lm.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+
+
+def encode_pairs(lm: LM, prompts: Sequence[str], targets: Sequence[str]):
+    """Left-padded prompt+target batch. Returns (ids, mask, prompt_end, target_lens, target_ids)."""
+    pairs = [tokenize_pair(lm, p, t) for p, t in zip(prompts, targets)]
+    rows = [p + t for p, t in pairs]
+    ids, mask = _left_pad(rows, lm.tok.pad_token_id)
+    width = ids.shape[1]
+    tlens = torch.tensor([len(t) for _, t in pairs])
+    prompt_end = width - tlens
+    return ids, mask, prompt_end, tlens, [t for _, t in pairs]
+
+
+def target_loss(lm: LM, prompts: Sequence[str], targets: Sequence[str]) -> torch.Tensor:
+    """Mean negative log-likelihood of the target tokens given their prompts (gradients flow).
+
+    Each row's loss is the mean over its own target tokens, then rows are averaged, so a long
+    target does not outweigh a short one.
+    """
+    ids, mask, prompt_end, tlens, _ = encode_pairs(lm, prompts, targets)
+    logits = forward_logits(lm, ids, mask, prompt_end)
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    gold = ids[:, 1:].to(logits.device)
+    tok_logp = logp.gather(-1, gold.unsqueeze(-1)).squeeze(-1)
+    width = ids.shape[1]
+    positions = torch.arange(width - 1, device=logits.device).unsqueeze(0)
+    # the token at position k is predicted at k-1; target tokens sit at [width - T, width)
+    in_target = positions >= (width - 1 - tlens.to(logits.device)).unsqueeze(1)
+    per_row = -(tok_logp * in_target).sum(-1) / tlens.to(logits.device)
+    return per_row.mean()
+
+
+@torch.no_grad()
+def _teacher_forced(lm: LM, prompts, targets):
+    ids, mask, prompt_end, tlens, tids = encode_pairs(lm, prompts, targets)
+    logits = forward_logits(lm, ids, mask, prompt_end)
+    pred = logits.argmax(-1).cpu()
+    width = ids.shape[1]
+    out = []
+    for i, t in enumerate(tids):
+        n = len(t)
+        p = pred[i, width - n - 1: width - 1].tolist()
+        out.append((tuple(p), tuple(t)))
+    return out
+
+
+@torch.no_grad()
+def _generate(lm: LM, prompts, lengths: Sequence[int]) -> list[tuple[int, ...]]:
+    p_rows = [lm.tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    ids, mask = _left_pad(p_rows, lm.tok.pad_token_id)
+    prompt_end = torch.full((len(p_rows),), ids.shape[1])
+    steps = max(lengths)
+    for _ in range(steps):
+        logits = forward_logits(lm, ids, mask, prompt_end)
+        nxt = logits[:, -1].argmax(-1).cpu()
+        ids = torch.cat([ids, nxt.unsqueeze(1)], dim=1)
+        mask = torch.cat([mask, torch.ones_like(nxt).unsqueeze(1)], dim=1)
+    gen = ids[:, prompt_end[0]:].tolist()
+    return [tuple(g[:n]) for g, n in zip(gen, lengths)]
+
+
+def score_pairs(lm: LM, prompts: Sequence[str], targets: Sequence[str],
+                batch_size: int = 128) -> list[PairScore]:
+    """Score every (prompt, target) pair in both protocols, in input order.
+
+    Pairs are grouped by length before batching (less padding); results are put back in order.
+    """
+    if len(prompts) != len(targets):
+        raise ValueError("prompts and targets differ in length")
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]) + len(targets[i]), i))
+    results: list[PairScore | None] = [None] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        ps = [prompts[i] for i in idx]
+        ts = [targets[i] for i in idx]
+        tf = _teacher_forced(lm, ps, ts)
+        gens = _generate(lm, ps, [len(t) for _, t in tf])
+        for i, (pred, gold), gen in zip(idx, tf, gens):
+            hits = sum(a == b for a, b in zip(pred, gold))
+            results[i] = PairScore(
+                tf_acc=hits / max(len(gold), 1), tf_exact=pred == gold, gen_exact=gen == gold,
+                gen_text=lm.tok.decode(list(gen)).strip(), tf_pred=pred, gen_ids=gen,
+                target_ids=gold)
+    return results  # type: ignore[return-value]

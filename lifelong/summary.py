@@ -1,0 +1,113 @@
+"""The end-of-run summary: a JSON document with stable keys (docs/metrics.md) and the table
+printed in the terminal. Both are built from metrics recomputed from the store's rows."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from .metrics import compute_run_metrics
+from .store import Store
+
+SCHEMA = "lifelong.summary/1"
+PROTOCOL = {
+    "when": "final = probed after the whole stream (the WISE-paper protocol); after_edit = the "
+            "edit's own prompt right after it; checkpoints = along the stream",
+    "teacher_forced": "mean token accuracy of the target with the gold prefix fed in",
+    "generated": "share of prompts whose greedy decoding reproduces the target tokens exactly",
+    "locality": "agreement with the model before the stream (tokens / greedy output)",
+}
+
+
+def summarize(store: Store, run_ids: Sequence[str] | None = None) -> dict[str, Any]:
+    """Summary of the given runs (default: all runs in the store)."""
+    runs = [r for r in store.runs() if run_ids is None or r["run_id"] in run_ids]
+    per_run = [compute_run_metrics(store, r["run_id"]) for r in runs]
+    methods: dict[str, Any] = {}
+    for m in per_run:
+        methods.setdefault(m["label"], []).append(m)
+    first = runs[0] if runs else {}
+    return {
+        "schema": SCHEMA, "db": str(store.path), "scenario": first.get("scenario"),
+        "model": first.get("model"), "code_version": first.get("code_version"),
+        "stream": json.loads(first["stream"]) if first.get("stream") else None,
+        "protocol": PROTOCOL,
+        "methods": {label: _merge_seeds(ms) for label, ms in methods.items()},
+        "runs": per_run,
+    }
+
+
+def _merge_seeds(ms: list[dict]) -> dict:
+    """One method's figures: the run itself for one seed, the mean over seeds otherwise."""
+    if len(ms) == 1:
+        return ms[0] | {"seeds": [ms[0]["seed"]]}
+    out = _mean_tree(ms)
+    out.update(seeds=[m["seed"] for m in ms], method=ms[0]["method"], label=ms[0]["label"])
+    return out
+
+
+def _mean_tree(items: list[Any]) -> Any:
+    """Element-wise mean of numeric leaves of same-shaped dicts; other leaves from the first."""
+    head = items[0]
+    if isinstance(head, dict):
+        return {k: _mean_tree([i.get(k) if isinstance(i, dict) else None for i in items]) for k in head}
+    nums = [i for i in items if isinstance(i, (int, float)) and not isinstance(i, bool)]
+    if nums and len(nums) == len(items):
+        return sum(nums) / len(nums)
+    return head
+
+
+def _pair(m: dict | None, a: str = "teacher_forced", b: str = "generated") -> str:
+    if not m or m.get(a) is None:
+        return "-"
+    return f"{m[a]:.2f}/{m[b]:.2f}" if m.get(b) is not None else f"{m[a]:.2f}"
+
+
+def _num(v: float | None, fmt: str = "{:.1f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def table(summary: dict) -> Table:
+    t = Table(title=f"{summary.get('scenario')}: final figures (teacher-forced/generated, after the whole stream)",
+              caption="rel=reliability gen=generalization loc=locality (vs. pre-stream model); "
+                      "conflict: newest value wins / stale value generated; retract: restored share")
+    for col in ("method", "seed", "edits", "rel", "gen", "loc", "retention", "forgetting",
+                "conflict new/stale", "retract", "edit ms p50/p95", "query ms mem/base",
+                "memory", "edits/s"):
+        t.add_column(col, justify="left" if col == "method" else "right")
+    for m in summary["runs"]:
+        lat = m["latency_ms"]
+        edit = lat.get("edit") or {}
+        q = lat.get("query") or {}
+        ret = m.get("retention") or {}
+        conf = m.get("conflict")
+        retr = m.get("retraction")
+        t.add_row(
+            m["label"], str(m["seed"]), f"{m['edits']['applied']}/{m['edits']['total']}",
+            _pair(m["reliability"]), _pair(m["generalization"]), _pair(m["locality"]),
+            _num(ret.get("teacher_forced"), "{:.2f}"), _num(ret.get("forgetting_teacher_forced"), "{:.2f}"),
+            (f"{conf['latest']['generated']:.2f}/{conf['stale']['generated']:.2f}" if conf else "-"),
+            ("unsupported" if retr and retr["unsupported"] == retr["requested"] and retr["requested"]
+             else _num((retr.get("restored") or {}).get("generated") if retr else None, "{:.2f}")),
+            f"{_num(edit.get('p50'))}/{_num(edit.get('p95'))}",
+            f"{_num(q.get('p50_with_memory'), '{:.2f}')}/{_num(q.get('p50_base'), '{:.2f}')}",
+            _bytes(m.get("memory_bytes")), _num(m.get("edits_per_second")),
+        )
+    return t
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def print_table(summary: dict, console: Console | None = None) -> None:
+    (console or Console()).print(table(summary))
