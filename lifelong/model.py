@@ -16,6 +16,7 @@ from typing import Iterator
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.utils import logging as hf_logging
 
 from .errors import LifelongError
 
@@ -90,6 +91,7 @@ def load_model(path: str | None = None, device: str = "cpu") -> LM:
         where, name = Path(path), str(path)
         if not (where / "config.json").exists():
             raise LifelongError(f"{path}: not a model directory (no config.json)")
+    hf_logging.disable_progress_bar()  # loading a few-MB model needs no progress bar
     tok = AutoTokenizer.from_pretrained(str(where), local_files_only=True)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token

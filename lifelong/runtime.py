@@ -126,6 +126,8 @@ class Runtime:
 
     # ---- public -------------------------------------------------------------------------
     def run_all(self, resume: bool = False) -> list[str]:
+        if resume:  # fault injection kills the first attempt only; a resumed one runs through
+            self._crash_budget = 0
         return [self.run(spec, seed, resume) for spec in self.sc.methods for seed in self.sc.seeds]
 
     def run_id(self, spec: MethodSpec, seed: int) -> str:

@@ -67,7 +67,8 @@ class MethodSpec:
 @dataclass(frozen=True)
 class Faults:
     crash_after_events: int = setting(0, "testing: die like `kill -9` (no cleanup) after N "
-                                         "events of the first run (0: off)", min=0)
+                                         "events, counted over the whole simulate command; "
+                                         "not applied with --resume (0: off)", min=0)
 
 
 @dataclass(frozen=True)

@@ -70,32 +70,44 @@ def _num(v: float | None, fmt: str = "{:.1f}") -> str:
     return "-" if v is None else fmt.format(v)
 
 
-def table(summary: dict) -> Table:
-    t = Table(title=f"{summary.get('scenario')}: final figures (teacher-forced/generated, after the whole stream)",
-              caption="rel=reliability gen=generalization loc=locality (vs. pre-stream model); "
-                      "conflict: newest value wins / stale value generated; retract: restored share")
-    for col in ("method", "seed", "edits", "rel", "gen", "loc", "retention", "forgetting",
-                "conflict new/stale", "retract", "edit ms p50/p95", "query ms mem/base",
-                "memory", "edits/s"):
+def quality_table(summary: dict) -> Table:
+    """Final quality figures per run: teacher-forced/generated, after the whole stream."""
+    t = Table(title=f"{summary.get('scenario')}: quality after the whole stream "
+                    "(teacher-forced/generated)",
+              caption="rel/gen/loc = reliability/generalization/locality (locality: agreement with "
+                      "the pre-stream model); retention: final reliability of edit groups probed "
+                      "earlier; conflict: newest value generated / a superseded value generated; "
+                      "retract: share restored to pre-stream behaviour")
+    for col in ("method", "seed", "edits", "rel", "gen", "loc", "port", "retention",
+                "forgetting", "conflict new/stale", "retract"):
         t.add_column(col, justify="left" if col == "method" else "right")
     for m in summary["runs"]:
-        lat = m["latency_ms"]
-        edit = lat.get("edit") or {}
-        q = lat.get("query") or {}
         ret = m.get("retention") or {}
-        conf = m.get("conflict")
-        retr = m.get("retraction")
+        conf, retr = m.get("conflict"), m.get("retraction")
         t.add_row(
             m["label"], str(m["seed"]), f"{m['edits']['applied']}/{m['edits']['total']}",
             _pair(m["reliability"]), _pair(m["generalization"]), _pair(m["locality"]),
-            _num(ret.get("teacher_forced"), "{:.2f}"), _num(ret.get("forgetting_teacher_forced"), "{:.2f}"),
+            _pair(m["portability"]), _pair(ret), _pair(ret, "forgetting_teacher_forced",
+                                                       "forgetting_generated"),
             (f"{conf['latest']['generated']:.2f}/{conf['stale']['generated']:.2f}" if conf else "-"),
             ("unsupported" if retr and retr["unsupported"] == retr["requested"] and retr["requested"]
-             else _num((retr.get("restored") or {}).get("generated") if retr else None, "{:.2f}")),
-            f"{_num(edit.get('p50'))}/{_num(edit.get('p95'))}",
-            f"{_num(q.get('p50_with_memory'), '{:.2f}')}/{_num(q.get('p50_base'), '{:.2f}')}",
-            _bytes(m.get("memory_bytes")), _num(m.get("edits_per_second")),
-        )
+             else _pair((retr or {}).get("restored"))))
+    return t
+
+
+def cost_table(summary: dict) -> Table:
+    """Speed and memory per run (wall-clock on this machine)."""
+    t = Table(title="cost (milliseconds on this machine)")
+    for col in ("method", "seed", "edit p50", "edit p95", "edit p99", "merge p50",
+                "query p50 mem", "query p50 base", "memory", "edits/s"):
+        t.add_column(col, justify="left" if col == "method" else "right")
+    for m in summary["runs"]:
+        lat = m["latency_ms"]
+        edit, merge, q = lat.get("edit") or {}, lat.get("merge") or {}, lat.get("query") or {}
+        t.add_row(m["label"], str(m["seed"]), _num(edit.get("p50")), _num(edit.get("p95")),
+                  _num(edit.get("p99")), _num(merge.get("p50")),
+                  _num(q.get("p50_with_memory"), "{:.2f}"), _num(q.get("p50_base"), "{:.2f}"),
+                  _bytes(m.get("memory_bytes")), _num(m.get("edits_per_second")))
     return t
 
 
@@ -110,4 +122,8 @@ def _bytes(n: int | None) -> str:
 
 
 def print_table(summary: dict, console: Console | None = None) -> None:
-    (console or Console()).print(table(summary))
+    """Both tables; wide enough not to truncate figures when stdout is not a terminal."""
+    import sys
+    console = console or Console(width=None if sys.stdout.isatty() else 160)
+    console.print(quality_table(summary))
+    console.print(cost_table(summary))
