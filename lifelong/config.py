@@ -10,6 +10,7 @@ is what gets stored with every run.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Mapping, TypeVar
@@ -59,6 +60,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(errors[0] if len(errors) == 1 else
                           f"{where}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
     if origin is typing.Literal:
+        if isinstance(value, bool) and not any(isinstance(a, bool) for a in args):
+            raise ConfigError(f"{where}: expected one of {', '.join(map(repr, args))}, got {value!r}")
         if value in args:
             return value
         raise ConfigError(f"{where}: expected one of {', '.join(map(repr, args))}, got {value!r}")
@@ -100,6 +103,8 @@ def _check_range(f: dataclasses.Field, value: Any, where: str) -> None:
     meta = f.metadata
     if value is None:
         return
+    if isinstance(value, float) and math.isnan(value):
+        raise ConfigError(f"{where}: must be a number, got nan")
     if meta.get("choices") and value not in meta["choices"]:
         raise ConfigError(f"{where}: expected one of {', '.join(map(repr, meta['choices']))}, got {value!r}")
     if meta.get("min") is not None and value < meta["min"]:

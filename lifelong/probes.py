@@ -92,9 +92,21 @@ def locality_sample(pool: list[Probe], size: int, seed: int) -> list[Probe]:
     return [pool[i] for i in idx]
 
 
-def retract_probe(edit: Edit) -> tuple[str, str]:
-    """(prompt, answer) judged against the pre-stream model once `edit` is retracted."""
-    return edit.prompt, edit.previous if edit.previous else edit.target
+def retract_probe(first: Edit, last: Edit) -> tuple[str, str]:
+    """(prompt, answer) judged against the pre-stream model once every edit of a fact is
+    retracted: the last edit's prompt, and the value before the stream (the first edit's
+    `previous`) where the stream says it; only the answer's length matters for the comparison."""
+    return last.prompt, first.previous or last.previous or last.target
+
+
+def reference_pairs(events: Sequence[Event]) -> list[tuple[str, str]]:
+    """Every (prompt, answer) a retraction probe of this stream may need, known up front."""
+    led = Ledger.replay(events)
+    pairs = []
+    for ids in led.by_fact.values():
+        first = led.edits[ids[0]]
+        pairs += [retract_probe(first, led.edits[i]) for i in ids]
+    return pairs
 
 
 def _fact_items(led: Ledger, fact: str) -> list[ProbeItem]:
@@ -102,7 +114,7 @@ def _fact_items(led: Ledger, fact: str) -> list[ProbeItem]:
     new = led.newest(fact)
     if new is None:  # every edit of this fact was retracted: it must behave as before
         last = led.edits[ids[-1]]
-        prompt, answer = retract_probe(last)
+        prompt, answer = retract_probe(led.edits[ids[0]], last)
         return [ProbeItem(f"retract:{last.id}", "retract", prompt, answer, last.id, fact,
                           led.order[last.id], against_base=True)]
     n = led.order[new.id]
@@ -116,9 +128,11 @@ def _fact_items(led: Ledger, fact: str) -> list[ProbeItem]:
         if old.id not in led.retracted:
             items.append(ProbeItem(f"conflict:{old.id}", "conflict", old.prompt, new.target,
                                    new.id, fact, n))
-    for value in sorted({o.target for o in older if o.target != new.target}):
-        items.append(ProbeItem(f"stale:{new.id}:{value}", "stale", new.prompt, value,
-                               new.id, fact, n))
+    # stale: any other value this fact was given, older or retracted, must not come out;
+    # keyed by index (ids and values may contain any character)
+    others = {led.edits[i].target for i in ids if i != new.id} - {new.target}
+    for k, value in enumerate(sorted(others)):
+        items.append(ProbeItem(f"stale:{new.id}:{k}", "stale", new.prompt, value, new.id, fact, n))
     return items
 
 

@@ -32,8 +32,8 @@ from .config import to_dict
 from .errors import LifelongError, NotSupported, StoreError
 from .methods import AttachContext, EditRequest, build_method
 from .model import LM, load_model
-from .probes import (Ledger, locality_pool, locality_sample, plan, reference_rows,
-                     retract_probe, run_probes)
+from .probes import (Ledger, locality_pool, locality_sample, plan, reference_pairs,
+                     reference_rows, run_probes)
 from .progress import Reporter
 from .scenario import MethodSpec, Scenario
 from .scoring import encode_pairs, forward_logits, score_pairs
@@ -208,7 +208,7 @@ class Runtime:
         """Pre-stream outputs for everything judged against the base model (computed once)."""
         have = self.store.reference(model_key)
         pairs = [(p.prompt, p.answer) for p in loc]
-        pairs += [retract_probe(e) for e in self.events if isinstance(e, Edit)]
+        pairs += reference_pairs(self.events)
         todo = sorted({p for p in pairs if p not in have})
         if todo:
             self.store.buffer("reference", reference_rows(lm, model_key, todo,

@@ -86,10 +86,11 @@ class Scenario:
     def __post_init__(self) -> None:
         labels = [m.display for m in self.methods]
         dupes = sorted({x for x in labels if labels.count(x) > 1})
+        # ConfigError, not ValueError: this also runs for dataclasses.replace (CLI overrides)
         if dupes:
-            raise ValueError(f"methods: duplicate label(s) {', '.join(dupes)}; give each a `label`")
+            raise ConfigError(f"methods: duplicate label(s) {', '.join(dupes)}; give each a `label`")
         if not self.seeds:
-            raise ValueError("seeds: at least one seed is needed")
+            raise ConfigError("seeds: at least one seed is needed")
 
 
 def load_scenario(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Scenario:
