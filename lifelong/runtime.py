@@ -143,10 +143,15 @@ class Runtime:
         torch.manual_seed(seed)
         lm = load_model(self.sc.model, self.sc.device)
         model_key = f"{lm.name}:{lm.fingerprint()}"
-        loc = locality_sample(locality_pool(self.events), self.sc.schedule.locality_sample, seed)
+        pool = locality_pool(self.events)
+        loc = locality_sample(pool, self.sc.schedule.locality_sample, seed)
         self._ensure_reference(lm, model_key, loc)
         self._time_queries(run_id, lm, "query_base")
-        method.attach(lm, AttachContext(seed=seed))
+        # methods that train against unrelated inputs get the locality prompts that are *not*
+        # probed, so locality is never measured on what a method trained on
+        probed = {(p.prompt, p.answer) for p in loc}
+        unrelated = tuple(p.prompt for p in pool if (p.prompt, p.answer) not in probed)
+        method.attach(lm, AttachContext(seed=seed, unrelated_prompts=unrelated))
         counters = self._restore(run_id, method, resume)
         try:
             self._loop(run_id, lm, method, model_key, loc, counters, seed)
