@@ -143,6 +143,17 @@ def retention_by_age(probes, checkpoints, bucket: int) -> list[dict]:
              **{m: _mean(r[_COL[m]] for r in rows) for m in MODES}} for b, rows in sorted(acc.items())]
 
 
+def route_accuracy(roles: dict[str, list[dict]], when: str = "final") -> dict[str, Any] | None:
+    """For methods that route: the share of edit/rephrase probes sent to the memory holding
+    their edit (`accuracy`), and of locality probes sent to the main memory (`locality`)."""
+    edits = [r for role in ("rel", "gen") for r in roles.get(role, []) if r.get("routed_ok") is not None]
+    loc = [r for r in roles.get("loc", []) if r.get("routed_ok") is not None]
+    if not edits and not loc:
+        return None
+    return {"accuracy": _mean(r["routed_ok"] for r in edits), "n": len(edits),
+            "locality": _mean(r["routed_ok"] for r in loc), "n_locality": len(loc), "when": when}
+
+
 def latency(events: Sequence[dict], timings: Sequence[dict]) -> dict[str, Any]:
     edits = [e["ms"] for e in events if e["kind"] == "edit" and e.get("ms") is not None]
     merges = [e["ms"] for e in events if e["kind"] == "merge" and e.get("outcome") == "applied"]
@@ -194,6 +205,7 @@ def run_metrics(run: dict, events: Sequence[dict], checkpoints: Sequence[dict],
         "retention": retention(probes, checkpoints, group),
         "retention_by_age": retention_by_age(probes, checkpoints, group),
         "conflict": conflict(roles),
+        "routing": route_accuracy(roles),
         "retraction": retraction,
         "latency_ms": lat,
         "memory_bytes": final["memory_bytes"] if final else None,
@@ -208,3 +220,82 @@ def compute_run_metrics(store, run_id: str) -> dict[str, Any]:
     run = store.get_run(run_id)
     return run_metrics(run, store.rows("events", run_id), store.rows("checkpoints", run_id),
                        store.rows("probes", run_id), store.rows("timings", run_id))
+
+
+# ---- per-checkpoint curves (reports) ----------------------------------------------------------
+# Added for `lifelong report`; the functions above are unchanged.
+
+def distinct_checkpoints(checkpoints: Sequence[dict]) -> list[dict]:
+    """Checkpoints in order; a checkpoint at the same number of edits as the one before it
+    replaces that one (the final checkpoint after the last scheduled one), as in
+    `retention_matrix`. Invariant: `edits_done` is strictly increasing in the result."""
+    keep: list[dict] = []
+    for c in sorted(checkpoints, key=lambda c: c["checkpoint"]):
+        if keep and keep[-1]["edits_done"] == c["edits_done"]:
+            keep[-1] = c
+        else:
+            keep.append(c)
+    return keep
+
+
+def routing(rows: Sequence[dict]) -> dict[str, Any] | None:
+    """Routing accuracy: share of probe rows whose `routed_ok` is true, over the rows that carry
+    a non-null `routed_ok`. The seam for methods that route (e.g. to a side memory): they add
+    a `routed_ok` column (0/1) to their probes rows. None when no row carries it."""
+    flags = [int(r["routed_ok"]) for r in rows if r.get("routed_ok") is not None]
+    if not flags:
+        return None
+    return {"accuracy": float(np.mean(flags)), "n": len(flags)}
+
+
+def checkpoint_curves(probes: Sequence[dict], checkpoints: Sequence[dict]) -> list[dict[str, Any]]:
+    """One entry per distinct checkpoint (see `distinct_checkpoints`), in order:
+    `{checkpoint, edits_done, when, memory_bytes, reliability, generalization, locality,
+    portability, conflict, routing}`. Each figure is computed from that checkpoint's probe rows
+    only, by the same functions as the final figures (`rate`, `conflict`, `routing`), with
+    `when` = "checkpoints" (or "final" at the final checkpoint); None where the checkpoint has
+    no rows of that kind. Invariant: for a complete run the last entry's figures equal
+    `run_metrics`' final ones."""
+    per: dict[int, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in probes:
+        per[r["checkpoint"]][r["role"]].append(r)
+    out = []
+    for c in distinct_checkpoints(checkpoints):
+        roles = per.get(c["checkpoint"], {})
+        when = "final" if c["when"] == "final" else "checkpoints"
+        out.append({
+            "checkpoint": c["checkpoint"], "edits_done": c["edits_done"], "when": c["when"],
+            "memory_bytes": c.get("memory_bytes"),
+            "reliability": rate(roles.get("rel", []), when),
+            "generalization": rate(roles.get("gen", []), when),
+            "locality": rate(roles.get("loc", []), when),
+            "portability": rate(roles.get("port", []), when),
+            "conflict": conflict(dict(roles), when),
+            "routing": routing([r for rows in roles.values() for r in rows]),
+        })
+    return out
+
+
+def edit_latency_windows(events: Sequence[dict], window: int) -> list[dict[str, Any]]:
+    """Edit latency over consecutive, non-overlapping windows of `window` timed edits in stream
+    order (`seq`): `{edits_from, edits_to, p50, p95, n}` with `edits_to` = the number of edits
+    done at the window's end (1-based); the last window may be shorter. Empty without timed
+    edits. Invariant: the windows' `n` sum to the number of timed edits."""
+    window = max(1, int(window))
+    edits = sorted((e for e in events if e["kind"] == "edit" and e.get("ms") is not None),
+                   key=lambda e: e.get("seq", 0))
+    out = []
+    for start in range(0, len(edits), window):
+        chunk = edits[start:start + window]
+        p = percentiles([e["ms"] for e in chunk])
+        out.append({"edits_from": start + 1, "edits_to": start + len(chunk), "p50": p["p50"],
+                    "p95": p["p95"], "n": p["n"]})
+    return out
+
+
+def merge_latencies(events: Sequence[dict]) -> list[dict[str, Any]]:
+    """Every applied consolidation: `{edits, ms}` (edits done when it ran), in stream order."""
+    merges = [e for e in events if e["kind"] == "merge" and e.get("outcome") == "applied"
+              and e.get("ms") is not None]
+    return [{"edits": e["edit_index"], "ms": e["ms"]}
+            for e in sorted(merges, key=lambda e: (e.get("seq", 0), e["edit_index"]))]

@@ -243,3 +243,23 @@ def replace_input(module: nn.Module, fn: TensorFn) -> Iterator[None]:
 
 
 __all__ = ["StopForward", "Trace", "TraceDict", "replace_input", "replace_output"]
+
+
+InOutFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@contextlib.contextmanager
+def rewrite_output(module: nn.Module, fn: InOutFn) -> Iterator[None]:
+    """Within the block, `module`'s output ``y`` becomes ``fn(x, y)`` where ``x`` is its input
+    (see the module docstring for which argument that is). For modules whose new output
+    depends on what went in, e.g. a side memory that re-projects the same activations."""
+
+    def hook(_mod: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        x = _first_input(args, kwargs)
+        return _replace_first_output(output, lambda y: fn(x, y))
+
+    handle = module.register_forward_hook(hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -178,3 +178,16 @@ def run_probes(lm: LM, items: Sequence[ProbeItem], reference: dict, batch_size: 
             row.update(tf_acc=s.tf_acc, tf_exact=int(s.tf_exact), gen_exact=int(s.gen_exact))
         rows.append(row)
     return rows
+
+
+def add_routing(method, rows: list[dict], batch_size: int) -> None:
+    """For methods that route (they have `route(prompts)` and `memory_of(edit_id)`), record
+    where each rel/gen/loc probe went: `routed` (memory index, -1 = main memory) and
+    `routed_ok` (rel/gen: the memory holding the edit; loc: the main memory)."""
+    todo = [r for r in rows if r["role"] in ("rel", "gen", "loc")]
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start:start + batch_size]
+        for row, dest in zip(chunk, method.route([r["prompt"] for r in chunk])):
+            row["routed"] = -1 if dest is None else int(dest)
+            want = None if row["role"] == "loc" else method.memory_of(row["edit_id"])
+            row["routed_ok"] = int(dest == want)

@@ -32,7 +32,7 @@ from .config import to_dict
 from .errors import LifelongError, NotSupported, StoreError
 from .methods import AttachContext, EditRequest, build_method
 from .model import LM, load_model
-from .probes import (Ledger, locality_pool, locality_sample, plan, reference_pairs,
+from .probes import (Ledger, add_routing, locality_pool, locality_sample, plan, reference_pairs,
                      reference_rows, run_probes)
 from .progress import Reporter
 from .scenario import MethodSpec, Scenario
@@ -327,6 +327,9 @@ class Runtime:
         t0 = time.perf_counter()
         rows = run_probes(lm, items, reference, sched.batch_size)
         probe_ms = _ms(t0)
+        if callable(getattr(method, "route", None)) and callable(getattr(method, "memory_of", None)):
+            with torch.no_grad():
+                add_routing(method, rows, sched.batch_size)
         for r in rows:
             r.update(run_id=run_id, checkpoint=c.checkpoints)
         self.store.buffer("probes", rows)

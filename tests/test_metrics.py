@@ -283,7 +283,7 @@ def test_latency_without_base_timings_has_no_overhead():
 
 STABLE_KEYS = {"run_id", "method", "label", "seed", "status", "complete", "edits", "reliability",
                "reliability_after_edit", "generalization", "locality", "portability",
-               "retention", "retention_by_age", "conflict", "retraction", "latency_ms",
+               "retention", "retention_by_age", "conflict", "routing", "retraction", "latency_ms",
                "memory_bytes", "memory_growth", "edits_per_second"}
 
 

@@ -233,3 +233,22 @@ def test_stop_forward(tiny_gpt2):
 def test_trace_rejects_bad_capture(tiny_gpt2):
     with pytest.raises(ValueError, match="capture"):
         Trace(layers.resolve(tiny_gpt2, "embed"), capture="outputs")
+
+
+def test_rewrite_output_sees_the_input(tiny_gpt2):
+    from lifelong import layers
+    from lifelong.nethook import rewrite_output
+    module = layers.resolve(tiny_gpt2, "layers.0.mlp.out")
+    seen = {}
+
+    def fn(x, y):
+        seen["x"], seen["y"] = x.shape, y.shape
+        return layers.apply_linear(module, x) * 0
+
+    ids = torch.tensor([[3, 4, 5]])
+    before = tiny_gpt2(ids).logits
+    with rewrite_output(module, fn):
+        changed = tiny_gpt2(ids).logits
+    assert seen["x"][-1] == layers.mlp_width(tiny_gpt2) and seen["y"][-1] == layers.hidden_size(tiny_gpt2)
+    assert not torch.equal(changed, before)
+    assert torch.equal(tiny_gpt2(ids).logits, before)

@@ -1,0 +1,372 @@
+"""`wise`: WISE (Wang et al. 2024, arXiv 2405.14768), dual parametric memory.
+
+A side copy of one FFN output projection (`layers.{L}.mlp.out`) holds the edits; the main
+weight is never changed. With x the projection's input activations, the router scores a row
+by the activation of the side memory's change,
+
+    score(x) = mean over prompt tokens t of || x_t (W_side - W_main)^T ||,
+
+and a row whose score passes the memory's threshold is served by the side memory (all its
+tokens), otherwise by the main memory (its output untouched, bit for bit). Rows are routed
+one by one, so batches of mixed queries are fine.
+
+Editing trains only a delta of the side memory, on the edit's target loss plus the paper's
+margin terms: unrelated inputs below alpha, the edit above beta, a gap of gamma between them
+(all in units of `scale`, the median norm of the main projection's output on unrelated
+prompts, so one setting fits models of any width). The threshold is `act_ratio` times the
+smallest score an edit of the memory reached when it was made.
+
+Knowledge sharding: edits are grouped in shards of `shard_size`; each shard trains under its
+own random gradient mask keeping a fraction `mask_ratio` of the entries (or disjoint masks),
+on top of everything the memory already serves. `consolidate()` folds the shards into the
+memory with TIES (or linear / DARE, `lifelong.merging`).
+
+WISE-Retrieve (`mode = "retrieve"`): a new side memory starts every `memory_size` edits and
+each query goes to one of them: `router = "activation"` takes the memory with the highest
+score (cost grows with the number of memories), `router = "faiss"` stores every edit's key
+(its activation at the last prompt token) in a FAISS index labelled with its memory and asks
+the nearest key (one lookup; only the chosen memory's score is computed). Both fall back to
+the main memory below threshold. A re-edit of a fact removes the older edits' keys.
+
+Retraction (`retract = "rebuild"`): the memory holding the edit is rebuilt from its edit log
+without it. Every random choice of an edit (its negatives) is derived from the seed and the
+edit id, and masks from the seed and the shard's position, so the rebuilt memory is exactly
+the memory of a stream that never had the edit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import random
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import torch
+
+from .. import layers
+from ..config import setting
+from ..errors import NotSupported
+from ..index import KeyIndex
+from ..merging import merge as merge_deltas
+from ..model import LM
+from ..nethook import Trace, rewrite_output
+from ..scoring import encode_pairs, forward_logits, target_loss
+from .base import AttachContext, EditReceipt, EditRequest, MemoryBase, tensor_bytes
+
+
+@dataclass(frozen=True)
+class WiseConfig:
+    layer: int | None = setting(None, "layer whose mlp.out gets the side memory (negative counts "
+                                      "from the end); default: the late-middle layer")
+    mode: Literal["merge", "retrieve"] = setting("merge", "one merged side memory (WISE-Merge) "
+                                                 "or several, one per query (WISE-Retrieve)")
+    router: Literal["activation", "faiss"] = setting("faiss", "retrieve mode: pick the memory by "
+                                                     "highest activation score or nearest FAISS key")
+    steps: int = setting(40, "optimiser steps per edit", min=1)
+    lr: float = setting(0.05, "Adam learning rate of the side-memory delta", min=0.0)
+    mask_ratio: float = setting(0.2, "share of weight entries a shard may change", min=0.0, max=1.0)
+    disjoint_masks: bool = setting(False, "shards of a merge period get disjoint masks")
+    shard_size: int = setting(50, "edits per knowledge shard", min=1)
+    merge: Literal["ties", "linear", "dare"] = setting("ties", "how shards are merged")
+    density: float = setting(1.0, "TIES: share of each shard kept by magnitude; DARE: 1 - drop",
+                             min=0.0, max=1.0)
+    merge_every: int = setting(0, "merge automatically every N edits (0: when asked)", min=0)
+    memory_size: int = setting(250, "retrieve mode: edits per side memory", min=1)
+    alpha: float = setting(0.5, "margin: unrelated scores below alpha x scale", min=0.0)
+    beta: float = setting(2.0, "margin: edit scores above beta x scale", min=0.0)
+    gamma: float = setting(1.0, "margin: edit minus unrelated score above gamma x scale", min=0.0)
+    margin_weight: float = setting(1.0, "weight of the margin loss against the target loss", min=0.0)
+    act_ratio: float = setting(0.5, "threshold = act_ratio x smallest edit score", min=0.0)
+    negatives: int = setting(4, "unrelated prompts per edit for the margin loss", min=0)
+    stop_loss: float = setting(0.02, "stop once the target loss is below this", min=0.0)
+    retract: Literal["rebuild", "unsupported"] = setting("rebuild", "rebuild the memory without "
+                                                         "the edit, or refuse")
+
+
+@dataclass
+class Memory:
+    """One side memory: a merged delta, closed shards not merged yet, the open shard."""
+
+    merged: torch.Tensor
+    shards: list[torch.Tensor] = field(default_factory=list)
+    current: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    log: list[EditRequest] = field(default_factory=list)   # edits in order
+    scores: list[float] = field(default_factory=list)      # edit scores when made
+    in_shard: int = 0
+    n_shards: int = 0
+
+    def delta(self) -> torch.Tensor:
+        d = self.merged + sum(self.shards, torch.zeros_like(self.merged))
+        return d if self.current is None else d + self.current
+
+    def threshold(self, ratio: float) -> float:
+        return ratio * min(self.scores) if self.scores else float("inf")
+
+
+class Wise(MemoryBase):
+    name = "wise"
+    Config = WiseConfig
+    summary = "WISE: side memory + router, sharded masks, TIES merges (merge/retrieve modes)"
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    def attach(self, lm: LM, ctx: AttachContext) -> None:
+        self.lm, self.ctx = lm, ctx
+        layer = self.config.layer if self.config.layer is not None else layers.default_edit_layer(lm.model)
+        self.module = layers.resolve(lm.model, f"layers.{layer}.mlp.out")
+        self.w_main = layers.weight_out_in(self.module).detach()
+        self.unrelated = list(ctx.unrelated_prompts)
+        self.memories: list[Memory] = []
+        self.index = KeyIndex(self.w_main.shape[1], "l2")
+        self.key_memory: dict[int, int] = {}     # FAISS id -> memory index
+        self.key_edit: dict[int, str] = {}       # FAISS id -> edit id
+        self.next_key = 0
+        self.since_merge = 0
+        self._train: tuple[int, torch.Tensor] | None = None  # (memory, delta) while editing
+        self._routes: torch.Tensor | None = None
+        self.scale = self._measure_scale()
+        self._hooks = contextlib.ExitStack()
+        self._hooks.enter_context(rewrite_output(self.module, self._forward))
+
+    def detach(self) -> None:
+        self._hooks.close()
+
+    def footprint(self) -> int:
+        return sum(tensor_bytes(m.merged, m.current, m.mask, *m.shards) for m in self.memories) \
+            + self.index.nbytes()
+
+    # ---- routing (the forward hook) -------------------------------------------------------
+    def _prompt_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T) bool: the prompt tokens of each row (all tokens outside scoring forwards)."""
+        info = self.lm.forward_info
+        if info is None or info.attention_mask.shape != x.shape[:2]:
+            return torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        pos = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
+        return (info.attention_mask > 0) & (pos < info.prompt_end.unsqueeze(1))
+
+    @staticmethod
+    def _score(x: torch.Tensor, mask: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """(B,) mean over masked tokens of ||x_t delta^T||."""
+        norms = (x @ delta.T).norm(dim=-1)
+        return (norms * mask).sum(-1) / mask.sum(-1).clamp_min(1)
+
+    def _last_prompt_key(self, x: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+        last = (mask.cumsum(-1) == mask.sum(-1, keepdim=True)) & mask
+        return x[last.nonzero(as_tuple=True)].detach().float().cpu().numpy()
+
+    def _route(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B,) memory index per row, -1 for the main memory."""
+        deltas = [m.delta() for m in self.memories]
+        if self.config.mode == "retrieve" and self.config.router == "faiss" and len(self.index):
+            _, ids = self.index.search(self._last_prompt_key(x, mask), k=1)
+            chosen = torch.tensor([self.key_memory.get(int(i), -1) for i in ids[:, 0]])
+            route = torch.full((x.shape[0],), -1, dtype=torch.long)
+            for m in chosen.unique().tolist():
+                if m < 0:
+                    continue
+                rows = (chosen == m).to(x.device)
+                s = self._score(x[rows], mask[rows], deltas[m])
+                route[rows.cpu()] = torch.where(s.cpu() > self.memories[m].threshold(self.config.act_ratio), m, -1)
+            return route
+        scores = torch.stack([self._score(x, mask, d) for d in deltas]).cpu()  # (M, B)
+        thresholds = torch.tensor([m.threshold(self.config.act_ratio) for m in self.memories])
+        best = scores.argmax(0)
+        passed = scores.gather(0, best.unsqueeze(0)).squeeze(0) > thresholds[best]
+        return torch.where(passed, best, torch.full_like(best, -1))
+
+    def _forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self._train is not None:  # editing: every row goes to the memory being trained
+            return y + x @ self._train[1].T
+        if not self.memories:
+            return y
+        route = self._route(x, self._prompt_mask(x))
+        self._routes = route
+        if (route < 0).all():
+            return y
+        out = y.clone()
+        for m in route.unique().tolist():
+            if m >= 0:
+                rows = (route == m).to(y.device)
+                out[rows] = y[rows] + x[rows] @ self.memories[m].delta().T
+        return out
+
+    @torch.no_grad()
+    def route(self, prompts: Sequence[str]) -> list[int | None]:
+        """The memory each prompt is routed to (None: the main memory)."""
+        if not self.memories:
+            return [None] * len(prompts)
+        ids, mask, end, _, _ = encode_pairs(self.lm, prompts, ["x"] * len(prompts))
+        forward_logits(self.lm, ids, mask, end)
+        return [None if r < 0 else int(r) for r in self._routes.tolist()]
+
+    def memory_of(self, edit_id: str) -> int | None:
+        for k, m in enumerate(self.memories):
+            if any(r.edit_id == edit_id for r in m.log):
+                return k
+        return None
+
+    # ---- editing --------------------------------------------------------------------------
+    def _measure_scale(self) -> float:
+        """Median norm of the main projection's output over unrelated prompts (or 1.0)."""
+        prompts = self.unrelated[:64]
+        if not prompts:
+            return 1.0
+        with torch.no_grad(), Trace(self.module, capture="output") as tr:
+            ids, mask, end, _, _ = encode_pairs(self.lm, prompts, ["x"] * len(prompts))
+            forward_logits(self.lm, ids, mask, end)
+        norms = tr.output.norm(dim=-1)[mask.bool()]
+        return float(norms.median()) or 1.0
+
+    def _activations(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The projection's input for `prompts` (it does not depend on the side memory) and
+        each row's prompt-token mask."""
+        with torch.no_grad(), Trace(self.module, capture="input") as tr:
+            ids, mask, end, _, _ = encode_pairs(self.lm, prompts, ["x"] * len(prompts))
+            forward_logits(self.lm, ids, mask, end)
+        pos = torch.arange(ids.shape[1]).unsqueeze(0)
+        return tr.input, (mask > 0) & (pos < end.unsqueeze(1))
+
+    def _negatives(self, edit_id: str) -> list[str]:
+        if not self.unrelated or not self.config.negatives:
+            return []
+        rng = random.Random(hashlib.sha256(f"{self.seed}:{edit_id}".encode()).hexdigest())
+        return rng.sample(self.unrelated, min(self.config.negatives, len(self.unrelated)))
+
+    def _new_mask(self, memory: int, shard: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + memory * 10_007 + shard)
+        if self.config.disjoint_masks:
+            period = max(1, round(1 / max(self.config.mask_ratio, 1e-9)))
+            return torch.randint(0, period, self.w_main.shape, generator=g) == shard % period
+        return torch.rand(self.w_main.shape, generator=g) < self.config.mask_ratio
+
+    def _memory_for_edit(self) -> int:
+        if not self.memories or (self.config.mode == "retrieve"
+                                 and len(self.memories[-1].log) >= self.config.memory_size):
+            self.memories.append(Memory(merged=torch.zeros_like(self.w_main)))
+        return len(self.memories) - 1
+
+    def _open_shard(self, k: int) -> Memory:
+        mem = self.memories[k]
+        if mem.current is None or mem.in_shard >= self.config.shard_size:
+            if mem.current is not None:
+                mem.shards.append(mem.current)
+            mem.current = torch.zeros_like(self.w_main)
+            mem.mask = self._new_mask(k, mem.n_shards)
+            mem.n_shards += 1
+            mem.in_shard = 0
+        return mem
+
+    def edit(self, requests: Sequence[EditRequest]) -> EditReceipt:
+        receipts = [self._edit_one(r) for r in requests]
+        self.since_merge += len(requests)
+        if self.config.merge_every and self.since_merge >= self.config.merge_every:
+            self.consolidate()
+        return EditReceipt(applied=True, loss_before=receipts[0][0], loss_after=receipts[-1][1],
+                           steps=sum(r[2] for r in receipts), detail={"memories": len(self.memories)})
+
+    def _edit_one(self, req: EditRequest, k: int | None = None) -> tuple[float, float, int]:
+        k = self._memory_for_edit() if k is None else k
+        mem = self._open_shard(k)
+        base = mem.delta().detach()
+        mask = mem.mask.to(base.dtype)
+        x_edit, m_edit = self._activations([req.prompt])
+        negs = self._negatives(req.edit_id)
+        x_neg, m_neg = self._activations(negs) if negs else (None, None)
+        p = torch.zeros_like(base, requires_grad=True)
+        opt = torch.optim.Adam([p], lr=self.config.lr)
+        c, first, last, steps = self.config, None, None, 0
+        a, b, g = c.alpha * self.scale, c.beta * self.scale, c.gamma * self.scale
+        try:
+            for steps in range(1, c.steps + 1):
+                delta = base + p * mask
+                self._train = (k, delta)
+                nll = target_loss(self.lm, [req.prompt], [req.target])
+                s_edit = self._score(x_edit, m_edit, delta).mean()
+                margin = torch.relu(b - s_edit)
+                if x_neg is not None:
+                    s_neg = self._score(x_neg, m_neg, delta)
+                    margin = margin + torch.relu(s_neg - a).mean() + torch.relu(g - (s_edit - s_neg)).mean()
+                loss = nll + c.margin_weight * margin
+                last = float(nll.detach())
+                first = last if first is None else first
+                if last < c.stop_loss and float(margin.detach()) == 0.0:
+                    steps -= 1
+                    break
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        finally:
+            self._train = None
+        mem.current = mem.current + (p.detach() * mask)
+        mem.in_shard += 1
+        mem.log.append(req)
+        with torch.no_grad():
+            mem.scores.append(float(self._score(x_edit, m_edit, mem.delta())[0]))
+        self._add_key(req, x_edit, m_edit, k)
+        return first, last, steps
+
+    def _add_key(self, req: EditRequest, x: torch.Tensor, mask: torch.Tensor, k: int) -> None:
+        stale = [i for i, e in self.key_edit.items() if e in self._fact_ids(req.fact, req.edit_id)]
+        if stale:  # a re-edit: the newest value's key replaces the older ones
+            self.index.remove(stale)
+            for i in stale:
+                self.key_memory.pop(i), self.key_edit.pop(i)
+        self.index.add(self._last_prompt_key(x, mask), [self.next_key])
+        self.key_memory[self.next_key], self.key_edit[self.next_key] = k, req.edit_id
+        self.next_key += 1
+
+    def _fact_ids(self, fact: str, but: str) -> set[str]:
+        return {r.edit_id for m in self.memories for r in m.log if r.fact == fact and r.edit_id != but}
+
+    # ---- merging, retraction ----------------------------------------------------------------
+    def consolidate(self) -> dict[str, Any] | None:
+        merged = 0
+        for k, mem in enumerate(self.memories):
+            shards = mem.shards + ([mem.current] if mem.current is not None and mem.in_shard else [])
+            if not shards:
+                continue
+            folded = merge_deltas(self.config.merge, shards, density=self.config.density,
+                                  seed=self.seed + k)
+            mem.merged = mem.merged + folded
+            mem.shards, mem.current, mem.mask, mem.in_shard = [], None, None, 0
+            merged += len(shards)
+        self.since_merge = 0
+        return {"shards_merged": merged} if merged else None
+
+    def retract(self, edit_id: str) -> None:
+        k = self.memory_of(edit_id)
+        if self.config.retract == "unsupported":
+            raise NotSupported("wise is configured with retract = 'unsupported'")
+        if k is None:
+            return
+        keep = [r for r in self.memories[k].log if r.edit_id != edit_id]
+        ids = [i for i, m in self.key_memory.items() if m == k]
+        self.index.remove(ids)
+        for i in ids:
+            self.key_memory.pop(i), self.key_edit.pop(i)
+        self.memories[k] = Memory(merged=torch.zeros_like(self.w_main))
+        for r in keep:  # replay the memory's log without the edit
+            self._edit_one(r, k)
+
+    # ---- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        mems = [{"merged": m.merged, "shards": list(m.shards), "current": m.current, "mask": m.mask,
+                 "log": [vars(r) for r in m.log], "scores": list(m.scores), "in_shard": m.in_shard,
+                 "n_shards": m.n_shards} for m in self.memories]
+        return {"memories": mems, "index": torch.from_numpy(self.index.to_bytes().copy()),
+                "key_memory": dict(self.key_memory), "key_edit": dict(self.key_edit),
+                "next_key": self.next_key, "since_merge": self.since_merge, "scale": self.scale}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.memories = [Memory(merged=m["merged"], shards=list(m["shards"]), current=m["current"],
+                                mask=m["mask"], log=[EditRequest(**r) for r in m["log"]],
+                                scores=list(m["scores"]), in_shard=m["in_shard"],
+                                n_shards=m["n_shards"]) for m in state["memories"]]
+        self.index = KeyIndex.from_bytes(state["index"].numpy())
+        self.key_memory = {int(k): int(v) for k, v in state["key_memory"].items()}
+        self.key_edit = {int(k): v for k, v in state["key_edit"].items()}
+        self.next_key, self.since_merge = state["next_key"], state["since_merge"]
+        self.scale = state["scale"]
