@@ -112,6 +112,10 @@ def streams_make(output, edits, reedit_share, retract_share, query_share, spacin
     click.echo(f"{output}: {len(events)} events ({edits} edits) from {to_dict(spec)}")
 
 
+from .importers import streams_import  # noqa: E402  (`lifelong streams import`)
+streams.add_command(streams_import)
+
+
 # ------------------------------------------------------------------------------------- model
 @cli.group()
 def model() -> None:
@@ -191,6 +195,16 @@ def methods(as_json):
         click.echo(f"{name}: {cls.summary}")
         for fname, ftype, default, help_text in describe(cls.Config):
             click.echo(f"    {fname} ({ftype}, default {default!r}): {help_text}")
+
+
+from .report import compare, report  # noqa: E402
+
+cli.add_command(report)
+cli.add_command(compare)
+
+
+from .bench import bench  # noqa: E402
+cli.add_command(bench)
 
 
 def main() -> None:

@@ -238,21 +238,12 @@ def distinct_checkpoints(checkpoints: Sequence[dict]) -> list[dict]:
     return keep
 
 
-def routing(rows: Sequence[dict]) -> dict[str, Any] | None:
-    """Routing accuracy: share of probe rows whose `routed_ok` is true, over the rows that carry
-    a non-null `routed_ok`. The seam for methods that route (e.g. to a side memory): they add
-    a `routed_ok` column (0/1) to their probes rows. None when no row carries it."""
-    flags = [int(r["routed_ok"]) for r in rows if r.get("routed_ok") is not None]
-    if not flags:
-        return None
-    return {"accuracy": float(np.mean(flags)), "n": len(flags)}
-
-
 def checkpoint_curves(probes: Sequence[dict], checkpoints: Sequence[dict]) -> list[dict[str, Any]]:
     """One entry per distinct checkpoint (see `distinct_checkpoints`), in order:
     `{checkpoint, edits_done, when, memory_bytes, reliability, generalization, locality,
     portability, conflict, routing}`. Each figure is computed from that checkpoint's probe rows
-    only, by the same functions as the final figures (`rate`, `conflict`, `routing`), with
+    only, by the same functions as the final figures (`rate`, `conflict`, `route_accuracy`:
+    the probes' `routed_ok` column, recorded for methods that route), with
     `when` = "checkpoints" (or "final" at the final checkpoint); None where the checkpoint has
     no rows of that kind. Invariant: for a complete run the last entry's figures equal
     `run_metrics`' final ones."""
@@ -271,7 +262,7 @@ def checkpoint_curves(probes: Sequence[dict], checkpoints: Sequence[dict]) -> li
             "locality": rate(roles.get("loc", []), when),
             "portability": rate(roles.get("port", []), when),
             "conflict": conflict(dict(roles), when),
-            "routing": routing([r for rows in roles.values() for r in rows]),
+            "routing": route_accuracy(dict(roles), when),
         })
     return out
 

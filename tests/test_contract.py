@@ -18,7 +18,8 @@ from lifelong.model import LM
 from lifelong.scoring import encode_pairs, forward_logits, score_pairs
 
 #: cheaper settings for the tiny model; a method not listed runs with its defaults
-FAST_SETTINGS: dict[str, dict] = {"ft": {"steps": 8, "lr": 0.02}, "wise": {"steps": 8, "shard_size": 1}}
+FAST_SETTINGS: dict[str, dict] = {"ft": {"steps": 8, "lr": 0.02}, "wise": {"steps": 8, "shard_size": 1},
+                                   "grace": {"steps": 10}, "defer": {"steps": 10}}
 METHODS = sorted(available_methods())
 PROBES = ["Aldric works for", "The employer of Aldric is", "Brenna was born in", "Caspar speaks"]
 EDITS = [EditRequest("e1", "Aldric works for", "Zentro", "Aldric|employer", "Aldric"),

@@ -1,0 +1,245 @@
+"""`lifelong bench`: micro-benchmarks of the key index and of GRACE.
+
+``lifelong bench index`` times `lifelong.index.KeyIndex` lookups, exact (flat) against
+approximate (HNSW), at several sizes and key widths, on deterministic synthetic keys:
+clustered, anisotropic Gaussians (activation-like: a few hundred clusters, a decaying
+spectrum), queried with stored keys plus small noise (a rephrase lands near its edit's key).
+It reports build time, batch-1 and batch-32 latency (p50/p95 ms per call), recall@1 of HNSW
+against the exact answer, and the bytes held. Memory: the keys alone take
+``n * dim * 4`` bytes per index, twice over while flat and HNSW are compared (100k keys of
+4096 floats: 1.6 GB each), plus HNSW's links (``n * M * 8`` bytes); combinations above
+``--max-mb`` are skipped (and listed) unless the limit is raised.
+
+``lifelong bench grace`` loads a model (default: the built-in one), fills a GRACE codebook to
+each size with keys and values of the model's own world prompts (untrained values: this
+measures lookup and placement cost, not editing quality), then times real edits (per-edit
+wall time, steps) and query forwards with the codebook attached against the bare model.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from .index import KeyIndex
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(float(x)) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+
+
+def synthetic_keys(n: int, dim: int, seed: int, clusters: int = 256) -> np.ndarray:
+    """`n` clustered, anisotropic float32 keys of width `dim` (deterministic from `seed`)."""
+    rng = np.random.default_rng(seed)
+    scale = (1.0 / np.sqrt(np.arange(1, dim + 1))).astype(np.float32)
+    centres = rng.standard_normal((clusters, dim), dtype=np.float32) * scale
+    out = np.empty((n, dim), np.float32)
+    for start in range(0, n, 8192):  # chunked: no n x dim float64 temporaries
+        m = min(8192, n - start)
+        which = rng.integers(0, clusters, m)
+        out[start:start + m] = centres[which] + 0.3 * rng.standard_normal((m, dim), dtype=np.float32) * scale
+    return out
+
+
+def _pct(ms: list[float]) -> dict[str, float]:
+    a = np.asarray(ms)
+    return {"p50": round(float(np.percentile(a, 50)), 4), "p95": round(float(np.percentile(a, 95)), 4)}
+
+
+def _time_lookups(index: KeyIndex, queries: np.ndarray, batch: int, repeats: int) -> list[float]:
+    ms = []
+    index.search(queries[:batch], 1)  # warm-up
+    for r in range(repeats):
+        q = queries[(r * batch) % len(queries):][:batch]
+        if len(q) < batch:
+            q = queries[:batch]
+        t0 = time.perf_counter()
+        index.search(q, 1)
+        ms.append((time.perf_counter() - t0) * 1e3)
+    return ms
+
+
+def bench_index(sizes: list[int], dims: list[int], seed: int = 0, queries: int = 200,
+                max_mb: float = 1024, hnsw_m: int = 32, ef_construction: int = 64,
+                ef_search: int = 64, echo=print) -> dict[str, Any]:
+    """Rows of the index benchmark (see the module docstring)."""
+    rows, skipped = [], []
+    for dim in dims:
+        for n in sizes:
+            mb = 2 * n * dim * 4 / 2**20
+            if mb > max_mb:
+                skipped.append({"n": n, "dim": dim, "mb": round(mb)})
+                echo(f"skip n={n} dim={dim}: ~{mb:.0f} MB of keys > --max-mb {max_mb:g}")
+                continue
+            keys = synthetic_keys(n, dim, seed)
+            rng = np.random.default_rng(seed + 1)
+            pick = rng.integers(0, n, queries)
+            noise = 0.05 * rng.standard_normal((queries, dim), dtype=np.float32) / np.sqrt(np.arange(1, dim + 1, dtype=np.float32))
+            qs = np.ascontiguousarray(keys[pick] + noise)
+            ids = np.arange(n, dtype=np.int64)
+            exact_top = None
+            for kind in ("flat", "hnsw"):
+                t0 = time.perf_counter()
+                index = KeyIndex(dim, approximate_above=0 if kind == "flat" else 1, hnsw_m=hnsw_m,
+                                 ef_construction=ef_construction, ef_search=ef_search)
+                index.add(keys, ids)
+                build_s = time.perf_counter() - t0
+                top = index.search(qs, 1)[1][:, 0]
+                if kind == "flat":
+                    exact_top = top
+                b1 = _time_lookups(index, qs, 1, queries)
+                b32 = _time_lookups(index, qs, 32, max(10, queries // 8))
+                row = {"n": n, "dim": dim, "index": kind, "build_s": round(build_s, 3),
+                       "batch1_ms": _pct(b1), "batch32_ms": _pct(b32),
+                       "recall_at_1": round(float(np.mean(top == exact_top)), 4),
+                       "self_recall_at_1": round(float(np.mean(top == pick)), 4),
+                       "mb": round(index.nbytes() / 2**20, 1)}
+                rows.append(row)
+                echo(_index_line(row))
+                del index
+    return {"rows": rows, "skipped": skipped, "seed": seed, "queries": queries,
+            "hnsw": {"M": hnsw_m, "ef_construction": ef_construction, "ef_search": ef_search}}
+
+
+def _index_line(r: dict) -> str:
+    return (f"{r['n']:>7} {r['dim']:>5} {r['index']:>5} {r['build_s']:>8.2f} "
+            f"{r['batch1_ms']['p50']:>8.3f} {r['batch1_ms']['p95']:>8.3f} "
+            f"{r['batch32_ms']['p50']:>8.3f} {r['batch32_ms']['p95']:>8.3f} "
+            f"{r['recall_at_1']:>7.3f} {r['mb']:>8.1f}")
+
+
+INDEX_HEADER = (f"{'keys':>7} {'dim':>5} {'index':>5} {'build_s':>8} {'b1 p50':>8} {'b1 p95':>8} "
+                f"{'b32 p50':>8} {'b32 p95':>8} {'rec@1':>7} {'MB':>8}")
+
+
+def bench_grace(model: str | None, sizes: list[int], edits: int = 20, queries: int = 64,
+                seed: int = 0, settings: dict | None = None, echo=print) -> dict[str, Any]:
+    """Per-edit time and query overhead of GRACE at each codebook size (module docstring)."""
+    import torch
+
+    from .methods import AttachContext, EditRequest, build_method
+    from .model import load_model
+    from .scoring import encode_pairs, forward_logits
+    from .world import World
+
+    lm = load_model(model)
+    wpath = Path(lm.path) / "world.json"
+    if not wpath.exists():
+        raise click.ClickException(f"{wpath}: bench grace needs the model's world.json")
+    world = World.from_json(wpath)
+    facts = list(world)
+    rng = np.random.default_rng(seed)
+    pairs = [(f, t) for f in facts for t in range(len(world.templates(f.relation)))]
+    order = rng.permutation(len(pairs))
+    need = max(sizes) + edits + queries
+    if need > len(pairs):
+        raise click.ClickException(f"the world has {len(pairs)} prompts; sizes need {need}")
+    chosen = [pairs[i] for i in order[:need]]
+    probe = [(world.prompt(f, t), f.value) for f, t in chosen[-queries:]]
+    edit_pairs = chosen[-queries - edits:-queries]
+
+    def time_queries() -> dict[str, Any]:
+        with torch.no_grad():
+            b1 = []
+            batches = [encode_pairs(lm, [p], [a])[:3] for p, a in probe]
+            forward_logits(lm, *batches[0])
+            for b in batches:
+                t0 = time.perf_counter()
+                forward_logits(lm, *b)
+                b1.append((time.perf_counter() - t0) * 1e3)
+            b32 = []
+            for s in range(0, len(probe) - 31, 32):
+                batch = encode_pairs(lm, [p for p, _ in probe[s:s + 32]], [a for _, a in probe[s:s + 32]])[:3]
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    forward_logits(lm, *batch)
+                    b32.append((time.perf_counter() - t0) * 1e3)
+        return {"batch1_ms": _pct(b1), "batch32_ms": _pct(b32)}
+
+    bare = time_queries()
+    echo(f"bare model: batch-1 p50 {bare['batch1_ms']['p50']:.2f} ms, batch-32 p50 {bare['batch32_ms']['p50']:.2f} ms")
+    rows = []
+    for size in sizes:
+        g = build_method("grace", settings or {}, seed)
+        g.attach(lm, AttachContext(seed=seed))
+        t0 = time.perf_counter()
+        fill = chosen[:size]
+        for s in range(0, size, 256):
+            chunk = fill[s:s + 256]
+            prompts = [world.prompt(f, t) for f, t in chunk]
+            keys, outs, tids, _ = g.keys_of(prompts, [f.value for f, _ in chunk])
+            for i, (f, t) in enumerate(chunk):
+                item = {"edit_id": f"fill{s + i}", "fact": f"{f.key}#{t}", "target": f.value,
+                        "target_ids": list(tids[i]), "prompts": [prompts[i]],
+                        "keys": keys[i:i + 1], "values": outs[i:i + 1]}
+                g.insert_item(item)
+        fill_s = time.perf_counter() - t0
+        edit_ms, steps = [], []
+        for k, (f, t) in enumerate(edit_pairs):
+            new = next(o for o in world.objects(f.relation) if o != f.value)
+            t0 = time.perf_counter()
+            rc = g.edit([EditRequest(f"bench{k}", world.prompt(f, t), new, f.key, f.subject)])
+            edit_ms.append((time.perf_counter() - t0) * 1e3)
+            steps.append(rc.steps)
+        q = time_queries()
+        row = {"keys": len(g.index), "fill_s": round(fill_s, 2), "edit_ms": _pct(edit_ms),
+               "edit_ms_mean": round(float(np.mean(edit_ms)), 2), "steps_mean": float(np.mean(steps)),
+               **q, "overhead_batch1": round(q["batch1_ms"]["p50"] / bare["batch1_ms"]["p50"] - 1, 4),
+               "overhead_batch32": round(q["batch32_ms"]["p50"] / bare["batch32_ms"]["p50"] - 1, 4),
+               "footprint_mb": round(g.footprint() / 2**20, 2)}
+        g.detach()
+        rows.append(row)
+        echo(f"{row['keys']:>6} keys: edit p50 {row['edit_ms']['p50']:.1f} ms (mean {row['edit_ms_mean']:.1f}, "
+             f"{row['steps_mean']:.1f} steps); query batch-1 p50 {q['batch1_ms']['p50']:.2f} ms "
+             f"({row['overhead_batch1']:+.1%}), batch-32 p50 {q['batch32_ms']['p50']:.2f} ms "
+             f"({row['overhead_batch32']:+.1%}); {row['footprint_mb']} MB")
+    return {"model": lm.name, "bare": bare, "rows": rows, "threads": torch.get_num_threads()}
+
+
+@click.group()
+def bench() -> None:
+    """Micro-benchmarks: the FAISS key index, GRACE's edit and query cost."""
+
+
+@bench.command("index")
+@click.option("--sizes", default="1000,10000,100000", show_default=True, help="numbers of keys")
+@click.option("--dims", default="128,4096", show_default=True, help="key widths")
+@click.option("--queries", default=200, show_default=True, type=click.IntRange(min=32))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--max-mb", default=1024.0, show_default=True,
+              help="skip combinations whose keys (flat + HNSW copies) exceed this many MB")
+@click.option("--hnsw-m", default=32, show_default=True, type=click.IntRange(min=4))
+@click.option("--ef-construction", default=64, show_default=True, type=click.IntRange(min=8))
+@click.option("--ef-search", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="also write the rows as JSON")
+def bench_index_cmd(sizes, dims, queries, seed, max_mb, hnsw_m, ef_construction, ef_search, json_path):
+    """Lookup latency and recall of the key index: flat against HNSW."""
+    click.echo(INDEX_HEADER)
+    out = bench_index(_ints(sizes), _ints(dims), seed, queries, max_mb, hnsw_m, ef_construction,
+                      ef_search, echo=click.echo)
+    if json_path:
+        Path(json_path).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+        click.echo(f"json: {json_path}")
+
+
+@bench.command("grace")
+@click.option("--model", default=None, help="'builtin' (default) or a model directory with a world.json")
+@click.option("--sizes", default="1000,10000", show_default=True, help="codebook sizes")
+@click.option("--edits", default=20, show_default=True, type=click.IntRange(min=1), help="edits timed per size")
+@click.option("--queries", default=64, show_default=True, type=click.IntRange(min=32), help="prompts timed per size")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="also write the results as JSON")
+def bench_grace_cmd(model, sizes, edits, queries, seed, json_path):
+    """GRACE per-edit time and query overhead against the bare model."""
+    out = bench_grace(model, _ints(sizes), edits, queries, seed, echo=click.echo)
+    if json_path:
+        Path(json_path).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+        click.echo(f"json: {json_path}")

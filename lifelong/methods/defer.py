@@ -1,0 +1,244 @@
+"""`defer`: DEFER, the learned-adaptor baseline of the GRACE and WISE papers.
+
+At one MLP output projection (``layers.{layer}.mlp.out``, the same place as GRACE) an adaptor
+reads the projection's input ``x`` (the MLP hidden activation, RMS-normalised to ``x̂``):
+
+* a **gate** ``g = sigmoid(w·x̂_key + b)``, read at the row's key token (the last prompt
+  token, as in GRACE), decides whether the row is an edited input;
+* a **value predictor** ``Δ(x̂) = B tanh(A x̂)``, a trained read-out ``B`` over `hidden` fixed
+  random features ``A`` (seeded; training ``A`` too lets Adam kill the features of the edited
+  token), changes the layer output at the key token and every later token:
+  ``y' = y + Δ(x̂_t)`` where the gate is open (``g > 0.5``); a closed gate leaves the row
+  bit-identical.
+
+While training the gate is soft (``y' = y + g Δ``) so the target loss reaches it. Each edit
+runs `steps` Adam steps on: the target loss of the edit (and, for a re-edit, of the fact's
+earlier prompts, so the newest value answers them), plus `gate_weight` times a binary
+cross-entropy that opens the gate on the keys of every active edit and closes it on the keys
+of unrelated prompts (``AttachContext.unrelated_prompts``, the stream's locality prompts that
+are *not* probed, keyed once at attach; capped at `negatives`). Keys are cached, so the gate
+terms cost no forward pass. The value predictor only ever sees the current edit: as in the
+papers, sequential edits overwrite each other through the shared weights (forgetting).
+
+Retraction (`retract` setting): ``"retrain"`` re-initialises the adaptor from the seed and
+re-trains it on the remaining edit log in order: exact (the state equals the one had the edit
+never been made; training is deterministic), but it costs as much as replaying every
+remaining edit. ``"unsupported"`` raises NotSupported: the edit's effect is entangled with
+every later edit in the shared weights, and nothing cheaper undoes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .. import layers
+from ..config import setting
+from ..errors import LifelongError, NotSupported
+from ..model import LM
+from ..scoring import target_loss
+from .base import AttachContext, EditReceipt, EditRequest, MemoryBase, tensor_bytes
+from .grace import key_positions, position_mask
+
+
+@dataclass(frozen=True)
+class DeferConfig:
+    layer: int | None = setting(None, "layer whose mlp.out output the adaptor changes "
+                                      "(negative counts from the end); default: late-middle")
+    hidden: int = setting(64, "random features of the value predictor (its rank)", min=1, max=4096)
+    steps: int = setting(20, "Adam steps per edit", min=1, max=10_000)
+    lr: float = setting(1e-2, "Adam learning rate", min=0.0)
+    stop_loss: float = setting(0.02, "stop early once the edit's target loss is below this "
+                                     "and the gate is right on every positive and negative key",
+                               min=0.0)
+    gate_weight: float = setting(1.0, "weight of the gate's cross-entropy against the target loss",
+                                 min=0.0)
+    negatives: int = setting(1024, "unrelated prompts keyed at attach as gate negatives "
+                                   "(the first N of AttachContext.unrelated_prompts)", min=0)
+    replace: str = setting("from_key", "positions the adaptor changes (as in grace)",
+                           choices=("from_key", "key", "prompt", "all"))
+    retract: str = setting("retrain", "'retrain': exact, re-trains on the remaining edit log "
+                                      "(cost of every remaining edit); 'unsupported': refuse",
+                           choices=("retrain", "unsupported"))
+
+
+class Defer(MemoryBase):
+    """DEFER. Invariants: the adaptor is a deterministic function of (seed, negatives, active
+    edit log); detach leaves the model as it was (only a hook is added)."""
+
+    name = "defer"
+    Config = DeferConfig
+    summary = "DEFER: learned gate + value predictor at one layer (retract by retraining)"
+
+    def attach(self, lm: LM, ctx: AttachContext) -> None:
+        cfg = self.config
+        self.lm = lm
+        layer = layers.layer_index(lm.model, cfg.layer if cfg.layer is not None
+                                   else layers.default_edit_layer(lm.model))
+        self.layer_name = f"layers.{layer}.mlp.out"
+        self.module = layers.resolve(lm.model, self.layer_name)
+        self.key_dim, self.value_dim = layers.in_out_features(self.module)
+        self.mode = "serve"  # serve | capture | train
+        self._captured: torch.Tensor | None = None
+        self._handles = [self.module.register_forward_hook(self._hook)]
+        self.log: list[dict[str, Any]] = []
+        self.negatives = self._keys(list(ctx.unrelated_prompts[:cfg.negatives]))
+        self._init_params()
+
+    def detach(self) -> None:
+        while self._handles:
+            self._handles.pop().remove()
+
+    def _init_params(self) -> None:
+        g = torch.Generator().manual_seed(self.seed)
+        h, dk, dv = self.config.hidden, self.key_dim, self.value_dim
+        self.features = torch.randn(h, dk, generator=g) / dk ** 0.5  # fixed
+        self.params = {"w": torch.zeros(dk), "b": torch.tensor(-3.0), "B": torch.zeros(dv, h)}
+
+    # ---- the adaptor --------------------------------------------------------------------
+    @staticmethod
+    def _norm(x: torch.Tensor) -> torch.Tensor:
+        return x / x.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()
+
+    def gate(self, keys: torch.Tensor) -> torch.Tensor:
+        """Gate logits of raw keys (n, key_dim)."""
+        return self._norm(keys) @ self.params["w"] + self.params["b"]
+
+    def _delta(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self._norm(x) @ self.features.T) @ self.params["B"].T
+
+    def _hook(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        x = args[0]
+        batch, width = output.shape[0], output.shape[1]
+        kpos = key_positions(self.lm, batch, width, output.device)
+        keys = x[torch.arange(batch, device=x.device), kpos].float()
+        if self.mode == "capture":
+            self._captured = keys.detach().clone()
+            return output
+        logit = self.gate(keys)
+        mask = position_mask(self.lm, self.config.replace, kpos, width)
+        if self.mode == "train":
+            weight = torch.sigmoid(logit).unsqueeze(1) * mask
+            return output + (weight.unsqueeze(-1) * self._delta(x.float())).to(output.dtype)
+        open_ = (logit > 0).detach()
+        if not bool(open_.any()):
+            return output
+        new = output + self._delta(x.float()).to(output.dtype)
+        return torch.where((mask & open_.unsqueeze(1)).unsqueeze(-1), new, output)
+
+    @torch.no_grad()
+    def _keys(self, prompts: list[str]) -> torch.Tensor:
+        """Keys (last prompt token) of prompts, computed with the adaptor out of the way."""
+        if not prompts:
+            return torch.zeros((0, self.key_dim))
+        out = []
+        self.mode = "capture"
+        try:
+            for i in range(0, len(prompts), 128):
+                chunk = prompts[i:i + 128]
+                target_loss(self.lm, chunk, ["x"] * len(chunk))  # any target: keys precede it
+                out.append(self._captured)
+        finally:
+            self.mode, self._captured = "serve", None
+        return torch.cat(out)
+
+    # ---- editing ------------------------------------------------------------------------
+    def edit(self, requests: Sequence[EditRequest]) -> EditReceipt:
+        first = last = None
+        steps = 0
+        for r in requests:
+            prompts = [r.prompt] + [p for p in self._fact_prompts(r.fact) if p != r.prompt]
+            item = {"edit_id": r.edit_id, "fact": r.fact, "target": r.target, "prompts": prompts,
+                    "keys": self._keys(prompts)}
+            self.log.append(item)
+            lb, la, n = self._train(item)
+            first = lb if first is None else first
+            last, steps = la, steps + n
+        return EditReceipt(applied=True, loss_before=first, loss_after=last, steps=steps,
+                           detail={"layer": self.layer_name})
+
+    def _fact_prompts(self, fact: str) -> list[str]:
+        for item in reversed(self.log):
+            if item["fact"] == fact:
+                return list(item["prompts"])
+        return []
+
+    def _positives(self) -> torch.Tensor:
+        """Keys of the active edits (only the newest edit of each fact)."""
+        newest = {it["fact"]: it for it in self.log}
+        keys = [it["keys"] for it in newest.values()]
+        return torch.cat(keys) if keys else torch.zeros((0, self.key_dim))
+
+    def _train(self, item: dict[str, Any]) -> tuple[float, float, int]:
+        cfg, lm = self.config, self.lm
+        prompts, targets = item["prompts"], [item["target"]] * len(item["prompts"])
+        pos, neg = self._positives(), self.negatives
+        gate_x = torch.cat([pos, neg])
+        gate_y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))])
+        # balance: positives and negatives weigh the same in total
+        gate_w = torch.cat([torch.full((len(pos),), 0.5 / max(len(pos), 1)),
+                            torch.full((len(neg),), 0.5 / max(len(neg), 1))])
+        flags = [p.requires_grad for p in lm.model.parameters()]
+        leaves = list(self.params.values())
+        for t in leaves:
+            t.requires_grad_(True)
+        opt = torch.optim.Adam(leaves, lr=cfg.lr)
+        first = last = None
+        steps = 0
+        try:
+            for p in lm.model.parameters():
+                p.requires_grad_(False)
+            self.mode = "train"
+            while True:
+                opt.zero_grad(set_to_none=True)
+                tl = target_loss(lm, prompts, targets)
+                logits = self.gate(gate_x)
+                gl = (F.binary_cross_entropy_with_logits(logits, gate_y, reduction="none") * gate_w).sum()
+                last = float(tl.detach())
+                first = last if first is None else first
+                gate_right = bool(((logits > 0) == (gate_y > 0)).all())
+                if steps >= cfg.steps or (last < cfg.stop_loss and gate_right):
+                    break
+                (tl + cfg.gate_weight * gl).backward()
+                opt.step()
+                steps += 1
+        finally:
+            self.mode = "serve"
+            for t in leaves:
+                t.requires_grad_(False)
+            for p, f in zip(lm.model.parameters(), flags):
+                p.requires_grad_(f)
+        return first, last, steps
+
+    def retract(self, edit_id: str) -> None:
+        if self.config.retract == "unsupported":
+            raise NotSupported("defer cannot retract one edit cheaply: its change is entangled "
+                               "with every later edit in the adaptor's shared weights "
+                               "(set retract = 'retrain' to re-train on the remaining log)")
+        kept = [it for it in self.log if it["edit_id"] != edit_id]
+        if len(kept) == len(self.log):
+            raise LifelongError(f"defer: no active edit {edit_id!r} to retract")
+        self._init_params()
+        self.log = []
+        for item in kept:
+            self.log.append(item)
+            self._train(item)
+
+    # ---- state --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"params": {k: v.detach().clone() for k, v in self.params.items()},
+                "negatives": self.negatives.clone(),
+                "log": [dict(it, keys=it["keys"].clone(), prompts=list(it["prompts"])) for it in self.log]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.params = {k: v.clone() for k, v in state["params"].items()}
+        self.negatives = state["negatives"].clone()
+        self.log = [dict(it, keys=it["keys"].clone(), prompts=list(it["prompts"])) for it in state["log"]]
+
+    def footprint(self) -> int:
+        """Adaptor weights + cached negative keys + the log's keys."""
+        return (tensor_bytes(*self.params.values(), self.features, self.negatives)
+                + sum(tensor_bytes(it["keys"]) for it in self.log))

@@ -1,0 +1,242 @@
+"""Pretrain a small GPT-2 on a synthetic world, on CPU, deterministically.
+
+Every training sequence is one trained (fact, template) pair: `prompt + " " + object + [EOS]`.
+Held-out pairs are never shown; they measure whether the model maps a phrasing it never saw
+with a fact onto that fact. The loss weights the object (and EOS) tokens 1 and the prompt
+tokens `prompt_weight` (0 by default: predicting the template and the name teaches nothing
+about facts and costs capacity).
+
+Invariants: the same (WorldConfig, PretrainConfig) and thread count give identical weights
+(torch.manual_seed for the init, a seeded torch.Generator for the data order, no dropout);
+positions start at 0 in every row (right padding), matching how `scoring` feeds prompts
+(left padding with position ids that skip the pads).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from .config import setting, to_dict
+from .world import World, WorldConfig
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Model shape and optimisation of `lifelong pretrain`."""
+
+    seed: int = setting(0, "seed of the weight init and of the data order")
+    n_layer: int = setting(4, "transformer blocks", min=1)
+    n_embd: int = setting(128, "hidden width", min=8)
+    n_head: int = setting(4, "attention heads (must divide n_embd)", min=1)
+    n_positions: int = setting(32, "longest sequence the model accepts (tokens)", min=8)
+    steps: int = setting(3000, "optimiser steps", min=1)
+    batch_size: int = setting(256, "sequences per step", min=1)
+    lr: float = setting(3e-3, "peak learning rate (AdamW)", min=0.0)
+    warmup_steps: int = setting(200, "steps of linear warmup", min=0)
+    min_lr_ratio: float = setting(0.05, "final lr as a share of the peak (cosine decay)",
+                                  min=0.0, max=1.0)
+    weight_decay: float = setting(0.01, "AdamW weight decay", min=0.0)
+    grad_clip: float = setting(1.0, "gradient norm clip (0: none)", min=0.0)
+    prompt_weight: float = setting(0.0, "loss weight of prompt tokens (object and EOS "
+                                   "tokens weigh 1)", min=0.0)
+    threads: int = setting(2, "torch CPU threads", min=1)
+    eval_every: int = setting(500, "steps between monitoring evaluations (0: none)", min=0)
+    eval_sample: int = setting(2000, "pairs per split in a monitoring evaluation", min=1)
+    log_seconds: float = setting(5.0, "seconds between progress lines", min=0.0)
+
+    def __post_init__(self) -> None:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_head ({self.n_head}) must divide n_embd ({self.n_embd})")
+
+
+def _encode(tok, pairs: list[tuple[str, str]], prompt_weight: float,
+            max_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ids, per-position loss weights (aligned with the *predicted* token), and
+    row lengths. weights[i, k] weighs the prediction of ids[i, k + 1]."""
+    rows, weights = [], []
+    for prompt, target in pairs:
+        p = tok(prompt, add_special_tokens=False)["input_ids"]
+        t = tok(prompt + " " + target, add_special_tokens=False)["input_ids"][len(p):]
+        ids = p + t + [tok.eos_token_id]
+        if len(ids) > max_len:
+            raise ValueError(f"sequence of {len(ids)} tokens exceeds n_positions={max_len}")
+        rows.append(ids)
+        weights.append([prompt_weight] * (len(p) - 1) + [1.0] * (len(t) + 1))
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+    w = torch.zeros((len(rows), width - 1))
+    for i, (r, wr) in enumerate(zip(rows, weights)):
+        ids[i, : len(r)] = torch.tensor(r)
+        w[i, : len(wr)] = torch.tensor(wr)
+    return ids, w, torch.tensor([len(r) for r in rows])
+
+
+def _pairs(world: World, split: list) -> list[tuple[str, str]]:
+    return [(world.prompt(f, t), f.value) for f, t in split]
+
+
+def build_model(cfg: PretrainConfig, tok) -> GPT2LMHeadModel:
+    """A fresh GPT-2 (no dropout, tied embeddings) initialised from `cfg.seed`."""
+    torch.manual_seed(cfg.seed)
+    gcfg = GPT2Config(vocab_size=len(tok), n_positions=cfg.n_positions, n_embd=cfg.n_embd,
+                      n_layer=cfg.n_layer, n_head=cfg.n_head, resid_pdrop=0.0,
+                      embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=tok.eos_token_id,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      tie_word_embeddings=True)
+    return GPT2LMHeadModel(gcfg)
+
+
+def lr_at(step: int, cfg: PretrainConfig) -> float:
+    """Linear warmup to `lr`, then cosine decay to `lr * min_lr_ratio` at the last step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(cfg.steps - cfg.warmup_steps, 1)
+    cos = 0.5 * (1 + math.cos(math.pi * min(step - cfg.warmup_steps, span) / span))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cos)
+
+
+def _batch_loss(model, ids: torch.Tensor, w: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+    """Weighted next-token loss. The LM head runs only where the weight is non-zero (with
+    the default prompt_weight 0 that is the object and EOS positions: a cheaper step)."""
+    width = int(lens.max())
+    ids, w = ids[:, :width], w[:, : width - 1]
+    hidden = model.transformer(input_ids=ids).last_hidden_state[:, :-1]
+    keep = w > 0
+    logits = model.lm_head(hidden[keep])
+    nll = torch.nn.functional.cross_entropy(logits, ids[:, 1:][keep], reduction="none")
+    return (nll * w[keep]).sum() / w[keep].sum()
+
+
+@torch.no_grad()
+def quick_accuracy(model, encoded: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                   batch_size: int = 512) -> float:
+    """Teacher-forced exact-match accuracy of the objects of `_encode`d pairs (encoded with
+    prompt_weight 0). Monitoring only: reported numbers come from `modelcheck.check_model`."""
+    ids, w, lens = encoded
+    model.eval()
+    hits = 0
+    for start in range(0, len(ids), batch_size):
+        b_ids, b_w, b_lens = (x[start:start + batch_size] for x in encoded)
+        width = int(b_lens.max())
+        pred = model(input_ids=b_ids[:, :width]).logits[:, :-1].argmax(-1)
+        gold = b_ids[:, 1:width]
+        # positions of weight 1 predict the object tokens and the EOS; leave the EOS out
+        mask = b_w[:, : width - 1] > 0
+        mask[torch.arange(len(b_ids)), b_lens - 2] = False
+        hits += int(((pred == gold) | ~mask).all(-1).sum())
+    model.train()
+    return hits / max(len(ids), 1)
+
+
+def _sample(items: list, n: int, seed: int) -> list:
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(items), generator=g)[:n].tolist()
+    return [items[i] for i in sorted(idx)]
+
+
+def train(world: World, cfg: PretrainConfig, tok, progress: bool = True,
+          log: Callable[[str], None] | None = None) -> tuple[GPT2LMHeadModel, dict]:
+    """Train a fresh model on the world's trained pairs. Ctrl-C stops early (the partial model
+    is returned, `info["interrupted"]` is True)."""
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    train_pairs = _pairs(world, world.trained_pairs())
+    ids, w, lens = _encode(tok, train_pairs, cfg.prompt_weight, cfg.n_positions)
+    held_pairs = _pairs(world, world.heldout_pairs())
+    mon_train = _encode(tok, _sample(train_pairs, cfg.eval_sample, cfg.seed + 1), 0.0, 10 ** 6)
+    mon_held = (_encode(tok, _sample(held_pairs, cfg.eval_sample, cfg.seed + 2), 0.0, 10 ** 6)
+                if held_pairs else None)
+    model = build_model(cfg, tok)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=cfg.lr, betas=(0.9, 0.98))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    order, cursor = torch.randperm(len(ids), generator=gen), 0
+    info: dict = {"interrupted": False, "history": []}
+    start = last_log = time.perf_counter()
+    step, loss_avg = 0, None
+    try:
+        for step in range(cfg.steps):
+            if cursor + cfg.batch_size > len(order):  # reshuffle every epoch
+                order, cursor = torch.randperm(len(ids), generator=gen), 0
+            idx = order[cursor:cursor + cfg.batch_size]
+            cursor += cfg.batch_size
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            loss = _batch_loss(model, ids[idx], w[idx], lens[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            loss_avg = loss.item() if loss_avg is None else 0.9 * loss_avg + 0.1 * loss.item()
+            now = time.perf_counter()
+            line = None
+            if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
+                acc_t = quick_accuracy(model, mon_train)
+                acc_h = quick_accuracy(model, mon_held) if mon_held else float("nan")
+                info["history"].append({"step": step + 1, "loss": round(loss_avg, 4),
+                                        "train_acc": acc_t, "heldout_acc": acc_h,
+                                        "elapsed_s": round(now - start, 1)})
+                line = f" trained-acc {acc_t:.3f} held-out-acc {acc_h:.3f}"
+            if progress and (line is not None or now - last_log >= cfg.log_seconds):
+                log(f"step {step + 1}/{cfg.steps} loss {loss_avg:.4f} lr {lr_at(step, cfg):.2e} "
+                    f"elapsed {now - start:.0f}s{line or ''}")
+                last_log = now
+        step = cfg.steps
+    except KeyboardInterrupt:
+        info["interrupted"] = True
+        log(f"interrupted at step {step}; keeping the model trained so far")
+    info.update(steps_done=step, train_seconds=round(time.perf_counter() - start, 1),
+                final_loss=loss_avg)
+    model.eval()
+    return model, info
+
+
+def _final_check(model, tok, world: World) -> dict:
+    """Accuracies of the trained model in both protocols (via modelcheck/scoring)."""
+    from .model import LM
+    from .modelcheck import check_model
+    return check_model(LM(model=model, tok=tok, name="pretrained", path=""), world)
+
+
+def pretrain(world_cfg: WorldConfig, pretrain_cfg: PretrainConfig, out_dir: str | Path,
+             progress: bool = True) -> dict:
+    """Generate the world, train, check, and write a loadable model directory:
+    model.safetensors + config.json, the tokenizer, world.json and pretrain.json.
+    Returns what pretrain.json holds."""
+    wall = time.perf_counter()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(pretrain_cfg.threads)
+    try:
+        world = World.generate(world_cfg)
+        tok = world.tokenizer()
+        model, info = train(world, pretrain_cfg, tok, progress=progress)
+        check = _final_check(model, tok, world)
+    finally:
+        torch.set_num_threads(previous_threads)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    world.save(out / "world.json")
+    record = {"world_config": to_dict(world_cfg), "pretrain_config": to_dict(pretrain_cfg),
+              "world": world.summary(), "parameters": sum(p.numel() for p in model.parameters()),
+              **{k: v for k, v in info.items()}, "check": check,
+              "wall_seconds": round(time.perf_counter() - wall, 1),
+              "torch": torch.__version__, "threads": pretrain_cfg.threads,
+              "python": platform.python_version(), "machine": platform.machine()}
+    (out / "pretrain.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return record

@@ -1,0 +1,79 @@
+"""DEFER: learns an edit, keeps its gate closed on unrelated inputs, retracts exactly by
+re-training on the remaining log (or refuses, when so configured)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import make_tiny_model, tiny_tokenizer
+from lifelong.errors import NotSupported
+from lifelong.methods import AttachContext, EditRequest, build_method
+from lifelong.model import LM
+from lifelong.scoring import encode_pairs, forward_logits, score_pairs
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+FAST = {"steps": 60, "lr": 0.05}
+UNRELATED = ("Caspar speaks", "Delphine plays the", "Evander was born in", "Fenella works for",
+             "The employer of Gideon is", "Hestia likes the colour", "Ignatius owns a")
+EDITS = [EditRequest("e1", "Aldric works for", "Zentro", "Aldric|employer"),
+         EditRequest("e2", "Brenna was born in", "Kyoto", "Brenna|city")]
+
+
+def fresh_lm() -> LM:
+    return LM(make_tiny_model("gpt2", n_layer=2, width=32), tiny_tokenizer(), "tiny", "")
+
+
+def defer(lm: LM, **settings):
+    d = build_method("defer", {**FAST, **settings}, 0)
+    d.attach(lm, AttachContext(seed=0, unrelated_prompts=UNRELATED))
+    return d
+
+
+@torch.no_grad()
+def logits(lm: LM, prompts) -> torch.Tensor:
+    ids, mask, end, _, _ = encode_pairs(lm, list(prompts), ["Zentro"] * len(prompts))
+    return forward_logits(lm, ids, mask, end)
+
+
+def test_learns_the_edit_and_keeps_the_gate_closed_on_unrelated_inputs():
+    lm = fresh_lm()
+    before = logits(lm, UNRELATED)
+    d = defer(lm)
+    receipt = d.edit([EDITS[0]])
+    assert receipt.loss_after < receipt.loss_before
+    assert score_pairs(lm, [EDITS[0].prompt], [EDITS[0].target])[0].gen_exact
+    assert (d.gate(d.negatives) < 0).all()
+    assert torch.equal(logits(lm, UNRELATED), before)  # closed gate: bit-identical rows
+    d.detach()
+    assert torch.equal(logits(lm, UNRELATED), before)
+
+
+def test_retract_retrains_to_the_never_edited_adaptor():
+    lm = fresh_lm()
+    d = defer(lm)
+    for r in EDITS:
+        d.edit([r])
+    d.retract("e1")
+    got = {k: v.clone() for k, v in d.params.items()}
+    d.detach()
+    ref = defer(lm)
+    ref.edit([EDITS[1]])
+    assert all(torch.equal(got[k], ref.params[k]) for k in got)
+
+
+def test_retract_can_be_refused():
+    d = defer(fresh_lm(), retract="unsupported")
+    d.edit([EDITS[0]])
+    with pytest.raises(NotSupported, match="entangled"):
+        d.retract("e1")
+
+
+def test_re_edit_trains_the_old_prompt_too():
+    lm = fresh_lm()
+    d = defer(lm, steps=60)
+    d.edit([EditRequest("e1", "Aldric works for", "Zentro", "Aldric|employer")])
+    d.edit([EditRequest("e2", "The employer of Aldric is", "Vantex", "Aldric|employer")])
+    assert d.log[-1]["prompts"] == ["The employer of Aldric is", "Aldric works for"]
+    assert len(d._positives()) == 2  # only the newest edit of the fact is a positive

@@ -1,0 +1,227 @@
+"""GRACE: the placement rules (split / expand / move, displacement), lookups, exact
+retraction, re-edits, and the key taken at the last prompt token in left-padded batches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import make_tiny_model, tiny_tokenizer
+from lifelong.methods import AttachContext, EditRequest, build_method
+from lifelong.model import LM
+from lifelong.scoring import encode_pairs, forward_logits, score_pairs
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+FAST = {"steps": 15, "lr": 1.0}
+PROMPTS = ["Aldric works for", "The employer of Aldric is", "Brenna was born in",
+           "Caspar speaks", "Who employs Delphine ? Answer :", "Evander plays the"]
+
+
+def fresh_lm(seed: int = 0) -> LM:
+    return LM(make_tiny_model("gpt2", seed=seed, n_layer=2, width=32), tiny_tokenizer(), "tiny", "")
+
+
+def grace(lm: LM, **settings_):
+    g = build_method("grace", {**FAST, **settings_}, 0)
+    g.attach(lm, AttachContext(seed=0))
+    return g
+
+
+@torch.no_grad()
+def logits(lm: LM, prompts=PROMPTS, target="Zentro") -> torch.Tensor:
+    ids, mask, end, _, _ = encode_pairs(lm, prompts, [target] * len(prompts))
+    return forward_logits(lm, ids, mask, end)
+
+
+# ---- placement rules on synthetic keys (no training) --------------------------------------
+
+def item(g, i: int, xy: tuple[float, float], target: int, fact: int) -> dict:
+    key = torch.zeros(1, g.key_dim)
+    key[0, 0], key[0, 1] = xy
+    return {"edit_id": f"e{i}", "fact": f"f{fact}", "target": str(target), "target_ids": [target],
+            "prompts": [f"p{i}"], "keys": key, "values": torch.full((1, g.value_dim), float(i))}
+
+
+def check_invariants(g) -> None:
+    rows = [r for r in range(g.n) if g.alive[r]]
+    assert len(g.index) == len(rows)
+    k = g.keys[rows].double()
+    d = torch.cdist(k, k)
+    for a in range(len(rows)):
+        assert g.radii[rows[a]] >= 0
+        for b in range(a + 1, len(rows)):
+            if g.targets[rows[a]] != g.targets[rows[b]]:  # never overlap
+                assert d[a, b] + 1e-9 >= g.radii[rows[a]] + g.radii[rows[b]]
+    if rows:  # a query equal to a stored key retrieves it
+        entry, hit = g.lookup(g.keys[rows])
+        assert hit.all() and entry.tolist() == rows
+    # every key of each fact's newest edit retrieves its target (unless a newer edit of
+    # another fact has the identical key: then the newest input wins)
+    newest = {it["fact"]: (pos, it) for pos, it in enumerate(g.log)}
+    for pos, it in newest.values():
+        later = [o["keys"] for o in g.log[pos + 1:]]
+        for key in it["keys"]:
+            if any(bool((lk == key).all(-1).any()) for lk in later):
+                continue
+            entry, hit = g.lookup(key[None])
+            assert hit.item() and g.targets[entry.item()] == tuple(it["target_ids"])
+
+
+point = st.tuples(st.integers(0, 6), st.integers(0, 6)).map(lambda p: (p[0] * 0.3, p[1] * 0.3))
+ops = st.lists(st.tuples(point, st.integers(0, 2), st.integers(0, 5)), min_size=1, max_size=14)
+
+
+@pytest.mark.parametrize("conflict", ["coverage", "moving_average"])
+@settings(max_examples=60, deadline=None)
+@given(seq=ops)
+def test_split_expand_rules_keep_the_invariants(conflict, seq):
+    g = grace(fresh_lm(), eps=0.5, eps_relative=False, conflict=conflict)
+    for i, (xy, target, fact) in enumerate(seq):
+        g.insert_item(item(g, i, xy, target, fact))
+        check_invariants(g)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seq=ops, data=st.data())
+def test_retraction_replays_to_the_never_edited_codebook(seq, data):
+    lm = fresh_lm()
+    g = grace(lm, eps=0.5, eps_relative=False)
+    items = [item(g, i, xy, t, f) for i, (xy, t, f) in enumerate(seq)]
+    for it in items:
+        g.insert_item(it)
+    gone = data.draw(st.sampled_from(items))["edit_id"]
+    g.retract(gone)
+    check_invariants(g)
+    ref = grace(lm, eps=0.5, eps_relative=False)
+    for it in items:
+        if it["edit_id"] != gone:
+            ref.insert_item(it)
+
+    def alive(m):
+        return sorted((m.keys[r].tolist(), float(m.radii[r]), m.values[r].tolist(), m.targets[r])
+                      for r in range(m.n) if m.alive[r])
+    assert alive(g) == alive(ref)
+    g.detach()
+
+
+def test_split_halves_both_radii_and_same_target_expands():
+    g = grace(fresh_lm(), eps=1.0, eps_relative=False)
+    g.insert_item(item(g, 0, (0.0, 0.0), 1, 0))
+    g.insert_item(item(g, 1, (1.2, 0.0), 2, 1))  # different target within 2 * eps: split
+    assert g.radii[:2].tolist() == pytest.approx([0.6, 0.6])
+    placed = g.insert_item(item(g, 2, (0.0, 0.5), 1, 2))  # same target, within reach: expand
+    assert placed == ["expanded:0"] and len(g.index) == 2
+    assert 0.5 <= float(g.radii[0]) <= 0.6 + 1e-6
+    # no room to cover this one without overlapping target 2: a new entry instead
+    assert g.insert_item(item(g, 3, (-1.0, 0.0), 1, 3)) == ["new:2"]
+    check_invariants(g)
+
+
+def test_moving_average_moves_the_key():
+    g = grace(fresh_lm(), eps=1.0, eps_relative=False, conflict="moving_average")
+    g.insert_item(item(g, 0, (0.0, 0.0), 1, 0))
+    assert g.insert_item(item(g, 1, (0.5, 0.0), 1, 1)) == ["moved:0"]
+    assert g.keys[0, 0].item() == pytest.approx(0.25)
+    check_invariants(g)
+
+
+def test_identical_key_newest_wins_and_retraction_restores_it():
+    g = grace(fresh_lm(), eps=1.0, eps_relative=False)
+    g.insert_item(item(g, 0, (0.3, 0.3), 1, 0))
+    g.insert_item(item(g, 1, (0.3, 0.3), 2, 1))
+    entry, hit = g.lookup(g.log[0]["keys"])
+    assert hit.item() and g.targets[entry.item()] == (2,)
+    g.retract("e1")
+    entry, hit = g.lookup(g.log[0]["keys"])
+    assert hit.item() and g.targets[entry.item()] == (1,)
+
+
+# ---- on a model -----------------------------------------------------------------------------
+
+def test_edit_is_reliable_and_leaves_other_rows_bit_identical():
+    lm = fresh_lm()
+    before = logits(lm)
+    g = grace(lm)
+    g.edit([EditRequest("e1", "Aldric works for", "Zentro", "Aldric|employer")])
+    s = score_pairs(lm, ["Aldric works for"], ["Zentro"])[0]
+    assert s.tf_exact and s.gen_exact
+    after = logits(lm)  # a left-padded batch: only the edited row may change
+    assert not torch.equal(after[0], before[0])
+    assert torch.equal(after[2:], before[2:])
+    g.detach()
+    assert torch.equal(logits(lm), before)
+
+
+def test_multi_token_target_keyed_at_the_last_prompt_token():
+    """Teacher-forced scoring feeds the target in, generation appends tokens: both must key
+    the row at its last prompt token (a random tiny model cannot be taught three tokens with
+    one vector, so the first target token is what is checked)."""
+    lm = fresh_lm()
+    g = grace(lm, steps=40)
+    g.edit([EditRequest("e1", "Brenna was born in", "Kyoto Lisbon Oslo", "Brenna|city")])
+    s = score_pairs(lm, ["Brenna was born in", "Caspar speaks"], ["Kyoto Lisbon Oslo"] * 2)
+    assert s[0].tf_pred[0] == s[0].target_ids[0] == s[0].gen_ids[0]
+    assert s[1].tf_pred[0] != s[0].target_ids[0]
+    keys, _, _, _ = g.keys_of(["Brenna was born in"], ["Dublin"])  # another target: same key
+    assert torch.allclose(keys, g.log[0]["keys"], atol=1e-6)
+
+
+@settings(max_examples=6, deadline=None)
+@given(st.lists(st.sampled_from(range(5)), min_size=1, max_size=3), st.data())
+def test_retract_restores_outputs_exactly(order, data):
+    """Retracting the newest edit gives bit-identical outputs to before it; retracting any
+    edit gives the outputs of a memory that never saw it."""
+    targets = ["Zentro", "Vantex", "Kyoto", "Orbica", "Lisbon"]
+    reqs = [EditRequest(f"e{i}", PROMPTS[j], targets[j], f"fact{j}") for i, j in enumerate(order)]
+    lm = fresh_lm()
+    g = grace(lm)
+    for r in reqs[:-1]:
+        g.edit([r])
+    before = logits(lm)
+    g.edit([reqs[-1]])
+    g.retract(reqs[-1].edit_id)
+    assert torch.equal(logits(lm), before)
+    g.edit([reqs[-1]])
+    gone = data.draw(st.sampled_from(reqs)).edit_id
+    g.retract(gone)
+    got = logits(lm)
+    g.detach()
+    ref = grace(lm)
+    for r in reqs:
+        if r.edit_id != gone:
+            ref.edit([r])
+    assert torch.equal(got, logits(lm))
+
+
+def test_re_edit_newest_value_wins_on_old_and_new_prompts():
+    lm = fresh_lm()
+    g = grace(lm)
+    base = score_pairs(lm, ["The employer of Aldric is"], ["Vantex"])[0]
+    g.edit([EditRequest("e1", "Aldric works for", "Zentro", "Aldric|employer")])
+    g.edit([EditRequest("e2", "The employer of Aldric is", "Vantex", "Aldric|employer")])
+    for p in ("Aldric works for", "The employer of Aldric is"):
+        assert score_pairs(lm, [p], ["Vantex"])[0].gen_exact
+    g.retract("e2")
+    assert score_pairs(lm, ["Aldric works for"], ["Zentro"])[0].gen_exact
+    assert score_pairs(lm, ["The employer of Aldric is"], ["Vantex"])[0].gen_ids == base.gen_ids
+
+
+def test_relative_eps_and_state_round_trip_are_exact():
+    lm = fresh_lm()
+    g = grace(lm)
+    g.edit([EditRequest("e1", "Aldric works for", "Zentro", "a")])
+    g.edit([EditRequest("e2", "Brenna was born in", "Kyoto", "b")])
+    assert g.radii[0] == pytest.approx(0.1 * g.log[0]["keys"][0].norm().item(), rel=1e-3) or g.radii[0] < 0.1 * g.log[0]["keys"][0].norm()
+    state = g.state_dict()
+    expected = logits(lm)
+    lm2 = fresh_lm()
+    g2 = grace(lm2)
+    g2.load_state_dict(state)
+    assert torch.equal(logits(lm2), expected)
+    g2.retract("e1")  # the loaded log replays like the original
+    g.retract("e1")
+    assert torch.equal(logits(lm2), logits(lm))
+    assert g.footprint() > 0
