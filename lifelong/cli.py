@@ -36,8 +36,10 @@ def cli() -> None:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write the JSON summary here")
 @click.option("--resume", is_flag=True, help="continue runs already in the store")
 @click.option("--skip-bad", is_flag=True, help="drop invalid stream lines (counted and reported)")
+@click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads")
 @click.option("--quiet", is_flag=True, help="no progress display")
-def simulate(scenario, stream, methods, model, edits, seed, db, json_path, resume, skip_bad, quiet):
+def simulate(scenario, stream, methods, model, edits, seed, db, json_path, resume, skip_bad, threads,
+             quiet):
     """Replay an edit stream against each method of SCENARIO and report the results."""
     import dataclasses
 
@@ -52,6 +54,8 @@ def simulate(scenario, stream, methods, model, edits, seed, db, json_path, resum
                                   "edits": edits, "seed": seed})
     if skip_bad:
         sc = dataclasses.replace(sc, stream=dataclasses.replace(sc.stream, skip_bad=True))
+    if threads:
+        sc = dataclasses.replace(sc, threads=threads)
     parsed = parse_stream(sc.stream.file, skip_bad=sc.stream.skip_bad, sort=sc.stream.sort)
     if parsed.skipped:
         click.echo(f"lifelong: skipped {len(parsed.skipped)} invalid line(s) of {sc.stream.file}:", err=True)

@@ -126,6 +126,8 @@ class Runtime:
 
     # ---- public -------------------------------------------------------------------------
     def run_all(self, resume: bool = False) -> list[str]:
+        if self.sc.threads:
+            torch.set_num_threads(self.sc.threads)
         if resume:  # fault injection kills the first attempt only; a resumed one runs through
             self._crash_budget = 0
         return [self.run(spec, seed, resume) for spec in self.sc.methods for seed in self.sc.seeds]
@@ -220,26 +222,30 @@ class Runtime:
                                                           self.sc.schedule.batch_size))
             self.store.commit()
 
-    def _time_queries(self, run_id: str, lm: LM, op: str) -> None:
-        """Latency of single queries (batch 1) and of one batch, with whatever is attached."""
+    def _time_queries(self, run_id: str, lm: LM, op: str, rounds: int = 3) -> None:
+        """Latency of single queries (batch 1) and of one batch, with whatever is attached.
+        Each prompt is timed `rounds` times after a warm-up, so a busy machine's hiccups land
+        in the tail (p95) rather than in the median."""
         edits = [e for e in self.events if isinstance(e, Edit)]
         k = self.sc.schedule.latency_queries
         prompts = [e.prompt for e in edits[:k]] or ["hello"]
         targets = [e.target for e in edits[:k]] or ["world"]
         rows = []
         with torch.no_grad():
-            forward_logits(lm, *encode_pairs(lm, prompts[:1], targets[:1])[:3])  # warm-up
-            for i, (p, t) in enumerate(zip(prompts, targets)):
-                batch = encode_pairs(lm, [p], [t])[:3]
+            for _ in range(3):  # warm-up
+                forward_logits(lm, *encode_pairs(lm, prompts[:1], targets[:1])[:3])
+            for r in range(rounds):
+                for i, (p, t) in enumerate(zip(prompts, targets)):
+                    batch = encode_pairs(lm, [p], [t])[:3]
+                    t0 = time.perf_counter()
+                    forward_logits(lm, *batch)
+                    rows.append({"run_id": run_id, "op": op, "key": f"b1:{r}:{i}",
+                                 "ms": _ms(t0), "batch": 1})
+                batch = encode_pairs(lm, prompts, targets)[:3]
                 t0 = time.perf_counter()
                 forward_logits(lm, *batch)
-                rows.append({"run_id": run_id, "op": op, "key": f"b1:{i}",
-                             "ms": (time.perf_counter() - t0) * 1e3, "batch": 1})
-            batch = encode_pairs(lm, prompts, targets)[:3]
-            t0 = time.perf_counter()
-            forward_logits(lm, *batch)
-            rows.append({"run_id": run_id, "op": op, "key": f"b{len(prompts)}:0",
-                         "ms": (time.perf_counter() - t0) * 1e3, "batch": len(prompts)})
+                rows.append({"run_id": run_id, "op": op, "key": f"b{len(prompts)}:{r}",
+                             "ms": _ms(t0), "batch": len(prompts)})
         self.store.buffer("timings", rows)
         self.store.commit()
 

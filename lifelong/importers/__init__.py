@@ -1,0 +1,54 @@
+"""Importers: published knowledge-editing data sets -> `lifelong` edit streams.
+
+`lifelong streams import --format F INPUT -o STREAM.jsonl` reads a JSON array (record = its
+1-based index) or a JSONL file (record = its 1-based line) in one of the formats below and
+writes one `edit` event per record. The data sets have no timestamps: the importer gives the
+k-th edit `start + k * spacing`, in file order or in a seeded shuffle. Every edit keeps where
+it came from in `meta` (`source`, `record`, and the data set's `case_id` where it has one),
+and its id is `SOURCE-RECORD` (stable under shuffling).
+
+Formats, one module per family; each module's docstring gives its field mapping (the
+stream field <- the format's field):
+
+=====================================  ==================================================
+format                                 module
+=====================================  ==================================================
+zsre                                   zsre.py (MEND/ROME zsRE)
+knowedit                               knowedit.py (KnowEdit ZsRE / WikiData-CounterFact /
+                                       WikiData-Recent / WikiBio)
+counterfact, rome-counterfact          counterfact.py (EasyEdit and ROME CounterFact)
+wise-temporal, wise-hallucination      wise.py (WISE Temporal and hallucination)
+convsent                               convsent.py (ConvSent, blender)
+=====================================  ==================================================
+
+The rest: common.py (reading records, problems, field coercion, timestamps, `Format`),
+convert.py (options, the format registry and detection, records -> stream) and cli.py
+(the click command).
+
+`fact` (re-edit identity): the data set's subject+relation where it has one (ROME
+CounterFact: subject|relation_id), else subject|prompt (a prompt that would make it longer
+than 256 characters, such as a passage, by its SHA-1: subject|sha1:16 hex digits), else
+SOURCE:case_id, else the edit's own id. Records
+with the same fact are re-edits (the later one wins in replay).
+
+Text: every string is taken with surrounding whitespace removed (the stream joins prompt
+and target with one space), never truncated: a string longer than the stream format's
+MAX_CHARS is a problem of its record. Tolerated: extra keys, missing optional fields, a
+string where a list is allowed and the other way round, answers as strings, lists or lists
+of alias lists, empty optional strings (treated as absent). A locality/portability probe
+whose answer is empty is dropped with a note (the record's edit stays). Required fields that
+are missing, empty or of the wrong type are problems `FILE:RECORD: FIELD: what is wrong`;
+every bad record is listed in one `StreamError`, or skipped and counted with `skip_bad`.
+"""
+
+from __future__ import annotations
+
+from .cli import streams_import
+from .common import Format, read_records
+from .convert import (FORMATS, ImportOptions, ImportResult, convert_records, detect_format,
+                      import_file, write_events)
+from .convsent import CONVSENT_PROMPT, CONVSENT_REPHRASES
+
+__all__ = ["CONVSENT_PROMPT", "CONVSENT_REPHRASES", "FORMATS", "Format", "ImportOptions",
+           "ImportResult", "convert_records", "detect_format", "import_file", "read_records",
+           "streams_import", "write_events"]

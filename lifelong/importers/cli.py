@@ -1,0 +1,48 @@
+"""`lifelong streams import`: the click command (added to the `streams` group by lifelong/cli.py)."""
+
+from __future__ import annotations
+
+import click
+
+from ..config import from_mapping
+from .convert import FORMATS, ImportOptions, import_file, write_events
+
+
+_IMPORT_HELP = ("Convert a knowledge-editing data set (JSON array or JSONL) into an edit stream.\n\n"
+                "Formats:\n\n" + "\n\n".join(f"{f.name}: {f.summary}" for f in FORMATS.values()))
+
+
+@click.command("import", help=_IMPORT_HELP)
+@click.argument("input_file", metavar="INPUT", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="JSONL stream to write")
+@click.option("-f", "--format", "fmt", type=click.Choice(["auto", *FORMATS]), default="auto",
+              show_default=True, help="input format (auto: from the first record's keys)")
+@click.option("--spacing", type=float, help="seconds between consecutive edits  [default: 3600]")
+@click.option("--start", help="timestamp of the first edit, ISO-8601 or seconds  [default: 2030-01-01T00:00:00Z]")
+@click.option("--shuffle", is_flag=True, help="shuffle the records (seeded) instead of keeping file order")
+@click.option("--seed", type=int, default=0, show_default=True, help="seed of --shuffle")
+@click.option("--edits", type=click.IntRange(min=1), help="keep only the first N edits (after shuffling)")
+@click.option("--skip-bad", is_flag=True, help="skip invalid records (counted and reported)")
+@click.option("--sentiment", type=click.Choice(["alternate", "positive", "negative"]), default="alternate",
+              show_default=True, help="convsent: target sentiment (alternate: odd records positive)")
+def streams_import(input_file, output, fmt, spacing, start, shuffle, seed, edits, skip_bad, sentiment):
+    given = {"format": fmt, "spacing": spacing, "start": start, "shuffle": shuffle, "seed": seed,
+             "edits": edits, "skip_bad": skip_bad, "sentiment": sentiment}
+    opts = from_mapping(ImportOptions, {k: v for k, v in given.items() if v is not None},
+                        "streams import")
+    result = import_file(input_file, opts)
+    for what, lines in (("skipped", result.skipped), ("note", result.notes)):
+        for line in lines[:20]:
+            click.echo(f"  {what}: {line}", err=True)
+        if len(lines) > 20:
+            click.echo(f"  ... and {len(lines) - 20} more", err=True)
+    write_events(result.events, output)
+    order = f"shuffled with seed {opts.seed}" if opts.shuffle else "file order"
+    click.echo(f"{output}: {len(result.events)} edits from {result.records} records of "
+               f"{input_file} (format {result.format}, {order}); "
+               f"{_count(len(result.skipped), 'invalid record')} skipped, "
+               f"{_count(len(result.notes), 'probe')} dropped")
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'s' * (n != 1)}"
