@@ -225,3 +225,13 @@ def test_relative_eps_and_state_round_trip_are_exact():
     g.retract("e1")
     assert torch.equal(logits(lm2), logits(lm))
     assert g.footprint() > 0
+
+
+def test_placement_and_lookup_through_the_approximate_index():
+    g = grace(fresh_lm(), eps=0.5, eps_relative=False, approximate_above=5)
+    for i in range(24):
+        g.insert_item(item(g, i, ((i % 6) * 0.3, (i // 6) * 0.3), i % 3, i))
+    assert g.index.approximate
+    check_invariants(g)
+    g.retract("e7")
+    check_invariants(g)

@@ -75,7 +75,7 @@ class GraceConfig:
     key_token: str = setting("last", "where a row's key is read: its last prompt token ('last', "
                                       "the paper's choice) or the mean over its prompt tokens "
                                       "('mean')", choices=("last", "mean"))
-    eps: float = setting(0.1, "initial deferral radius of a new key (see eps_relative)", min=0.0)
+    eps: float = setting(0.02, "initial deferral radius of a new key (see eps_relative)", min=0.0)
     eps_relative: bool = setting(True, "eps is a share of the new key's norm (true) or an "
                                        "absolute Euclidean distance (false)")
     conflict: str = setting("coverage", "same-target key within reach: expand its radius "
@@ -142,7 +142,7 @@ class Grace(MemoryBase):
         in_f, out_f = layers.in_out_features(self.module)
         self.key_dim = in_f if cfg.key == "mlp.out" else layers.hidden_size(lm.model)
         self.value_dim = out_f
-        self.mode = "serve"          # serve | capture | train
+        self.mode = "serve"          # serve | capture | train | off
         self._mlp_in: torch.Tensor | None = None
         self._train_values: torch.Tensor | None = None
         self._captured: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -184,6 +184,8 @@ class Grace(MemoryBase):
         batch, width = output.shape[0], output.shape[1]
         kpos = key_positions(self.lm, batch, width, output.device)
         rows = torch.arange(batch, device=output.device)
+        if self.mode == "off":  # benchmarks: the bare model, hook in place
+            return output
         if self.mode == "capture":
             self._captured = (self._keys(source, kpos).detach().float().clone(),
                               output[rows, kpos].detach().float().clone())
