@@ -14,7 +14,9 @@ positions start at 0 in every row (right padding), matching how `scoring` feeds 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import platform
 import sys
@@ -35,17 +37,20 @@ class PretrainConfig:
     """Model shape and optimisation of `lifelong pretrain`."""
 
     seed: int = setting(0, "seed of the weight init and of the data order")
-    n_layer: int = setting(4, "transformer blocks", min=1)
-    n_embd: int = setting(128, "hidden width", min=8)
-    n_head: int = setting(4, "attention heads (must divide n_embd)", min=1)
+    n_layer: int = setting(1, "transformer blocks", min=1)
+    n_embd: int = setting(256, "hidden width", min=8)
+    n_head: int = setting(8, "attention heads (must divide n_embd)", min=1)
     n_positions: int = setting(32, "longest sequence the model accepts (tokens)", min=8)
     steps: int = setting(3000, "optimiser steps", min=1)
-    batch_size: int = setting(256, "sequences per step", min=1)
-    lr: float = setting(3e-3, "peak learning rate (AdamW)", min=0.0)
+    batch_size: int = setting(128, "sequences per step", min=1)
+    lr: float = setting(2e-3, "peak learning rate (AdamW)", min=0.0)
     warmup_steps: int = setting(200, "steps of linear warmup", min=0)
     min_lr_ratio: float = setting(0.05, "final lr as a share of the peak (cosine decay)",
                                   min=0.0, max=1.0)
     weight_decay: float = setting(0.01, "AdamW weight decay", min=0.0)
+    embed_lr_mult: float = setting(1.0, "learning-rate multiplier of the token embeddings (the "
+                                   "facts of one-token entities live there; >1 learns them "
+                                   "several times faster)", min=0.0)
     grad_clip: float = setting(1.0, "gradient norm clip (0: none)", min=0.0)
     prompt_weight: float = setting(0.0, "loss weight of prompt tokens (object and EOS "
                                    "tokens weigh 1)", min=0.0)
@@ -144,6 +149,19 @@ def _sample(items: list, n: int, seed: int) -> list:
     return [items[i] for i in sorted(idx)]
 
 
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Rows are right padded and attention is causal, so pads never reach a real token:
+    silence transformers' "pass an attention_mask" warning (logger level restored after)."""
+    logger = logging.getLogger("transformers")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def train(world: World, cfg: PretrainConfig, tok, progress: bool = True,
           log: Callable[[str], None] | None = None) -> tuple[GPT2LMHeadModel, dict]:
     """Train a fresh model on the world's trained pairs. Ctrl-C stops early (the partial model
@@ -157,10 +175,12 @@ def train(world: World, cfg: PretrainConfig, tok, progress: bool = True,
                 if held_pairs else None)
     model = build_model(cfg, tok)
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    embed = [p for n, p in model.named_parameters() if "wte" in n]
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "wte" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay, "mult": 1.0},
+                             {"params": no_decay, "weight_decay": 0.0, "mult": 1.0},
+                             {"params": embed, "weight_decay": 0.0, "mult": cfg.embed_lr_mult}],
                             lr=cfg.lr, betas=(0.9, 0.98))
     gen = torch.Generator().manual_seed(cfg.seed)
     order, cursor = torch.randperm(len(ids), generator=gen), 0
@@ -174,7 +194,7 @@ def train(world: World, cfg: PretrainConfig, tok, progress: bool = True,
             idx = order[cursor:cursor + cfg.batch_size]
             cursor += cfg.batch_size
             for group in opt.param_groups:
-                group["lr"] = lr_at(step, cfg)
+                group["lr"] = lr_at(step, cfg) * group["mult"]
             loss = _batch_loss(model, ids[idx], w[idx], lens[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -223,8 +243,9 @@ def pretrain(world_cfg: WorldConfig, pretrain_cfg: PretrainConfig, out_dir: str 
     try:
         world = World.generate(world_cfg)
         tok = world.tokenizer()
-        model, info = train(world, pretrain_cfg, tok, progress=progress)
-        check = _final_check(model, tok, world)
+        with _quiet_transformers():
+            model, info = train(world, pretrain_cfg, tok, progress=progress)
+            check = _final_check(model, tok, world)
     finally:
         torch.set_num_threads(previous_threads)
     out = Path(out_dir)

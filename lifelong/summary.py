@@ -74,11 +74,12 @@ def quality_table(summary: dict) -> Table:
     """Final quality figures per run: teacher-forced/generated, after the whole stream."""
     t = Table(title=f"{summary.get('scenario')}: quality after the whole stream "
                     "(teacher-forced/generated)",
-              caption="rel/gen/loc = reliability/generalization/locality (locality: agreement with "
+              caption="rel@edit = reliability right after each edit; "
+                      "rel/gen/loc = reliability/generalization/locality (locality: agreement with "
                       "the pre-stream model); retention: final reliability of edit groups probed "
                       "earlier; conflict: newest value generated / a superseded value generated; "
                       "retract: share restored to pre-stream behaviour")
-    for col in ("method", "seed", "edits", "rel", "gen", "loc", "port", "retention",
+    for col in ("method", "seed", "edits", "rel@edit", "rel", "gen", "loc", "port", "retention",
                 "forgetting", "conflict new/stale", "retract"):
         t.add_column(col, justify="left" if col == "method" else "right")
     for m in summary["runs"]:
@@ -86,6 +87,7 @@ def quality_table(summary: dict) -> Table:
         conf, retr = m.get("conflict"), m.get("retraction")
         t.add_row(
             m["label"], str(m["seed"]), f"{m['edits']['applied']}/{m['edits']['total']}",
+            _pair(m["reliability_after_edit"]),
             _pair(m["reliability"]), _pair(m["generalization"]), _pair(m["locality"]),
             _pair(m["portability"]), _pair(ret), _pair(ret, "forgetting_teacher_forced",
                                                        "forgetting_generated"),

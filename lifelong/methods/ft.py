@@ -30,9 +30,11 @@ class FTConfig:
     module: str = setting("mlp.out", "which projection of the layer to fine-tune",
                           choices=("mlp.out", "mlp.in", "attn.out"))
     steps: int = setting(25, "maximum optimiser steps per edit", min=1, max=10_000)
-    lr: float = setting(5e-3, "Adam learning rate", min=0.0)
-    norm_constraint: float | None = setting(None, "L-infinity bound on the change of each weight "
-                                                  "entry against its pre-stream value (none: unbounded)")
+    lr: float = setting(1e-2, "Adam learning rate", min=0.0)
+    norm_constraint: float | None = setting(2e-2, "L-infinity bound on the change of each weight "
+                                                  "entry against its pre-stream value (none: "
+                                                  "unbounded; unbounded FT-L wrecks the built-in "
+                                                  "model within a few edits)")
     stop_loss: float = setting(0.05, "stop early once the edit's target loss is below this", min=0.0)
 
 
