@@ -91,7 +91,7 @@ class WorldConfig:
     """How to generate a world. The whole world is a pure function of this config."""
 
     seed: int = setting(0, "random seed: the same config always gives the same world")
-    n_entities: int = setting(1200, "number of entities (people)", min=2)
+    n_entities: int = setting(1000, "number of entities (people)", min=2)
     relations: tuple[str, ...] = setting(tuple(RELATIONS), "relations every entity has, "
                                          f"from: {', '.join(RELATIONS)}")
     n_templates: int = setting(5, "phrasing templates used per relation", min=2, max=5)
