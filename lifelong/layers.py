@@ -292,3 +292,12 @@ __all__ = [
     "hidden_size", "in_out_features", "layer_index", "mlp_width", "module_path", "num_layers",
     "resolve", "weight_out_in",
 ]
+
+
+def edit_target(model: nn.Module, layer: int | None, part: str = "mlp.out") -> tuple[str, nn.Module]:
+    """The module an editing method works on: `layers.{layer}.{part}`, with `layer` None
+    meaning `default_edit_layer` and negative layers counted from the end. Returns the
+    normalised family-independent name and the module."""
+    index = layer_index(model, layer if layer is not None else default_edit_layer(model))
+    name = f"layers.{index}.{part}"
+    return name, resolve(model, name)

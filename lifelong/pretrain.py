@@ -41,7 +41,7 @@ class PretrainConfig:
     n_embd: int = setting(256, "hidden width", min=8)
     n_head: int = setting(8, "attention heads (must divide n_embd)", min=1)
     n_positions: int = setting(32, "longest sequence the model accepts (tokens)", min=8)
-    steps: int = setting(3000, "optimiser steps", min=1)
+    steps: int = setting(4000, "optimiser steps", min=1)
     batch_size: int = setting(128, "sequences per step", min=1)
     lr: float = setting(2e-3, "peak learning rate (AdamW)", min=0.0)
     warmup_steps: int = setting(200, "steps of linear warmup", min=0)

@@ -76,10 +76,7 @@ class Defer(MemoryBase):
     def attach(self, lm: LM, ctx: AttachContext) -> None:
         cfg = self.config
         self.lm = lm
-        layer = layers.layer_index(lm.model, cfg.layer if cfg.layer is not None
-                                   else layers.default_edit_layer(lm.model))
-        self.layer_name = f"layers.{layer}.mlp.out"
-        self.module = layers.resolve(lm.model, self.layer_name)
+        self.layer_name, self.module = layers.edit_target(lm.model, cfg.layer)
         self.key_dim, self.value_dim = layers.in_out_features(self.module)
         self.mode = "serve"  # serve | capture | train
         self._captured: torch.Tensor | None = None

@@ -47,9 +47,8 @@ class FineTune(MemoryBase):
 
     def attach(self, lm: LM, ctx: AttachContext) -> None:
         self.lm = lm
-        layer = self.config.layer if self.config.layer is not None else layers.default_edit_layer(lm.model)
-        self.layer_name = f"layers.{layer}.{self.config.module}"
-        self.module = layers.resolve(lm.model, self.layer_name)
+        self.layer_name, self.module = layers.edit_target(lm.model, self.config.layer,
+                                                          self.config.module)
         self.weight: torch.nn.Parameter = self.module.weight
         self.original = self.weight.detach().clone()
         # only the edited weight learns; the flags are restored by detach()

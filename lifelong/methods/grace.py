@@ -135,10 +135,7 @@ class Grace(MemoryBase):
     def attach(self, lm: LM, ctx: AttachContext) -> None:
         cfg = self.config
         self.lm = lm
-        layer = layers.layer_index(lm.model, cfg.layer if cfg.layer is not None
-                                   else layers.default_edit_layer(lm.model))
-        self.layer_name = f"layers.{layer}.mlp.out"
-        self.module = layers.resolve(lm.model, self.layer_name)
+        self.layer_name, self.module = layers.edit_target(lm.model, cfg.layer)
         in_f, out_f = layers.in_out_features(self.module)
         self.key_dim = in_f if cfg.key == "mlp.out" else layers.hidden_size(lm.model)
         self.value_dim = out_f

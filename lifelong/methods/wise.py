@@ -115,8 +115,7 @@ class Wise(MemoryBase):
     # ---- lifecycle ----------------------------------------------------------------------
     def attach(self, lm: LM, ctx: AttachContext) -> None:
         self.lm, self.ctx = lm, ctx
-        layer = self.config.layer if self.config.layer is not None else layers.default_edit_layer(lm.model)
-        self.module = layers.resolve(lm.model, f"layers.{layer}.mlp.out")
+        _, self.module = layers.edit_target(lm.model, self.config.layer)
         self.w_main = layers.weight_out_in(self.module).detach()
         self.unrelated = list(ctx.unrelated_prompts)
         self.memories: list[Memory] = []
