@@ -18,7 +18,7 @@ test: setup
 
 # Rebuild the shipped model and streams (deterministic; see README "The built-in model").
 model: setup
-	$(VENV)/bin/lifelong pretrain --config scenarios/builtin-model.toml -o lifelong/builtin
+	$(VENV)/bin/lifelong pretrain --config lifelong/builtin/pretrain.toml -o lifelong/builtin
 
 streams: setup
 	$(VENV)/bin/lifelong streams make --edits 300 --seed 0 -o streams/quickstart.jsonl
