@@ -184,7 +184,7 @@ def make_stream(world: World, spec: StreamSpec) -> list[dict]:
         return f"{prefix}{counts[prefix]:06d}"
 
     for i, p in enumerate(planned):
-        loc = [pool[(i * spec.locality_per_edit + k) % len(pool)]
+        loc = [dict(pool[(i * spec.locality_per_edit + k) % len(pool)])
                for k in range(spec.locality_per_edit)]
         ev = {"id": next_id("e"), **_edit_event(world, p, spec, rng, loc)}
         events.append(ev)

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lifelong.config import from_mapping
 from lifelong.errors import ConfigError
-from lifelong.pretrain import PretrainConfig, lr_at, pretrain
+from lifelong.pretrain import PretrainConfig, lr_at, pretrain, train
 from lifelong.tokenizer import UNK, split_words
 from lifelong.world import RELATIONS, World, WorldConfig
 
@@ -136,3 +136,22 @@ def test_tiny_pretrain_writes_a_loadable_deterministic_model(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert first["steps_done"] == 20 and not first["interrupted"]
     assert set(first["check"]) >= {"trained", "heldout", "per_relation"}
+
+
+def test_ctrl_c_stops_training_cleanly():
+    """A KeyboardInterrupt mid-training (here raised by the progress logger at the first
+    monitoring evaluation) returns the partial model, marked interrupted."""
+    world = World.generate(WorldConfig(n_entities=8, relations=("sport",), n_templates=2))
+    cfg = PretrainConfig(n_layer=1, n_embd=16, n_head=2, steps=50, batch_size=4, eval_every=5,
+                         eval_sample=4, threads=1)
+
+    lines: list[str] = []
+
+    def interrupt_once(line: str) -> None:
+        lines.append(line)
+        if len(lines) == 1:
+            raise KeyboardInterrupt
+
+    model, info = train(world, cfg, world.tokenizer(), progress=True, log=interrupt_once)
+    assert info["interrupted"] and info["steps_done"] < cfg.steps
+    assert "interrupted" in lines[-1] and not model.training
