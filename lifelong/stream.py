@@ -419,22 +419,26 @@ def _read_rows(source: str, data: bytes) -> list[_Row]:
 
 # ----------------------------------------------------------------------------- public API
 
+def read_bytes(path: str, what: str) -> bytes:
+    """The bytes of an input file; a missing or unreadable file is a StreamError whose one
+    problem line is `FILE:0: file: ...` (`what` names the kind of file in the message)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        why = f"{what} file not found" if isinstance(exc, FileNotFoundError) else \
+            f"cannot read {what} file ({exc.strerror or exc})"
+        raise StreamError(f"{path}: {why}", [f"{path}:0: file: {why}"]) from None
+
+
 def parse_stream(path: str | os.PathLike, *, skip_bad: bool = False,
                  sort: bool = False) -> ParsedStream:
     """Read and validate a JSONL stream. Collects every problem; raises StreamError (one-line
     message, `problems` = all `FILE:LINE: field: message` lines) unless `skip_bad`, in which
     case bad lines (and retracts of dropped edits) are dropped and listed in `skipped`. An
     unreadable file or a stream with no events always raises."""
-    source = os.fspath(path)
-    source = source if isinstance(source, str) else os.fsdecode(source)
-    try:
-        with open(source, "rb") as fh:
-            data = fh.read()
-    except OSError as exc:
-        why = "stream file not found" if isinstance(exc, FileNotFoundError) else \
-            f"cannot read stream file ({exc.strerror or exc})"
-        raise StreamError(f"{source}: {why}", [f"{source}:0: file: {why}"]) from None
-    return _finish(source, _read_rows(source, data), skip_bad, sort)
+    source = os.fsdecode(path)
+    return _finish(source, _read_rows(source, read_bytes(source, "stream")), skip_bad, sort)
 
 
 def validate_stream(path: str | os.PathLike, sort: bool = False) -> list[str]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import StreamError
-from ..stream import MAX_CHARS, MAX_ITEMS, parse_time
+from ..stream import MAX_CHARS, MAX_ITEMS, parse_time, read_bytes
 
 if TYPE_CHECKING:
     from .convert import ImportOptions
@@ -36,13 +36,7 @@ def read_records(path: str | os.PathLike) -> list[tuple[int, Any]]:
     `_BadJson` value, reported as that record's problem). A whole-file JSON object is one
     record. An unreadable file or a JSON array that does not parse raises `StreamError`."""
     name = os.fsdecode(path)
-    try:
-        with open(name, "rb") as fh:
-            data = fh.read()
-    except OSError as exc:
-        why = "input file not found" if isinstance(exc, FileNotFoundError) else \
-            f"cannot read input file ({exc.strerror or exc})"
-        raise StreamError(f"{name}: {why}", [f"{name}:0: file: {why}"]) from None
+    data = read_bytes(name, "input")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
