@@ -67,18 +67,24 @@ def conflict(roles: dict[str, list[dict]], when: str = "final") -> dict[str, Any
             "stale": stale, "facts": len(reedited), "when": when}
 
 
+def distinct_checkpoints(checkpoints: Sequence[dict]) -> list[dict]:
+    """Checkpoints in order; a checkpoint at the same number of edits as the one before it
+    replaces that one (the final checkpoint after the last scheduled one). Invariant: `edits_done` is strictly increasing in the result."""
+    keep: list[dict] = []
+    for c in sorted(checkpoints, key=lambda c: c["checkpoint"]):
+        if keep and keep[-1]["edits_done"] == c["edits_done"]:
+            keep[-1] = c
+        else:
+            keep.append(c)
+    return keep
+
+
 def retention_matrix(probes: Sequence[dict], checkpoints: Sequence[dict], group_size: int,
                      mode: str = "teacher_forced") -> tuple[list[int], list[int], np.ndarray]:
     """R[g, k]: mean reliability of edit group g (edits g*G .. (g+1)*G-1, newest edits of their
     facts) at checkpoint k. NaN where the group had no probed edit yet. A final checkpoint
     with the same number of edits as the one before it replaces that one."""
-    cks = sorted(checkpoints, key=lambda c: c["checkpoint"])
-    keep: list[dict] = []
-    for c in cks:
-        if keep and keep[-1]["edits_done"] == c["edits_done"]:
-            keep[-1] = c
-        else:
-            keep.append(c)
+    keep = distinct_checkpoints(checkpoints)
     col = {c["checkpoint"]: j for j, c in enumerate(keep)}
     sums: dict[tuple[int, int], list[float]] = defaultdict(list)
     for r in probes:
@@ -223,20 +229,6 @@ def compute_run_metrics(store, run_id: str) -> dict[str, Any]:
 
 
 # ---- per-checkpoint curves (reports) ----------------------------------------------------------
-# Added for `lifelong report`; the functions above are unchanged.
-
-def distinct_checkpoints(checkpoints: Sequence[dict]) -> list[dict]:
-    """Checkpoints in order; a checkpoint at the same number of edits as the one before it
-    replaces that one (the final checkpoint after the last scheduled one), as in
-    `retention_matrix`. Invariant: `edits_done` is strictly increasing in the result."""
-    keep: list[dict] = []
-    for c in sorted(checkpoints, key=lambda c: c["checkpoint"]):
-        if keep and keep[-1]["edits_done"] == c["edits_done"]:
-            keep[-1] = c
-        else:
-            keep.append(c)
-    return keep
-
 
 def checkpoint_curves(probes: Sequence[dict], checkpoints: Sequence[dict]) -> list[dict[str, Any]]:
     """One entry per distinct checkpoint (see `distinct_checkpoints`), in order:

@@ -30,6 +30,7 @@ import torch
 from . import __version__
 from .config import to_dict
 from .errors import LifelongError, NotSupported, StoreError
+from .metrics import compute_run_metrics
 from .methods import AttachContext, EditRequest, build_method
 from .model import LM, load_model
 from .probes import (Ledger, add_routing, locality_pool, locality_sample, plan, reference_pairs,
@@ -169,7 +170,6 @@ class Runtime:
             self.reporter.stop()
         self._time_queries(run_id, lm, "query")
         self.store.commit()
-        from .metrics import compute_run_metrics  # local import: metrics reads the store
         self._save_metrics(run_id, compute_run_metrics(self.store, run_id))
         self.store.set_status(run_id, "complete")
         return run_id
