@@ -75,13 +75,13 @@ def forward_logits(lm: LM, ids: torch.Tensor, mask: torch.Tensor,
 
 def encode_pairs(lm: LM, prompts: Sequence[str], targets: Sequence[str]):
     """Left-padded prompt+target batch. Returns (ids, mask, prompt_end, target_lens, target_ids)."""
-    pairs = [tokenize_pair(lm, p, t) for p, t in zip(prompts, targets)]
-    rows = [p + t for p, t in pairs]
-    ids, mask = _left_pad(rows, lm.tok.pad_token_id)
-    width = ids.shape[1]
+    return _encode([tokenize_pair(lm, p, t) for p, t in zip(prompts, targets)], lm.tok.pad_token_id)
+
+
+def _encode(pairs: list[tuple[list[int], list[int]]], pad_id: int):
+    ids, mask = _left_pad([p + t for p, t in pairs], pad_id)
     tlens = torch.tensor([len(t) for _, t in pairs])
-    prompt_end = width - tlens
-    return ids, mask, prompt_end, tlens, [t for _, t in pairs]
+    return ids, mask, ids.shape[1] - tlens, tlens, [t for _, t in pairs]
 
 
 def target_loss(lm: LM, prompts: Sequence[str], targets: Sequence[str]) -> torch.Tensor:
@@ -104,8 +104,8 @@ def target_loss(lm: LM, prompts: Sequence[str], targets: Sequence[str]) -> torch
 
 
 @torch.no_grad()
-def _teacher_forced(lm: LM, prompts, targets):
-    ids, mask, prompt_end, tlens, tids = encode_pairs(lm, prompts, targets)
+def _teacher_forced(lm: LM, pairs: list[tuple[list[int], list[int]]]):
+    ids, mask, prompt_end, tlens, tids = _encode(pairs, lm.tok.pad_token_id)
     logits = forward_logits(lm, ids, mask, prompt_end)
     pred = logits.argmax(-1).cpu()
     width = ids.shape[1]
@@ -118,8 +118,7 @@ def _teacher_forced(lm: LM, prompts, targets):
 
 
 @torch.no_grad()
-def _generate(lm: LM, prompts, lengths: Sequence[int]) -> list[tuple[int, ...]]:
-    p_rows = [lm.tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+def _generate(lm: LM, p_rows: list[list[int]], lengths: Sequence[int]) -> list[tuple[int, ...]]:
     ids, mask = _left_pad(p_rows, lm.tok.pad_token_id)
     prompt_end = torch.full((len(p_rows),), ids.shape[1])
     steps = max(lengths)
@@ -144,10 +143,9 @@ def score_pairs(lm: LM, prompts: Sequence[str], targets: Sequence[str],
     results: list[PairScore | None] = [None] * len(prompts)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        ps = [prompts[i] for i in idx]
-        ts = [targets[i] for i in idx]
-        tf = _teacher_forced(lm, ps, ts)
-        gens = _generate(lm, ps, [len(t) for _, t in tf])
+        pairs = [tokenize_pair(lm, prompts[i], targets[i]) for i in idx]  # tokenized once
+        tf = _teacher_forced(lm, pairs)
+        gens = _generate(lm, [p for p, _ in pairs], [len(t) for _, t in tf])
         for i, (pred, gold), gen in zip(idx, tf, gens):
             hits = sum(a == b for a, b in zip(pred, gold))
             results[i] = PairScore(
