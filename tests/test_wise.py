@@ -164,3 +164,15 @@ def test_retract_unsupported_when_configured():
     w.edit([EDITS[0]])
     with pytest.raises(NotSupported):
         w.retract("e0")
+
+
+def test_memory_of_follows_retractions_and_new_edits():
+    model = lm()
+    w = wise(model, mode="retrieve", memory_size=2)
+    w.edit([EDITS[0]])
+    w.edit([EDITS[1]])
+    assert w.memory_of("e0") == 0
+    w.retract("e0")
+    w.edit([EDITS[2]])  # same log sizes as before the retraction, other content
+    assert w.memory_of("e0") is None
+    assert w.memory_of("e2") == 0 and w.memory_of("e1") == 0

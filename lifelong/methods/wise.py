@@ -119,6 +119,7 @@ class Wise(MemoryBase):
         self.w_main = layers.weight_out_in(self.module).detach()
         self.unrelated = list(ctx.unrelated_prompts)
         self.memories: list[Memory] = []
+        self._where_map: dict[str, int] | None = None
         self.index = KeyIndex(self.w_main.shape[1], "l2")
         self.key_memory: dict[int, int] = {}     # FAISS id -> memory index
         self.key_edit: dict[int, str] = {}       # FAISS id -> edit id
@@ -202,10 +203,14 @@ class Wise(MemoryBase):
         return [None if r < 0 else int(r) for r in self._routes.tolist()]
 
     def memory_of(self, edit_id: str) -> int | None:
-        for k, m in enumerate(self.memories):
-            if any(r.edit_id == edit_id for r in m.log):
-                return k
-        return None
+        return self._where().get(edit_id)
+
+    def _where(self) -> dict[str, int]:
+        """edit id -> memory index, rebuilt only after a log changed: the
+        runtime asks `memory_of` for every probe row at every checkpoint."""
+        if self._where_map is None:
+            self._where_map = {r.edit_id: k for k, m in enumerate(self.memories) for r in m.log}
+        return self._where_map
 
     # ---- editing --------------------------------------------------------------------------
     def _measure_scale(self) -> float:
@@ -302,6 +307,7 @@ class Wise(MemoryBase):
         mem.current = mem.current + (p.detach() * mask)
         mem.in_shard += 1
         mem.log.append(req)
+        self._where_map = None
         with torch.no_grad():
             mem.scores.append(float(self._score(x_edit, m_edit, mem.delta())[0]))
         self._add_key(req, x_edit, m_edit, k)
@@ -347,6 +353,7 @@ class Wise(MemoryBase):
         for i in ids:
             self.key_memory.pop(i), self.key_edit.pop(i)
         self.memories[k] = Memory(merged=torch.zeros_like(self.w_main))
+        self._where_map = None
         for r in keep:  # replay the memory's log without the edit
             self._edit_one(r, k)
 
@@ -369,3 +376,4 @@ class Wise(MemoryBase):
         self.key_edit = {int(k): v for k, v in state["key_edit"].items()}
         self.next_key, self.since_merge = state["next_key"], state["since_merge"]
         self.scale = state["scale"]
+        self._where_map = None
