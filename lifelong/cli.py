@@ -48,7 +48,10 @@ def simulate(scenario, stream, methods, model, edits, seed, db, json_path, resum
     from .scenario import load_scenario
     from .store import Store
     from .stream import parse_stream
-    from .summary import print_table, summarize
+    from rich.console import Console
+
+    from .report import load_runs, print_comparison
+    from .summary import summarize
 
     sc = load_scenario(scenario, {"stream": stream, "methods": list(methods), "model": model,
                                   "edits": edits, "seed": seed})
@@ -67,7 +70,9 @@ def simulate(scenario, stream, methods, model, edits, seed, db, json_path, resum
     run_ids = runtime.run_all(resume=resume)
     summary = summarize(store, run_ids)
     summary["skipped_lines"] = len(parsed.skipped)
-    print_table(summary)
+    # the same tables as `lifelong compare`, for the runs of this command
+    print_comparison([r for r in load_runs([store.path]) if r.run["run_id"] in run_ids],
+                     Console(width=None if sys.stdout.isatty() else 200))
     click.echo(f"store: {store.path}")
     if json_path:
         Path(json_path).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

@@ -437,6 +437,20 @@ def _rich_tables(cmp: Comparison) -> list[Any]:
     return tables
 
 
+def print_comparison(runs: Sequence[RunData], console: Any) -> Comparison:
+    """The comparison tables in the terminal (what `compare` and `simulate` print): a banner
+    per unfinished run, the tables with the best per column in bold, the protocol note."""
+    cmp = comparison(runs)
+    for r in runs:
+        if r.banner:
+            console.print(f"{r.label}: {r.banner}", style="yellow", markup=False, highlight=False)
+    for t in _rich_tables(cmp):
+        console.print(t)
+    if runs:
+        console.print(PROTOCOL_NOTE, highlight=False)
+    return cmp
+
+
 @click.command()
 @click.argument("stores", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="write the table as CSV")
@@ -447,17 +461,9 @@ def compare(stores, csv_path, json_path):
 
     from rich.console import Console
     runs = load_runs(stores)
-    cmp = comparison(runs)
-    console = Console(width=None if sys.stdout.isatty() else 200)
+    cmp = print_comparison(runs, Console(width=None if sys.stdout.isatty() else 200))
     if not runs:
-        console.print(f"no runs in {', '.join(stores)}", markup=False)
-    for r in runs:
-        if r.banner:
-            console.print(f"{r.label}: {r.banner}", style="yellow", markup=False, highlight=False)
-    for t in _rich_tables(cmp):
-        console.print(t)
-    if runs:
-        console.print(PROTOCOL_NOTE, highlight=False)
+        print(f"no runs in {', '.join(stores)}")
     if csv_path:
         _write_csv(cmp, csv_path)
     if json_path:
