@@ -154,16 +154,25 @@ def model_check(model_path, world, json_path, sample):
 
 # ---------------------------------------------------------------------------------- pretrain
 @cli.command()
-@click.option("-o", "--out", type=click.Path(file_okay=False), default="out/builtin-model", show_default=True,
-              help="directory to write the model into")
+@click.option("-o", "--out", type=click.Path(file_okay=False),
+              help="directory to write the model into [default: out/builtin-model, or "
+                   "out/organism-STEM with --facts]")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="TOML with [world] and [pretrain] tables (see `lifelong pretrain --show-config`)")
-@click.option("--seed", type=int, help="seed of both the world and the training")
+@click.option("--facts", "facts_path", type=click.Path(dir_okay=False),
+              help="train a model organism that knows this edit stream's original facts "
+                   "(instead of a synthetic world; the config may hold only [pretrain])")
+@click.option("--hold-out", "hold_out", multiple=True,
+              type=click.Choice(["prompts", "rephrases", "locality"]),
+              help="with --facts: leave these pairs out of training, only check them (repeatable)")
+@click.option("--seed", type=int, help="seed of both the world and the training (with --facts: "
+                                       "of the training)")
 @click.option("--steps", type=click.IntRange(min=1), help="optimiser steps")
 @click.option("--show-config", is_flag=True, help="print the resolved configuration and exit")
 @click.option("--quiet", is_flag=True)
-def pretrain(out, config_path, seed, steps, show_config, quiet):
-    """Pretrain the built-in model on a synthetic fact world (deterministic from its seed)."""
+def pretrain(out, config_path, facts_path, hold_out, seed, steps, show_config, quiet):
+    """Pretrain the built-in model on a synthetic fact world (deterministic from its seed),
+    or with --facts a model organism of a real edit stream."""
     import tomllib
 
     from .pretrain import PretrainConfig, pretrain as run_pretrain
@@ -172,20 +181,47 @@ def pretrain(out, config_path, seed, steps, show_config, quiet):
     unknown = set(data) - {"world", "pretrain"}
     if unknown:
         raise LifelongError(f"{config_path}: unknown table(s) {', '.join(sorted(unknown))}; known: world, pretrain")
+    if facts_path and "world" in data:
+        raise LifelongError(f"{config_path}: a [world] table cannot be used with --facts")
+    if hold_out and not facts_path:
+        raise LifelongError("--hold-out needs --facts")
     wd, pd = dict(data.get("world", {})), dict(data.get("pretrain", {}))
     if seed is not None:
         wd["seed"], pd["seed"] = seed, seed
     if steps is not None:
         pd["steps"] = steps
-    wcfg = from_mapping(WorldConfig, wd, "world")
+    wcfg = None if facts_path else from_mapping(WorldConfig, wd, "world")
     pcfg = from_mapping(PretrainConfig, pd, "pretrain")
+    if facts_path:
+        _pretrain_organism(facts_path, pcfg, out, hold_out, show_config, quiet)
+        return
     if show_config:
         click.echo(json.dumps({"world": to_dict(wcfg), "pretrain": to_dict(pcfg)}, indent=2))
         return
+    out = out or "out/builtin-model"
     record = run_pretrain(wcfg, pcfg, out, progress=not quiet)
     check = record["check"]
     click.echo(f"{out}: trained {check['trained']['tf_acc']:.3f} / held-out "
                f"{check['heldout']['tf_acc']:.3f} (teacher-forced), {record['wall_seconds']} s")
+
+
+def _pretrain_organism(facts_path, pcfg, out, hold_out, show_config, quiet) -> None:
+    """`lifelong pretrain --facts`: train (or with show_config describe) a model organism."""
+    from . import organism
+    if show_config:
+        facts = organism.collect_facts(facts_path)
+        resolved = organism.resolve_config(pcfg, organism.organism_tokenizer(facts), facts)
+        click.echo(json.dumps({"facts": facts_path, "counts": facts.counts(),
+                               "pretrain": to_dict(resolved)}, indent=2))
+        return
+    out = out or f"out/organism-{Path(facts_path).stem}"
+    record = organism.pretrain_organism(facts_path, pcfg, out, progress=not quiet,
+                                        hold_out=hold_out)
+    check = record["check"]
+    if not quiet:
+        click.echo(organism.format_organism_check(check, hold_out))
+    roles = " / ".join(f"{r} {check[r]['tf_acc']:.3f}" for r in organism.ROLES if check[r]["n"])
+    click.echo(f"{out}: {roles} (teacher-forced), {record['wall_seconds']} s")
 
 
 # ----------------------------------------------------------------------------------- methods

@@ -167,12 +167,21 @@ def _quiet_transformers():
 
 def train(world: World, cfg: PretrainConfig, tok, progress: bool = True,
           log: Callable[[str], None] | None = None) -> tuple[GPT2LMHeadModel, dict]:
-    """Train a fresh model on the world's trained pairs. Ctrl-C stops early (the partial model
-    is returned, `info["interrupted"]` is True)."""
+    """Train a fresh model on the world's trained pairs (held-out pairs only monitored).
+    Ctrl-C stops early (the partial model is returned, `info["interrupted"]` is True)."""
+    return train_on_pairs(_pairs(world, world.trained_pairs()),
+                          _pairs(world, world.heldout_pairs()),
+                          cfg, tok, progress=progress, log=log)
+
+
+def train_on_pairs(train_pairs: list[tuple[str, str]], held_pairs: list[tuple[str, str]],
+                   cfg: PretrainConfig, tok, progress: bool = True,
+                   log: Callable[[str], None] | None = None) -> tuple[GPT2LMHeadModel, dict]:
+    """Train a fresh model on (prompt, target) `train_pairs`, in a seeded order; `held_pairs`
+    are never trained, only monitored (may be empty: no held-out accuracy then). Ctrl-C stops
+    early (the partial model is returned, `info["interrupted"]` is True)."""
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
-    train_pairs = _pairs(world, world.trained_pairs())
     ids, w, lens = _encode(tok, train_pairs, cfg.prompt_weight, cfg.n_positions)
-    held_pairs = _pairs(world, world.heldout_pairs())
     mon_train = _encode(tok, _sample(train_pairs, cfg.eval_sample, cfg.seed + 1), 0.0, 10 ** 6)
     mon_held = (_encode(tok, _sample(held_pairs, cfg.eval_sample, cfg.seed + 2), 0.0, 10 ** 6)
                 if held_pairs else None)
@@ -210,11 +219,12 @@ def train(world: World, cfg: PretrainConfig, tok, progress: bool = True,
             line = None
             if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
                 acc_t = quick_accuracy(model, mon_train)
-                acc_h = quick_accuracy(model, mon_held) if mon_held else float("nan")
+                acc_h = quick_accuracy(model, mon_held) if mon_held else None
                 info["history"].append({"step": step + 1, "loss": round(loss_avg, 4),
                                         "train_acc": acc_t, "heldout_acc": acc_h,
                                         "elapsed_s": round(now - start, 1)})
-                line = f" trained-acc {acc_t:.3f} held-out-acc {acc_h:.3f}"
+                line = f" trained-acc {acc_t:.3f}" + (
+                    f" held-out-acc {acc_h:.3f}" if acc_h is not None else "")
             if progress and (line is not None or now - last_log >= cfg.log_seconds):
                 log(f"step {step + 1}/{cfg.steps} loss {loss_avg:.4f} lr {lr_at(step, cfg):.2e} "
                     f"elapsed {now - start:.0f}s{line or ''}")

@@ -32,6 +32,11 @@ def wise(model: LM, **settings_):
     return method
 
 
+def predicts(model: LM, prompt: str, target: str) -> bool:
+    from lifelong.scoring import score_pairs
+    return score_pairs(model, [prompt], [target])[0].tf_exact
+
+
 @torch.no_grad()
 def logits(model: LM, prompts) -> torch.Tensor:
     ids, mask, end, _, _ = encode_pairs(model, list(prompts), ["x"] * len(prompts))
@@ -77,7 +82,7 @@ def test_mask_ratio_one_with_one_shard_equals_side_memory_fine_tuning():
     a copy of the projection (the side memory) with the same optimiser."""
     model = lm()
     w = wise(model, mask_ratio=1.0, shard_size=100, margin_weight=0.0, negatives=0,
-             stop_loss=0.0, steps=6)
+             stop_loss=0.0, steps=6, router="activation")
     w.edit([EDITS[0]])
     got = w.memories[0].delta()
     # the same optimisation done by hand on a copy of the weight
@@ -87,7 +92,7 @@ def test_mask_ratio_one_with_one_shard_equals_side_memory_fine_tuning():
         p.requires_grad_(False)
     w0 = layers.weight_out_in(module).detach().clone()
     side = w0.clone().requires_grad_(True)
-    opt = torch.optim.Adam([side], lr=0.05)
+    opt = torch.optim.SGD([side], lr=0.05)
     from lifelong.nethook import rewrite_output
     with rewrite_output(module, lambda x, y: layers.apply_linear(module, x, side)):
         for _ in range(6):
@@ -97,16 +102,84 @@ def test_mask_ratio_one_with_one_shard_equals_side_memory_fine_tuning():
     assert torch.allclose(got, side.detach() - w0, atol=1e-5)
 
 
-def test_masks_confine_each_shard():
+@pytest.mark.parametrize("unit", ["row", "entry"])
+def test_masks_confine_each_shard(unit):
     model = lm()
-    w = wise(model, shard_size=1, mask_ratio=0.2)
+    w = wise(model, shard_size=1, mask_ratio=0.2, mask_unit=unit, protect=False)
     w.edit([EDITS[0]])
     w.edit([EDITS[1]])
     mem = w.memories[0]
     first = mem.shards[0]
     assert torch.all(first[~w._new_mask(0, 0)] == 0)
     assert torch.all(mem.current[~mem.mask] == 0)
-    assert 0.1 < mem.mask.float().mean() < 0.3
+    assert first.abs().sum() > 0 and mem.current.abs().sum() > 0
+    assert 0.05 < mem.mask.float().mean() < 0.4
+    if unit == "row":  # whole output rows
+        assert torch.equal(mem.mask, mem.mask[:, :1].expand_as(mem.mask))
+
+
+def test_disjoint_masks_partition_each_cycle_and_ties_of_them_is_their_sum():
+    model = lm()
+    w = wise(model, shard_size=1, mask_ratio=0.25, merge="ties", density=1.0)
+    masks = torch.stack([w._new_mask(0, s) for s in range(4)])
+    assert torch.equal(masks.sum(0), torch.ones_like(masks[0], dtype=torch.long))
+    assert not torch.equal(w._new_mask(0, 4), masks[0])  # the next cycle draws a new partition
+    for r in EDITS:
+        w.edit([r])
+    total = w.memories[0].delta().clone()
+    w.consolidate()
+    assert torch.allclose(w.memories[0].merged, total, atol=1e-6)
+
+
+def test_protect_keeps_earlier_keys_outputs():
+    """With `protect`, a later edit's step is orthogonal to the earlier edits' keys: the
+    memory answers an earlier edit's key exactly as before (the null-space invariant)."""
+    model = lm()
+    w = wise(model, shard_size=10, mask_ratio=1.0)
+    w.edit([EDITS[0]])
+    mem = w.memories[0]
+    key = mem.keys[EDITS[0].fact]
+    first, before = mem.delta().clone(), mem.delta() @ key
+    w.edit([EDITS[1]])
+    w.edit([EDITS[2]])
+    assert not torch.allclose(mem.delta(), first, atol=1e-4)  # the later edits did change it
+    assert torch.allclose(mem.delta() @ key, before, atol=1e-4)
+    unprotected = wise(lm(), shard_size=10, mask_ratio=1.0, protect=False)
+    for r in EDITS[:3]:
+        unprotected.edit([r])
+    um = unprotected.memories[0]
+    assert not torch.allclose(um.delta() @ um.keys[EDITS[0].fact], before, atol=1e-4)
+
+
+def test_faiss_router_sends_far_prompts_to_main():
+    model = lm()
+    w = wise(model, key_radius=1e-4)
+    w.edit([EDITS[0]])
+    assert w.route([EDITS[0].prompt, *UNRELATED]) == [0] + [None] * len(UNRELATED)
+    wide = wise(lm(), key_radius=100.0)
+    wide.edit([EDITS[0]])
+    assert wide.route(list(UNRELATED)) == [0] * len(UNRELATED)
+
+
+def test_router_tokens_read_the_prompt_only():
+    from lifelong.methods.wise import router_tokens
+    attn = torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]])
+    end = torch.tensor([3, 4])
+    assert router_tokens(attn, end, "mean").tolist() == [
+        [False, True, True, False, False], [True, True, True, True, False]]
+    assert router_tokens(attn, end, "last").tolist() == [
+        [False, False, True, False, False], [False, False, False, True, False]]
+
+
+def test_rehearsal_is_seeded_and_skips_the_edited_fact():
+    model = lm()
+    w = wise(model, replay=2)
+    for r in EDITS[:3]:
+        w.edit([r])
+    again = EditRequest("e9", EDITS[1].prompt, "Halvik", EDITS[1].fact)
+    picked = w._rehearsal(w.memories[0], again)
+    assert len(picked) == 2 and all(r.fact != again.fact for r in picked)
+    assert picked == w._rehearsal(w.memories[0], again)
 
 
 def test_consolidate_folds_shards_and_keeps_serving():
@@ -146,7 +219,7 @@ def test_reedit_replaces_the_older_key():
 def test_retract_equals_never_editing(which):
     """Rebuilding the memory without an edit gives the memory of a stream without it."""
     a, b = lm(), lm()
-    wa, wb = wise(a, shard_size=2), wise(b, shard_size=2)
+    wa, wb = wise(a, shard_size=2, retract="rebuild"), wise(b, shard_size=2, retract="rebuild")
     for r in EDITS:
         wa.edit([r])
     wa.retract(EDITS[which].edit_id)
@@ -155,6 +228,38 @@ def test_retract_equals_never_editing(which):
             wb.edit([r])
     probe = [r.prompt for r in EDITS] + list(UNRELATED)
     assert torch.equal(logits(a, probe), logits(b, probe))
+
+
+def test_unroute_retraction_restores_the_base_model_and_the_previous_value():
+    model = lm()
+    base = logits(model, [EDITS[0].prompt, EDITS[1].prompt])
+    # (a random tiny model cannot be confident: its final norm bounds the logits, so the
+    # checks are on the argmax, and stop_loss 0 trains every step)
+    w = wise(model, steps=30, lr=2.0, stop_loss=0.0, mask_ratio=1.0)
+    w.edit([EDITS[0]])
+    w.edit([EDITS[1]])
+    served = logits(model, [EDITS[1].prompt])
+    w.retract("e0")  # default: unroute (FAISS router)
+    assert w.memory_of("e0") is None and w.route([EDITS[0].prompt]) == [None]
+    after = logits(model, [EDITS[0].prompt, EDITS[1].prompt])
+    assert torch.equal(after[0], base[0])  # bit-identical: the main memory answers
+    assert torch.allclose(after[1, -served.shape[1]:], served[0], atol=1e-6)
+    # a re-edited fact: retracting the newest edit brings the previous value back
+    again = EditRequest("e9", EDITS[1].prompt, "Halvik", EDITS[1].fact)
+    w.edit([again])
+    assert predicts(model, EDITS[1].prompt, "Halvik")
+    assert not predicts(model, EDITS[1].prompt, EDITS[1].target)
+    w.retract("e9")
+    assert w.memory_of("e1") is not None and w.memory_of("e9") is None
+    assert predicts(model, EDITS[1].prompt, EDITS[1].target)
+
+
+def test_unroute_needs_the_faiss_router():
+    from lifelong.errors import NotSupported
+    w = wise(lm(), router="activation", retract="unroute")
+    w.edit([EDITS[0]])
+    with pytest.raises(NotSupported):
+        w.retract("e0")
 
 
 def test_retract_unsupported_when_configured():

@@ -63,12 +63,28 @@ class WiseConfig:
                                       "from the end); default: the late-middle layer")
     mode: Literal["merge", "retrieve"] = setting("merge", "one merged side memory (WISE-Merge) "
                                                  "or several, one per query (WISE-Retrieve)")
-    router: Literal["activation", "faiss"] = setting("faiss", "retrieve mode: pick the memory by "
-                                                     "highest activation score or nearest FAISS key")
-    steps: int = setting(40, "optimiser steps per edit", min=1)
-    lr: float = setting(0.05, "Adam learning rate of the side-memory delta", min=0.0)
+    router: Literal["activation", "faiss"] = setting("faiss", "pick the memory (or the main one) "
+                                                     "by activation score (the paper) or by the "
+                                                     "nearest edit key in a FAISS index")
+    key_token: Literal["last", "mean"] = setting("last", "tokens the router reads: the last prompt "
+                                                 "token or the mean over the prompt tokens")
+    key_radius: float = setting(0.25, "FAISS router: a query within key_radius x |key| of its "
+                                      "nearest edit key goes to that key's memory", min=0.0)
+    faiss_check: bool = setting(False, "FAISS router: also require the activation score above "
+                                       "the memory's threshold (the paper's test)")
+    steps: int = setting(80, "most optimiser steps per edit", min=1)
+    lr: float = setting(1.0, "learning rate of the side-memory delta", min=0.0)
+    optimizer: Literal["sgd", "adam"] = setting("sgd", "optimiser of the delta: plain gradient "
+                                                "steps (the paper; updates stay in the span of "
+                                                "the edit's activations) or Adam")
+    momentum: float = setting(0.0, "SGD momentum", min=0.0, max=0.999)
     mask_ratio: float = setting(0.2, "share of weight entries a shard may change", min=0.0, max=1.0)
-    disjoint_masks: bool = setting(False, "shards of a merge period get disjoint masks")
+    mask_unit: Literal["row", "entry"] = setting("row", "what a mask keeps or drops: whole "
+                                                 "output rows (commutes with `protect`, so a "
+                                                 "masked step stays in the null space) or "
+                                                 "single entries (the paper)")
+    disjoint_masks: bool = setting(True, "shards of a cycle of round(1 / mask_ratio) get "
+                                         "disjoint masks (then a TIES merge of them is their sum)")
     shard_size: int = setting(50, "edits per knowledge shard", min=1)
     merge: Literal["ties", "linear", "dare"] = setting("ties", "how shards are merged")
     density: float = setting(1.0, "TIES: share of each shard kept by magnitude; DARE: 1 - drop",
@@ -81,9 +97,17 @@ class WiseConfig:
     margin_weight: float = setting(1.0, "weight of the margin loss against the target loss", min=0.0)
     act_ratio: float = setting(0.5, "threshold = act_ratio x smallest edit score", min=0.0)
     negatives: int = setting(4, "unrelated prompts per edit for the margin loss", min=0)
-    stop_loss: float = setting(0.02, "stop once the target loss is below this", min=0.0)
-    retract: Literal["rebuild", "unsupported"] = setting("rebuild", "rebuild the memory without "
-                                                         "the edit, or refuse")
+    replay: int = setting(0, "earlier edits of the same memory whose targets are trained again "
+                             "with each edit (rehearsal against overwriting; 0: the paper)", min=0)
+    protect: bool = setting(True, "train each edit in the null space of the memory's earlier "
+                                  "edit keys (AlphaEdit-style; not in the paper), so an edit "
+                                  "cannot move the outputs of the edits before it")
+    stop_loss: float = setting(0.1, "stop once the target loss is below this", min=0.0)
+    retract: Literal["auto", "unroute", "rebuild", "unsupported"] = setting(
+        "auto", "unroute: drop the edit's keys so its prompts go back to the main memory, and "
+                "re-apply the fact's previous edit if one is left (FAISS router only); rebuild: "
+                "retrain the edit's memory from its log without it (exact, costs one edit per "
+                "edit of that memory); auto: unroute with the FAISS router, else rebuild")
 
 
 @dataclass
@@ -96,6 +120,7 @@ class Memory:
     mask: torch.Tensor | None = None
     log: list[EditRequest] = field(default_factory=list)   # edits in order
     scores: list[float] = field(default_factory=list)      # edit scores when made
+    keys: dict[str, torch.Tensor] = field(default_factory=dict)  # fact -> last-token key
     in_shard: int = 0
     n_shards: int = 0
 
@@ -105,6 +130,18 @@ class Memory:
 
     def threshold(self, ratio: float) -> float:
         return ratio * min(self.scores) if self.scores else float("inf")
+
+
+def router_tokens(attention_mask: torch.Tensor, prompt_end: torch.Tensor,
+                  which: str) -> torch.Tensor:
+    """(B, T) bool: the tokens a router reads: every real prompt token ('mean') or only the
+    last one ('last'). Positions at or after `prompt_end` (the target, generated tokens) are
+    never read, so a row's route does not depend on its target."""
+    pos = torch.arange(attention_mask.shape[1], device=attention_mask.device).unsqueeze(0)
+    prompt = (attention_mask > 0) & (pos < prompt_end.unsqueeze(1))
+    if which == "mean":
+        return prompt
+    return pos == (prompt_end.unsqueeze(1) - 1)
 
 
 class Wise(MemoryBase):
@@ -123,6 +160,7 @@ class Wise(MemoryBase):
         self.index = KeyIndex(self.w_main.shape[1], "l2")
         self.key_memory: dict[int, int] = {}     # FAISS id -> memory index
         self.key_edit: dict[int, str] = {}       # FAISS id -> edit id
+        self.key_norm: dict[int, float] = {}     # FAISS id -> norm of the key
         self.next_key = 0
         self.since_merge = 0
         self._train: tuple[int, torch.Tensor] | None = None  # (memory, delta) while editing
@@ -139,13 +177,15 @@ class Wise(MemoryBase):
             + self.index.nbytes()
 
     # ---- routing (the forward hook) -------------------------------------------------------
-    def _prompt_mask(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T) bool: the prompt tokens of each row (all tokens outside scoring forwards)."""
+    def _router_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T) bool: the tokens the router reads in each row (see `router_tokens`)."""
         info = self.lm.forward_info
         if info is None or info.attention_mask.shape != x.shape[:2]:
-            return torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-        pos = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
-        return (info.attention_mask > 0) & (pos < info.prompt_end.unsqueeze(1))
+            return router_tokens(torch.ones(x.shape[:2], dtype=torch.long, device=x.device),
+                                 torch.full((x.shape[0],), x.shape[1], device=x.device),
+                                 self.config.key_token)
+        return router_tokens(info.attention_mask.to(x.device), info.prompt_end.to(x.device),
+                             self.config.key_token)
 
     @staticmethod
     def _score(x: torch.Tensor, mask: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -153,36 +193,49 @@ class Wise(MemoryBase):
         norms = (x @ delta.T).norm(dim=-1)
         return (norms * mask).sum(-1) / mask.sum(-1).clamp_min(1)
 
-    def _last_prompt_key(self, x: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
-        last = (mask.cumsum(-1) == mask.sum(-1, keepdim=True)) & mask
-        return x[last.nonzero(as_tuple=True)].detach().float().cpu().numpy()
+    @staticmethod
+    def _keys(x: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+        """(B, in) float32: each row's key, the mean of its router tokens' activations."""
+        m = mask.unsqueeze(-1).to(x.dtype)
+        return ((x * m).sum(1) / m.sum(1).clamp_min(1)).detach().float().cpu().numpy()
 
     def _route(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B,) memory index per row, -1 for the main memory."""
+        if self.config.router == "faiss":
+            return self._route_faiss(x, mask)
         deltas = [m.delta() for m in self.memories]
-        if self.config.mode == "retrieve" and self.config.router == "faiss" and len(self.index):
-            _, ids = self.index.search(self._last_prompt_key(x, mask), k=1)
-            chosen = torch.tensor([self.key_memory.get(int(i), -1) for i in ids[:, 0]])
-            route = torch.full((x.shape[0],), -1, dtype=torch.long)
-            for m in chosen.unique().tolist():
-                if m < 0:
-                    continue
-                rows = (chosen == m).to(x.device)
-                s = self._score(x[rows], mask[rows], deltas[m])
-                route[rows.cpu()] = torch.where(s.cpu() > self.memories[m].threshold(self.config.act_ratio), m, -1)
-            return route
         scores = torch.stack([self._score(x, mask, d) for d in deltas]).cpu()  # (M, B)
         thresholds = torch.tensor([m.threshold(self.config.act_ratio) for m in self.memories])
         best = scores.argmax(0)
         passed = scores.gather(0, best.unsqueeze(0)).squeeze(0) > thresholds[best]
         return torch.where(passed, best, torch.full_like(best, -1))
 
+    def _route_faiss(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Nearest edit key per row (one FAISS search for the batch, whatever the number of
+        memories); the row goes to that key's memory if it lies within `key_radius` of the
+        key's norm (and, with `faiss_check`, if that memory's score passes its threshold)."""
+        route = torch.full((x.shape[0],), -1, dtype=torch.long)
+        if not len(self.index):
+            return route
+        dist, ids = self.index.search(self._keys(x, mask), k=1)
+        for row, (d, i) in enumerate(zip(dist[:, 0].tolist(), ids[:, 0].tolist())):
+            if i >= 0 and d ** 0.5 <= self.config.key_radius * self.key_norm[i]:
+                route[row] = self.key_memory[i]
+        if self.config.faiss_check:
+            for m in [m for m in route.unique().tolist() if m >= 0]:
+                rows = route == m
+                s = self._score(x[rows.to(x.device)], mask[rows.to(x.device)],
+                                self.memories[m].delta()).cpu()
+                route[rows] = torch.where(s > self.memories[m].threshold(self.config.act_ratio),
+                                          m, -1)
+        return route
+
     def _forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self._train is not None:  # editing: every row goes to the memory being trained
             return y + x @ self._train[1].T
         if not self.memories:
             return y
-        route = self._route(x, self._prompt_mask(x))
+        route = self._route(x, self._router_mask(x))
         self._routes = route
         if (route < 0).all():
             return y
@@ -230,8 +283,7 @@ class Wise(MemoryBase):
         with torch.no_grad(), Trace(self.module, capture="input") as tr:
             ids, mask, end, _, _ = encode_pairs(self.lm, prompts, ["x"] * len(prompts))
             forward_logits(self.lm, ids, mask, end)
-        pos = torch.arange(ids.shape[1]).unsqueeze(0)
-        return tr.input, (mask > 0) & (pos < end.unsqueeze(1))
+        return tr.input, router_tokens(mask, end, self.config.key_token)
 
     def _negatives(self, edit_id: str) -> list[str]:
         if not self.unrelated or not self.config.negatives:
@@ -239,12 +291,51 @@ class Wise(MemoryBase):
         rng = random.Random(hashlib.sha256(f"{self.seed}:{edit_id}".encode()).hexdigest())
         return rng.sample(self.unrelated, min(self.config.negatives, len(self.unrelated)))
 
+    @staticmethod
+    def _step(p: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor | None,
+              basis: torch.Tensor | None) -> torch.Tensor:
+        """The full-size update a parameter stands for: masked (or scattered into the
+        shard's rows), then projected off `basis` so that step @ basis == 0."""
+        step = p if rows is not None else p * mask
+        if basis is not None:  # keep the earlier keys' outputs
+            step = step - (step @ basis) @ basis.T
+        if rows is None:
+            return step
+        return torch.zeros(mask.shape, dtype=p.dtype).index_add(0, rows, step)
+
+    def _protected_basis(self, mem: Memory, fact: str) -> torch.Tensor | None:
+        """(in, r) orthonormal basis of the keys of `mem`'s other facts (None: nothing to
+        protect). Directions with a singular value below 1e-3 of the largest are dropped."""
+        keys = [k for f, k in mem.keys.items() if f != fact]
+        if not self.config.protect or not keys:
+            return None
+        u, s, _ = torch.linalg.svd(torch.stack(keys, 1), full_matrices=False)
+        return u[:, s > 1e-3 * s[0]]
+
+    def _rehearsal(self, mem: Memory, req: EditRequest) -> list[EditRequest]:
+        """Up to `replay` earlier edits of `mem` (the newest of each fact, none of `req`'s
+        fact), drawn from a generator seeded by the seed and the edit id."""
+        if not self.config.replay:
+            return []
+        newest = {r.fact: r for r in mem.log if r.fact != req.fact}
+        pool = list(newest.values())
+        rng = random.Random(hashlib.sha256(f"{self.seed}:replay:{req.edit_id}".encode()).hexdigest())
+        return rng.sample(pool, min(self.config.replay, len(pool)))
+
     def _new_mask(self, memory: int, shard: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + memory * 10_007 + shard)
-        if self.config.disjoint_masks:
-            period = max(1, round(1 / max(self.config.mask_ratio, 1e-9)))
-            return torch.randint(0, period, self.w_main.shape, generator=g) == shard % period
-        return torch.rand(self.w_main.shape, generator=g) < self.config.mask_ratio
+        """Shard `shard`'s gradient mask: a random share `mask_ratio` of the entries (or of the
+        output rows), drawn from (seed, memory, shard). Disjoint masks: the shards of a cycle
+        of round(1 / mask_ratio) share one random partition and each takes its own part."""
+        c = self.config
+        shape = self.w_main.shape if c.mask_unit == "entry" else self.w_main.shape[:1]
+        if c.disjoint_masks:
+            period = max(1, round(1 / max(c.mask_ratio, 1e-9)))
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + memory * 10_007 + shard // period)
+            mask = torch.randint(0, period, shape, generator=g) == shard % period
+        else:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + memory * 10_007 + shard)
+            mask = torch.rand(shape, generator=g) < c.mask_ratio
+        return mask if c.mask_unit == "entry" else mask.unsqueeze(1).expand(self.w_main.shape)
 
     def _memory_for_edit(self) -> int:
         if not self.memories or (self.config.mode == "retrieve"
@@ -279,18 +370,29 @@ class Wise(MemoryBase):
         x_edit, m_edit = self._activations([req.prompt])
         negs = self._negatives(req.edit_id)
         x_neg, m_neg = self._activations(negs) if negs else (None, None)
-        p = torch.zeros_like(base, requires_grad=True)
-        opt = torch.optim.Adam([p], lr=self.config.lr)
+        basis = self._protected_basis(mem, req.fact)
+        batch = [req, *self._rehearsal(mem, req)]
+        prompts, targets = [r.prompt for r in batch], [r.target for r in batch]
+        rows = mem.mask[:, 0].nonzero()[:, 0] if self.config.mask_unit == "row" else None
+        # a row mask trains only its rows: a smaller parameter, and a cheaper projection
+        p = torch.zeros((len(rows), base.shape[1]) if rows is not None else base.shape,
+                        dtype=base.dtype, requires_grad=True)
+        opt = (torch.optim.SGD([p], lr=self.config.lr, momentum=self.config.momentum)
+               if self.config.optimizer == "sgd" else torch.optim.Adam([p], lr=self.config.lr))
         c, first, last, steps = self.config, None, None, 0
+        # the margin terms shape the activation score; with the FAISS router alone nothing
+        # reads it, and they only cost steps
+        shape_scores = c.router == "activation" or c.faiss_check
         a, b, g = c.alpha * self.scale, c.beta * self.scale, c.gamma * self.scale
         try:
             for steps in range(1, c.steps + 1):
-                delta = base + p * mask
+                step = self._step(p, mask, rows, basis)
+                delta = base + step
                 self._train = (k, delta)
-                nll = target_loss(self.lm, [req.prompt], [req.target])
+                nll = target_loss(self.lm, prompts, targets)
                 s_edit = self._score(x_edit, m_edit, delta).mean()
-                margin = torch.relu(b - s_edit)
-                if x_neg is not None:
+                margin = torch.relu(b - s_edit) if shape_scores else torch.zeros(())
+                if x_neg is not None and shape_scores:
                     s_neg = self._score(x_neg, m_neg, delta)
                     margin = margin + torch.relu(s_neg - a).mean() + torch.relu(g - (s_edit - s_neg)).mean()
                 loss = nll + c.margin_weight * margin
@@ -304,7 +406,9 @@ class Wise(MemoryBase):
                 opt.step()
         finally:
             self._train = None
-        mem.current = mem.current + (p.detach() * mask)
+        with torch.no_grad():  # the final parameter (the loop's `step` predates its update)
+            mem.current = mem.current + self._step(p, mask, rows, basis)
+        mem.keys[req.fact] = x_edit[0, int(m_edit[0].nonzero()[-1])].detach().clone()
         mem.in_shard += 1
         mem.log.append(req)
         self._where_map = None
@@ -318,9 +422,11 @@ class Wise(MemoryBase):
         if stale:  # a re-edit: the newest value's key replaces the older ones
             self.index.remove(stale)
             for i in stale:
-                self.key_memory.pop(i), self.key_edit.pop(i)
-        self.index.add(self._last_prompt_key(x, mask), [self.next_key])
+                self.key_memory.pop(i), self.key_edit.pop(i), self.key_norm.pop(i)
+        key = self._keys(x, mask)
+        self.index.add(key, [self.next_key])
         self.key_memory[self.next_key], self.key_edit[self.next_key] = k, req.edit_id
+        self.key_norm[self.next_key] = float(np.linalg.norm(key))
         self.next_key += 1
 
     def _fact_ids(self, fact: str, but: str) -> set[str]:
@@ -343,37 +449,74 @@ class Wise(MemoryBase):
 
     def retract(self, edit_id: str) -> None:
         k = self.memory_of(edit_id)
-        if self.config.retract == "unsupported":
+        how = self.config.retract
+        if how == "auto":
+            how = "unroute" if self.config.router == "faiss" else "rebuild"
+        if how == "unsupported":
             raise NotSupported("wise is configured with retract = 'unsupported'")
+        if how == "unroute" and self.config.router != "faiss":
+            raise NotSupported("retract = 'unroute' needs the FAISS router")
         if k is None:
             return
+        if how == "unroute":
+            return self._unroute(k, edit_id)
         keep = [r for r in self.memories[k].log if r.edit_id != edit_id]
         ids = [i for i, m in self.key_memory.items() if m == k]
         self.index.remove(ids)
         for i in ids:
-            self.key_memory.pop(i), self.key_edit.pop(i)
+            self.key_memory.pop(i), self.key_edit.pop(i), self.key_norm.pop(i)
         self.memories[k] = Memory(merged=torch.zeros_like(self.w_main))
         self._where_map = None
         for r in keep:  # replay the memory's log without the edit
             self._edit_one(r, k)
 
+    def _drop(self, k: int, edit_id: str) -> EditRequest:
+        """Remove an edit from memory `k`'s log and the index; its trained step stays in the
+        weights, unreachable once no key routes to it."""
+        mem = self.memories[k]
+        pos = next(i for i, r in enumerate(mem.log) if r.edit_id == edit_id)
+        req = mem.log.pop(pos)
+        mem.scores.pop(pos)
+        ids = [i for i, e in self.key_edit.items() if e == edit_id]
+        self.index.remove(ids)
+        for i in ids:
+            self.key_memory.pop(i), self.key_edit.pop(i), self.key_norm.pop(i)
+        self._where_map = None
+        return req
+
+    def _unroute(self, k: int, edit_id: str) -> None:
+        """Retraction without retraining the memory: the edit's prompts route to the main
+        memory again (bit-identical outputs there), unless the fact has an earlier edit
+        left, which is applied again as the fact's newest edit (one edit's cost)."""
+        req = self._drop(k, edit_id)
+        mem = self.memories[k]
+        if req.fact in mem.keys and not any(r.fact == req.fact for r in mem.log):
+            del mem.keys[req.fact]  # nothing of the fact to protect here any more
+        earlier = [(j, r) for j, m in enumerate(self.memories) for r in m.log if r.fact == req.fact]
+        if earlier:
+            j, previous = earlier[-1]
+            self._drop(j, previous.edit_id)
+            self._edit_one(previous)
+
     # ---- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         mems = [{"merged": m.merged, "shards": list(m.shards), "current": m.current, "mask": m.mask,
-                 "log": [vars(r) for r in m.log], "scores": list(m.scores), "in_shard": m.in_shard,
+                 "log": [vars(r) for r in m.log], "scores": list(m.scores), "keys": dict(m.keys), "in_shard": m.in_shard,
                  "n_shards": m.n_shards} for m in self.memories]
         return {"memories": mems, "index": torch.from_numpy(self.index.to_bytes().copy()),
                 "key_memory": dict(self.key_memory), "key_edit": dict(self.key_edit),
+                "key_norm": dict(self.key_norm),
                 "next_key": self.next_key, "since_merge": self.since_merge, "scale": self.scale}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.memories = [Memory(merged=m["merged"], shards=list(m["shards"]), current=m["current"],
                                 mask=m["mask"], log=[EditRequest(**r) for r in m["log"]],
-                                scores=list(m["scores"]), in_shard=m["in_shard"],
+                                scores=list(m["scores"]), keys=dict(m["keys"]), in_shard=m["in_shard"],
                                 n_shards=m["n_shards"]) for m in state["memories"]]
         self.index = KeyIndex.from_bytes(state["index"].numpy())
         self.key_memory = {int(k): int(v) for k, v in state["key_memory"].items()}
         self.key_edit = {int(k): v for k, v in state["key_edit"].items()}
+        self.key_norm = {int(k): float(v) for k, v in state["key_norm"].items()}
         self.next_key, self.since_merge = state["next_key"], state["since_merge"]
         self.scale = state["scale"]
         self._where_map = None

@@ -1,0 +1,276 @@
+"""Model organisms: a small GPT-2 that knows the ORIGINAL (pre-edit) facts of a real edit
+stream, so that the stream can be replayed against a model for which its edits are edits.
+
+What the organism learns (`collect_facts`), in the stream's file order:
+
+- *prompts*: every edit's prompt -> the ground truth of its fact;
+- *rephrases*: every rephrase of such an edit -> the same ground truth;
+- *locality*: every locality probe's prompt -> its answer.
+
+Invariants:
+
+- The ground truth of a fact is the `previous` of the fact's FIRST edit. A re-edit's own
+  `previous` is a value an earlier edit set, so it is never trained; the re-edit's prompt and
+  rephrases map to the first edit's `previous`. A fact whose first edit has no `previous`
+  has no ground truth: its edits teach nothing (they are counted), their locality probes do.
+- Every training prompt appears once: the first (prompt, answer) in file order wins and has
+  the role it first appeared with; a later pair with the same prompt and another answer is
+  a conflict (dropped, counted). So the roles partition the training pairs.
+- Edit targets, portability probes and queries are about the edited state: never trained,
+  but their words are in the vocabulary (the tokenizer covers every text of the stream), and
+  `n_positions` covers the longest (prompt, answer) sequence of the stream plus EOS.
+- Training is `pretrain.train_on_pairs`: the same stream, PretrainConfig and thread count
+  give identical weights. Ctrl-C keeps (and writes) the partial model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .config import to_dict
+from .errors import LifelongError
+from .modelcheck import _summarise
+from .pretrain import PretrainConfig, _quiet_transformers, train_on_pairs
+from .stream import Edit, Event, Query, parse_stream
+from .tokenizer import build_word_tokenizer
+
+#: The roles of training pairs, in report order.
+ROLES: tuple[str, ...] = ("prompts", "rephrases", "locality")
+
+Pair = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class FactSet:
+    """The pairs an organism must know, read from one stream.
+
+    `pairs[i]` has role `roles[i]`; prompts are unique across `pairs`. `probes` are all the
+    (prompt, answer) sequences the stream can score (trained or not), for sizing positions;
+    `texts` every text of the stream in file order, for the vocabulary.
+    """
+
+    path: str
+    pairs: tuple[Pair, ...]
+    roles: tuple[str, ...]
+    probes: tuple[Pair, ...]
+    texts: tuple[str, ...]
+    edits: int
+    facts: int
+    reedits: int
+    edits_without_ground_truth: int
+    conflicts: int
+
+    def by_role(self, role: str) -> list[Pair]:
+        """The training pairs of `role` (one of ROLES), in file order."""
+        return [p for p, r in zip(self.pairs, self.roles) if r == role]
+
+    def counts(self) -> dict:
+        """Pair counts per role and the edit counts, for organism.json."""
+        return {"pairs": len(self.pairs), **{r: self.roles.count(r) for r in ROLES},
+                "edits": self.edits, "facts": self.facts, "reedits": self.reedits,
+                "edits_without_ground_truth": self.edits_without_ground_truth,
+                "conflicts_dropped": self.conflicts}
+
+
+def _event_texts(ev: Event) -> list[str]:
+    """Every text of one event, in field order (edits and queries; others have none)."""
+    if isinstance(ev, Edit):
+        probes = [t for p in ev.locality + ev.portability for t in (p.prompt, p.answer)]
+        return [ev.prompt, ev.target, *([ev.previous] if ev.previous is not None else []),
+                *ev.rephrases, *probes]
+    if isinstance(ev, Query):
+        return [ev.prompt, *([ev.answer] if ev.answer is not None else [])]
+    return []
+
+
+def _event_probes(ev: Event) -> list[Pair]:
+    """Every (prompt, answer) sequence an event can have scored."""
+    if isinstance(ev, Edit):
+        answers = [ev.target] + ([ev.previous] if ev.previous is not None else [])
+        asked = [(p, a) for p in (ev.prompt, *ev.rephrases) for a in answers]
+        return asked + [(p.prompt, p.answer) for p in ev.locality + ev.portability]
+    if isinstance(ev, Query) and ev.answer is not None:
+        return [(ev.prompt, ev.answer)]
+    return []
+
+
+class _Collector:
+    """Accumulates unique-prompt pairs (first wins) and counts conflicting ones."""
+
+    def __init__(self) -> None:
+        self.answer: dict[str, str] = {}
+        self.pairs: list[Pair] = []
+        self.roles: list[str] = []
+        self.conflicts = 0
+
+    def add(self, prompt: str, answer: str, role: str) -> None:
+        known = self.answer.get(prompt)
+        if known is None:
+            self.answer[prompt] = answer
+            self.pairs.append((prompt, answer))
+            self.roles.append(role)
+        elif known != answer:
+            self.conflicts += 1
+
+
+def collect_facts(path: str | Path) -> FactSet:
+    """Read and validate the stream at `path` (a StreamError if invalid) and collect what the
+    organism must know (see the module docstring for the rules)."""
+    events = parse_stream(path).events
+    truth: dict[str, str | None] = {}  # fact -> previous of its first edit
+    out = _Collector()
+    edits = reedits = no_truth = 0
+    for ev in events:
+        if not isinstance(ev, Edit):
+            continue
+        edits += 1
+        if ev.fact in truth:
+            reedits += 1
+        else:
+            truth[ev.fact] = ev.previous
+        value = truth[ev.fact]
+        if value is None:
+            no_truth += 1
+        else:
+            out.add(ev.prompt, value, "prompts")
+            for text in ev.rephrases:
+                out.add(text, value, "rephrases")
+        for probe in ev.locality:
+            out.add(probe.prompt, probe.answer, "locality")
+    return FactSet(path=str(path), pairs=tuple(out.pairs), roles=tuple(out.roles),
+                   probes=tuple(p for ev in events for p in _event_probes(ev)),
+                   texts=tuple(t for ev in events for t in _event_texts(ev)),
+                   edits=edits, facts=len(truth), reedits=reedits,
+                   edits_without_ground_truth=no_truth, conflicts=out.conflicts)
+
+
+def facts_from_stream(path: str | Path) -> list[Pair]:
+    """The (prompt, answer) pairs an organism of the stream at `path` must know, in file
+    order, prompts unique (see `collect_facts`)."""
+    return list(collect_facts(path).pairs)
+
+
+def organism_tokenizer(facts: FactSet):
+    """The word-level tokenizer over every text of the stream (edit targets included)."""
+    return build_word_tokenizer(facts.texts)
+
+
+def _lengths(tok, texts: list[str]) -> list[int]:
+    """Token counts of `texts` (no special tokens)."""
+    return [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]] if texts else []
+
+
+def needed_positions(tok, pairs: Sequence[Pair]) -> int:
+    """Positions that any scoring of `pairs` fits in, rounded up to a multiple of 8: the
+    longest prompt plus the longest answer plus EOS. (Greedy generation in `scoring` runs
+    every row of a batch for as many steps as the batch's longest answer, so a long prompt
+    can meet another pair's long answer.) Covers every `prompt answer [EOS]` of `pairs`."""
+    prompts = _lengths(tok, [p for p, _ in pairs])
+    full = _lengths(tok, [f"{p} {a}" for p, a in pairs])
+    answer = max((f - p for f, p in zip(full, prompts)), default=0)
+    return -(-(max(prompts, default=0) + answer + 1) // 8) * 8
+
+
+def resolve_config(cfg: PretrainConfig, tok, facts: FactSet) -> PretrainConfig:
+    """`cfg` with `n_positions` raised (never lowered) to `needed_positions` of every
+    (prompt, answer) sequence of the stream."""
+    need = needed_positions(tok, facts.probes + facts.pairs)
+    return dataclasses.replace(cfg, n_positions=max(cfg.n_positions, need))
+
+
+def check_organism(lm, facts: FactSet, batch_size: int = 256) -> dict:
+    """Accuracy of `lm` on each role's pairs in both protocols (via `scoring.score_pairs`).
+    Returns {role: S, "all": S} with S as in `modelcheck.check_model`."""
+    from .scoring import score_pairs
+    was_training = lm.model.training
+    lm.model.eval()
+    try:
+        scores = score_pairs(lm, [p for p, _ in facts.pairs], [a for _, a in facts.pairs],
+                             batch_size=batch_size)
+    finally:
+        lm.model.train(was_training)
+    result = {r: _summarise([s for s, role in zip(scores, facts.roles) if role == r])
+              for r in ROLES}
+    result["all"] = _summarise(scores)
+    return result
+
+
+def format_organism_check(result: dict, held_out: Sequence[str] = ()) -> str:
+    """A small plain-text table of a `check_organism` result (held-out roles marked)."""
+    lines = [f"{'pairs':<22}{'n':>7}{'tf_acc':>9}{'tf_exact':>10}{'gen_exact':>11}"]
+    for name in (*ROLES, "all"):
+        s = result.get(name)
+        if s and s["n"]:
+            label = name + (" (held out)" if name in held_out else "")
+            lines.append(f"{label:<22}{s['n']:>7}{s['tf_acc']:>9.3f}{s['tf_exact']:>10.3f}"
+                         f"{s['gen_exact']:>11.3f}")
+    return "\n".join(lines)
+
+
+def _split(facts: FactSet, hold_out: Sequence[str]) -> tuple[list[Pair], list[Pair]]:
+    """(trained, held-out) pairs; a role in `hold_out` is never trained."""
+    unknown = sorted(set(hold_out) - set(ROLES))
+    if unknown:
+        raise LifelongError(f"unknown role(s) to hold out: {', '.join(unknown)}; "
+                            f"known: {', '.join(ROLES)}")
+    trained = [p for p, r in zip(facts.pairs, facts.roles) if r not in hold_out]
+    held = [p for p, r in zip(facts.pairs, facts.roles) if r in hold_out]
+    if not trained:
+        why = (f"{facts.edits} edit(s), {facts.edits_without_ground_truth} without a "
+               f"`previous` value, no locality probes" if not facts.pairs else
+               f"every pair is held out ({', '.join(hold_out)})")
+        raise LifelongError(f"{facts.path}: no learnable (prompt, answer) pairs ({why})")
+    return trained, held
+
+
+def _sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def pretrain_organism(stream: str | Path, cfg: PretrainConfig, out_dir: str | Path,
+                      progress: bool = True, hold_out: Sequence[str] = ()) -> dict:
+    """Collect the stream's facts, train, check, and write a loadable model directory:
+    model.safetensors + config.json, the tokenizer and organism.json. Returns what
+    organism.json holds. Roles in `hold_out` are left out of training (still checked)."""
+    from .model import LM
+    wall = time.perf_counter()
+    facts = collect_facts(stream)
+    trained, held = _split(facts, hold_out)
+    tok = organism_tokenizer(facts)
+    cfg = resolve_config(cfg, tok, facts)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        with _quiet_transformers():
+            model, info = train_on_pairs(trained, held, cfg, tok, progress=progress)
+            check = check_organism(LM(model=model, tok=tok, name="organism", path=""), facts)
+    finally:
+        torch.set_num_threads(previous_threads)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    record = {"stream": str(stream), "stream_sha256": _sha256(stream),
+              "counts": facts.counts(), "held_out": list(hold_out),
+              "vocab_size": len(tok), "pretrain_config": to_dict(cfg),
+              "parameters": sum(p.numel() for p in model.parameters()),
+              **info, "check": check,
+              "model_bytes": (out / "model.safetensors").stat().st_size,
+              "wall_seconds": round(time.perf_counter() - wall, 1),
+              "torch": torch.__version__, "threads": cfg.threads,
+              "python": platform.python_version(), "machine": platform.machine()}
+    (out / "organism.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return record
