@@ -48,6 +48,26 @@ def by_role(probes: Sequence[dict], checkpoint: int) -> dict[str, list[dict]]:
     return out
 
 
+def pooled_roles(probes: Sequence[dict], checkpoint_ids: set[int]) -> dict[str, list[dict]]:
+    """Rows of several checkpoints by role (the chunks of a `restart_every` run)."""
+    out: dict[str, list[dict]] = defaultdict(list)
+    for r in probes:
+        if r["checkpoint"] in checkpoint_ids:
+            out[r["role"]].append(r)
+    return out
+
+
+def perplexity(rows: Sequence[dict], when: str = "final") -> dict[str, Any] | None:
+    """Mean over rows of exp(mean target-token NLL), teacher-forced (the WISE paper's Table 4
+    measure for long corrected texts; lower is better). None without NLLs."""
+    vals = [float(np.exp(r["nll"])) for r in rows if r.get("nll") is not None
+            and not np.isnan(r["nll"])]
+    if not vals:
+        return None
+    return {"teacher_forced": float(np.mean(vals)), "median": float(np.median(vals)),
+            "n": len(vals), "when": when}
+
+
 def conflict(roles: dict[str, list[dict]], when: str = "final") -> dict[str, Any] | None:
     """Re-edited facts: does the newest value win (`latest`), or does a superseded value
     still come out (`stale`)? latest: over the newest prompt and the older edits' prompts;
@@ -156,8 +176,15 @@ def route_accuracy(roles: dict[str, list[dict]], when: str = "final") -> dict[st
     loc = [r for r in roles.get("loc", []) if r.get("routed_ok") is not None]
     if not edits and not loc:
         return None
+    shadow = {}  # routers a method measured beside the serving one: columns routed_ok_<name>
+    for name in sorted({k[len("routed_ok_"):] for r in edits + loc for k in r
+                        if k.startswith("routed_ok_") and r[k] is not None}):
+        col = f"routed_ok_{name}"
+        shadow[name] = {"accuracy": _mean(r.get(col) for r in edits),
+                        "locality": _mean(r.get(col) for r in loc)}
     return {"accuracy": _mean(r["routed_ok"] for r in edits), "n": len(edits),
-            "locality": _mean(r["routed_ok"] for r in loc), "n_locality": len(loc), "when": when}
+            "locality": _mean(r["routed_ok"] for r in loc), "n_locality": len(loc), "when": when,
+            **({"shadow": shadow} if shadow else {})}
 
 
 def latency(events: Sequence[dict], timings: Sequence[dict]) -> dict[str, Any]:
@@ -187,7 +214,11 @@ def run_metrics(run: dict, events: Sequence[dict], checkpoints: Sequence[dict],
     group = sched["group_size"] or sched["checkpoint_every"] or max(1, run.get("edits_total") or 1)
     final = max((c for c in checkpoints if c["when"] == "final"), key=lambda c: c["checkpoint"],
                 default=None)
-    roles = by_role(probes, final["checkpoint"]) if final else {}
+    chunks = [c for c in checkpoints if c["when"] == "chunk"]
+    if chunks:  # restart_every: every chunk's end probe, pooled (the WISE paper's average)
+        roles = pooled_roles(probes, {c["checkpoint"] for c in chunks + ([final] if final else [])})
+    else:
+        roles = by_role(probes, final["checkpoint"]) if final else {}
     edit_rows = [e for e in events if e["kind"] == "edit"]
     after = [e for e in edit_rows if e.get("tf_acc") is not None]
     retracts = [e for e in events if e["kind"] == "retract"]
@@ -208,8 +239,11 @@ def run_metrics(run: dict, events: Sequence[dict], checkpoints: Sequence[dict],
         "generalization": rate(roles.get("gen", [])),
         "locality": rate(roles.get("loc", [])),
         "portability": rate(roles.get("port", [])),
-        "retention": retention(probes, checkpoints, group),
-        "retention_by_age": retention_by_age(probes, checkpoints, group),
+        "perplexity": perplexity(roles.get("rel", [])),
+        "chunks": {"size": sched.get("restart_every", 0), "count": len(chunks) + bool(
+            final and final["n_items"])} if chunks else None,
+        "retention": None if chunks else retention(probes, checkpoints, group),
+        "retention_by_age": [] if chunks else retention_by_age(probes, checkpoints, group),
         "conflict": conflict(roles),
         "routing": route_accuracy(roles),
         "retraction": retraction,

@@ -84,6 +84,18 @@ def locality_pool(events: Sequence[Event]) -> list[Probe]:
     return pool
 
 
+def chunk_locality(led: Ledger) -> list[Probe]:
+    """The locality probes of the edits in `led`, deduplicated, in edit order (a chunk of the
+    WISE-paper protocol judges each edit's own locality prompts)."""
+    seen, out = set(), []
+    for ev in led.edits.values():
+        for p in ev.locality:
+            if (p.prompt, p.answer) not in seen:
+                seen.add((p.prompt, p.answer))
+                out.append(p)
+    return out
+
+
 def locality_sample(pool: list[Probe], size: int, seed: int) -> list[Probe]:
     """A fixed seeded sample (the same at every checkpoint, so curves compare like with like)."""
     if size <= 0 or size >= len(pool):
@@ -167,7 +179,7 @@ def run_probes(lm: LM, items: Sequence[ProbeItem], reference: dict, batch_size: 
     for it, s in zip(items, scores):
         row = {"item": it.item, "role": it.role, "edit_id": it.edit_id, "fact": it.fact,
                "edit_index": it.edit_index, "prompt": it.prompt, "target": it.target,
-               "gen_text": s.gen_text, "against_base": int(it.against_base)}
+               "gen_text": s.gen_text, "against_base": int(it.against_base), "nll": s.nll}
         if it.against_base:
             ref = reference[(it.prompt, it.target)]
             base_tf, base_gen = tuple(ref["tf_pred"]), tuple(ref["gen_ids"])
@@ -191,3 +203,7 @@ def add_routing(method, rows: list[dict], batch_size: int) -> None:
             row["routed"] = -1 if dest is None else int(dest)
             want = None if row["role"] == "loc" else method.memory_of(row["edit_id"])
             row["routed_ok"] = int(dest == want)
+        for name in getattr(method, "shadow_routers", ()):  # routers measured, not serving
+            for row, dest in zip(chunk, method.route([r["prompt"] for r in chunk], router=name)):
+                want = None if row["role"] == "loc" else method.memory_of(row["edit_id"])
+                row[f"routed_ok_{name}"] = int(dest == want)

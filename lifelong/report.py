@@ -187,6 +187,7 @@ COLUMNS: tuple[Column, ...] = (
     *_pair("gen", "generalization", "high", "last", "generalization"),
     *_pair("loc", "locality", "high", "last", "locality"),
     *_pair("port", "portability", "high", "last", "portability"),
+    Column("ppl", "target perplexity", "low", "rate", "metrics", ("perplexity", "teacher_forced")),
     *_pair("rel_after_edit", "right after edit", "high", "metrics", "reliability_after_edit"),
     *_pair("retention", "retention", "high", "metrics", "retention"),
     Column("forgetting_tf", "forgetting TF", "low", "score", "metrics",
@@ -198,6 +199,10 @@ COLUMNS: tuple[Column, ...] = (
     Column("retract_restored_gen", "retract restored gen", "high", "score", "metrics",
            ("retraction", "restored", "generated")),
     Column("routing", "routing accuracy", "high", "score", "last", ("routing", "accuracy")),
+    Column("routing_act", "activation router accuracy", "high", "score", "last",
+           ("routing", "shadow", "activation", "accuracy")),
+    Column("routing_act_loc", "activation router unrelated", "high", "score", "last",
+           ("routing", "shadow", "activation", "locality")),
     Column("routing_loc", "routing unrelated", "high", "score", "last", ("routing", "locality")),
     Column("edit_p50_ms", "edit p50 ms", "low", "ms", "metrics", ("latency_ms", "edit", "p50")),
     Column("edit_p95_ms", "edit p95 ms", "low", "ms", "metrics", ("latency_ms", "edit", "p95")),
@@ -207,12 +212,14 @@ COLUMNS: tuple[Column, ...] = (
     Column("memory_bytes", "memory", "low", "bytes", "last", ("memory_bytes",)),
     Column("edits_per_second", "edits/s", "high", "rate", "metrics", ("edits_per_second",)),
 )
-QUALITY_KEYS = {c.key for c in COLUMNS[:8]}  # reliability .. portability: "Final quality"
+QUALITY_KEYS = {c.key for c in COLUMNS[:9]}  # reliability .. perplexity: "Final quality"
 
 
 def figures(rd: RunData) -> dict[str, Any]:
     """The run's value of every column (None where not computable)."""
     src = {"last": rd.curves[-1] if rd.curves else {}, "metrics": rd.metrics or {}}
+    if (rd.metrics or {}).get("chunks"):  # restart_every: the pooled chunk figures
+        src["last"] = rd.metrics
     return {c.key: _get(src[c.source], *c.path) for c in COLUMNS}
 
 
@@ -235,6 +242,9 @@ def _fmt(value: Any, kind: str) -> str:
 
 
 def _measured(rd: RunData) -> str:
+    chunks = (rd.metrics or {}).get("chunks")
+    if chunks and rd.metrics.get("complete"):
+        return f"chunks of {chunks['size']} (x{chunks['count']})"
     last = rd.curves[-1] if rd.curves else None
     return ("no checkpoint" if last is None else "final" if last["when"] == "final"
             else f"checkpoint {last['checkpoint']} ({last['edits_done']} edits)")

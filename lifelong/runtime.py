@@ -33,7 +33,7 @@ from .errors import LifelongError, NotSupported, StoreError
 from .metrics import compute_run_metrics
 from .methods import AttachContext, EditRequest, build_method
 from .model import LM, load_model
-from .probes import (Ledger, add_routing, locality_pool, locality_sample, plan, reference_pairs,
+from .probes import (Ledger, add_routing, chunk_locality, locality_pool, locality_sample, plan, reference_pairs,
                      reference_rows, run_probes)
 from .progress import Reporter
 from .scenario import MethodSpec, Scenario
@@ -138,7 +138,10 @@ class Runtime:
 
     def run(self, spec: MethodSpec, seed: int, resume: bool = False) -> str:
         run_id = self.run_id(spec, seed)
-        method = build_method(spec.name, spec.settings, seed, where=f"methods[{spec.display}]")
+        def fresh():
+            return build_method(spec.name, spec.settings, seed, where=f"methods[{spec.display}]")
+
+        method = fresh()
         config = {"scenario": to_dict(self.sc), "method": {"name": spec.name, "label": spec.display,
                   "settings": to_dict(method.config)}, "seed": seed, "stream": self.stream_info}
         if not self._prepare_run(run_id, spec, seed, config, resume):
@@ -154,10 +157,11 @@ class Runtime:
         # probed, so locality is never measured on what a method trained on
         probed = {(p.prompt, p.answer) for p in loc}
         unrelated = tuple(p.prompt for p in pool if (p.prompt, p.answer) not in probed)
-        method.attach(lm, AttachContext(seed=seed, unrelated_prompts=unrelated))
+        ctx = AttachContext(seed=seed, unrelated_prompts=unrelated)
+        method.attach(lm, ctx)
         counters = self._restore(run_id, method, resume)
         try:
-            self._loop(run_id, lm, method, model_key, loc, counters, seed)
+            self._loop(run_id, lm, (method, fresh, ctx), model_key, loc, counters, seed)
         except Interrupted:
             self.store.set_status(run_id, "interrupted")
             raise
@@ -215,6 +219,8 @@ class Runtime:
         """Pre-stream outputs for everything judged against the base model (computed once)."""
         have = self.store.reference(model_key)
         pairs = [(p.prompt, p.answer) for p in loc]
+        if self.sc.schedule.restart_every:  # chunks probe their own edits' locality prompts
+            pairs += [(p.prompt, p.answer) for p in locality_pool(self.events)]
         pairs += reference_pairs(self.events)
         todo = sorted({p for p in pairs if p not in have})
         if todo:
@@ -250,16 +256,22 @@ class Runtime:
         self.store.commit()
 
     # ---- the loop -----------------------------------------------------------------------
-    def _loop(self, run_id, lm, method, model_key, loc, c: Counters, seed: int) -> None:
+    def _loop(self, run_id, lm, methods, model_key, loc, c: Counters, seed: int) -> None:
+        """Replay the events from `c.position`. `methods` = (the attached method, a factory of
+        fresh ones, the attach context): with `restart_every`, each chunk of edits gets a fresh
+        method on the pristine model (detach restores it bit for bit)."""
         sched = self.sc.schedule
-        ledger = Ledger.replay(self.events[:c.position])
+        method, fresh, ctx = methods
+        chunk = sched.restart_every
+        ledger = Ledger.replay(self.events[c.extra.get("chunk_start", 0):c.position])
         reference = self.store.reference(model_key)
         last_save = time.monotonic()
         self.reporter.start(run_id, len(self.events), c.position)
         with graceful_interrupt() as stop:
             while c.position < len(self.events):
                 ev = self.events[c.position]
-                row = self._dispatch(run_id, lm, method, ev, c)
+                outside = chunk and isinstance(ev, Retract) and ev.edit_id not in ledger.edits
+                row = self._dispatch(run_id, lm, method, ev, c, outside)
                 ledger.add(ev)
                 c.position += 1
                 self.store.buffer("events", [row])
@@ -268,7 +280,17 @@ class Runtime:
                     if sched.merge_every and c.edits % sched.merge_every == 0:
                         self._merge(run_id, method, c, scheduled=True)
                     if sched.checkpoint_every and c.edits % sched.checkpoint_every == 0:
-                        self._checkpoint(run_id, lm, method, ledger, loc, reference, c, seed, False)
+                        self._checkpoint(run_id, lm, method, ledger, loc, reference, c, seed, "checkpoint")
+                        last_save = time.monotonic()
+                    if chunk and c.edits % chunk == 0:
+                        self._checkpoint(run_id, lm, method, ledger, loc, reference, c, seed, "chunk",
+                                         save=False)
+                        method.detach()
+                        method = fresh()
+                        method.attach(lm, ctx)
+                        ledger = Ledger.replay([])
+                        c.extra["chunk_start"] = c.position
+                        self._save(run_id, method, c)
                         last_save = time.monotonic()
                 if time.monotonic() - last_save >= sched.save_every_seconds:
                     self._save(run_id, method, c)
@@ -279,13 +301,21 @@ class Runtime:
                     self._save(run_id, method, c)
                     raise Interrupted(f"interrupted after event {c.position} of {len(self.events)}; "
                                       "run again with --resume to continue")
-            self._checkpoint(run_id, lm, method, ledger, loc, reference, c, seed, True)
+            self._checkpoint(run_id, lm, method, ledger, loc, reference, c, seed, "final",
+                             probe=not chunk or bool(ledger.edits))
 
-    def _dispatch(self, run_id: str, lm: LM, method, ev: Event, c: Counters) -> dict:
+    def _dispatch(self, run_id: str, lm: LM, method, ev: Event, c: Counters,
+                  outside: bool = False) -> dict:
+        """Apply one event and return its row. `outside`: a retraction of an edit made in an
+        earlier chunk (`restart_every`), which the fresh method never saw: recorded, not sent."""
         row = {"run_id": run_id, "event_id": ev.id, "seq": c.position, "kind": ev.kind,
                "t": ev.t, "fact": getattr(ev, "fact", None), "edit_index": c.edits,
                "scheduled": 0, "outcome": "applied", "error": None}
         t0 = time.perf_counter()
+        if outside:
+            row.update(fact=None, ms=0.0, target_id=ev.edit_id, outcome="nothing",
+                       error="the edit was made in an earlier chunk")
+            return row
         try:
             if isinstance(ev, Edit):
                 receipt = method.edit([EditRequest(ev.id, ev.prompt, ev.target, ev.fact,
@@ -324,11 +354,17 @@ class Runtime:
                                       "error": None, "ms": _ms(t0)}])
 
     def _checkpoint(self, run_id, lm, method, ledger, loc, reference, c: Counters, seed: int,
-                    final: bool) -> None:
+                    when: str, save: bool = True, probe: bool = True) -> None:
+        """Probe and record a checkpoint. `when`: "checkpoint" (along the stream: a sample of
+        facts when `probe_edits` says so), "chunk" (the end of a `restart_every` chunk: its
+        edits and their own locality prompts) or "final". `probe` False records the row alone
+        (a chunked run whose last chunk was already probed)."""
         c.checkpoints += 1
         sched = self.sc.schedule
-        items = plan(ledger, loc, sample=0 if final else sched.probe_edits, seed=seed,
-                     checkpoint=c.checkpoints)
+        if when != "checkpoint" and sched.restart_every:
+            loc = chunk_locality(ledger)
+        items = plan(ledger, loc, sample=sched.probe_edits if when == "checkpoint" else 0,
+                     seed=seed, checkpoint=c.checkpoints) if probe else []
         self.reporter.update(c.position, f"probing {len(items)} prompts", force=True)
         t0 = time.perf_counter()
         rows = run_probes(lm, items, reference, sched.batch_size)
@@ -340,11 +376,12 @@ class Runtime:
             r.update(run_id=run_id, checkpoint=c.checkpoints)
         self.store.buffer("probes", rows)
         self.store.buffer("checkpoints", [{
-            "run_id": run_id, "checkpoint": c.checkpoints, "when": "final" if final else "checkpoint",
+            "run_id": run_id, "checkpoint": c.checkpoints, "when": when,
             "edits_done": c.edits, "position": c.position, "memory_bytes": method.footprint(),
             "probe_ms": probe_ms, "n_items": len(rows),
             "t_sim": self.events[c.position - 1].t if c.position else None}])
-        self._save(run_id, method, c)
+        if save:
+            self._save(run_id, method, c)
 
     def _save(self, run_id: str, method, c: Counters) -> None:
         state = {"method": method.state_dict(), "rng": torch.get_rng_state(),

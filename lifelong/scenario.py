@@ -51,6 +51,15 @@ class Schedule:
                                        "measure query latency with and without the memory", min=1)
     save_every_seconds: float = setting(20.0, "save a resume point at least this often", min=0.5)
     batch_size: int = setting(128, "probe batch size", min=1)
+    restart_every: int = setting(0, "the WISE paper's T: edit the stream in chunks of T edits, "
+                                    "each from a fresh model and method, and probe each chunk's "
+                                    "own edits and their locality prompts at its end; figures "
+                                    "are pooled over the chunks (0: one stream)", min=0)
+
+    def __post_init__(self) -> None:
+        if self.restart_every and self.checkpoint_every:
+            raise ValueError("restart_every needs checkpoint_every = 0: each chunk is probed "
+                             "once, at its end")
 
 
 @dataclass(frozen=True)

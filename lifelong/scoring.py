@@ -25,7 +25,8 @@ from .model import LM, ForwardInfo
 @dataclass(frozen=True)
 class PairScore:
     """One scored pair. `tf_pred` are the argmax tokens at the target positions (teacher-
-    forced); `gen_ids` the greedily generated tokens (as many as the target has)."""
+    forced); `gen_ids` the greedily generated tokens (as many as the target has); `nll` the
+    mean negative log-likelihood of the target tokens, teacher-forced (exp(nll): perplexity)."""
 
     tf_acc: float
     tf_exact: bool
@@ -34,6 +35,7 @@ class PairScore:
     tf_pred: tuple[int, ...]
     gen_ids: tuple[int, ...]
     target_ids: tuple[int, ...]
+    nll: float = float("nan")
 
 
 def tokenize_pair(lm: LM, prompt: str, target: str) -> tuple[list[int], list[int]]:
@@ -108,12 +110,15 @@ def _teacher_forced(lm: LM, pairs: list[tuple[list[int], list[int]]]):
     ids, mask, prompt_end, tlens, tids = _encode(pairs, lm.tok.pad_token_id)
     logits = forward_logits(lm, ids, mask, prompt_end)
     pred = logits.argmax(-1).cpu()
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    gold_logp = logp.gather(-1, ids[:, 1:].to(logp.device).unsqueeze(-1)).squeeze(-1).cpu()
     width = ids.shape[1]
     out = []
     for i, t in enumerate(tids):
         n = len(t)
         p = pred[i, width - n - 1: width - 1].tolist()
-        out.append((tuple(p), tuple(t)))
+        nll = -float(gold_logp[i, width - n - 1:].mean()) if n else float("nan")
+        out.append((tuple(p), tuple(t), nll))
     return out
 
 
@@ -145,11 +150,11 @@ def score_pairs(lm: LM, prompts: Sequence[str], targets: Sequence[str],
         idx = order[start:start + batch_size]
         pairs = [tokenize_pair(lm, prompts[i], targets[i]) for i in idx]  # tokenized once
         tf = _teacher_forced(lm, pairs)
-        gens = _generate(lm, [p for p, _ in pairs], [len(t) for _, t in tf])
-        for i, (pred, gold), gen in zip(idx, tf, gens):
+        gens = _generate(lm, [p for p, _ in pairs], [len(t) for _, t, _ in tf])
+        for i, (pred, gold, nll), gen in zip(idx, tf, gens):
             hits = sum(a == b for a, b in zip(pred, gold))
             results[i] = PairScore(
                 tf_acc=hits / max(len(gold), 1), tf_exact=pred == gold, gen_exact=gen == gold,
                 gen_text=lm.tok.decode(list(gen)).strip(), tf_pred=pred, gen_ids=gen,
-                target_ids=gold)
+                target_ids=gold, nll=nll)
     return results  # type: ignore[return-value]

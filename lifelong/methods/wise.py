@@ -70,6 +70,9 @@ class WiseConfig:
                                                  "token or the mean over the prompt tokens")
     key_radius: float = setting(0.25, "FAISS router: a query within key_radius x |key| of its "
                                       "nearest edit key goes to that key's memory", min=0.0)
+    measure_activation_router: bool = setting(False, "FAISS router: also record where the "
+                                                "paper's activation router would send each "
+                                                "probe (trains the margin terms it needs)")
     faiss_check: bool = setting(False, "FAISS router: also require the activation score above "
                                        "the memory's threshold (the paper's test)")
     steps: int = setting(80, "most optimiser steps per edit", min=1)
@@ -121,6 +124,7 @@ class Memory:
     log: list[EditRequest] = field(default_factory=list)   # edits in order
     scores: list[float] = field(default_factory=list)      # edit scores when made
     keys: dict[str, torch.Tensor] = field(default_factory=dict)  # fact -> last-token key
+    basis: torch.Tensor | None = None  # orthonormal basis of `keys` (None: to recompute)
     in_shard: int = 0
     n_shards: int = 0
 
@@ -130,6 +134,25 @@ class Memory:
 
     def threshold(self, ratio: float) -> float:
         return ratio * min(self.scores) if self.scores else float("inf")
+
+
+def orthonormal(keys: list[torch.Tensor], tol: float = 1e-3) -> torch.Tensor | None:
+    """(in, r) orthonormal basis of the span of `keys`, dropping directions whose singular
+    value is below `tol` of the largest."""
+    if not keys:
+        return None
+    u, s, _ = torch.linalg.svd(torch.stack(keys, 1), full_matrices=False)
+    return u[:, s > tol * s[0]]
+
+
+def extend_basis(basis: torch.Tensor, key: torch.Tensor, tol: float = 1e-3) -> torch.Tensor:
+    """`basis` plus the part of `key` outside its span (Gram-Schmidt, twice for stability),
+    unless that part is below `tol` of the key's norm."""
+    v = key - basis @ (basis.T @ key)
+    v = v - basis @ (basis.T @ v)
+    if v.norm() <= tol * key.norm():
+        return basis
+    return torch.cat([basis, (v / v.norm()).unsqueeze(1)], 1)
 
 
 def router_tokens(attention_mask: torch.Tensor, prompt_end: torch.Tensor,
@@ -165,6 +188,7 @@ class Wise(MemoryBase):
         self.since_merge = 0
         self._train: tuple[int, torch.Tensor] | None = None  # (memory, delta) while editing
         self._routes: torch.Tensor | None = None
+        self._router_override: str | None = None
         self.scale = self._measure_scale()
         self._hooks = contextlib.ExitStack()
         self._hooks.enter_context(rewrite_output(self.module, self._forward))
@@ -201,7 +225,7 @@ class Wise(MemoryBase):
 
     def _route(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B,) memory index per row, -1 for the main memory."""
-        if self.config.router == "faiss":
+        if (self._router_override or self.config.router) == "faiss":
             return self._route_faiss(x, mask)
         deltas = [m.delta() for m in self.memories]
         scores = torch.stack([self._score(x, mask, d) for d in deltas]).cpu()  # (M, B)
@@ -246,13 +270,24 @@ class Wise(MemoryBase):
                 out[rows] = y[rows] + x[rows] @ self.memories[m].delta().T
         return out
 
+    @property
+    def shadow_routers(self) -> tuple[str, ...]:
+        """Routers measured beside the one serving (`add_routing` records their choices)."""
+        return ("activation",) if self.config.router == "faiss" and \
+            self.config.measure_activation_router else ()
+
     @torch.no_grad()
-    def route(self, prompts: Sequence[str]) -> list[int | None]:
-        """The memory each prompt is routed to (None: the main memory)."""
+    def route(self, prompts: Sequence[str], router: str | None = None) -> list[int | None]:
+        """The memory each prompt is routed to (None: the main memory), by the configured
+        router or by `router`."""
         if not self.memories:
             return [None] * len(prompts)
         ids, mask, end, _, _ = encode_pairs(self.lm, prompts, ["x"] * len(prompts))
-        forward_logits(self.lm, ids, mask, end)
+        self._router_override = router
+        try:
+            forward_logits(self.lm, ids, mask, end)
+        finally:
+            self._router_override = None
         return [None if r < 0 else int(r) for r in self._routes.tolist()]
 
     def memory_of(self, edit_id: str) -> int | None:
@@ -305,12 +340,21 @@ class Wise(MemoryBase):
 
     def _protected_basis(self, mem: Memory, fact: str) -> torch.Tensor | None:
         """(in, r) orthonormal basis of the keys of `mem`'s other facts (None: nothing to
-        protect). Directions with a singular value below 1e-3 of the largest are dropped."""
-        keys = [k for f, k in mem.keys.items() if f != fact]
-        if not self.config.protect or not keys:
+        protect). Kept up to date one key at a time; recomputed for a re-edit (its fact's own
+        old key must not be protected) and after a retraction."""
+        if not self.config.protect or not any(f != fact for f in mem.keys):
             return None
-        u, s, _ = torch.linalg.svd(torch.stack(keys, 1), full_matrices=False)
-        return u[:, s > 1e-3 * s[0]]
+        if fact in mem.keys:
+            return orthonormal([k for f, k in mem.keys.items() if f != fact])
+        if mem.basis is None:
+            mem.basis = orthonormal(list(mem.keys.values()))
+        return mem.basis
+
+    @staticmethod
+    def _remember_key(mem: Memory, fact: str, key: torch.Tensor) -> None:
+        new = fact not in mem.keys
+        mem.keys[fact] = key
+        mem.basis = extend_basis(mem.basis, key) if new and mem.basis is not None else None
 
     def _rehearsal(self, mem: Memory, req: EditRequest) -> list[EditRequest]:
         """Up to `replay` earlier edits of `mem` (the newest of each fact, none of `req`'s
@@ -382,7 +426,7 @@ class Wise(MemoryBase):
         c, first, last, steps = self.config, None, None, 0
         # the margin terms shape the activation score; with the FAISS router alone nothing
         # reads it, and they only cost steps
-        shape_scores = c.router == "activation" or c.faiss_check
+        shape_scores = c.router == "activation" or c.faiss_check or c.measure_activation_router
         a, b, g = c.alpha * self.scale, c.beta * self.scale, c.gamma * self.scale
         try:
             for steps in range(1, c.steps + 1):
@@ -408,7 +452,7 @@ class Wise(MemoryBase):
             self._train = None
         with torch.no_grad():  # the final parameter (the loop's `step` predates its update)
             mem.current = mem.current + self._step(p, mask, rows, basis)
-        mem.keys[req.fact] = x_edit[0, int(m_edit[0].nonzero()[-1])].detach().clone()
+        self._remember_key(mem, req.fact, x_edit[0, int(m_edit[0].nonzero()[-1])].detach().clone())
         mem.in_shard += 1
         mem.log.append(req)
         self._where_map = None
@@ -492,6 +536,7 @@ class Wise(MemoryBase):
         mem = self.memories[k]
         if req.fact in mem.keys and not any(r.fact == req.fact for r in mem.log):
             del mem.keys[req.fact]  # nothing of the fact to protect here any more
+            mem.basis = None
         earlier = [(j, r) for j, m in enumerate(self.memories) for r in m.log if r.fact == req.fact]
         if earlier:
             j, previous = earlier[-1]
@@ -501,7 +546,8 @@ class Wise(MemoryBase):
     # ---- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         mems = [{"merged": m.merged, "shards": list(m.shards), "current": m.current, "mask": m.mask,
-                 "log": [vars(r) for r in m.log], "scores": list(m.scores), "keys": dict(m.keys), "in_shard": m.in_shard,
+                 "log": [vars(r) for r in m.log], "scores": list(m.scores), "keys": dict(m.keys),
+                 "basis": m.basis, "in_shard": m.in_shard,
                  "n_shards": m.n_shards} for m in self.memories]
         return {"memories": mems, "index": torch.from_numpy(self.index.to_bytes().copy()),
                 "key_memory": dict(self.key_memory), "key_edit": dict(self.key_edit),
@@ -511,7 +557,7 @@ class Wise(MemoryBase):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.memories = [Memory(merged=m["merged"], shards=list(m["shards"]), current=m["current"],
                                 mask=m["mask"], log=[EditRequest(**r) for r in m["log"]],
-                                scores=list(m["scores"]), keys=dict(m["keys"]), in_shard=m["in_shard"],
+                                scores=list(m["scores"]), keys=dict(m["keys"]), basis=m["basis"], in_shard=m["in_shard"],
                                 n_shards=m["n_shards"]) for m in state["memories"]]
         self.index = KeyIndex.from_bytes(state["index"].numpy())
         self.key_memory = {int(k): int(v) for k, v in state["key_memory"].items()}
