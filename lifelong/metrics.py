@@ -248,7 +248,8 @@ def run_metrics(run: dict, events: Sequence[dict], checkpoints: Sequence[dict],
         "routing": route_accuracy(roles),
         "retraction": retraction,
         "latency_ms": lat,
-        "memory_bytes": final["memory_bytes"] if final else None,
+        "memory_bytes": (max(c["memory_bytes"] for c in chunks) if chunks  # the largest chunk's
+                         else final["memory_bytes"] if final else None),
         "memory_growth": [{"edits": c["edits_done"], "bytes": c["memory_bytes"]}
                           for c in sorted(checkpoints, key=lambda c: c["checkpoint"])],
         "edits_per_second": (len(edit_rows) / (edit_ms / 1e3)) if edit_ms > 0 else None,

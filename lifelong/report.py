@@ -187,7 +187,7 @@ COLUMNS: tuple[Column, ...] = (
     *_pair("gen", "generalization", "high", "last", "generalization"),
     *_pair("loc", "locality", "high", "last", "locality"),
     *_pair("port", "portability", "high", "last", "portability"),
-    Column("ppl", "target perplexity", "low", "rate", "metrics", ("perplexity", "teacher_forced")),
+    Column("ppl", "target perplexity", "low", "number", "metrics", ("perplexity", "teacher_forced")),
     *_pair("rel_after_edit", "right after edit", "high", "metrics", "reliability_after_edit"),
     *_pair("retention", "retention", "high", "metrics", "retention"),
     Column("forgetting_tf", "forgetting TF", "low", "score", "metrics",
@@ -233,6 +233,8 @@ def _fmt(value: Any, kind: str) -> str:
         return f"{value:.3f}"
     if kind == "ratio":
         return f"{value:.2f}x"
+    if kind == "number":
+        return f"{value:.3g}"
     if kind == "bytes":
         for unit, size in (("GB", 1024 ** 3), ("MB", 1024 ** 2), ("KB", 1024)):
             if value >= size:
@@ -291,7 +293,8 @@ def table_groups(cmp: Comparison) -> list[tuple[str, list[tuple[str, str]]]]:
     the same parts in the terminal, the page and the Markdown twin. Empty parts are left out."""
     parts = (("Final quality", lambda c: c.key in QUALITY_KEYS),
              ("Along the stream", lambda c: c.key not in QUALITY_KEYS and c.kind == "score"),
-             ("Cost (wall-clock on the machine that recorded the run)", lambda c: c.kind != "score"))
+             ("Cost (wall-clock on the machine that recorded the run)",
+              lambda c: c.kind != "score" and c.key not in QUALITY_KEYS))
     return [(title, [(k, k) for k in IDENTITY] + [(c.key, c.header) for c in cols])
             for title, keep in parts if (cols := [c for c in cmp.columns if keep(c)])]
 

@@ -153,15 +153,13 @@ class Runtime:
         loc = locality_sample(pool, self.sc.schedule.locality_sample, seed)
         self._ensure_reference(lm, model_key, loc)
         self._time_queries(run_id, lm, "query_base")
-        # methods that train against unrelated inputs get the locality prompts that are *not*
-        # probed, so locality is never measured on what a method trained on
-        probed = {(p.prompt, p.answer) for p in loc}
-        unrelated = tuple(p.prompt for p in pool if (p.prompt, p.answer) not in probed)
-        ctx = AttachContext(seed=seed, unrelated_prompts=unrelated)
-        method.attach(lm, ctx)
-        counters = self._restore(run_id, method, resume)
+        saved = self.store.load_state(run_id) if resume else None
+        chunk_start = saved[1]["counters"]["extra"].get("chunk_start", 0) if saved else 0
+        method.attach(lm, self._context(pool, loc, seed, chunk_start))
+        counters = self._restore(run_id, method, saved)
+        make = (fresh, lambda start: self._context(pool, loc, seed, start))
         try:
-            self._loop(run_id, lm, (method, fresh, ctx), model_key, loc, counters, seed)
+            self._loop(run_id, lm, (method, *make), model_key, loc, counters, seed)
         except Interrupted:
             self.store.set_status(run_id, "interrupted")
             raise
@@ -204,8 +202,21 @@ class Runtime:
                               "edits_total": self.n_edits})
         return True
 
-    def _restore(self, run_id: str, method, resume: bool) -> Counters:
-        saved = self.store.load_state(run_id) if resume else None
+    def _context(self, pool, loc, seed: int, chunk_start: int) -> AttachContext:
+        """What a method is attached with. Methods that train against unrelated inputs get
+        the locality prompts that are never probed while it is attached, so locality is never
+        measured on what a method trained on: the stream's pool minus the probed sample, or,
+        with `restart_every`, minus the locality prompts of the chunk starting at event
+        `chunk_start` (the ones its end probes)."""
+        if self.sc.schedule.restart_every:
+            edits = [e for e in self.events[chunk_start:] if isinstance(e, Edit)]
+            probed = {p.prompt for e in edits[:self.sc.schedule.restart_every] for p in e.locality}
+        else:
+            probed = {p.prompt for p in loc}
+        unrelated = tuple(dict.fromkeys(p.prompt for p in pool if p.prompt not in probed))
+        return AttachContext(seed=seed, unrelated_prompts=unrelated)
+
+    def _restore(self, run_id: str, method, saved) -> Counters:
         if saved is None:
             return Counters()
         position, state = saved
@@ -258,10 +269,10 @@ class Runtime:
     # ---- the loop -----------------------------------------------------------------------
     def _loop(self, run_id, lm, methods, model_key, loc, c: Counters, seed: int) -> None:
         """Replay the events from `c.position`. `methods` = (the attached method, a factory of
-        fresh ones, the attach context): with `restart_every`, each chunk of edits gets a fresh
+        fresh ones, the attach context of a chunk starting at an event position): with `restart_every`, each chunk of edits gets a fresh
         method on the pristine model (detach restores it bit for bit)."""
         sched = self.sc.schedule
-        method, fresh, ctx = methods
+        method, fresh, context = methods
         chunk = sched.restart_every
         ledger = Ledger.replay(self.events[c.extra.get("chunk_start", 0):c.position])
         reference = self.store.reference(model_key)
@@ -287,7 +298,7 @@ class Runtime:
                                          save=False)
                         method.detach()
                         method = fresh()
-                        method.attach(lm, ctx)
+                        method.attach(lm, context(c.position))
                         ledger = Ledger.replay([])
                         c.extra["chunk_start"] = c.position
                         self._save(run_id, method, c)
