@@ -91,6 +91,10 @@ class MemoryBase:
     Config: ClassVar[type]
     #: one line for `lifelong methods`
     summary: ClassVar[str] = ""
+    #: what a successful `retract` restores: "exact" (the model as if the edit had never been
+    #: made) or "own" (the retracted edit's own prompts behave as before it; the edits made
+    #: with it may keep traces of it)
+    retraction: str = "exact"
 
     def __init__(self, config: Any, seed: int = 0):
         self.config = config

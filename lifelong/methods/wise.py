@@ -40,7 +40,7 @@ import contextlib
 import hashlib
 import random
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
 import numpy as np
@@ -54,6 +54,8 @@ from ..merging import merge as merge_deltas
 from ..model import LM
 from ..nethook import Trace, rewrite_output
 from ..scoring import encode_pairs, forward_logits, target_loss
+from ._sidememory import (Memory, extend_basis, masked_step, orthonormal, router_tokens,
+                          shard_mask)
 from .base import AttachContext, EditReceipt, EditRequest, MemoryBase, tensor_bytes
 
 
@@ -111,60 +113,6 @@ class WiseConfig:
                 "re-apply the fact's previous edit if one is left (FAISS router only); rebuild: "
                 "retrain the edit's memory from its log without it (exact, costs one edit per "
                 "edit of that memory); auto: unroute with the FAISS router, else rebuild")
-
-
-@dataclass
-class Memory:
-    """One side memory: a merged delta, closed shards not merged yet, the open shard."""
-
-    merged: torch.Tensor
-    shards: list[torch.Tensor] = field(default_factory=list)
-    current: torch.Tensor | None = None
-    mask: torch.Tensor | None = None
-    log: list[EditRequest] = field(default_factory=list)   # edits in order
-    scores: list[float] = field(default_factory=list)      # edit scores when made
-    keys: dict[str, torch.Tensor] = field(default_factory=dict)  # fact -> last-token key
-    basis: torch.Tensor | None = None  # orthonormal basis of `keys` (None: to recompute)
-    in_shard: int = 0
-    n_shards: int = 0
-
-    def delta(self) -> torch.Tensor:
-        d = self.merged + sum(self.shards, torch.zeros_like(self.merged))
-        return d if self.current is None else d + self.current
-
-    def threshold(self, ratio: float) -> float:
-        return ratio * min(self.scores) if self.scores else float("inf")
-
-
-def orthonormal(keys: list[torch.Tensor], tol: float = 1e-3) -> torch.Tensor | None:
-    """(in, r) orthonormal basis of the span of `keys`, dropping directions whose singular
-    value is below `tol` of the largest."""
-    if not keys:
-        return None
-    u, s, _ = torch.linalg.svd(torch.stack(keys, 1), full_matrices=False)
-    return u[:, s > tol * s[0]]
-
-
-def extend_basis(basis: torch.Tensor, key: torch.Tensor, tol: float = 1e-3) -> torch.Tensor:
-    """`basis` plus the part of `key` outside its span (Gram-Schmidt, twice for stability),
-    unless that part is below `tol` of the key's norm."""
-    v = key - basis @ (basis.T @ key)
-    v = v - basis @ (basis.T @ v)
-    if v.norm() <= tol * key.norm():
-        return basis
-    return torch.cat([basis, (v / v.norm()).unsqueeze(1)], 1)
-
-
-def router_tokens(attention_mask: torch.Tensor, prompt_end: torch.Tensor,
-                  which: str) -> torch.Tensor:
-    """(B, T) bool: the tokens a router reads: every real prompt token ('mean') or only the
-    last one ('last'). Positions at or after `prompt_end` (the target, generated tokens) are
-    never read, so a row's route does not depend on its target."""
-    pos = torch.arange(attention_mask.shape[1], device=attention_mask.device).unsqueeze(0)
-    prompt = (attention_mask > 0) & (pos < prompt_end.unsqueeze(1))
-    if which == "mean":
-        return prompt
-    return pos == (prompt_end.unsqueeze(1) - 1)
 
 
 class Wise(MemoryBase):
@@ -271,6 +219,16 @@ class Wise(MemoryBase):
         return out
 
     @property
+    def retraction(self) -> str:  # type: ignore[override]
+        return "own" if self._retract_mode() == "unroute" else "exact"
+
+    def _retract_mode(self) -> str:
+        how = self.config.retract
+        if how == "auto":
+            how = "unroute" if self.config.router == "faiss" else "rebuild"
+        return how
+
+    @property
     def shadow_routers(self) -> tuple[str, ...]:
         """Routers measured beside the one serving (`add_routing` records their choices)."""
         return ("activation",) if self.config.router == "faiss" and \
@@ -326,18 +284,6 @@ class Wise(MemoryBase):
         rng = random.Random(hashlib.sha256(f"{self.seed}:{edit_id}".encode()).hexdigest())
         return rng.sample(self.unrelated, min(self.config.negatives, len(self.unrelated)))
 
-    @staticmethod
-    def _step(p: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor | None,
-              basis: torch.Tensor | None) -> torch.Tensor:
-        """The full-size update a parameter stands for: masked (or scattered into the
-        shard's rows), then projected off `basis` so that step @ basis == 0."""
-        step = p if rows is not None else p * mask
-        if basis is not None:  # keep the earlier keys' outputs
-            step = step - (step @ basis) @ basis.T
-        if rows is None:
-            return step
-        return torch.zeros(mask.shape, dtype=p.dtype).index_add(0, rows, step)
-
     def _protected_basis(self, mem: Memory, fact: str) -> torch.Tensor | None:
         """(in, r) orthonormal basis of the keys of `mem`'s other facts (None: nothing to
         protect). Kept up to date one key at a time; recomputed for a re-edit (its fact's own
@@ -367,19 +313,9 @@ class Wise(MemoryBase):
         return rng.sample(pool, min(self.config.replay, len(pool)))
 
     def _new_mask(self, memory: int, shard: int) -> torch.Tensor:
-        """Shard `shard`'s gradient mask: a random share `mask_ratio` of the entries (or of the
-        output rows), drawn from (seed, memory, shard). Disjoint masks: the shards of a cycle
-        of round(1 / mask_ratio) share one random partition and each takes its own part."""
         c = self.config
-        shape = self.w_main.shape if c.mask_unit == "entry" else self.w_main.shape[:1]
-        if c.disjoint_masks:
-            period = max(1, round(1 / max(c.mask_ratio, 1e-9)))
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + memory * 10_007 + shard // period)
-            mask = torch.randint(0, period, shape, generator=g) == shard % period
-        else:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + memory * 10_007 + shard)
-            mask = torch.rand(shape, generator=g) < c.mask_ratio
-        return mask if c.mask_unit == "entry" else mask.unsqueeze(1).expand(self.w_main.shape)
+        return shard_mask(self.w_main.shape, c.mask_ratio, c.mask_unit, c.disjoint_masks,
+                          self.seed * 1_000_003 + memory * 10_007, shard)
 
     def _memory_for_edit(self) -> int:
         if not self.memories or (self.config.mode == "retrieve"
@@ -430,7 +366,7 @@ class Wise(MemoryBase):
         a, b, g = c.alpha * self.scale, c.beta * self.scale, c.gamma * self.scale
         try:
             for steps in range(1, c.steps + 1):
-                step = self._step(p, mask, rows, basis)
+                step = masked_step(p, mask, rows, basis)
                 delta = base + step
                 self._train = (k, delta)
                 nll = target_loss(self.lm, prompts, targets)
@@ -451,7 +387,7 @@ class Wise(MemoryBase):
         finally:
             self._train = None
         with torch.no_grad():  # the final parameter (the loop's `step` predates its update)
-            mem.current = mem.current + self._step(p, mask, rows, basis)
+            mem.current = mem.current + masked_step(p, mask, rows, basis)
         self._remember_key(mem, req.fact, x_edit[0, int(m_edit[0].nonzero()[-1])].detach().clone())
         mem.in_shard += 1
         mem.log.append(req)
@@ -493,9 +429,7 @@ class Wise(MemoryBase):
 
     def retract(self, edit_id: str) -> None:
         k = self.memory_of(edit_id)
-        how = self.config.retract
-        if how == "auto":
-            how = "unroute" if self.config.router == "faiss" else "rebuild"
+        how = self._retract_mode()
         if how == "unsupported":
             raise NotSupported("wise is configured with retract = 'unsupported'")
         if how == "unroute" and self.config.router != "faiss":
@@ -545,20 +479,14 @@ class Wise(MemoryBase):
 
     # ---- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        mems = [{"merged": m.merged, "shards": list(m.shards), "current": m.current, "mask": m.mask,
-                 "log": [vars(r) for r in m.log], "scores": list(m.scores), "keys": dict(m.keys),
-                 "basis": m.basis, "in_shard": m.in_shard,
-                 "n_shards": m.n_shards} for m in self.memories]
-        return {"memories": mems, "index": torch.from_numpy(self.index.to_bytes().copy()),
+        return {"memories": [m.to_state() for m in self.memories],
+                "index": torch.from_numpy(self.index.to_bytes().copy()),
                 "key_memory": dict(self.key_memory), "key_edit": dict(self.key_edit),
                 "key_norm": dict(self.key_norm),
                 "next_key": self.next_key, "since_merge": self.since_merge, "scale": self.scale}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.memories = [Memory(merged=m["merged"], shards=list(m["shards"]), current=m["current"],
-                                mask=m["mask"], log=[EditRequest(**r) for r in m["log"]],
-                                scores=list(m["scores"]), keys=dict(m["keys"]), basis=m["basis"], in_shard=m["in_shard"],
-                                n_shards=m["n_shards"]) for m in state["memories"]]
+        self.memories = [Memory.from_state(m) for m in state["memories"]]
         self.index = KeyIndex.from_bytes(state["index"].numpy())
         self.key_memory = {int(k): int(v) for k, v in state["key_memory"].items()}
         self.key_edit = {int(k): v for k, v in state["key_edit"].items()}

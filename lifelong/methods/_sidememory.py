@@ -1,0 +1,109 @@
+"""WISE's side memory and the pure tensor helpers of `wise.py` (not a method: the registry
+skips modules whose name starts with an underscore)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .base import EditRequest
+
+
+@dataclass
+class Memory:
+    """One side memory: a merged delta, closed shards not merged yet, the open shard."""
+
+    merged: torch.Tensor
+    shards: list[torch.Tensor] = field(default_factory=list)
+    current: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    log: list[EditRequest] = field(default_factory=list)   # edits in order
+    scores: list[float] = field(default_factory=list)      # edit scores when made
+    keys: dict[str, torch.Tensor] = field(default_factory=dict)  # fact -> last-token key
+    basis: torch.Tensor | None = None  # orthonormal basis of `keys` (None: to recompute)
+    in_shard: int = 0
+    n_shards: int = 0
+
+    def delta(self) -> torch.Tensor:
+        d = self.merged + sum(self.shards, torch.zeros_like(self.merged))
+        return d if self.current is None else d + self.current
+
+    def threshold(self, ratio: float) -> float:
+        return ratio * min(self.scores) if self.scores else float("inf")
+
+    def to_state(self) -> dict[str, Any]:
+        """Tensors and plain data only (the store loads states with weights_only)."""
+        return {"merged": self.merged, "shards": list(self.shards), "current": self.current,
+                "mask": self.mask, "log": [vars(r) for r in self.log], "scores": list(self.scores),
+                "keys": dict(self.keys), "basis": self.basis, "in_shard": self.in_shard,
+                "n_shards": self.n_shards}
+
+    @classmethod
+    def from_state(cls, m: dict[str, Any]) -> "Memory":
+        return cls(merged=m["merged"], shards=list(m["shards"]), current=m["current"],
+                   mask=m["mask"], log=[EditRequest(**r) for r in m["log"]],
+                   scores=list(m["scores"]), keys=dict(m["keys"]), basis=m["basis"],
+                   in_shard=m["in_shard"], n_shards=m["n_shards"])
+
+
+def orthonormal(keys: list[torch.Tensor], tol: float = 1e-3) -> torch.Tensor | None:
+    """(in, r) orthonormal basis of the span of `keys`, dropping directions whose singular
+    value is below `tol` of the largest."""
+    if not keys:
+        return None
+    u, s, _ = torch.linalg.svd(torch.stack(keys, 1), full_matrices=False)
+    return u[:, s > tol * s[0]]
+
+
+def extend_basis(basis: torch.Tensor, key: torch.Tensor, tol: float = 1e-3) -> torch.Tensor:
+    """`basis` plus the part of `key` outside its span (Gram-Schmidt, twice for stability),
+    unless that part is below `tol` of the key's norm."""
+    v = key - basis @ (basis.T @ key)
+    v = v - basis @ (basis.T @ v)
+    if v.norm() <= tol * key.norm():
+        return basis
+    return torch.cat([basis, (v / v.norm()).unsqueeze(1)], 1)
+
+
+def router_tokens(attention_mask: torch.Tensor, prompt_end: torch.Tensor,
+                  which: str) -> torch.Tensor:
+    """(B, T) bool: the tokens a router reads: every real prompt token ('mean') or only the
+    last one ('last'). Positions at or after `prompt_end` (the target, generated tokens) are
+    never read, so a row's route does not depend on its target."""
+    pos = torch.arange(attention_mask.shape[1], device=attention_mask.device).unsqueeze(0)
+    prompt = (attention_mask > 0) & (pos < prompt_end.unsqueeze(1))
+    if which == "mean":
+        return prompt
+    return pos == (prompt_end.unsqueeze(1) - 1)
+
+
+def masked_step(p: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor | None,
+                basis: torch.Tensor | None) -> torch.Tensor:
+    """The full-size update a parameter stands for: masked (or, for a row mask, `p` holds
+    only the shard's `rows` and is scattered into them), then projected off `basis`, so that
+    ``step @ basis == 0``. Row masks commute with the projection (it acts on the input
+    side), so a row-masked step stays both in its rows and in the null space."""
+    step = p if rows is not None else p * mask
+    if basis is not None:  # keep the earlier keys' outputs
+        step = step - (step @ basis) @ basis.T
+    if rows is None:
+        return step
+    return torch.zeros(mask.shape, dtype=p.dtype).index_add(0, rows, step)
+
+
+def shard_mask(shape: torch.Size, ratio: float, unit: str, disjoint: bool, seed: int,
+               shard: int) -> torch.Tensor:
+    """Shard `shard`'s gradient mask (bool, `shape`): a random share `ratio` of the entries
+    (`unit` "entry") or of the output rows ("row"), drawn from (seed, shard). Disjoint: the
+    shards of a cycle of round(1 / ratio) share one random partition, each its own part."""
+    base = shape if unit == "entry" else shape[:1]
+    if disjoint:
+        period = max(1, round(1 / max(ratio, 1e-9)))
+        g = torch.Generator().manual_seed(seed + shard // period)
+        mask = torch.randint(0, period, base, generator=g) == shard % period
+    else:
+        g = torch.Generator().manual_seed(seed + shard)
+        mask = torch.rand(base, generator=g) < ratio
+    return mask if unit == "entry" else mask.unsqueeze(1).expand(shape)
