@@ -208,7 +208,7 @@ def bench_grace(model: str | None, sizes: list[int], edits: int = 20, queries: i
 
 @click.group()
 def bench() -> None:
-    """Micro-benchmarks: the FAISS key index, GRACE's edit and query cost."""
+    """Micro-benchmarks: the FAISS key index; GRACE's and WISE's edit and query cost."""
 
 
 @bench.command("index")
@@ -244,4 +244,23 @@ def bench_grace_cmd(model, sizes, edits, queries, seed, json_path):
     out = bench_grace(model, _ints(sizes), edits, queries, seed, echo=click.echo)
     if json_path:
         Path(json_path).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+        click.echo(f"json: {json_path}")
+
+
+@bench.command("wise")
+@click.option("--model", default=None, help="'builtin' (default) or a model directory with a world.json")
+@click.option("--edits", default=50, show_default=True, type=click.IntRange(min=1), help="edits timed")
+@click.option("--memories", default="1,8,32", show_default=True,
+              help="numbers of side memories for the routing-cost measurement")
+@click.option("--queries", default=64, show_default=True, type=click.IntRange(min=32), help="prompts timed")
+@click.option("--mode", type=click.Choice(["merge", "retrieve"]), default="merge", show_default=True)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="also write the results as JSON")
+def bench_wise_cmd(model, edits, memories, queries, mode, seed, json_path):
+    """WISE per-edit time, merge time, and query latency against the bare model."""
+    from .bench_wise import bench_wise
+    out = bench_wise(model, edits, tuple(_ints(memories)), queries, seed, {"mode": mode},
+                     echo=click.echo)
+    if json_path:
+        Path(json_path).write_text(json.dumps(out, indent=2, default=str) + "\n", encoding="utf-8")
         click.echo(f"json: {json_path}")

@@ -137,6 +137,7 @@ class Wise(MemoryBase):
         self._train: tuple[int, torch.Tensor] | None = None  # (memory, delta) while editing
         self._routes: torch.Tensor | None = None
         self._router_override: str | None = None
+        self.bypass = False
         self.scale = self._measure_scale()
         self._hooks = contextlib.ExitStack()
         self._hooks.enter_context(rewrite_output(self.module, self._forward))
@@ -203,6 +204,8 @@ class Wise(MemoryBase):
         return route
 
     def _forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.bypass:  # benchmarks: the bare model with the hook in place
+            return y
         if self._train is not None:  # editing: every row goes to the memory being trained
             return y + x @ self._train[1].T
         if not self.memories:

@@ -1,0 +1,117 @@
+"""`lifelong bench wise`: WISE's editing, merging and query cost on 2 cores.
+
+Three measurements on a model with a world (default: the built-in one), each edit a real
+fact of the world set to another object of its relation:
+
+1. editing: `edits` edits with the given settings (default: WISE's defaults, merge mode),
+   wall time per edit (mean, p50, p95) and optimiser steps; then one merge of the shards
+   (`consolidate`), timed;
+2. queries with that memory against the bare model (the hook bypassed), batch 1 and
+   batch 32, interleaved so that machine load hits both alike;
+3. routing cost against the number of side memories: retrieve mode with `memories` side
+   memories of a few cheap edits each (quality is not the point here), query latency with
+   the FAISS router (one index search) and with the activation router (one score per
+   memory).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from .bench import _pct
+
+
+def _world_edits(lm, n: int, seed: int) -> list[tuple[str, str, str, str]]:
+    """(prompt, new object, fact key, subject) for n distinct facts of the model's world."""
+    from pathlib import Path
+
+    import click
+
+    from .world import World
+    wpath = Path(lm.path) / "world.json"
+    if not wpath.exists():
+        raise click.ClickException(f"{wpath}: bench wise needs the model's world.json")
+    world = World.from_json(wpath)
+    facts = list(world)
+    order = np.random.default_rng(seed).permutation(len(facts))[:n]
+    out = []
+    for i in order:
+        f = facts[int(i)]
+        new = next(o for o in world.objects(f.relation) if o != f.value)
+        out.append((world.prompt(f, world.trained_templates(f)[0]), new, f.key, f.subject))
+    return out
+
+
+def _time_queries(lm, method, prompts: list[str], rounds: int = 3) -> dict[str, Any]:
+    from .scoring import encode_pairs, forward_logits
+    out: dict[str, dict[str, list[float]]] = {m: {"b1": [], "b32": []} for m in ("bare", "memory")}
+    batches = [("b1", encode_pairs(lm, [p], ["x"])[:3]) for p in prompts]
+    batches += [("b32", encode_pairs(lm, prompts[s:s + 32], ["x"] * 32)[:3])
+                for s in range(0, len(prompts) - 31, 32)] * rounds
+    with torch.no_grad():
+        forward_logits(lm, *batches[0][1])
+        for kind, batch in batches:
+            for mode in ("bare", "memory"):
+                method.bypass = mode == "bare"
+                t0 = time.perf_counter()
+                forward_logits(lm, *batch)
+                out[mode][kind].append((time.perf_counter() - t0) * 1e3)
+    method.bypass = False
+    return {m: {"batch1_ms": _pct(v["b1"]), "batch32_ms": _pct(v["b32"])} for m, v in out.items()}
+
+
+def bench_wise(model: str | None, edits: int = 50, memories: tuple[int, ...] = (1, 8, 32),
+               queries: int = 64, seed: int = 0, settings: dict | None = None,
+               echo=print) -> dict[str, Any]:
+    """The three measurements of the module docstring."""
+    from .methods import AttachContext, EditRequest, build_method
+    from .model import load_model
+    lm = load_model(model)
+    pool = _world_edits(lm, edits + queries + 4 * max(memories), seed)
+    probe = [p for p, _, _, _ in pool[edits:edits + queries]]
+    unrelated = tuple(p for p, _, _, _ in pool[edits + queries:])
+    w = build_method("wise", settings or {}, seed)
+    w.attach(lm, AttachContext(seed=seed, unrelated_prompts=unrelated))
+    ms, steps = [], []
+    for k, (prompt, new, fact, subject) in enumerate(pool[:edits]):
+        t0 = time.perf_counter()
+        rc = w.edit([EditRequest(f"b{k}", prompt, new, fact, subject)])
+        ms.append((time.perf_counter() - t0) * 1e3)
+        steps.append(rc.steps)
+    shards = sum(len(m.shards) + (m.current is not None) for m in w.memories)
+    t0 = time.perf_counter()
+    w.consolidate()
+    merge_ms = (time.perf_counter() - t0) * 1e3
+    served = _time_queries(lm, w, [p for p, _, _, _ in pool[:edits]][:queries] + probe)
+    w.detach()
+    out = {"model": lm.name, "threads": torch.get_num_threads(), "settings": dict(w.config.__dict__),
+           "edits": edits, "edit_ms": _pct(ms), "edit_ms_mean": float(np.mean(ms)),
+           "steps_mean": float(np.mean(steps)), "merge": {"shards": shards, "ms": merge_ms},
+           "queries": served, "routing": []}
+    echo(f"edit: mean {out['edit_ms_mean']:.0f} ms, p50 {out['edit_ms']['p50']:.0f}, p95 "
+         f"{out['edit_ms']['p95']:.0f} ({out['steps_mean']:.0f} steps); merge of {shards} shards "
+         f"{merge_ms:.1f} ms")
+    echo(_query_line("queries", served))
+    for m in memories:
+        for router in ("faiss", "activation"):
+            r = build_method("wise", {"mode": "retrieve", "memory_size": 4, "steps": 3,
+                                      "router": router, "negatives": 0}, seed)
+            r.attach(lm, AttachContext(seed=seed))
+            for k, (prompt, new, fact, subject) in enumerate(pool[edits + queries:][:4 * m]):
+                r.edit([EditRequest(f"r{k}", prompt, new, fact, subject)])
+            t = _time_queries(lm, r, probe)
+            r.detach()
+            out["routing"].append({"memories": len(r.memories), "router": router, **t})
+            echo(_query_line(f"{len(r.memories):>3} memories, {router:<10}", t))
+    return out
+
+
+def _query_line(label: str, t: dict[str, Any]) -> str:
+    b, m = t["bare"], t["memory"]
+    return (f"{label}: batch-1 p50 {m['batch1_ms']['p50']:.2f} ms vs bare {b['batch1_ms']['p50']:.2f} "
+            f"(p95 {m['batch1_ms']['p95']:.2f} vs {b['batch1_ms']['p95']:.2f}); batch-32 p50 "
+            f"{m['batch32_ms']['p50']:.2f} ms vs bare {b['batch32_ms']['p50']:.2f}")
