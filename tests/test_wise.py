@@ -286,7 +286,7 @@ def test_memory_of_follows_retractions_and_new_edits():
 def test_bench_wise_runs_small():
     from lifelong.bench_wise import bench_wise
     out = bench_wise(None, edits=3, memories=(1, 2), queries=32, echo=lambda *_: None)
-    assert out["edit_ms"]["n"] == 3 and out["merge"]["shards"] == 1
+    assert out["edits"] == 3 and out["merge"]["shards"] == 1 and out["edit_ms"]["p50"] > 0
     assert {"bare", "memory"} <= set(out["queries"])
     assert [(r["memories"], r["router"]) for r in out["routing"]] == [
         (1, "faiss"), (1, "activation"), (2, "faiss"), (2, "activation")]
