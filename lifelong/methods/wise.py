@@ -1,37 +1,36 @@
 """`wise`: WISE (Wang et al. 2024, arXiv 2405.14768), dual parametric memory.
 
 A side copy of one FFN output projection (`layers.{L}.mlp.out`) holds the edits; the main
-weight is never changed. With x the projection's input activations, the router scores a row
-by the activation of the side memory's change,
+weight is never changed. A routed row is served by a side memory at all its tokens; a row
+routed to the main memory is left bit for bit. Rows are routed one by one (mixed batches
+are fine). Design, measurements and where this departs from the paper: docs/wise.md.
 
-    score(x) = mean over prompt tokens t of || x_t (W_side - W_main)^T ||,
+Routers. `activation` (the paper): score(x) = mean over the router tokens of
+||x_t (W_side - W_main)^T||, the memory with the highest score serves the row if that score
+passes act_ratio x the smallest score an edit of the memory reached. `faiss` (default): every
+edit's key (the projection's input at its last prompt token, `key_token`) is stored in a
+FAISS index labelled with its memory; a row goes to its nearest key's memory when it lies
+within `key_radius` x that key's norm, else to the main memory: one search per batch,
+whatever the number of memories.
 
-and a row whose score passes the memory's threshold is served by the side memory (all its
-tokens), otherwise by the main memory (its output untouched, bit for bit). Rows are routed
-one by one, so batches of mixed queries are fine.
+Editing trains a delta of the side memory with SGD on the edit's target loss (plus the
+paper's margin terms, when a router that reads activation scores is in use: unrelated
+inputs below alpha, the edit above beta, a gap gamma; units of `scale`, the median norm of
+the projection's output on unrelated prompts). With `protect`, every step is projected off
+the span of the memory's earlier edit keys, so an edit cannot move what the memory answers
+at the keys before it (the invariant `tests/test_wise.py` checks).
 
-Editing trains only a delta of the side memory, on the edit's target loss plus the paper's
-margin terms: unrelated inputs below alpha, the edit above beta, a gap of gamma between them
-(all in units of `scale`, the median norm of the main projection's output on unrelated
-prompts, so one setting fits models of any width). The threshold is `act_ratio` times the
-smallest score an edit of the memory reached when it was made.
+Knowledge sharding: shards of `shard_size` edits, each under its own random gradient mask
+(`mask_ratio` of the output rows, or of the entries); `consolidate()` folds the shards into
+the memory with TIES (or linear / DARE, `lifelong.merging`). With disjoint row masks the
+shards of a cycle touch disjoint rows, so their TIES merge is exactly their sum.
 
-Knowledge sharding: edits are grouped in shards of `shard_size`; each shard trains under its
-own random gradient mask keeping a fraction `mask_ratio` of the entries (or disjoint masks),
-on top of everything the memory already serves. `consolidate()` folds the shards into the
-memory with TIES (or linear / DARE, `lifelong.merging`).
-
-WISE-Retrieve (`mode = "retrieve"`): a new side memory starts every `memory_size` edits and
-each query goes to one of them: `router = "activation"` takes the memory with the highest
-score (cost grows with the number of memories), `router = "faiss"` stores every edit's key
-(its activation at the last prompt token) in a FAISS index labelled with its memory and asks
-the nearest key (one lookup; only the chosen memory's score is computed). Both fall back to
-the main memory below threshold. A re-edit of a fact removes the older edits' keys.
-
-Retraction (`retract = "rebuild"`): the memory holding the edit is rebuilt from its edit log
-without it. Every random choice of an edit (its negatives) is derived from the seed and the
-edit id, and masks from the seed and the shard's position, so the rebuilt memory is exactly
-the memory of a stream that never had the edit.
+WISE-Retrieve (`mode = "retrieve"`) starts a new side memory every `memory_size` edits. A
+re-edit of a fact removes the older edits' keys. Retraction: `unroute` drops the edit's keys
+(its prompts go back to the main memory, bit-identical) and re-applies the fact's previous
+edit if one is left; `rebuild` retrains the memory from its log without the edit (exact:
+every random choice of an edit derives from the seed and the edit id, masks from the seed
+and the shard's position).
 """
 
 from __future__ import annotations
