@@ -365,6 +365,9 @@ class Wise(MemoryBase):
         # the margin terms shape the activation score; with the FAISS router alone nothing
         # reads it, and they only cost steps
         shape_scores = c.router == "activation" or c.faiss_check or c.measure_activation_router
+        # the edit is done when the serving router has what it needs: a measured-only
+        # activation router gets margin training while the target is learned, no longer
+        serving_reads_scores = c.router == "activation" or c.faiss_check
         a, b, g = c.alpha * self.scale, c.beta * self.scale, c.gamma * self.scale
         try:
             for steps in range(1, c.steps + 1):
@@ -380,7 +383,7 @@ class Wise(MemoryBase):
                 loss = nll + c.margin_weight * margin
                 last = float(nll.detach())
                 first = last if first is None else first
-                if last < c.stop_loss and float(margin.detach()) == 0.0:
+                if last < c.stop_loss and (float(margin.detach()) == 0.0 or not serving_reads_scores):
                     steps -= 1
                     break
                 opt.zero_grad(set_to_none=True)
