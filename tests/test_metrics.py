@@ -284,7 +284,23 @@ def test_latency_without_base_timings_has_no_overhead():
 STABLE_KEYS = {"run_id", "method", "label", "seed", "status", "complete", "edits", "reliability",
                "reliability_after_edit", "generalization", "locality", "portability",
                "retention", "retention_by_age", "conflict", "routing", "retraction", "latency_ms",
-               "memory_bytes", "memory_growth", "edits_per_second"}
+               "memory_bytes", "memory_growth", "edits_per_second", "perplexity", "chunks"}
+
+
+def test_perplexity_is_the_mean_of_per_row_exp_nll():
+    import math
+    from lifelong.metrics import perplexity
+    rows = [{"nll": 0.0}, {"nll": math.log(2.0)}, {"nll": float("nan")}, {"nll": None}]
+    out = perplexity(rows)
+    assert out["teacher_forced"] == pytest.approx(1.5) and out["n"] == 2
+    assert perplexity([{"nll": None}]) is None
+
+
+def test_pooled_roles_take_only_the_named_checkpoints():
+    from lifelong.metrics import pooled_roles
+    rows = [{"checkpoint": c, "role": r} for c, r in [(1, "rel"), (2, "rel"), (2, "loc"), (3, "rel")]]
+    out = pooled_roles(rows, {1, 2})
+    assert len(out["rel"]) == 2 and len(out["loc"]) == 1
 
 
 def hand_run(config_as_str=True):
