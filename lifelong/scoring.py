@@ -86,22 +86,30 @@ def _encode(pairs: list[tuple[list[int], list[int]]], pad_id: int):
     return ids, mask, ids.shape[1] - tlens, tlens, [t for _, t in pairs]
 
 
+def next_token_logp(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """(B, T-1): log-probability of each next token of `ids` under `logits` (B, T, V)."""
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    return logp.gather(-1, ids[:, 1:].to(logp.device).unsqueeze(-1)).squeeze(-1)
+
+
 def target_loss(lm: LM, prompts: Sequence[str], targets: Sequence[str]) -> torch.Tensor:
     """Mean negative log-likelihood of the target tokens given their prompts (gradients flow).
 
     Each row's loss is the mean over its own target tokens, then rows are averaged, so a long
     target does not outweigh a short one.
     """
-    ids, mask, prompt_end, tlens, _ = encode_pairs(lm, prompts, targets)
-    logits = forward_logits(lm, ids, mask, prompt_end)
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    gold = ids[:, 1:].to(logits.device)
-    tok_logp = logp.gather(-1, gold.unsqueeze(-1)).squeeze(-1)
+    return batch_target_loss(lm, encode_pairs(lm, prompts, targets))
+
+
+def batch_target_loss(lm: LM, batch) -> torch.Tensor:
+    """`target_loss` of an `encode_pairs` batch: training loops encode once, not every step."""
+    ids, mask, prompt_end, tlens, _ = batch
+    tok_logp = next_token_logp(forward_logits(lm, ids, mask, prompt_end), ids)
     width = ids.shape[1]
-    positions = torch.arange(width - 1, device=logits.device).unsqueeze(0)
+    positions = torch.arange(width - 1, device=tok_logp.device).unsqueeze(0)
     # the token at position k is predicted at k-1; target tokens sit at [width - T, width)
-    in_target = positions >= (width - 1 - tlens.to(logits.device)).unsqueeze(1)
-    per_row = -(tok_logp * in_target).sum(-1) / tlens.to(logits.device)
+    in_target = positions >= (width - 1 - tlens.to(tok_logp.device)).unsqueeze(1)
+    per_row = -(tok_logp * in_target).sum(-1) / tlens.to(tok_logp.device)
     return per_row.mean()
 
 
@@ -110,8 +118,7 @@ def _teacher_forced(lm: LM, pairs: list[tuple[list[int], list[int]]]):
     ids, mask, prompt_end, tlens, tids = _encode(pairs, lm.tok.pad_token_id)
     logits = forward_logits(lm, ids, mask, prompt_end)
     pred = logits.argmax(-1).cpu()
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    gold_logp = logp.gather(-1, ids[:, 1:].to(logp.device).unsqueeze(-1)).squeeze(-1).cpu()
+    gold_logp = next_token_logp(logits, ids).cpu()
     width = ids.shape[1]
     out = []
     for i, t in enumerate(tids):

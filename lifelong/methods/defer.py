@@ -39,7 +39,7 @@ from .. import layers
 from ..config import setting
 from ..errors import LifelongError, NotSupported
 from ..model import LM
-from ..scoring import target_loss
+from ..scoring import batch_target_loss, encode_pairs, target_loss
 from .base import AttachContext, EditReceipt, EditRequest, MemoryBase, tensor_bytes
 from .grace import key_positions, position_mask
 
@@ -189,9 +189,10 @@ class Defer(MemoryBase):
             for p in lm.model.parameters():
                 p.requires_grad_(False)
             self.mode = "train"
+            batch = encode_pairs(lm, prompts, targets)
             while True:
                 opt.zero_grad(set_to_none=True)
-                tl = target_loss(lm, prompts, targets)
+                tl = batch_target_loss(lm, batch)
                 logits = self.gate(gate_x)
                 gl = (F.binary_cross_entropy_with_logits(logits, gate_y, reduction="none") * gate_w).sum()
                 last = float(tl.detach())

@@ -19,7 +19,7 @@ from .. import layers
 from ..config import setting
 from ..errors import NotSupported
 from ..model import LM
-from ..scoring import target_loss
+from ..scoring import batch_target_loss, encode_pairs
 from .base import AttachContext, EditReceipt, EditRequest, MemoryBase, tensor_bytes
 
 
@@ -64,9 +64,10 @@ class FineTune(MemoryBase):
         opt = torch.optim.Adam([self.weight], lr=self.config.lr)
         first = last = None
         steps = 0
+        batch = encode_pairs(self.lm, prompts, targets)  # once: the loop only re-runs the model
         for steps in range(1, self.config.steps + 1):
             opt.zero_grad(set_to_none=True)
-            loss = target_loss(self.lm, prompts, targets)
+            loss = batch_target_loss(self.lm, batch)
             last = float(loss.detach())
             first = last if first is None else first
             if last < self.config.stop_loss:

@@ -61,7 +61,7 @@ from ..config import setting
 from ..errors import LifelongError
 from ..index import KeyIndex
 from ..model import LM
-from ..scoring import encode_pairs, target_loss
+from ..scoring import batch_target_loss, encode_pairs
 from .base import AttachContext, EditReceipt, EditRequest, MemoryBase, tensor_bytes
 
 
@@ -261,10 +261,11 @@ class Grace(MemoryBase):
     def keys_of(self, prompts: list[str], targets: list[str]):
         """(keys, layer outputs at the key token, target token ids) of prompt/target pairs,
         computed with the codebook out of the way; also the mean target loss."""
-        _, _, _, _, target_ids = encode_pairs(self.lm, prompts, targets)
+        batch = encode_pairs(self.lm, prompts, targets)
+        target_ids = batch[4]
         self.mode = "capture"
         try:
-            loss = float(target_loss(self.lm, prompts, targets))
+            loss = float(batch_target_loss(self.lm, batch))
             keys, outputs = self._captured
         finally:
             self.mode, self._captured = "serve", None
@@ -284,9 +285,10 @@ class Grace(MemoryBase):
             scale = float(init.pow(2).mean().sqrt().clamp(min=1e-3))
             opt = torch.optim.Adam([value], lr=cfg.lr * scale)
             steps, history = 0, []
+            batch = encode_pairs(lm, prompts, targets)
             while True:
                 opt.zero_grad(set_to_none=True)
-                out = target_loss(lm, prompts, targets)
+                out = batch_target_loss(lm, batch)
                 loss = float(out.detach())
                 history.append(loss)
                 plateau = len(history) > 8 and history[-9] - loss < 1e-3 * max(history[-9], 1e-6)

@@ -52,7 +52,7 @@ from ..index import KeyIndex
 from ..merging import merge as merge_deltas
 from ..model import LM
 from ..nethook import Trace, rewrite_output
-from ..scoring import encode_pairs, forward_logits, target_loss
+from ..scoring import batch_target_loss, encode_pairs, forward_logits
 from ._sidememory import (Memory, extend_basis, masked_step, orthonormal, router_tokens,
                           shard_mask)
 from .base import AttachContext, EditReceipt, EditRequest, MemoryBase, tensor_bytes
@@ -354,8 +354,8 @@ class Wise(MemoryBase):
         negs = self._negatives(req.edit_id)
         x_neg, m_neg = self._activations(negs) if negs else (None, None)
         basis = self._protected_basis(mem, req.fact)
-        batch = [req, *self._rehearsal(mem, req)]
-        prompts, targets = [r.prompt for r in batch], [r.target for r in batch]
+        reqs = [req, *self._rehearsal(mem, req)]
+        batch = encode_pairs(self.lm, [r.prompt for r in reqs], [r.target for r in reqs])
         rows = mem.mask[:, 0].nonzero()[:, 0] if self.config.mask_unit == "row" else None
         # a row mask trains only its rows: a smaller parameter, and a cheaper projection
         p = torch.zeros((len(rows), base.shape[1]) if rows is not None else base.shape,
@@ -372,7 +372,7 @@ class Wise(MemoryBase):
                 step = masked_step(p, mask, rows, basis)
                 delta = base + step
                 self._train = (k, delta)
-                nll = target_loss(self.lm, prompts, targets)
+                nll = batch_target_loss(self.lm, batch)
                 s_edit = self._score(x_edit, m_edit, delta).mean()
                 margin = torch.relu(b - s_edit) if shape_scores else torch.zeros(())
                 if x_neg is not None and shape_scores:
