@@ -199,11 +199,11 @@ def add_routing(method, rows: list[dict], batch_size: int) -> None:
     todo = [r for r in rows if r["role"] in ("rel", "gen", "loc")]
     for start in range(0, len(todo), batch_size):
         chunk = todo[start:start + batch_size]
-        for row, dest in zip(chunk, method.route([r["prompt"] for r in chunk])):
+        prompts = [r["prompt"] for r in chunk]
+        want = [None if r["role"] == "loc" else method.memory_of(r["edit_id"]) for r in chunk]
+        for row, dest, w in zip(chunk, method.route(prompts), want):
             row["routed"] = -1 if dest is None else int(dest)
-            want = None if row["role"] == "loc" else method.memory_of(row["edit_id"])
-            row["routed_ok"] = int(dest == want)
+            row["routed_ok"] = int(dest == w)
         for name in getattr(method, "shadow_routers", ()):  # routers measured, not serving
-            for row, dest in zip(chunk, method.route([r["prompt"] for r in chunk], router=name)):
-                want = None if row["role"] == "loc" else method.memory_of(row["edit_id"])
-                row[f"routed_ok_{name}"] = int(dest == want)
+            for row, dest, w in zip(chunk, method.route(prompts, router=name), want):
+                row[f"routed_ok_{name}"] = int(dest == w)

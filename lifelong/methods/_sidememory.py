@@ -33,6 +33,27 @@ class Memory:
     def threshold(self, ratio: float) -> float:
         return ratio * min(self.scores) if self.scores else float("inf")
 
+    def protected_basis(self, fact: str) -> torch.Tensor | None:
+        """(in, r) orthonormal basis of the keys of this memory's facts other than `fact`
+        (None: nothing to protect). Kept up to date one key at a time; recomputed for a
+        re-edit (its fact's own old key must not be protected) and after a retraction."""
+        if not any(f != fact for f in self.keys):
+            return None
+        if fact in self.keys:
+            return orthonormal([k for f, k in self.keys.items() if f != fact])
+        if self.basis is None:
+            self.basis = orthonormal(list(self.keys.values()))
+        return self.basis
+
+    def remember_key(self, fact: str, key: torch.Tensor) -> None:
+        new = fact not in self.keys
+        self.keys[fact] = key
+        self.basis = extend_basis(self.basis, key) if new and self.basis is not None else None
+
+    def forget_key(self, fact: str) -> None:
+        del self.keys[fact]
+        self.basis = None
+
     def to_state(self) -> dict[str, Any]:
         """Tensors and plain data only (the store loads states with weights_only)."""
         return {"merged": self.merged, "shards": list(self.shards), "current": self.current,

@@ -53,8 +53,7 @@ from ..merging import merge as merge_deltas
 from ..model import LM
 from ..nethook import Trace, rewrite_output
 from ..scoring import batch_target_loss, encode_pairs, forward_logits
-from ._sidememory import (Memory, extend_basis, masked_step, orthonormal, router_tokens,
-                          shard_mask)
+from ._sidememory import Memory, masked_step, router_tokens, shard_mask
 from .base import AttachContext, EditReceipt, EditRequest, MemoryBase, tensor_bytes
 
 
@@ -128,6 +127,7 @@ class Wise(MemoryBase):
         self.unrelated = list(ctx.unrelated_prompts)
         self.memories: list[Memory] = []
         self._where_map: dict[str, int] | None = None
+        self._deltas: list[torch.Tensor] | None = None
         self.index = KeyIndex(self.w_main.shape[1], "l2")
         self.key_memory: dict[int, int] = {}     # FAISS id -> memory index
         self.key_edit: dict[int, str] = {}       # FAISS id -> edit id
@@ -176,7 +176,7 @@ class Wise(MemoryBase):
         """(B,) memory index per row, -1 for the main memory."""
         if (self._router_override or self.config.router) == "faiss":
             return self._route_faiss(x, mask)
-        deltas = [m.delta() for m in self.memories]
+        deltas = self._served_deltas()
         scores = torch.stack([self._score(x, mask, d) for d in deltas]).cpu()  # (M, B)
         thresholds = torch.tensor([m.threshold(self.config.act_ratio) for m in self.memories])
         best = scores.argmax(0)
@@ -198,7 +198,7 @@ class Wise(MemoryBase):
             for m in [m for m in route.unique().tolist() if m >= 0]:
                 rows = route == m
                 s = self._score(x[rows.to(x.device)], mask[rows.to(x.device)],
-                                self.memories[m].delta()).cpu()
+                                self._served_deltas()[m]).cpu()
                 route[rows] = torch.where(s > self.memories[m].threshold(self.config.act_ratio),
                                           m, -1)
         return route
@@ -214,11 +214,11 @@ class Wise(MemoryBase):
         self._routes = route
         if (route < 0).all():
             return y
-        out = y.clone()
+        out, deltas = y.clone(), self._served_deltas()
         for m in route.unique().tolist():
             if m >= 0:
                 rows = (route == m).to(y.device)
-                out[rows] = y[rows] + x[rows] @ self.memories[m].delta().T
+                out[rows] = y[rows] + x[rows] @ deltas[m].T
         return out
 
     @property
@@ -250,6 +250,18 @@ class Wise(MemoryBase):
         finally:
             self._router_override = None
         return [None if r < 0 else int(r) for r in self._routes.tolist()]
+
+    def _changed(self) -> None:
+        """A memory's log or weights changed: drop what is derived from them."""
+        self._where_map = None
+        self._deltas = None
+
+    def _served_deltas(self) -> list[torch.Tensor]:
+        """Each memory's delta (merged + shards + open shard), summed once per change
+        rather than at every forward pass."""
+        if self._deltas is None:
+            self._deltas = [m.delta() for m in self.memories]
+        return self._deltas
 
     def memory_of(self, edit_id: str) -> int | None:
         return self._where().get(edit_id)
@@ -286,24 +298,6 @@ class Wise(MemoryBase):
             return []
         rng = random.Random(hashlib.sha256(f"{self.seed}:{edit_id}".encode()).hexdigest())
         return rng.sample(self.unrelated, min(self.config.negatives, len(self.unrelated)))
-
-    def _protected_basis(self, mem: Memory, fact: str) -> torch.Tensor | None:
-        """(in, r) orthonormal basis of the keys of `mem`'s other facts (None: nothing to
-        protect). Kept up to date one key at a time; recomputed for a re-edit (its fact's own
-        old key must not be protected) and after a retraction."""
-        if not self.config.protect or not any(f != fact for f in mem.keys):
-            return None
-        if fact in mem.keys:
-            return orthonormal([k for f, k in mem.keys.items() if f != fact])
-        if mem.basis is None:
-            mem.basis = orthonormal(list(mem.keys.values()))
-        return mem.basis
-
-    @staticmethod
-    def _remember_key(mem: Memory, fact: str, key: torch.Tensor) -> None:
-        new = fact not in mem.keys
-        mem.keys[fact] = key
-        mem.basis = extend_basis(mem.basis, key) if new and mem.basis is not None else None
 
     def _rehearsal(self, mem: Memory, req: EditRequest) -> list[EditRequest]:
         """Up to `replay` earlier edits of `mem` (the newest of each fact, none of `req`'s
@@ -353,7 +347,7 @@ class Wise(MemoryBase):
         x_edit, m_edit = self._activations([req.prompt])
         negs = self._negatives(req.edit_id)
         x_neg, m_neg = self._activations(negs) if negs else (None, None)
-        basis = self._protected_basis(mem, req.fact)
+        basis = mem.protected_basis(req.fact) if self.config.protect else None
         reqs = [req, *self._rehearsal(mem, req)]
         batch = encode_pairs(self.lm, [r.prompt for r in reqs], [r.target for r in reqs])
         rows = mem.mask[:, 0].nonzero()[:, 0] if self.config.mask_unit == "row" else None
@@ -391,10 +385,10 @@ class Wise(MemoryBase):
             self._train = None
         with torch.no_grad():  # the final parameter (the loop's `step` predates its update)
             mem.current = mem.current + masked_step(p, mask, rows, basis)
-        self._remember_key(mem, req.fact, x_edit[0, int(m_edit[0].nonzero()[-1])].detach().clone())
+        mem.remember_key(req.fact, x_edit[0, int(m_edit[0].nonzero()[-1])].detach().clone())
         mem.in_shard += 1
         mem.log.append(req)
-        self._where_map = None
+        self._changed()
         with torch.no_grad():
             mem.scores.append(float(self._score(x_edit, m_edit, mem.delta())[0]))
         self._add_key(req, x_edit, m_edit, k)
@@ -428,6 +422,7 @@ class Wise(MemoryBase):
             mem.shards, mem.current, mem.mask, mem.in_shard = [], None, None, 0
             merged += len(shards)
         self.since_merge = 0
+        self._changed()
         return {"shards_merged": merged} if merged else None
 
     def retract(self, edit_id: str) -> None:
@@ -447,7 +442,7 @@ class Wise(MemoryBase):
         for i in ids:
             self.key_memory.pop(i), self.key_edit.pop(i), self.key_norm.pop(i)
         self.memories[k] = Memory(merged=torch.zeros_like(self.w_main))
-        self._where_map = None
+        self._changed()
         for r in keep:  # replay the memory's log without the edit
             self._edit_one(r, k)
 
@@ -462,7 +457,7 @@ class Wise(MemoryBase):
         self.index.remove(ids)
         for i in ids:
             self.key_memory.pop(i), self.key_edit.pop(i), self.key_norm.pop(i)
-        self._where_map = None
+        self._changed()
         return req
 
     def _unroute(self, k: int, edit_id: str) -> None:
@@ -472,8 +467,7 @@ class Wise(MemoryBase):
         req = self._drop(k, edit_id)
         mem = self.memories[k]
         if req.fact in mem.keys and not any(r.fact == req.fact for r in mem.log):
-            del mem.keys[req.fact]  # nothing of the fact to protect here any more
-            mem.basis = None
+            mem.forget_key(req.fact)  # nothing of the fact to protect here any more
         earlier = [(j, r) for j, m in enumerate(self.memories) for r in m.log if r.fact == req.fact]
         if earlier:
             j, previous = earlier[-1]
@@ -496,4 +490,4 @@ class Wise(MemoryBase):
         self.key_norm = {int(k): float(v) for k, v in state["key_norm"].items()}
         self.next_key, self.since_merge = state["next_key"], state["since_merge"]
         self.scale = state["scale"]
-        self._where_map = None
+        self._changed()
