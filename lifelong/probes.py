@@ -85,15 +85,9 @@ def locality_pool(events: Sequence[Event]) -> list[Probe]:
 
 
 def chunk_locality(led: Ledger) -> list[Probe]:
-    """The locality probes of the edits in `led`, deduplicated, in edit order (a chunk of the
-    WISE-paper protocol judges each edit's own locality prompts)."""
-    seen, out = set(), []
-    for ev in led.edits.values():
-        for p in ev.locality:
-            if (p.prompt, p.answer) not in seen:
-                seen.add((p.prompt, p.answer))
-                out.append(p)
-    return out
+    """The locality probes of the edits in `led` (a chunk of the WISE-paper protocol judges
+    each edit's own locality prompts), as `locality_pool` dedups them."""
+    return locality_pool(list(led.edits.values()))
 
 
 def locality_sample(pool: list[Probe], size: int, seed: int) -> list[Probe]:
