@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 import numpy as np
@@ -121,21 +121,50 @@ INDEX_HEADER = (f"{'keys':>7} {'dim':>5} {'index':>5} {'build_s':>8} {'b1 p50':>
                 f"{'b32 p50':>8} {'b32 p95':>8} {'rec@1':>7} {'MB':>8}")
 
 
+def model_world(model: str | None, command: str):
+    """The model (default: the built-in one) and the world it was trained on, which the
+    GRACE and WISE benchmarks draw their edits and queries from."""
+    from .model import load_model
+    from .world import World
+    lm = load_model(model)
+    wpath = Path(lm.path) / "world.json"
+    if not wpath.exists():
+        raise click.ClickException(f"{wpath}: bench {command} needs the model's world.json")
+    return lm, World.from_json(wpath)
+
+
+def time_bare_vs_memory(lm, prompts: list[str], targets: list[str],
+                        set_bare: Callable[[bool], None], rounds: int = 3) -> dict[str, Any]:
+    """Query latency with the method's memory against the bare model (`set_bare(True)`: the
+    hook short-circuited), each prompt alone and in batches of 32 (`rounds` times), the two
+    interleaved so that load on the machine hits both alike. Leaves the memory serving."""
+    import torch
+
+    from .scoring import encode_pairs, forward_logits
+    out: dict[str, dict[str, list[float]]] = {m: {"b1": [], "b32": []} for m in ("bare", "memory")}
+    batches = [("b1", encode_pairs(lm, [p], [t])[:3]) for p, t in zip(prompts, targets)]
+    batches += [("b32", encode_pairs(lm, prompts[s:s + 32], targets[s:s + 32])[:3])
+                for s in range(0, len(prompts) - 31, 32) for _ in range(rounds)]
+    with torch.no_grad():
+        forward_logits(lm, *batches[0][1])
+        for kind, batch in batches:
+            for mode in ("bare", "memory"):
+                set_bare(mode == "bare")
+                t0 = time.perf_counter()
+                forward_logits(lm, *batch)
+                out[mode][kind].append((time.perf_counter() - t0) * 1e3)
+    set_bare(False)
+    return {m: {"batch1_ms": _pct(v["b1"]), "batch32_ms": _pct(v["b32"])} for m, v in out.items()}
+
+
 def bench_grace(model: str | None, sizes: list[int], edits: int = 20, queries: int = 64,
                 seed: int = 0, settings: dict | None = None, echo=print) -> dict[str, Any]:
     """Per-edit time and query overhead of GRACE at each codebook size (module docstring)."""
     import torch
 
     from .methods import AttachContext, EditRequest, build_method
-    from .model import load_model
-    from .scoring import encode_pairs, forward_logits
-    from .world import World
 
-    lm = load_model(model)
-    wpath = Path(lm.path) / "world.json"
-    if not wpath.exists():
-        raise click.ClickException(f"{wpath}: bench grace needs the model's world.json")
-    world = World.from_json(wpath)
+    lm, world = model_world(model, "grace")
     facts = list(world)
     rng = np.random.default_rng(seed)
     pairs = [(f, t) for f in facts for t in range(len(world.templates(f.relation)))]
@@ -146,25 +175,6 @@ def bench_grace(model: str | None, sizes: list[int], edits: int = 20, queries: i
     chosen = [pairs[i] for i in order[:need]]
     probe = [(world.prompt(f, t), f.value) for f, t in chosen[-queries:]]
     edit_pairs = chosen[-queries - edits:-queries]
-
-    def time_queries(g) -> dict[str, Any]:
-        """Bare (hook short-circuited) and with-memory forwards, interleaved so that load on
-        the machine hits both alike."""
-        out: dict[str, dict[str, list[float]]] = {m: {"b1": [], "b32": []} for m in ("off", "serve")}
-        batches = [("b1", encode_pairs(lm, [p], [a])[:3]) for p, a in probe]
-        batches += [("b32", encode_pairs(lm, [p for p, _ in probe[s:s + 32]], [a for _, a in probe[s:s + 32]])[:3])
-                    for s in range(0, len(probe) - 31, 32) for _ in range(3)]
-        with torch.no_grad():
-            forward_logits(lm, *batches[0][1])
-            for kind, batch in batches:
-                for mode in ("off", "serve"):
-                    g.mode = mode
-                    t0 = time.perf_counter()
-                    forward_logits(lm, *batch)
-                    out[mode][kind].append((time.perf_counter() - t0) * 1e3)
-        g.mode = "serve"
-        return {"bare": {"batch1_ms": _pct(out["off"]["b1"]), "batch32_ms": _pct(out["off"]["b32"])},
-                "memory": {"batch1_ms": _pct(out["serve"]["b1"]), "batch32_ms": _pct(out["serve"]["b32"])}}
 
     rows = []
     for size in sizes:
@@ -189,7 +199,8 @@ def bench_grace(model: str | None, sizes: list[int], edits: int = 20, queries: i
             rc = g.edit([EditRequest(f"bench{k}", world.prompt(f, t), new, f.key, f.subject)])
             edit_ms.append((time.perf_counter() - t0) * 1e3)
             steps.append(rc.steps)
-        q = time_queries(g)
+        q = time_bare_vs_memory(lm, [p for p, _ in probe], [a for _, a in probe],
+                                lambda bare: setattr(g, "mode", "off" if bare else "serve"))
         bare, mem = q["bare"], q["memory"]
         row = {"keys": len(g.index), "fill_s": round(fill_s, 2), "edit_ms": _pct(edit_ms),
                "edit_ms_mean": round(float(np.mean(edit_ms)), 2), "steps_mean": float(np.mean(steps)),

@@ -22,20 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .bench import _pct
+from .bench import _pct, model_world, time_bare_vs_memory
 
 
-def _world_edits(lm, n: int, seed: int) -> list[tuple[str, str, str, str]]:
+def _world_edits(world, n: int, seed: int) -> list[tuple[str, str, str, str]]:
     """(prompt, new object, fact key, subject) for n distinct facts of the model's world."""
-    from pathlib import Path
-
-    import click
-
-    from .world import World
-    wpath = Path(lm.path) / "world.json"
-    if not wpath.exists():
-        raise click.ClickException(f"{wpath}: bench wise needs the model's world.json")
-    world = World.from_json(wpath)
     facts = list(world)
     order = np.random.default_rng(seed).permutation(len(facts))[:n]
     out = []
@@ -46,22 +37,9 @@ def _world_edits(lm, n: int, seed: int) -> list[tuple[str, str, str, str]]:
     return out
 
 
-def _time_queries(lm, method, prompts: list[str], rounds: int = 3) -> dict[str, Any]:
-    from .scoring import encode_pairs, forward_logits
-    out: dict[str, dict[str, list[float]]] = {m: {"b1": [], "b32": []} for m in ("bare", "memory")}
-    batches = [("b1", encode_pairs(lm, [p], ["x"])[:3]) for p in prompts]
-    batches += [("b32", encode_pairs(lm, prompts[s:s + 32], ["x"] * 32)[:3])
-                for s in range(0, len(prompts) - 31, 32)] * rounds
-    with torch.no_grad():
-        forward_logits(lm, *batches[0][1])
-        for kind, batch in batches:
-            for mode in ("bare", "memory"):
-                method.bypass = mode == "bare"
-                t0 = time.perf_counter()
-                forward_logits(lm, *batch)
-                out[mode][kind].append((time.perf_counter() - t0) * 1e3)
-    method.bypass = False
-    return {m: {"batch1_ms": _pct(v["b1"]), "batch32_ms": _pct(v["b32"])} for m, v in out.items()}
+def _time_queries(lm, method, prompts: list[str]) -> dict[str, Any]:
+    return time_bare_vs_memory(lm, prompts, ["x"] * len(prompts),
+                               lambda bare: setattr(method, "bypass", bare))
 
 
 def bench_wise(model: str | None, edits: int = 50, memories: tuple[int, ...] = (1, 8, 32),
@@ -69,9 +47,8 @@ def bench_wise(model: str | None, edits: int = 50, memories: tuple[int, ...] = (
                echo=print) -> dict[str, Any]:
     """The three measurements of the module docstring."""
     from .methods import AttachContext, EditRequest, build_method
-    from .model import load_model
-    lm = load_model(model)
-    pool = _world_edits(lm, edits + queries + 4 * max(memories), seed)
+    lm, world = model_world(model, "wise")
+    pool = _world_edits(world, edits + queries + 4 * max(memories), seed)
     probe = [p for p, _, _, _ in pool[edits:edits + queries]]
     unrelated = tuple(p for p, _, _, _ in pool[edits + queries:])
     w = build_method("wise", settings or {}, seed)
