@@ -27,19 +27,16 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
 from .config import to_dict
 from .errors import LifelongError
 from .modelcheck import _summarise
-from .pretrain import PretrainConfig, _quiet_transformers, train_on_pairs
+from .pretrain import (PretrainConfig, _quiet_transformers, torch_threads, train_on_pairs,
+                       write_model_dir)
 from .stream import Edit, Event, Query, parse_stream
 from .tokenizer import build_word_tokenizer
 
@@ -251,26 +248,12 @@ def pretrain_organism(stream: str | Path, cfg: PretrainConfig, out_dir: str | Pa
     trained, held = _split(facts, hold_out)
     tok = organism_tokenizer(facts)
     cfg = resolve_config(cfg, tok, facts)
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
-    try:
-        with _quiet_transformers():
-            model, info = train_on_pairs(trained, held, cfg, tok, progress=progress)
-            check = check_organism(LM(model=model, tok=tok, name="organism", path=""), facts)
-    finally:
-        torch.set_num_threads(previous_threads)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    with torch_threads(cfg.threads), _quiet_transformers():
+        model, info = train_on_pairs(trained, held, cfg, tok, progress=progress)
+        check = check_organism(LM(model=model, tok=tok, name="organism", path=""), facts)
     record = {"stream": str(stream), "stream_sha256": _sha256(stream),
               "counts": facts.counts(), "held_out": list(hold_out),
               "vocab_size": len(tok), "pretrain_config": to_dict(cfg),
               "parameters": sum(p.numel() for p in model.parameters()),
-              **info, "check": check,
-              "model_bytes": (out / "model.safetensors").stat().st_size,
-              "wall_seconds": round(time.perf_counter() - wall, 1),
-              "torch": torch.__version__, "threads": cfg.threads,
-              "python": platform.python_version(), "machine": platform.machine()}
-    (out / "organism.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    return record
+              **info, "check": check, "wall_seconds": round(time.perf_counter() - wall, 1)}
+    return write_model_dir(out_dir, model, tok, "organism.json", record, cfg.threads)

@@ -245,32 +245,49 @@ def _final_check(model, tok, world: World) -> dict:
     return check_model(LM(model=model, tok=tok, name="pretrained", path=""), world)
 
 
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's CPU thread count set to `n` inside, restored after (thread count changes the
+    float results, so training pins it)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def write_model_dir(out_dir: str | Path, model, tok, record_name: str, record: dict,
+                    threads: int) -> dict:
+    """Write a loadable model directory (model.safetensors + config.json, the tokenizer) and
+    `record_name` holding `record` plus the weights' size, the software and the thread count
+    it was made with."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    record = {**record, "model_bytes": (out / "model.safetensors").stat().st_size,
+              "torch": torch.__version__, "threads": threads,
+              "python": platform.python_version(), "machine": platform.machine()}
+    (out / record_name).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return record
+
+
 def pretrain(world_cfg: WorldConfig, pretrain_cfg: PretrainConfig, out_dir: str | Path,
              progress: bool = True) -> dict:
     """Generate the world, train, check, and write a loadable model directory:
     model.safetensors + config.json, the tokenizer, world.json and pretrain.json.
     Returns what pretrain.json holds."""
     wall = time.perf_counter()
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(pretrain_cfg.threads)
-    try:
+    with torch_threads(pretrain_cfg.threads):
         world = World.generate(world_cfg)
         tok = world.tokenizer()
         with _quiet_transformers():
             model, info = train(world, pretrain_cfg, tok, progress=progress)
             check = _final_check(model, tok, world)
-    finally:
-        torch.set_num_threads(previous_threads)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    world.save(out / "world.json")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    world.save(Path(out_dir) / "world.json")
     record = {"world_config": to_dict(world_cfg), "pretrain_config": to_dict(pretrain_cfg),
               "world": world.summary(), "parameters": sum(p.numel() for p in model.parameters()),
-              **{k: v for k, v in info.items()}, "check": check,
-              "wall_seconds": round(time.perf_counter() - wall, 1),
-              "torch": torch.__version__, "threads": pretrain_cfg.threads,
-              "python": platform.python_version(), "machine": platform.machine()}
-    (out / "pretrain.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    return record
+              **info, "check": check, "wall_seconds": round(time.perf_counter() - wall, 1)}
+    return write_model_dir(out_dir, model, tok, "pretrain.json", record, pretrain_cfg.threads)
