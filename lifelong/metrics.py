@@ -89,7 +89,8 @@ def conflict(roles: dict[str, list[dict]], when: str = "final") -> dict[str, Any
 
 def distinct_checkpoints(checkpoints: Sequence[dict]) -> list[dict]:
     """Checkpoints in order; a checkpoint at the same number of edits as the one before it
-    replaces that one (the final checkpoint after the last scheduled one). Invariant: `edits_done` is strictly increasing in the result."""
+    replaces that one (the final checkpoint after the last scheduled one).
+    Invariant: `edits_done` is strictly increasing in the result."""
     keep: list[dict] = []
     for c in sorted(checkpoints, key=lambda c: c["checkpoint"]):
         if keep and keep[-1]["edits_done"] == c["edits_done"]:

@@ -33,8 +33,8 @@ from .errors import LifelongError, NotSupported, StoreError
 from .metrics import compute_run_metrics
 from .methods import AttachContext, EditRequest, build_method
 from .model import LM, load_model
-from .probes import (Ledger, add_routing, chunk_locality, locality_pool, locality_sample, plan, reference_pairs,
-                     reference_rows, run_probes)
+from .probes import (Ledger, add_routing, chunk_locality, locality_pool, locality_sample, plan,
+                     reference_pairs, reference_rows, run_probes)
 from .progress import Reporter
 from .scenario import MethodSpec, Scenario
 from .scoring import encode_pairs, forward_logits, score_pairs
@@ -138,6 +138,7 @@ class Runtime:
 
     def run(self, spec: MethodSpec, seed: int, resume: bool = False) -> str:
         run_id = self.run_id(spec, seed)
+
         def fresh():
             return build_method(spec.name, spec.settings, seed, where=f"methods[{spec.display}]")
 
@@ -155,11 +156,14 @@ class Runtime:
         self._time_queries(run_id, lm, "query_base")
         saved = self.store.load_state(run_id) if resume else None
         chunk_start = saved[1]["counters"]["extra"].get("chunk_start", 0) if saved else 0
-        method.attach(lm, self._context(pool, loc, seed, chunk_start))
+
+        def context(start: int) -> AttachContext:
+            return self._context(pool, loc, seed, start)
+
+        method.attach(lm, context(chunk_start))
         counters = self._restore(run_id, method, saved)
-        make = (fresh, lambda start: self._context(pool, loc, seed, start))
         try:
-            self._loop(run_id, lm, (method, *make), model_key, loc, counters, seed)
+            self._loop(run_id, lm, (method, fresh, context), model_key, loc, counters, seed)
         except Interrupted:
             self.store.set_status(run_id, "interrupted")
             raise
@@ -269,8 +273,9 @@ class Runtime:
     # ---- the loop -----------------------------------------------------------------------
     def _loop(self, run_id, lm, methods, model_key, loc, c: Counters, seed: int) -> None:
         """Replay the events from `c.position`. `methods` = (the attached method, a factory of
-        fresh ones, the attach context of a chunk starting at an event position): with `restart_every`, each chunk of edits gets a fresh
-        method on the pristine model (detach restores it bit for bit)."""
+        fresh ones, the attach context of a chunk starting at an event position): with
+        `restart_every`, each chunk of edits gets a fresh method on the pristine model
+        (detach restores it bit for bit)."""
         sched = self.sc.schedule
         method, fresh, context = methods
         chunk = sched.restart_every
@@ -291,7 +296,8 @@ class Runtime:
                     if sched.merge_every and c.edits % sched.merge_every == 0:
                         self._merge(run_id, method, c, scheduled=True)
                     if sched.checkpoint_every and c.edits % sched.checkpoint_every == 0:
-                        self._checkpoint(run_id, lm, method, ledger, loc, reference, c, seed, "checkpoint")
+                        self._checkpoint(run_id, lm, method, ledger, loc, reference, c, seed,
+                                         "checkpoint")
                         last_save = time.monotonic()
                     if chunk and c.edits % chunk == 0:
                         self._checkpoint(run_id, lm, method, ledger, loc, reference, c, seed, "chunk",
