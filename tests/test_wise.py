@@ -151,6 +151,37 @@ def test_protect_keeps_earlier_keys_outputs():
     assert not torch.allclose(um.delta() @ um.keys[EDITS[0].fact], before, atol=1e-4)
 
 
+def test_a_memory_full_of_keys_hands_new_edits_to_a_new_memory():
+    """Earlier keys spanning the key width would leave the next edit no null space to be
+    written in: the memory counts as full and the edit opens a new memory, where it is
+    learned, and the full memory is left as it was."""
+    model = lm()
+    w = wise(model, shard_size=10, mask_ratio=1.0, protect_share=0.5, steps=30, lr=0.5)
+    w.edit([EDITS[0]])
+    mem = w.memories[0]
+    width = mem.merged.shape[1]
+    g = torch.Generator().manual_seed(0)
+    for i in range(width):  # earlier facts whose keys span the key width
+        mem.remember_key(f"filler{i}", torch.randn(width, generator=g))
+    before = mem.delta().clone()
+    w.edit([EDITS[1]])
+    assert torch.equal(mem.delta(), before)
+    assert len(w.memories) == 2 and w.memory_of(EDITS[1].edit_id) == 1
+    assert predicts(model, EDITS[1].prompt, EDITS[1].target)
+
+
+def test_merge_mode_opens_a_new_memory_when_protect_share_is_reached():
+    model = lm()
+    w = wise(model, mode="merge", protect_share=2 / 128, mask_ratio=1.0, shard_size=10,
+             steps=30, lr=0.5)  # full after 2 facts
+    assert w.w_main.shape[1] == 128
+    for r in EDITS:
+        w.edit([r])
+    assert [len(m.keys) for m in w.memories] == [2, 2]
+    assert w.route([r.prompt for r in EDITS]) == [0, 0, 1, 1]
+    assert all(predicts(model, r.prompt, r.target) for r in EDITS)
+
+
 def test_faiss_router_sends_far_prompts_to_main():
     model = lm()
     w = wise(model, key_radius=1e-4)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from .base import EditRequest
@@ -86,6 +87,18 @@ def extend_basis(basis: torch.Tensor, key: torch.Tensor, tol: float = 1e-3) -> t
     if v.norm() <= tol * key.norm():
         return basis
     return torch.cat([basis, (v / v.norm()).unsqueeze(1)], 1)
+
+
+def activation_score(x: torch.Tensor, mask: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """(B,) the paper's score: mean over each row's masked tokens of ||x_t delta^T||."""
+    norms = (x @ delta.T).norm(dim=-1)
+    return (norms * mask).sum(-1) / mask.sum(-1).clamp_min(1)
+
+
+def row_keys(x: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+    """(B, in) float32: each row's key, the mean of its masked tokens' activations."""
+    m = mask.unsqueeze(-1).to(x.dtype)
+    return ((x * m).sum(1) / m.sum(1).clamp_min(1)).detach().float().cpu().numpy()
 
 
 def router_tokens(attention_mask: torch.Tensor, prompt_end: torch.Tensor,

@@ -25,8 +25,9 @@ Knowledge sharding: shards of `shard_size` edits, each under its own random grad
 the memory with TIES (or linear / DARE, `lifelong.merging`). With disjoint row masks the
 shards of a cycle touch disjoint rows, so their TIES merge is exactly their sum.
 
-WISE-Retrieve (`mode = "retrieve"`) starts a new side memory every `memory_size` edits. A
-re-edit of a fact removes the older edits' keys. Retraction: `unroute` drops the edit's keys
+WISE-Retrieve (`mode = "retrieve"`) starts a new side memory every `memory_size` edits;
+with `protect`, either mode also starts one when the newest holds `protect_share` x key
+width facts (past that a memory leaves new edits too little null space). A re-edit of a fact removes the older edits' keys. Retraction: `unroute` drops the edit's keys
 (its prompts go back to the main memory, bit-identical) and re-applies the fact's previous
 edit if one is left; `rebuild` retrains the memory from its log without the edit (exact:
 every random choice of an edit derives from the seed and the edit id, masks from the seed
@@ -38,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import random
-import statistics
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
@@ -53,7 +53,8 @@ from ..merging import merge as merge_deltas
 from ..model import LM
 from ..nethook import Trace, rewrite_output
 from ..scoring import batch_target_loss, encode_pairs, forward_logits
-from ._sidememory import Memory, masked_step, router_tokens, shard_mask
+from ._sidememory import (Memory, activation_score, masked_step, router_tokens, row_keys,
+                          shard_mask)
 from .base import AttachContext, EditReceipt, EditRequest, MemoryBase, tensor_bytes
 
 
@@ -61,14 +62,15 @@ from .base import AttachContext, EditReceipt, EditRequest, MemoryBase, tensor_by
 class WiseConfig:
     layer: int | None = setting(None, "layer whose mlp.out gets the side memory (negative counts "
                                       "from the end); default: the late-middle layer")
-    mode: Literal["merge", "retrieve"] = setting("merge", "one merged side memory (WISE-Merge) "
-                                                 "or several, one per query (WISE-Retrieve)")
+    mode: Literal["merge", "retrieve"] = setting("merge", "one merged side memory while it has "
+                                                 "room (WISE-Merge; see protect_share) or a new "
+                                                 "one every memory_size edits (WISE-Retrieve)")
     router: Literal["activation", "faiss"] = setting("faiss", "pick the memory (or the main one) "
                                                      "by activation score (the paper) or by the "
                                                      "nearest edit key in a FAISS index")
     key_token: Literal["last", "mean"] = setting("last", "tokens the router reads: the last prompt "
                                                  "token or the mean over the prompt tokens")
-    key_radius: float = setting(0.25, "FAISS router: a query within key_radius x |key| of its "
+    key_radius: float = setting(0.40, "FAISS router: a query within key_radius x |key| of its "
                                       "nearest edit key goes to that key's memory", min=0.0)
     measure_activation_router: bool = setting(False, "FAISS router: also record where the "
                                                 "paper's activation router would send each "
@@ -106,6 +108,11 @@ class WiseConfig:
     protect: bool = setting(True, "train each edit in the null space of the memory's earlier "
                                   "edit keys (AlphaEdit-style; not in the paper), so an edit "
                                   "cannot move the outputs of the edits before it")
+    protect_share: float = setting(0.75, "protect: a memory holding the keys of this share of "
+                                         "the key width's worth of facts is full, and the next "
+                                         "edit opens a new one (both modes; 1.0: a memory fills "
+                                         "until its null space has no room left)",
+                                   min=0.0, max=1.0)
     stop_loss: float = setting(0.1, "stop once the target loss is below this", min=0.0)
     retract: Literal["auto", "unroute", "rebuild", "unsupported"] = setting(
         "auto", "unroute: drop the edit's keys so its prompts go back to the main memory, and "
@@ -124,6 +131,7 @@ class Wise(MemoryBase):
         self.lm, self.ctx = lm, ctx
         _, self.module = layers.edit_target(lm.model, self.config.layer)
         self.w_main = layers.weight_out_in(self.module).detach()
+        self._limit = max(1, round(self.config.protect_share * self.w_main.shape[1]))
         self.unrelated = list(ctx.unrelated_prompts)
         self.memories: list[Memory] = []
         self._where_map: dict[str, int] | None = None
@@ -160,24 +168,12 @@ class Wise(MemoryBase):
         return router_tokens(info.attention_mask.to(x.device), info.prompt_end.to(x.device),
                              self.config.key_token)
 
-    @staticmethod
-    def _score(x: torch.Tensor, mask: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        """(B,) mean over masked tokens of ||x_t delta^T||."""
-        norms = (x @ delta.T).norm(dim=-1)
-        return (norms * mask).sum(-1) / mask.sum(-1).clamp_min(1)
-
-    @staticmethod
-    def _keys(x: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
-        """(B, in) float32: each row's key, the mean of its router tokens' activations."""
-        m = mask.unsqueeze(-1).to(x.dtype)
-        return ((x * m).sum(1) / m.sum(1).clamp_min(1)).detach().float().cpu().numpy()
-
     def _route(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B,) memory index per row, -1 for the main memory."""
         if (self._router_override or self.config.router) == "faiss":
             return self._route_faiss(x, mask)
         deltas = self._served_deltas()
-        scores = torch.stack([self._score(x, mask, d) for d in deltas]).cpu()  # (M, B)
+        scores = torch.stack([activation_score(x, mask, d) for d in deltas]).cpu()  # (M, B)
         thresholds = torch.tensor([m.threshold(self.config.act_ratio) for m in self.memories])
         best = scores.argmax(0)
         passed = scores.gather(0, best.unsqueeze(0)).squeeze(0) > thresholds[best]
@@ -190,14 +186,14 @@ class Wise(MemoryBase):
         route = torch.full((x.shape[0],), -1, dtype=torch.long)
         if not len(self.index):
             return route
-        dist, ids = self.index.search(self._keys(x, mask), k=1)
+        dist, ids = self.index.search(row_keys(x, mask), k=1)
         for row, (d, i) in enumerate(zip(dist[:, 0].tolist(), ids[:, 0].tolist())):
             if i >= 0 and d ** 0.5 <= self.config.key_radius * self.key_norm[i]:
                 route[row] = self.key_memory[i]
         if self.config.faiss_check:
             for m in [m for m in route.unique().tolist() if m >= 0]:
                 rows = route == m
-                s = self._score(x[rows.to(x.device)], mask[rows.to(x.device)],
+                s = activation_score(x[rows.to(x.device)], mask[rows.to(x.device)],
                                 self._served_deltas()[m]).cpu()
                 route[rows] = torch.where(s > self.memories[m].threshold(self.config.act_ratio),
                                           m, -1)
@@ -315,8 +311,13 @@ class Wise(MemoryBase):
                           self.seed * 1_000_003 + memory * 10_007, shard)
 
     def _memory_for_edit(self) -> int:
-        if not self.memories or (self.config.mode == "retrieve"
-                                 and len(self.memories[-1].log) >= self.config.memory_size):
+        """The memory the next edit goes to: the newest, unless there is none or it is full
+        (retrieve mode: `memory_size` edits; with `protect`, either mode: keys of
+        `protect_share` x key width facts, past which new edits find too little null space)."""
+        last = self.memories[-1] if self.memories else None
+        if last is None or (self.config.mode == "retrieve"
+                            and len(last.log) >= self.config.memory_size) \
+                or (self.config.protect and len(last.keys) >= self._limit):
             self.memories.append(Memory(merged=torch.zeros_like(self.w_main)))
         return len(self.memories) - 1
 
@@ -367,10 +368,10 @@ class Wise(MemoryBase):
                 delta = base + step
                 self._train = (k, delta)
                 nll = batch_target_loss(self.lm, batch)
-                s_edit = self._score(x_edit, m_edit, delta).mean()
+                s_edit = activation_score(x_edit, m_edit, delta).mean()
                 margin = torch.relu(b - s_edit) if shape_scores else torch.zeros(())
                 if x_neg is not None and shape_scores:
-                    s_neg = self._score(x_neg, m_neg, delta)
+                    s_neg = activation_score(x_neg, m_neg, delta)
                     margin = margin + torch.relu(s_neg - a).mean() + torch.relu(g - (s_edit - s_neg)).mean()
                 loss = nll + c.margin_weight * margin
                 last = float(nll.detach())
@@ -390,7 +391,7 @@ class Wise(MemoryBase):
         mem.log.append(req)
         self._changed()
         with torch.no_grad():
-            mem.scores.append(float(self._score(x_edit, m_edit, mem.delta())[0]))
+            mem.scores.append(float(activation_score(x_edit, m_edit, mem.delta())[0]))
         self._add_key(req, x_edit, m_edit, k)
         return first, last, steps
 
@@ -400,7 +401,7 @@ class Wise(MemoryBase):
             self.index.remove(stale)
             for i in stale:
                 self.key_memory.pop(i), self.key_edit.pop(i), self.key_norm.pop(i)
-        key = self._keys(x, mask)
+        key = row_keys(x, mask)
         self.index.add(key, [self.next_key])
         self.key_memory[self.next_key], self.key_edit[self.next_key] = k, req.edit_id
         self.key_norm[self.next_key] = float(np.linalg.norm(key))

@@ -8,6 +8,10 @@ teacher-forced exact-match share of the newest edit of each fact (rel), of its r
 (gen), of the edits' locality prompts answered with their stored answer (loc), and where
 the router sends the edit prompts and the locality prompts. Settings take the *current*
 defaults for what they do not name, so old rows of the table used other defaults.
+
+Past 250 edits in merge mode, pass "merge_every": 250 as the scenarios do: a single
+consolidate() over shards of several mask cycles averages their overlapping rows (TIES's
+disjoint mean) and loses edits that the scheduled merges keep.
 """
 
 import json

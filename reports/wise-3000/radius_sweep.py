@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from lifelong.methods import AttachContext, build_method
-from lifelong.methods._sidememory import router_tokens
+from lifelong.methods._sidememory import router_tokens, row_keys
 from lifelong.model import load_model
 from lifelong.nethook import Trace
 from lifelong.scoring import encode_pairs, forward_logits
@@ -44,7 +44,7 @@ with torch.no_grad():
         ids, mask, end, _, _ = encode_pairs(lm, chunk, ["x"] * len(chunk))
         with Trace(wise.module, capture="input") as tr:
             forward_logits(lm, ids, mask, end)
-        captured.append(wise._keys(tr.input, router_tokens(mask, end, wise.config.key_token)))
+        captured.append(row_keys(tr.input, router_tokens(mask, end, wise.config.key_token)))
 keys = np.concatenate(captured)
 dist, ids = wise.index.search(keys, k=1)
 norms = np.array([wise.key_norm.get(int(i), np.inf) for i in ids[:, 0]])
