@@ -131,6 +131,21 @@ def test_disjoint_masks_partition_each_cycle_and_ties_of_them_is_their_sum():
     assert torch.allclose(w.memories[0].merged, total, atol=1e-6)
 
 
+def test_one_late_merge_equals_a_merge_at_every_cycle_end():
+    """Shards of different mask cycles overlap; consolidating them together must not average
+    them (that lost edits in a development trial): it folds cycle by cycle."""
+    late, scheduled = (wise(lm(), shard_size=1, mask_ratio=0.5, steps=20, lr=0.5)
+                       for _ in range(2))
+    for i, r in enumerate(EDITS):  # 4 shards of one edit: 2 cycles of 2
+        late.edit([r])
+        scheduled.edit([r])
+        if i % 2:
+            scheduled.consolidate()
+    late.consolidate()
+    assert torch.allclose(late.memories[0].merged, scheduled.memories[0].merged, atol=1e-6)
+    assert all(predicts(late.lm, r.prompt, r.target) for r in EDITS)
+
+
 def test_protect_keeps_earlier_keys_outputs():
     """With `protect`, a later edit's step is orthogonal to the earlier edits' keys: the
     memory answers an earlier edit's key exactly as before (the null-space invariant)."""

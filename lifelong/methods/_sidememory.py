@@ -134,10 +134,23 @@ def shard_mask(shape: torch.Size, ratio: float, unit: str, disjoint: bool, seed:
     shards of a cycle of round(1 / ratio) share one random partition, each its own part."""
     base = shape if unit == "entry" else shape[:1]
     if disjoint:
-        period = max(1, round(1 / max(ratio, 1e-9)))
+        period = cycle_length(ratio)
         g = torch.Generator().manual_seed(seed + shard // period)
         mask = torch.randint(0, period, base, generator=g) == shard % period
     else:
         g = torch.Generator().manual_seed(seed + shard)
         mask = torch.rand(base, generator=g) < ratio
     return mask if unit == "entry" else mask.unsqueeze(1).expand(shape)
+
+
+def cycle_length(ratio: float) -> int:
+    """Shards per cycle of disjoint masks: round(1 / ratio)."""
+    return max(1, round(1 / max(ratio, 1e-9)))
+
+
+def by_cycle(shards: list[torch.Tensor], first: int, period: int) -> list[list[torch.Tensor]]:
+    """Consecutive `shards` (the first is shard number `first`) grouped by mask cycle."""
+    groups: dict[int, list[torch.Tensor]] = {}
+    for i, shard in enumerate(shards):
+        groups.setdefault((first + i) // period, []).append(shard)
+    return list(groups.values())

@@ -22,8 +22,8 @@ at the keys before it (the invariant `tests/test_wise.py` checks).
 
 Knowledge sharding: shards of `shard_size` edits, each under its own random gradient mask
 (`mask_ratio` of the output rows, or of the entries); `consolidate()` folds the shards into
-the memory with TIES (or linear / DARE, `lifelong.merging`). With disjoint row masks the
-shards of a cycle touch disjoint rows, so their TIES merge is exactly their sum.
+the memory with TIES (or linear / DARE, `lifelong.merging`), cycle by cycle with disjoint
+row masks: the shards of a cycle touch disjoint rows, so their TIES merge is their sum.
 
 WISE-Retrieve (`mode = "retrieve"`) starts a new side memory every `memory_size` edits;
 with `protect`, either mode also starts one when the newest holds `protect_share` x key
@@ -53,8 +53,8 @@ from ..merging import merge as merge_deltas
 from ..model import LM
 from ..nethook import Trace, rewrite_output
 from ..scoring import batch_target_loss, encode_pairs, forward_logits
-from ._sidememory import (Memory, activation_score, masked_step, router_tokens, row_keys,
-                          shard_mask)
+from ._sidememory import (Memory, activation_score, by_cycle, cycle_length, masked_step,
+                          router_tokens, row_keys, shard_mask)
 from .base import AttachContext, EditReceipt, EditRequest, MemoryBase, tensor_bytes
 
 
@@ -412,14 +412,20 @@ class Wise(MemoryBase):
 
     # ---- merging, retraction ----------------------------------------------------------------
     def consolidate(self) -> dict[str, Any] | None:
-        merged = 0
+        """Fold each memory's shards into it; with disjoint masks cycle by cycle (a cycle's
+        shards partition the rows, shards of different cycles overlap and a disjoint mean
+        would average them), so one late merge equals a merge at every cycle's end."""
+        c, merged = self.config, 0
         for k, mem in enumerate(self.memories):
             shards = mem.shards + ([mem.current] if mem.current is not None and mem.in_shard else [])
             if not shards:
                 continue
-            folded = merge_deltas(self.config.merge, shards, density=self.config.density,
-                                  seed=self.seed + k)
-            mem.merged = mem.merged + folded
+            first = mem.n_shards - 1 - len(mem.shards)  # the open shard is number n_shards - 1
+            groups = by_cycle(shards, first, cycle_length(c.mask_ratio)) if c.disjoint_masks \
+                else [shards]
+            for group in groups:
+                mem.merged = mem.merged + merge_deltas(c.merge, group, density=c.density,
+                                                       seed=self.seed + k)
             mem.shards, mem.current, mem.mask, mem.in_shard = [], None, None, 0
             merged += len(shards)
         self.since_merge = 0

@@ -9,9 +9,9 @@ teacher-forced exact-match share of the newest edit of each fact (rel), of its r
 the router sends the edit prompts and the locality prompts. Settings take the *current*
 defaults for what they do not name, so old rows of the table used other defaults.
 
-Past 250 edits in merge mode, pass "merge_every": 250 as the scenarios do: a single
-consolidate() over shards of several mask cycles averages their overlapping rows (TIES's
-disjoint mean) and loses edits that the scheduled merges keep.
+The final consolidate() folds the shards cycle by cycle (since the fix for the merge of
+overlapping mask cycles, docs/wise.md "Overwriting inside a memory"), so one late merge
+equals scheduled ones; before it, merge-mode trials past 250 edits needed "merge_every": 250.
 """
 
 import json
