@@ -27,7 +27,8 @@ row masks: the shards of a cycle touch disjoint rows, so their TIES merge is the
 
 WISE-Retrieve (`mode = "retrieve"`) starts a new side memory every `memory_size` edits;
 with `protect`, either mode also starts one when the newest holds `protect_share` x key
-width facts (past that a memory leaves new edits too little null space). A re-edit of a fact removes the older edits' keys. Retraction: `unroute` drops the edit's keys
+width facts (past that a memory leaves new edits too little null space). A re-edit of a
+fact removes the older edits' keys. Retraction: `unroute` drops the edit's keys
 (its prompts go back to the main memory, bit-identical) and re-applies the fact's previous
 edit if one is left; `rebuild` retrains the memory from its log without the edit (exact:
 every random choice of an edit derives from the seed and the edit id, masks from the seed
@@ -194,7 +195,7 @@ class Wise(MemoryBase):
             for m in [m for m in route.unique().tolist() if m >= 0]:
                 rows = route == m
                 s = activation_score(x[rows.to(x.device)], mask[rows.to(x.device)],
-                                self._served_deltas()[m]).cpu()
+                                     self._served_deltas()[m]).cpu()
                 route[rows] = torch.where(s > self.memories[m].threshold(self.config.act_ratio),
                                           m, -1)
         return route
@@ -311,9 +312,8 @@ class Wise(MemoryBase):
                           self.seed * 1_000_003 + memory * 10_007, shard)
 
     def _memory_for_edit(self) -> int:
-        """The memory the next edit goes to: the newest, unless there is none or it is full
-        (retrieve mode: `memory_size` edits; with `protect`, either mode: keys of
-        `protect_share` x key width facts, past which new edits find too little null space)."""
+        """The newest memory, or a new one if there is none or the newest is full (retrieve
+        mode: `memory_size` edits; with `protect`: `protect_share` x key width facts' keys)."""
         last = self.memories[-1] if self.memories else None
         if last is None or (self.config.mode == "retrieve"
                             and len(last.log) >= self.config.memory_size) \
