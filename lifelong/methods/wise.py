@@ -109,10 +109,10 @@ class WiseConfig:
     protect: bool = setting(True, "train each edit in the null space of the memory's earlier "
                                   "edit keys (AlphaEdit-style; not in the paper), so an edit "
                                   "cannot move the outputs of the edits before it")
-    protect_share: float = setting(0.75, "protect: a memory holding the keys of this share of "
-                                         "the key width's worth of facts is full, and the next "
-                                         "edit opens a new one (both modes; 1.0: a memory fills "
-                                         "until its null space has no room left)",
+    protect_share: float = setting(0.75, "protect: a memory is full once it holds the keys of "
+                                         "protect_share x key width facts, and the next edit "
+                                         "opens a new one (both modes; near 1.0 the last edits "
+                                         "find too little null space to be written)",
                                    min=0.0, max=1.0)
     stop_loss: float = setting(0.1, "stop once the target loss is below this", min=0.0)
     retract: Literal["auto", "unroute", "rebuild", "unsupported"] = setting(
