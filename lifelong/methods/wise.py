@@ -344,23 +344,23 @@ class Wise(MemoryBase):
         k = self._memory_for_edit() if k is None else k
         mem = self._open_shard(k)
         base = mem.delta().detach()
-        mask = mem.mask.to(base.dtype)
+        mask, c = mem.mask.to(base.dtype), self.config
+        # the margin terms shape the activation score; with the FAISS router serving nothing
+        # reads it, and they cost ~8x the steps (so no negatives are run through the model)
+        shape_scores = c.router == "activation" or c.faiss_check
         x_edit, m_edit = self._activations([req.prompt])
-        negs = self._negatives(req.edit_id)
+        negs = self._negatives(req.edit_id) if shape_scores else []
         x_neg, m_neg = self._activations(negs) if negs else (None, None)
-        basis = mem.protected_basis(req.fact) if self.config.protect else None
+        basis = mem.protected_basis(req.fact) if c.protect else None
         reqs = [req, *self._rehearsal(mem, req)]
         batch = encode_pairs(self.lm, [r.prompt for r in reqs], [r.target for r in reqs])
-        rows = mem.mask[:, 0].nonzero()[:, 0] if self.config.mask_unit == "row" else None
+        rows = mem.mask[:, 0].nonzero()[:, 0] if c.mask_unit == "row" else None
         # a row mask trains only its rows: a smaller parameter, and a cheaper projection
         p = torch.zeros((len(rows), base.shape[1]) if rows is not None else base.shape,
                         dtype=base.dtype, requires_grad=True)
-        opt = (torch.optim.SGD([p], lr=self.config.lr, momentum=self.config.momentum)
-               if self.config.optimizer == "sgd" else torch.optim.Adam([p], lr=self.config.lr))
-        c, first, last, steps = self.config, None, None, 0
-        # the margin terms shape the activation score; with the FAISS router serving nothing
-        # reads it, and they cost ~8x the steps
-        shape_scores = c.router == "activation" or c.faiss_check
+        opt = (torch.optim.SGD([p], lr=c.lr, momentum=c.momentum) if c.optimizer == "sgd"
+               else torch.optim.Adam([p], lr=c.lr))
+        first, last, steps = None, None, 0
         a, b, g = c.alpha * self.scale, c.beta * self.scale, c.gamma * self.scale
         try:
             for steps in range(1, c.steps + 1):
@@ -370,7 +370,7 @@ class Wise(MemoryBase):
                 nll = batch_target_loss(self.lm, batch)
                 s_edit = activation_score(x_edit, m_edit, delta).mean()
                 margin = torch.relu(b - s_edit) if shape_scores else torch.zeros(())
-                if x_neg is not None and shape_scores:
+                if x_neg is not None:
                     s_neg = activation_score(x_neg, m_neg, delta)
                     margin = margin + torch.relu(s_neg - a).mean() + torch.relu(g - (s_edit - s_neg)).mean()
                 loss = nll + c.margin_weight * margin
