@@ -3,14 +3,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
 import click
 
-from .config import describe, from_mapping, to_dict
+from .config import choices_of, describe, from_mapping, to_dict
 from .errors import LifelongError, StreamError
+
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes 0 <= seed < 2**63 (also scenario.MAX_SEED)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -31,52 +36,107 @@ def cli() -> None:
 @click.option("--method", "methods", multiple=True, help="method to run (repeatable); overrides the scenario's list")
 @click.option("--model", help="'builtin' or a local Hugging Face model directory")
 @click.option("--edits", type=click.IntRange(min=1), help="replay only up to the Nth edit")
-@click.option("--seed", type=int, help="run this one seed")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), help="run this one seed")
 @click.option("--db", type=click.Path(dir_okay=False), help="SQLite store (default: runs/<scenario>.db)")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write the JSON summary here")
 @click.option("--resume", is_flag=True, help="continue runs already in the store")
 @click.option("--skip-bad", is_flag=True, help="drop invalid stream lines (counted and reported)")
+@click.option("--allow-unknown", is_flag=True, help="run even when the stream's answers are "
+              "mostly words the model does not know (sets stream.max_unknown_share = 1)")
 @click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads")
 @click.option("--quiet", is_flag=True, help="no progress display")
-def simulate(scenario, stream, methods, model, edits, seed, db, json_path, resume, skip_bad, threads,
-             quiet):
+def simulate(scenario, stream, methods, model, edits, seed, db, json_path, resume, skip_bad,
+             allow_unknown, threads, quiet):
     """Replay an edit stream against each method of SCENARIO and report the results."""
     import dataclasses
 
     from .progress import Reporter
-    from .runtime import Runtime
+    from .runsetup import preflight
+    from .runtime import Runtime, truncate
     from .scenario import load_scenario
-    from .store import Store
     from .stream import parse_stream
-    from rich.console import Console
-
-    from .report import load_runs, print_comparison
-    from .summary import summarize
 
     sc = load_scenario(scenario, {"stream": stream, "methods": list(methods), "model": model,
-                                  "edits": edits, "seed": seed})
+                                  "edits": edits, "seed": seed, "allow_unknown": allow_unknown},
+                       methods=True)
     if skip_bad:
         sc = dataclasses.replace(sc, stream=dataclasses.replace(sc.stream, skip_bad=True))
     if threads:
         sc = dataclasses.replace(sc, threads=threads)
+    db_path = Path(db) if db else Path("runs") / f"{sc.name}.db"
+    if json_path:  # before the run, not after it: a run of hours must not end on this
+        _check_writable(Path(json_path), "--json")
     parsed = parse_stream(sc.stream.file, skip_bad=sc.stream.skip_bad, sort=sc.stream.sort)
     if parsed.skipped:
         click.echo(f"lifelong: skipped {len(parsed.skipped)} invalid line(s) of {sc.stream.file}:", err=True)
         for line in parsed.skipped[:20]:
             click.echo(f"  {line}", err=True)
-    store = Store(db or Path("runs") / f"{sc.name}.db")
-    reporter = Reporter(quiet=quiet)
-    runtime = Runtime(sc, parsed, store, reporter)
-    run_ids = runtime.run_all(resume=resume)
+    # the model and the stream's words are checked before the store file is created
+    setup = preflight(sc, truncate(parsed.events, sc.stream.max_edits))
+    with _opened_store(db_path) as store:
+        runtime = Runtime(sc, parsed, store, Reporter(quiet=quiet), setup=setup)
+        run_ids = runtime.run_all(resume=resume)
+        _print_results(store, run_ids, len(parsed.skipped), json_path)
+
+
+@contextlib.contextmanager
+def _opened_store(path: Path):
+    """The store, closed at the end (left out of WAL mode, so it reads anywhere). A store file
+    this command created is removed again if the command failed before recording any run."""
+    from .store import Store
+    created = not path.exists()
+    store = Store(path)
+    try:
+        yield store
+    except BaseException:
+        empty = created and _quietly(store.is_empty)
+        store.close()
+        if empty:
+            for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+                p.unlink(missing_ok=True)
+        raise
+    store.close()
+
+
+def _quietly(fn) -> bool:
+    try:
+        return bool(fn())
+    except LifelongError:
+        return False
+
+
+def _print_results(store, run_ids: list[str], skipped: int, json_path: str | None) -> None:
+    """The comparison tables of this command's runs, and the JSON summary if asked."""
+    from rich.console import Console
+
+    from .report import load_runs, print_comparison
+    from .summary import summarize
     summary = summarize(store, run_ids)
-    summary["skipped_lines"] = len(parsed.skipped)
+    summary["skipped_lines"] = skipped
     # the same tables as `lifelong compare`, for the runs of this command
     print_comparison([r for r in load_runs([store.path]) if r.run["run_id"] in run_ids],
                      Console(width=None if sys.stdout.isatty() else 200))
     click.echo(f"store: {store.path}")
     if json_path:
-        Path(json_path).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        try:
+            Path(json_path).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise LifelongError(f"{json_path}: cannot write the summary ({exc.strerror or exc}); "
+                                f"the runs are recorded in {store.path} (`lifelong compare "
+                                f"{store.path} --json PATH` writes it)") from None
         click.echo(f"summary: {json_path}")
+
+
+def _check_writable(path: Path, option: str) -> None:
+    """Refuse an output file that cannot be written, before doing any work for it."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise LifelongError(f"{option} {path}: is a directory")
+    if not parent.is_dir():
+        raise LifelongError(f"{option} {path}: no such directory {parent}")
+    target = path if path.exists() else parent
+    if not os.access(target, os.W_OK):
+        raise LifelongError(f"{option} {path}: {target} is not writable")
 
 
 # ----------------------------------------------------------------------------------- streams
@@ -112,13 +172,23 @@ def streams_make(output, edits, reedit_share, retract_share, query_share, spacin
     """Generate a timestamped edit stream from the world's timeline of fact changes."""
     from .streamgen import StreamSpec, make_stream, write_stream
     from .world import World, load_builtin_world
-    w = World.from_json(world) if world else load_builtin_world()
+    if spacing is not None and not (math.isfinite(spacing) and spacing >= 0):
+        raise LifelongError(f"--spacing: must be a finite number of seconds >= 0, got {spacing}")
+    w = _world(World.from_json, world) if world else _world(lambda _: load_builtin_world(), 'the built-in world')
     given = {"edits": edits, "reedit_share": reedit_share, "retract_share": retract_share,
              "query_share": query_share, "spacing_seconds": spacing, "seed": seed}
     spec = from_mapping(StreamSpec, {k: v for k, v in given.items() if v is not None}, "streams make")
     events = make_stream(w, spec)
     write_stream(events, output)
     click.echo(f"{output}: {len(events)} events ({edits} edits) from {to_dict(spec)}")
+
+
+def _world(load, path):
+    """A world file loaded, or one line saying why it cannot be."""
+    try:
+        return load(path)
+    except (ValueError, KeyError, TypeError) as exc:  # wrong format, missing fields, bad JSON
+        raise LifelongError(f"{path}: not a usable world file ({exc})") from None
 
 
 from .importers import streams_import  # noqa: E402  (`lifelong streams import`)
@@ -135,7 +205,8 @@ def model() -> None:
 @click.option("--model", "model_path", help="'builtin' (default) or a model directory with a world.json")
 @click.option("--world", type=click.Path(dir_okay=False), help="world.json (default: the model's own)")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write the result as JSON")
-@click.option("--sample", type=int, help="score a seeded sample of this many pairs per split")
+@click.option("--sample", type=click.IntRange(min=1),
+              help="score a seeded sample of this many pairs per split (>= 1)")
 def model_check(model_path, world, json_path, sample):
     """How well a model knows its world (trained and held-out phrasings, both protocols)."""
     from .model import load_model
@@ -145,7 +216,7 @@ def model_check(model_path, world, json_path, sample):
     wpath = Path(world) if world else Path(lm.path) / "world.json"
     if not wpath.exists():
         raise LifelongError(f"{wpath}: no world.json; give --world")
-    result = check_model(lm, World.from_json(wpath), sample=sample)
+    result = check_model(lm, _world(World.from_json, wpath), sample=sample)
     result["model"] = lm.name
     click.echo(format_check(result))
     if json_path:
@@ -165,8 +236,8 @@ def model_check(model_path, world, json_path, sample):
 @click.option("--hold-out", "hold_out", multiple=True,
               type=click.Choice(["prompts", "rephrases", "locality"]),
               help="with --facts: leave these pairs out of training, only check them (repeatable)")
-@click.option("--seed", type=int, help="seed of both the world and the training (with --facts: "
-                                       "of the training)")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED),
+              help="seed of both the world and the training (with --facts: of the training)")
 @click.option("--steps", type=click.IntRange(min=1), help="optimiser steps")
 @click.option("--show-config", is_flag=True, help="print the resolved configuration and exit")
 @click.option("--quiet", is_flag=True)
@@ -233,13 +304,16 @@ def methods(as_json):
     found = available_methods()
     if as_json:
         click.echo(json.dumps({n: {"summary": c.summary, "settings": [
-            {"name": a, "type": b, "default": d, "help": h} for a, b, d, h in describe(c.Config)]}
-            for n, c in found.items()}, indent=2, default=str))
+            {"name": a, "type": b, "default": d, "help": h,
+             **({"choices": list(choices_of(c.Config)[a])} if a in choices_of(c.Config) else {})}
+            for a, b, d, h in describe(c.Config)]} for n, c in found.items()}, indent=2, default=str))
         return
     for name, cls in found.items():
         click.echo(f"{name}: {cls.summary}")
+        allowed = choices_of(cls.Config)
         for fname, ftype, default, help_text in describe(cls.Config):
-            click.echo(f"    {fname} ({ftype}, default {default!r}): {help_text}")
+            one_of = f"; one of {', '.join(map(repr, allowed[fname]))}" if fname in allowed else ""
+            click.echo(f"    {fname} ({ftype}, default {default!r}{one_of}): {help_text}")
 
 
 from .report import compare, report  # noqa: E402
@@ -259,9 +333,11 @@ def main() -> None:
             sys.exit(rv)
     except click.exceptions.Abort:
         _fail("aborted", 130)
+    except click.UsageError as exc:  # one line like every other error, with where to look
+        ctx = exc.ctx.command_path if exc.ctx else "lifelong"
+        _fail(f"{exc.format_message()} (see `{ctx} --help`)", exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+        _fail(exc.format_message(), exc.exit_code)
     except StreamError as exc:
         for line in exc.problems[:200]:
             click.echo(line, err=True)
@@ -273,6 +349,9 @@ def main() -> None:
         _fail(str(exc), code)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
+    except OSError as exc:  # a file the user named cannot be read or written
+        where = f"{exc.filename}: " if exc.filename else ""
+        _fail(f"{where}{exc.strerror or exc}")
 
 
 if __name__ == "__main__":

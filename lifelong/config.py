@@ -100,8 +100,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 
 def _check_range(f: dataclasses.Field, value: Any, where: str) -> None:
+    """Check `value` against the field's choices and bounds; the bounds of a tuple field apply
+    to each of its items."""
     meta = f.metadata
     if value is None:
+        return
+    if isinstance(value, tuple) and not meta.get("choices"):
+        for i, item in enumerate(value):
+            _check_range(f, item, f"{where}[{i}]")
         return
     if isinstance(value, float) and math.isnan(value):
         raise ConfigError(f"{where}: must be a number, got nan")
@@ -118,28 +124,44 @@ def from_mapping(cls: type[T], data: Mapping[str, Any] | None, where: str = "con
 
     Invariants: unknown keys are an error (listing the known ones); every value is type- and
     range-checked; missing keys take their defaults; the class's own `__post_init__` runs last
-    for cross-field checks.
+    for cross-field checks. All problems of the table are reported together, in one
+    ConfigError: one as `WHERE.key: problem`, several as `WHERE: N problems: key: ...; ...`.
     """
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    problems: list[str] = []
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; "
-                          f"known: {', '.join(sorted(fields))}")
+        problems.append(f"{where}: unknown key(s) {', '.join(unknown)}; "
+                        f"known: {', '.join(sorted(fields))}")
     kwargs = {}
     for name, f in fields.items():
         if name not in data:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"{where}.{name}: required setting is missing")
+                problems.append(f"{where}.{name}: required setting is missing")
             continue
-        value = _coerce(data[name], hints[name], f"{where}.{name}")
-        _check_range(f, value, f"{where}.{name}")
+        try:
+            value = _coerce(data[name], hints[name], f"{where}.{name}")
+            _check_range(f, value, f"{where}.{name}")
+        except ConfigError as exc:
+            problems.append(str(exc))
+            continue
         kwargs[name] = value
+    if problems:
+        raise ConfigError(_join_problems(where, problems))
     try:
         return cls(**kwargs)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, ConfigError) as exc:  # cross-field checks (__post_init__)
         raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _join_problems(where: str, problems: list[str]) -> str:
+    """One problem as is; several after `where` named once, each without that prefix."""
+    if len(problems) == 1:
+        return problems[0]
+    short = [p[len(where):].lstrip(".: ") if p.startswith(where) else p for p in problems]
+    return f"{where}: {len(problems)} problems: " + "; ".join(short)
 
 
 def to_dict(obj: Any) -> Any:
@@ -151,6 +173,25 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: to_dict(v) for k, v in obj.items()}
     return obj
+
+
+def choices_of(cls: type) -> dict[str, tuple]:
+    """The allowed values of each field that has a fixed set: a `choices=` setting or a
+    `Literal[...]` annotation (also inside `Optional`). Fields without one are left out."""
+    hints = typing.get_type_hints(cls)
+    out: dict[str, tuple] = {}
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("choices"):
+            out[f.name] = tuple(f.metadata["choices"])
+            continue
+        tp = hints[f.name]
+        args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) \
+            else (tp,)
+        values = tuple(v for a in args if typing.get_origin(a) is typing.Literal
+                       for v in typing.get_args(a))
+        if values:
+            out[f.name] = values
+    return out
 
 
 def describe(cls: type) -> list[tuple[str, str, Any, str]]:

@@ -24,3 +24,7 @@ class NotSupported(LifelongError):
 
 class StoreError(LifelongError):
     """The SQLite store is missing, from another experiment, or holds a run that conflicts."""
+
+
+class ModelError(LifelongError):
+    """A model directory is missing, malformed, incomplete or not a supported causal LM."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -18,7 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
-from .errors import LifelongError
+from .errors import ModelError
 
 BUILTIN = "builtin"
 
@@ -78,25 +79,100 @@ class LM:
         return h.hexdigest()[:16]
 
 
+#: files that hold a Hugging Face model's weights (one of them, or a sharded index)
+_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+            "pytorch_model.bin.index.json")
+#: files a tokenizer is loaded from (any one of them is enough to try)
+_TOKENIZER = ("tokenizer.json", "vocab.json", "tokenizer.model", "vocab.txt", "spiece.model")
+
+
+def _causal_lm(arch: str) -> bool:
+    return arch.endswith(("ForCausalLM", "LMHeadModel"))
+
+
+def check_model_dir(where: Path, label: str) -> dict:
+    """Check a model directory without loading any weights; return its parsed config.json.
+
+    Invariant: on return, config.json is a JSON object whose `model_type` is a supported
+    family (`layers.FAMILIES`) and whose `architectures` (when given) name a causal LM, and
+    the directory holds weights and tokenizer files. Each failure is one `ModelError` line
+    naming the path and what is wrong."""
+    from .layers import FAMILIES
+    if not where.exists():
+        raise ModelError(f"{label}: not a model directory (no such directory)")
+    if not where.is_dir():
+        raise ModelError(f"{label}: not a model directory (a file, not a directory)")
+    cfg_path = where / "config.json"
+    if not cfg_path.exists():
+        raise ModelError(f"{label}: not a model directory (no config.json)")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{cfg_path}: invalid config.json ({exc})") from None
+    if not isinstance(cfg, dict):
+        raise ModelError(f"{cfg_path}: invalid config.json (not a JSON object)")
+    model_type, archs = cfg.get("model_type"), cfg.get("architectures") or []
+    known = ", ".join(sorted(FAMILIES))
+    if model_type not in FAMILIES:
+        raise ModelError(f"{cfg_path}: model_type {model_type!r} is not a supported causal-LM "
+                         f"family ({known})")
+    if not isinstance(archs, list) or (archs and not any(isinstance(a, str) and _causal_lm(a)
+                                                         for a in archs)):
+        raise ModelError(f"{cfg_path}: architectures {archs!r} name no causal LM "
+                         "(...ForCausalLM or ...LMHeadModel)")
+    if not any((where / f).is_file() for f in _WEIGHTS):
+        raise ModelError(f"{label}: no weights ({' or '.join(_WEIGHTS[:2])})")
+    if not any((where / f).is_file() for f in _TOKENIZER):
+        raise ModelError(f"{label}: no tokenizer ({', '.join(_TOKENIZER[:2])} or "
+                         f"{_TOKENIZER[2]})")
+    return cfg
+
+
+def _load_tokenizer(where: Path, label: str):
+    try:
+        tok = AutoTokenizer.from_pretrained(str(where), local_files_only=True)
+        ids = tok("a b", add_special_tokens=False)["input_ids"]
+    except Exception as exc:  # noqa: BLE001  (transformers/tokenizers raise OSError, ValueError, bare Exception)
+        raise ModelError(f"{label}: the tokenizer does not load ({type(exc).__name__}: "
+                         f"{_first_line(exc)})") from None
+    # a tokenizer with no vocabulary loads fine and encodes everything to nothing
+    if len(tok) < 2 or not ids:
+        raise ModelError(f"{label}: the tokenizer is empty ({len(tok)} tokens; it encodes "
+                         "text to nothing)")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    tok.padding_side = "left"
+    return tok
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
 def load_model(path: str | None = None, device: str = "cpu") -> LM:
     """Load the built-in model (path None or "builtin") or a local Hugging Face directory.
 
-    Never downloads: `local_files_only=True`. A missing directory is a clear error.
+    Never downloads: `local_files_only=True`. The directory is checked first
+    (`check_model_dir`: config, family, weights, tokenizer), so an unusable one is refused
+    with one line before any weights are read.
     """
     if path in (None, "", BUILTIN):
         where, name = builtin_dir(), BUILTIN
         if not (where / "config.json").exists():
-            raise LifelongError(f"the built-in model is missing from {where}; run `lifelong pretrain`")
+            raise ModelError(f"the built-in model is missing from {where}; run `lifelong pretrain`")
     else:
         where, name = Path(path), str(path)
-        if not (where / "config.json").exists():
-            raise LifelongError(f"{path}: not a model directory (no config.json)")
+    check_model_dir(where, name)
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r}: torch sees no CUDA device here; use device = \"cpu\"")
     hf_logging.disable_progress_bar()  # loading a few-MB model needs no progress bar
-    tok = AutoTokenizer.from_pretrained(str(where), local_files_only=True)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
-    tok.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(str(where), local_files_only=True,
-                                                 dtype=torch.float32)
+    tok = _load_tokenizer(where, name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(where), local_files_only=True,
+                                                     dtype=torch.float32)
+    except Exception as exc:  # noqa: BLE001  (damaged weights, a config that does not fit them, ...)
+        raise ModelError(f"{name}: the model does not load ({type(exc).__name__}: "
+                         f"{_first_line(exc)})") from None
     model.to(device).eval()
     return LM(model=model, tok=tok, name=name, path=str(where))

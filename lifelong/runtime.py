@@ -6,10 +6,21 @@ and merges go to the method; the schedule fires checkpoints (probes) and merges;
 operation is timed and recorded. It only records: metrics are computed afterwards from the
 rows (`metrics.py`).
 
+Setup before records: the model is checked and loaded (`runsetup.preflight`), the reference
+outputs computed, the method attached and its saved state restored before the run's row is
+written, so a run refused at setup leaves nothing to clean up and can simply be run again.
+
 Resume: the resume point (events done, counters, the method's state, the RNG) is written in
 the same transaction as the rows before it, at every checkpoint and every few seconds. A run
 killed at any point restarts from its last resume point; events after it are replayed and
 their rows upserted over, so a resumed run ends with the same rows as an uninterrupted one.
+The tail is idempotent too: the final checkpoint is saved with its resume point and marked
+in it (`Counters.extra["final"]`), so it is never probed twice; query timing, metrics and
+the status are upserts that a resume simply redoes.
+
+The final checkpoint: when the last scheduled checkpoint falls after the last event that
+changes the model (only queries follow) and probes every fact, it *is* the final one (its row
+says when = "final") instead of being probed a second time in the same state.
 """
 
 from __future__ import annotations
@@ -36,8 +47,10 @@ from .model import LM, load_model
 from .probes import (Ledger, add_routing, chunk_locality, locality_pool, locality_sample, plan,
                      reference_pairs, reference_rows, run_probes)
 from .progress import Reporter
-from .scenario import MethodSpec, Scenario
-from .scoring import encode_pairs, forward_logits, score_pairs
+from .querytiming import time_queries, timing_pairs
+from .runsetup import Setup, preflight
+from .scenario import MethodSpec, Scenario, check_methods
+from .scoring import score_pairs
 from .store import Store
 from .stream import Edit, Event, Merge, ParsedStream, Query, Retract
 
@@ -111,11 +124,19 @@ def graceful_interrupt() -> Iterator[list[bool]]:
         signal.signal(signal.SIGINT, old)
 
 
+def settled_position(events: Sequence[Event]) -> int:
+    """The position after the last event that changes the model (only queries follow it)."""
+    return max((i + 1 for i, e in enumerate(events) if not isinstance(e, Query)), default=0)
+
+
 class Runtime:
-    """Replays one stream for every method and seed of a scenario into one store."""
+    """Replays one stream for every method and seed of a scenario into one store.
+
+    `setup`: what `runsetup.preflight` returned, when the caller ran it before opening the
+    store (the CLI does, so a refused run leaves no file); `run_all` runs it otherwise."""
 
     def __init__(self, scenario: Scenario, stream: ParsedStream, store: Store,
-                 reporter: Reporter | None = None):
+                 reporter: Reporter | None = None, setup: Setup | None = None):
         self.sc = scenario
         self.store = store
         self.events = truncate(stream.events, scenario.stream.max_edits)
@@ -123,14 +144,23 @@ class Runtime:
                             "skipped_lines": len(stream.skipped)}
         self.reporter = reporter or Reporter(quiet=True)
         self.n_edits = sum(isinstance(e, Edit) for e in self.events)
+        self._setup = setup
+        self._spare: LM | None = None  # the preflight's pristine model, for the first run
+        self._settled = settled_position(self.events)
+        self._saved_position = 0
         self._crash_budget = scenario.faults.crash_after_events
+        self._crash_point = scenario.faults.crash_at
 
     # ---- public -------------------------------------------------------------------------
     def run_all(self, resume: bool = False) -> list[str]:
         if self.sc.threads:
             torch.set_num_threads(self.sc.threads)
         if resume:  # fault injection kills the first attempt only; a resumed one runs through
-            self._crash_budget = 0
+            self._crash_budget, self._crash_point = 0, ""
+        check_methods(self.sc, None)  # every method's settings, before any run starts
+        setup = self._setup or preflight(self.sc, self.events)
+        self._setup, self._spare = None, setup.lm
+        self.stream_info.update(setup.unknown)
         return [self.run(spec, seed, resume) for spec in self.sc.methods for seed in self.sc.seeds]
 
     def run_id(self, spec: MethodSpec, seed: int) -> str:
@@ -145,16 +175,19 @@ class Runtime:
         method = fresh()
         config = {"scenario": to_dict(self.sc), "method": {"name": spec.name, "label": spec.display,
                   "settings": to_dict(method.config)}, "seed": seed, "stream": self.stream_info}
-        if not self._prepare_run(run_id, spec, seed, config, resume):
+        existing = self._existing(run_id, config, resume)
+        if existing is not None and existing["status"] == "complete":
+            self.reporter.note(f"{run_id}: already complete")
             return run_id
+        # setup: nothing of the run is recorded until it has passed (see the module docstring)
+        self._saved_position = 0
         torch.manual_seed(seed)
-        lm = load_model(self.sc.model, self.sc.device)
+        lm, self._spare = self._spare or load_model(self.sc.model, self.sc.device), None
         model_key = f"{lm.name}:{lm.fingerprint()}"
         pool = locality_pool(self.events)
         loc = locality_sample(pool, self.sc.schedule.locality_sample, seed)
         self._ensure_reference(lm, model_key, loc)
-        self._time_queries(run_id, lm, "query_base")
-        saved = self.store.load_state(run_id) if resume else None
+        saved = self.store.load_state(run_id) if existing else None
         chunk_start = saved[1]["counters"]["extra"].get("chunk_start", 0) if saved else 0
 
         def context(start: int) -> AttachContext:
@@ -162,41 +195,70 @@ class Runtime:
 
         method.attach(lm, context(chunk_start))
         counters = self._restore(run_id, method, saved)
+        self._mark_running(run_id, spec, seed, config, existing)
         try:
             self._loop(run_id, lm, (method, fresh, context), model_key, loc, counters, seed)
+            self._finish(run_id, lm)
         except Interrupted:
-            self.store.set_status(run_id, "interrupted")
+            self._set_status(run_id, "interrupted")
             raise
+        except KeyboardInterrupt:  # a second Ctrl-C, or one outside the event loop
+            self.store.discard_pending()
+            self._set_status(run_id, "interrupted", "KeyboardInterrupt")
+            raise Interrupted(f"interrupted; {run_id} is saved at its last resume point (event "
+                              f"{self._saved_position} of {len(self.events)}): run again with "
+                              "--resume to continue") from None
         except BaseException as exc:
             self.store.discard_pending()
-            self.store.set_status(run_id, "failed" if not isinstance(exc, KeyboardInterrupt)
-                                  else "interrupted", error=f"{type(exc).__name__}: {exc}")
+            self._set_status(run_id, "failed", f"{type(exc).__name__}: {exc}")
             raise
         finally:
             self.reporter.stop()
-        self._time_queries(run_id, lm, "query")
-        self.store.commit()
-        self._save_metrics(run_id, compute_run_metrics(self.store, run_id))
-        self.store.set_status(run_id, "complete")
         return run_id
 
+    def _finish(self, run_id: str, lm: LM) -> None:
+        """The tail after the final checkpoint: query timing, metrics, status. Each step is
+        its own commit and an upsert, so a resume after any of them redoes the rest."""
+        self._fault("after_final_checkpoint")
+        # The unedited copy is a fresh load of the same directory rather than a clone taken
+        # before attach: a clone would double the model's memory for the whole run, a load
+        # from local files takes under a second for the models run here, and both give the
+        # pristine weights without the method's hooks.
+        base = load_model(self.sc.model, self.sc.device)
+        prompts, targets = timing_pairs(self.events, self.sc.schedule.latency_queries)
+        self.store.buffer("timings", time_queries(lm, base, prompts, targets,
+                                                  self.sc.schedule.latency_rounds, run_id))
+        del base
+        self.store.commit()
+        self._fault("after_query_timing")
+        self._save_metrics(run_id, compute_run_metrics(self.store, run_id))
+        self._fault("after_metrics")
+        self.store.set_status(run_id, "complete")
+        self._fault("after_complete")
+
+    def _set_status(self, run_id: str, status: str, error: str | None = None) -> None:
+        """Record how a run ended, without masking why (a broken store fails this too)."""
+        with contextlib.suppress(LifelongError):
+            self.store.set_status(run_id, status, error=error)
+
     # ---- setup --------------------------------------------------------------------------
-    def _prepare_run(self, run_id: str, spec: MethodSpec, seed: int, config: dict,
-                     resume: bool) -> bool:
-        """Create the run row, or check the existing one. False: nothing left to do."""
+    def _existing(self, run_id: str, config: dict, resume: bool) -> dict | None:
+        """The run's row when it exists and may be continued; StoreError when it may not."""
         existing = self.store.get_run(run_id)
         if existing and not resume:
             raise StoreError(f"{self.store.path}: run {run_id} already exists "
                              f"({existing['status']}); use --resume to continue it, or another --db")
+        if existing and json.loads(existing["config"]) != json.loads(json.dumps(config, default=str)):
+            raise StoreError(f"{self.store.path}: run {run_id} was started with another "
+                             "configuration; use another --db")
+        return existing
+
+    def _mark_running(self, run_id: str, spec: MethodSpec, seed: int, config: dict,
+                      existing: dict | None) -> None:
+        """Setup passed: create the run's row, or mark the existing one running again."""
         if existing:
-            if json.loads(existing["config"]) != json.loads(json.dumps(config, default=str)):
-                raise StoreError(f"{self.store.path}: run {run_id} was started with another "
-                                 "configuration; use another --db")
-            if existing["status"] == "complete":
-                self.reporter.note(f"{run_id}: already complete")
-                return False
             self.store.set_status(run_id, "running")
-            return True
+            return
         self.store.start_run({"run_id": run_id, "label": spec.display, "method": spec.name,
                               "seed": seed, "scenario": self.sc.name, "config": config,
                               "code_version": code_version(), "machine": machine(),
@@ -204,7 +266,6 @@ class Runtime:
                               "status": "running", "error": None, "started_at": time.time(),
                               "finished_at": None, "events_total": len(self.events),
                               "edits_total": self.n_edits})
-        return True
 
     def _context(self, pool, loc, seed: int, chunk_start: int) -> AttachContext:
         """What a method is attached with. Methods that train against unrelated inputs get
@@ -224,9 +285,15 @@ class Runtime:
         if saved is None:
             return Counters()
         position, state = saved
-        method.load_state_dict(state["method"])
-        torch.set_rng_state(state["rng"])
-        c = Counters(**state["counters"])
+        try:
+            method.load_state_dict(state["method"])
+            torch.set_rng_state(state["rng"])
+            c = Counters(**state["counters"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise StoreError(f"{self.store.path}: the resume point of run {run_id} does not fit "
+                             f"this method ({type(exc).__name__}: {exc}); run it again into "
+                             "another --db") from None
+        self._saved_position = c.position
         self.reporter.note(f"{run_id}: resuming after event {position} of {len(self.events)}")
         return c
 
@@ -242,33 +309,6 @@ class Runtime:
             self.store.buffer("reference", reference_rows(lm, model_key, todo,
                                                           self.sc.schedule.batch_size))
             self.store.commit()
-
-    def _time_queries(self, run_id: str, lm: LM, op: str, rounds: int = 3) -> None:
-        """Latency of single queries (batch 1) and of one batch, with whatever is attached.
-        Each prompt is timed `rounds` times after a warm-up, so a busy machine's hiccups land
-        in the tail (p95) rather than in the median."""
-        edits = [e for e in self.events if isinstance(e, Edit)]
-        k = self.sc.schedule.latency_queries
-        prompts = [e.prompt for e in edits[:k]] or ["hello"]
-        targets = [e.target for e in edits[:k]] or ["world"]
-        rows = []
-        with torch.no_grad():
-            for _ in range(3):  # warm-up
-                forward_logits(lm, *encode_pairs(lm, prompts[:1], targets[:1])[:3])
-            for r in range(rounds):
-                for i, (p, t) in enumerate(zip(prompts, targets)):
-                    batch = encode_pairs(lm, [p], [t])[:3]
-                    t0 = time.perf_counter()
-                    forward_logits(lm, *batch)
-                    rows.append({"run_id": run_id, "op": op, "key": f"b1:{r}:{i}",
-                                 "ms": _ms(t0), "batch": 1})
-                batch = encode_pairs(lm, prompts, targets)[:3]
-                t0 = time.perf_counter()
-                forward_logits(lm, *batch)
-                rows.append({"run_id": run_id, "op": op, "key": f"b{len(prompts)}:{r}",
-                             "ms": _ms(t0), "batch": len(prompts)})
-        self.store.buffer("timings", rows)
-        self.store.commit()
 
     # ---- the loop -----------------------------------------------------------------------
     def _loop(self, run_id, lm, methods, model_key, loc, c: Counters, seed: int) -> None:
@@ -297,7 +337,7 @@ class Runtime:
                         self._merge(run_id, method, c, scheduled=True)
                     if sched.checkpoint_every and c.edits % sched.checkpoint_every == 0:
                         self._checkpoint(run_id, lm, method, ledger, loc, reference, c, seed,
-                                         "checkpoint")
+                                         "final" if self._is_final(c, ledger) else "checkpoint")
                         last_save = time.monotonic()
                     if chunk and c.edits % chunk == 0:
                         self._checkpoint(run_id, lm, method, ledger, loc, reference, c, seed, "chunk",
@@ -318,8 +358,15 @@ class Runtime:
                     self._save(run_id, method, c)
                     raise Interrupted(f"interrupted after event {c.position} of {len(self.events)}; "
                                       "run again with --resume to continue")
-            self._checkpoint(run_id, lm, method, ledger, loc, reference, c, seed, "final",
-                             probe=not chunk or bool(ledger.edits))
+            if "final" not in c.extra:  # (a resume after the final checkpoint skips it)
+                self._checkpoint(run_id, lm, method, ledger, loc, reference, c, seed, "final",
+                                 probe=not chunk or bool(ledger.edits))
+
+    def _is_final(self, c: Counters, ledger: Ledger) -> bool:
+        """A scheduled checkpoint is the final one when nothing after it changes the model
+        and it probes every fact, as the final one would (see the module docstring)."""
+        sample = self.sc.schedule.probe_edits
+        return c.position >= self._settled and (not sample or sample >= len(ledger.by_fact))
 
     def _dispatch(self, run_id: str, lm: LM, method, ev: Event, c: Counters,
                   outside: bool = False) -> dict:
@@ -339,6 +386,7 @@ class Runtime:
                                                    ev.subject, ev.previous)])
                 row.update(ms=_ms(t0), loss_before=receipt.loss_before,
                            loss_after=receipt.loss_after, steps=receipt.steps,
+                           converged=None if receipt.converged is None else int(receipt.converged),
                            outcome="applied" if receipt.applied else "rejected")
                 if self.sc.schedule.eval_after_edit:
                     s = score_pairs(lm, [ev.prompt], [ev.target])[0]
@@ -350,7 +398,7 @@ class Runtime:
             elif isinstance(ev, Query):
                 answer = ev.answer or ""
                 s = score_pairs(lm, [ev.prompt], [answer or "?"])[0]
-                row.update(ms=_ms(t0), gen_text=s.gen_text,
+                row.update(ms=_ms(t0), gen_text=s.gen_text, answer=ev.answer,
                            tf_acc=s.tf_acc if answer else None,
                            gen_exact=int(s.gen_exact) if answer else None)
             elif isinstance(ev, Merge):
@@ -391,6 +439,8 @@ class Runtime:
                 add_routing(method, rows, sched.batch_size)
         for r in rows:
             r.update(run_id=run_id, checkpoint=c.checkpoints)
+        if when == "final":  # saved with it: a resume never probes the final state twice
+            c.extra["final"] = c.checkpoints
         self.store.buffer("probes", rows)
         self.store.buffer("checkpoints", [{
             "run_id": run_id, "checkpoint": c.checkpoints, "when": when,
@@ -405,6 +455,7 @@ class Runtime:
                  "counters": {"position": c.position, "edits": c.edits,
                               "checkpoints": c.checkpoints, "merges": c.merges, "extra": c.extra}}
         self.store.commit(run_id, c.position, state)
+        self._saved_position = c.position
 
     def _save_metrics(self, run_id: str, metrics: dict[str, Any]) -> None:
         """Cache the final metrics (reports recompute them from the rows anyway)."""
@@ -413,11 +464,19 @@ class Runtime:
         self.store.commit()
 
     def _maybe_crash(self) -> None:
-        """Fault injection: die without cleanup, as `kill -9` would."""
+        """Fault injection: die without cleanup, as `kill -9` would, after N events."""
         if self._crash_budget:
             self._crash_budget -= 1
             if self._crash_budget == 0:
-                os._exit(137)
+                self._die()
+
+    def _fault(self, point: str) -> None:
+        """Fault injection at a named commit of the run's tail (`Faults.crash_at`)."""
+        if self._crash_point == point:
+            self._die()
+
+    def _die(self) -> None:
+        os._exit(137)
 
 
 def _ms(t0: float) -> float:

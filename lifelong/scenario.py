@@ -27,6 +27,8 @@ from typing import Any
 from .config import from_mapping, setting
 from .errors import ConfigError
 
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes 0 <= seed < 2**63
+
 
 @dataclass(frozen=True)
 class StreamSource:
@@ -35,6 +37,12 @@ class StreamSource:
                                     "instead of refusing the stream")
     sort: bool = setting(False, "accept lines out of timestamp order and replay them sorted")
     max_edits: int = setting(0, "replay only up to the Nth edit (0: the whole stream)", min=0)
+    max_unknown_share: float = setting(0.05, "refuse a run when more than this share of the "
+                                             "stream's answers (edit targets, locality and "
+                                             "portability answers) contain the model's unknown "
+                                             "token: the model cannot learn or say them (1: "
+                                             "never refuse; `--allow-unknown` sets it)",
+                                       min=0.0, max=1.0)
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,9 @@ class Schedule:
     eval_after_edit: bool = setting(True, "score each edit's own prompt right after applying it")
     latency_queries: int = setting(32, "prompts timed one at a time (and as one batch) to "
                                        "measure query latency with and without the memory", min=1)
+    latency_rounds: int = setting(5, "rounds of the end-of-run query timing: each round times "
+                                     "every prompt on the edited model and on an unedited copy "
+                                     "of the base model in alternation", min=1)
     save_every_seconds: float = setting(20.0, "save a resume point at least this often", min=0.5)
     batch_size: int = setting(128, "probe batch size", min=1)
     restart_every: int = setting(0, "the WISE paper's T: edit the stream in chunks of T edits, "
@@ -73,11 +84,21 @@ class MethodSpec:
         return self.label or self.name
 
 
+#: the commits of a run's tail, in order (see `Faults.crash_at`)
+CRASH_POINTS = ("after_final_checkpoint", "after_query_timing", "after_metrics",
+                "after_complete")
+
+
 @dataclass(frozen=True)
 class Faults:
     crash_after_events: int = setting(0, "testing: die like `kill -9` (no cleanup) after N "
                                          "events, counted over the whole simulate command; "
                                          "not applied with --resume (0: off)", min=0)
+    crash_at: str = setting("", "testing: die like `kill -9` right after this commit of the "
+                                "first run that reaches it: after_final_checkpoint (its probes "
+                                "and resume point), after_query_timing, after_metrics (the run "
+                                "not yet marked complete), after_complete; not applied with "
+                                "--resume ('': off)", choices=("", *CRASH_POINTS))
 
 
 @dataclass(frozen=True)
@@ -86,7 +107,8 @@ class Scenario:
     description: str = setting("", "free text")
     model: str = setting("builtin", "'builtin' or a local Hugging Face model directory")
     device: str = setting("cpu", "torch device for the model", choices=("cpu", "cuda"))
-    seeds: tuple[int, ...] = setting((0,), "one run per method and seed")
+    seeds: tuple[int, ...] = setting((0,), "one run per method and seed (each 0 <= seed < 2**63, "
+                                           "torch's seed range)", min=0, max=MAX_SEED)
     threads: int = setting(0, "torch CPU threads (0: torch's default). Small models on a busy "
                               "machine run faster and steadier with 1", min=0)
     stream: StreamSource = setting(StreamSource(), "the edit stream")
@@ -104,24 +126,51 @@ class Scenario:
             raise ConfigError("seeds: at least one seed is needed")
 
 
-def load_scenario(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Scenario:
+def load_scenario(path: str | Path | None, overrides: dict[str, Any] | None = None, *,
+                  methods: bool = False) -> Scenario:
     """Read a scenario TOML (or start from defaults when `path` is None) and apply CLI
-    overrides. Relative paths in it are resolved against the scenario file's folder."""
+    overrides. Relative paths in it are resolved against the scenario file's folder. With
+    `methods`, every method is also checked against the registry (`check_methods`), so a
+    mistake in its settings names the file and the method."""
     data: dict[str, Any] = {}
     base = Path.cwd()
     if path is not None:
         p = Path(path)
         try:
             data = tomllib.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError):
             raise ConfigError(f"{path}: no such scenario file") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the scenario ({exc.strerror or exc})") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
         base = p.resolve().parent
         data.setdefault("name", p.stem)
     scenario = from_mapping(Scenario, data, where=str(path or "scenario"))
     scenario = _resolve_paths(scenario, base)
-    return apply_overrides(scenario, overrides or {})
+    from_file = scenario.methods
+    scenario = apply_overrides(scenario, overrides or {})
+    if methods:
+        check_methods(scenario, str(path) if path is not None else None, from_file)
+    return scenario
+
+
+def check_methods(s: Scenario, source: str | None, from_file: tuple[MethodSpec, ...] = ()) -> None:
+    """Check that every method is registered and accepts its settings (all problems of one
+    method's table at once). Messages name the scenario file and the method's label once:
+    `FILE.methods[LABEL]: ...` for a method of the file (`from_file`), `--method NAME: ...`
+    for one from the command line, `methods[LABEL]: ...` without a file."""
+    # (imported here: it imports every method module, torch included)
+    from .methods import get_method
+    for spec in s.methods:
+        where = (f"methods[{spec.display}]" if source is None else
+                 f"{source}.methods[{spec.display}]" if spec in from_file else
+                 f"--method {spec.name}")
+        try:
+            cls = get_method(spec.name)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        from_mapping(cls.Config, spec.settings or {}, where=where)
 
 
 def _resolve_paths(s: Scenario, base: Path) -> Scenario:
@@ -134,20 +183,40 @@ def _resolve_paths(s: Scenario, base: Path) -> Scenario:
     return dataclasses.replace(s, stream=stream, model=model)
 
 
+def _pick_methods(s: Scenario, names: list[str]) -> tuple[MethodSpec, ...]:
+    """`--method` values: a scenario method by its label, else by its name, else the method
+    with default settings. The same name twice is refused: it would run one configuration
+    twice under one label."""
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"--method {twice[0]} given twice: the command line cannot tell two "
+                          f"configurations of one method apart; to compare them, write a "
+                          f"scenario with one [[methods]] table each, name = \"{twice[0]}\" "
+                          f"and its own label = \"...\" and settings = {{...}}")
+    by_label = {m.display: m for m in s.methods}
+    by_name = {m.name: m for m in reversed(s.methods)}  # the first of a name wins
+    return tuple(by_label.get(n) or by_name.get(n) or MethodSpec(name=n, settings=None)
+                 for n in names)
+
+
 def apply_overrides(s: Scenario, o: dict[str, Any]) -> Scenario:
-    """Apply command-line overrides: stream, methods (names), model, edits, seed."""
+    """Apply command-line overrides: stream, methods (names or labels), model, edits, seed."""
     if o.get("stream"):
         s = dataclasses.replace(s, stream=dataclasses.replace(s.stream, file=str(Path(o["stream"]).resolve())))
     if o.get("methods"):
-        known = {m.name: m for m in s.methods}
-        specs = tuple(known.get(n, MethodSpec(name=n, settings=None)) for n in o["methods"])
-        s = dataclasses.replace(s, methods=specs)
+        s = dataclasses.replace(s, methods=_pick_methods(s, list(o["methods"])))
     if o.get("model"):
         s = dataclasses.replace(s, model=o["model"])
     if o.get("edits"):
         s = dataclasses.replace(s, stream=dataclasses.replace(s.stream, max_edits=int(o["edits"])))
     if o.get("seed") is not None:
-        s = dataclasses.replace(s, seeds=(int(o["seed"]),))
+        seed = int(o["seed"])
+        if not 0 <= seed <= MAX_SEED:
+            raise ConfigError(f"--seed: must be between 0 and 2**63 - 1 (torch's seed range), "
+                              f"got {seed}")
+        s = dataclasses.replace(s, seeds=(seed,))
+    if o.get("allow_unknown"):
+        s = dataclasses.replace(s, stream=dataclasses.replace(s.stream, max_unknown_share=1.0))
     if not s.stream.file:
         raise ConfigError("no stream: give a scenario with [stream] file = ..., or --stream FILE")
     if not s.methods:

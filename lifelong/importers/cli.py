@@ -38,10 +38,16 @@ def streams_import(input_file, output, fmt, spacing, start, shuffle, seed, edits
             click.echo(f"  ... and {len(lines) - 20} more", err=True)
     write_events(result.events, output)
     order = f"shuffled with seed {opts.seed}" if opts.shuffle else "file order"
+    unread = result.unread
+    if unread["records"]:
+        click.echo(f"  note: {unread['records']} record(s) have no locality/portability probe "
+                   f"that format {result.format} reads, but {unread['probes']} under field(s) "
+                   f"it does not read ({', '.join(unread['fields'])}); another --format may "
+                   "read them", err=True)
     click.echo(f"{output}: {len(result.events)} edits from {result.records} records of "
                f"{input_file} (format {result.format}, {order}); "
                f"{_count(len(result.skipped), 'invalid record')} skipped, "
-               f"{_count(len(result.notes), 'probe')} dropped")
+               f"{_count(result.dropped, 'probe')} dropped")
 
 
 def _count(n: int, what: str) -> str:

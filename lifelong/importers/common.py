@@ -74,15 +74,19 @@ def _jtype(v: Any) -> str:
 
 
 class _Rec:
-    """One record being converted: its object, number, problems and notes."""
+    """One record being converted: its object, number, problems and notes; `read` holds the
+    top-level keys the converter asked for (so fields it never looked at can be told)."""
 
     def __init__(self, obj: dict, n: int):
         self.obj, self.n = obj, n
         self.errs: list[tuple[str, str]] = []
         self.notes: list[tuple[str, str]] = []
+        self.read: set[str] = set()
 
     def get(self, path: str, obj: Any = _MISSING) -> Any:
         """The value at a dotted path (`_MISSING` where any step is absent or null)."""
+        if obj is _MISSING:
+            self.read.add(path.split(".", 1)[0])
         cur = self.obj if obj is _MISSING else obj
         for key in path.split("."):
             if not isinstance(cur, dict) or cur.get(key) is None:

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import setting
@@ -34,6 +35,8 @@ class ImportOptions:
                              choices=("alternate", "positive", "negative"))
 
     def __post_init__(self) -> None:
+        if not math.isfinite(self.spacing):
+            raise ValueError(f"spacing: must be a finite number of seconds, got {self.spacing}")
         if self.format != "auto" and self.format not in FORMATS:
             raise ValueError(f"format: {self.format!r} is not one of auto, {', '.join(FORMATS)}")
         try:
@@ -45,7 +48,10 @@ class ImportOptions:
 @dataclass(frozen=True)
 class ImportResult:
     """A converted data set: `events` are stream dicts in replay order (already validated);
-    `skipped` has one problem line per skipped record, `notes` one line per dropped probe."""
+    `skipped` has one problem line per skipped record, `notes` one line per dropped probe.
+    `unread` counts what the format never looked at although it looks like probes: records
+    with locality/portability under fields of other names (and no probe read), the probes
+    in them, and those fields' names. Probes dropped in all: `len(notes) + unread probes`."""
 
     source: str
     format: str
@@ -53,6 +59,12 @@ class ImportResult:
     events: tuple[dict, ...]
     skipped: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    unread: dict = field(default_factory=lambda: {"records": 0, "probes": 0, "fields": ()})
+
+    @property
+    def dropped(self) -> int:
+        """Probes of the input that are not in the stream: empty answers and unread fields."""
+        return len(self.notes) + self.unread["probes"]
 
 
 # in this order: --format's choices, `lifelong streams import --help` and error messages
@@ -132,6 +144,8 @@ def convert_records(records: list[tuple[int, Any]], source: str,
     fmt = FORMATS[name]
     width = len(str(max(n for n, _ in records)))
     events, problems, firsts, notes = [], [], [], []
+    unread: dict[str, int] = {}  # field -> probes in it, over records that read no probe
+    unread_records = 0
     for n, obj in records:
         if isinstance(obj, _BadJson) or not isinstance(obj, dict):
             why = ("json", obj.message) if isinstance(obj, _BadJson) else \
@@ -148,6 +162,10 @@ def convert_records(records: list[tuple[int, Any]], source: str,
             firsts.append(lines[0])
         else:
             events.append(ev)
+            missed = {} if ev.get("locality") or ev.get("portability") else _unread_probes(rec)
+            unread_records += bool(missed)
+            for k, v in missed.items():
+                unread[k] = unread.get(k, 0) + v
     if problems and not opts.skip_bad or not events:
         bad = len(firsts)
         hint = f"; --format auto would read it as {detected}" \
@@ -162,6 +180,10 @@ def convert_records(records: list[tuple[int, Any]], source: str,
         random.Random(opts.seed).shuffle(events)
     if opts.edits is not None:
         events = events[:opts.edits]
+    probes = sum(len(ev.get("locality", ())) + len(ev.get("portability", ())) for ev in events)
+    info = {"records": unread_records, "probes": sum(unread.values()), "fields": tuple(sorted(unread))}
+    if unread_records and not probes:
+        raise StreamError(_unread_message(source, name, detected, len(events), info), [])
     t0 = _start(opts.start)
     try:
         for k, ev in enumerate(events):
@@ -171,7 +193,45 @@ def convert_records(records: list[tuple[int, Any]], source: str,
                           f"{opts.start} run past the year 9999") from None
     events = [{key: ev[key] for key in _ORDER if key in ev} for ev in events]
     load_events_from_dicts(events, source=f"{source} (converted)")  # raises on a bug
-    return ImportResult(source, name, len(records), tuple(events), tuple(firsts), tuple(notes))
+    return ImportResult(source, name, len(records), tuple(events), tuple(firsts), tuple(notes),
+                        info)
+
+
+#: top-level keys that hold locality or portability probes in one format or another
+_PROBE_PREFIXES = ("loc", "portability", "neighborhood", "neighbourhood", "attribute_prompts")
+_ANSWER_HINTS = ("ground_truth", "ans", "answer", "target")
+
+
+def _unread_probes(rec: _Rec) -> dict[str, int]:
+    """Probe-like fields of the record the converter never read -> probes in each (prompts
+    only: answer fields such as `locality_ground_truth` are not counted again)."""
+    out = {}
+    for key, value in rec.obj.items():
+        low = key.lower()
+        if key in rec.read or not low.startswith(_PROBE_PREFIXES) or value in (None, "", [], {}):
+            continue
+        out[key] = 0 if any(h in low for h in _ANSWER_HINTS) else _count_prompts(value)
+    return out
+
+
+def _count_prompts(value: Any) -> int:
+    """Prompts in a probe field: a string, a list of them, {prompt, ...} objects, or names
+    mapping to lists of those (KnowEdit)."""
+    if isinstance(value, str):
+        return int(bool(value.strip()))
+    if isinstance(value, list):
+        return sum(_count_prompts(v) for v in value)
+    if isinstance(value, dict):
+        return 1 if "prompt" in value else sum(_count_prompts(v) for v in value.values())
+    return 0
+
+
+def _unread_message(source: str, name: str, detected: str | None, n: int, info: dict) -> str:
+    hint = (f"--format {detected} reads them" if detected and detected != name else
+            "give the --format whose fields these are")
+    return (f"{source}: format {name} found no locality or portability probe in any of the {n} "
+            f"records, but {info['records']} of them hold {info['probes']} such probe(s) under "
+            f"field(s) it does not read ({', '.join(info['fields'])}); {hint}")
 
 
 def import_file(path: str | os.PathLike, opts: ImportOptions | None = None) -> ImportResult:

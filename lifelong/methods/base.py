@@ -42,13 +42,19 @@ class EditRequest:
 
 @dataclass(frozen=True)
 class EditReceipt:
-    """What an edit did: whether it was applied, the target loss before/after, steps taken."""
+    """What an edit did: whether it was applied, the target loss before/after, steps taken.
+
+    converged: whether the method's own training met its stop criterion (its target loss
+    fell below the method's threshold) for every request, so the edit was learnt; False when
+    it ran out of steps or stalled first (the edit is applied all the same, and recorded as
+    such); None for a method with no notion of it (no training, e.g. `none`)."""
 
     applied: bool = True
     loss_before: float | None = None
     loss_after: float | None = None
     steps: int = 0
     detail: dict[str, Any] = field(default_factory=dict)
+    converged: bool | None = None
 
 
 @dataclass(frozen=True)

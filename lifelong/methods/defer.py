@@ -72,6 +72,8 @@ class Defer(MemoryBase):
     name = "defer"
     Config = DeferConfig
     summary = "DEFER: learned gate + value predictor at one layer (retract by retraining)"
+    #: lifelong export: the memory is served by hooks (no merged model exists)
+    memory_kind = "hooks"
 
     def attach(self, lm: LM, ctx: AttachContext) -> None:
         cfg = self.config
@@ -155,7 +157,8 @@ class Defer(MemoryBase):
             first = lb if first is None else first
             last, steps = la, steps + n
         return EditReceipt(applied=True, loss_before=first, loss_after=last, steps=steps,
-                           detail={"layer": self.layer_name})
+                           detail={"layer": self.layer_name},
+                           converged=last is not None and last < self.config.stop_loss)
 
     def _fact_prompts(self, fact: str) -> list[str]:
         for item in reversed(self.log):

@@ -44,6 +44,8 @@ class FineTune(MemoryBase):
     name = "ft"
     Config = FTConfig
     summary = "FT-L: fine-tune one MLP projection per edit (no retraction)"
+    #: lifelong export: the memory is a weight change (a merged model is written)
+    memory_kind = "weights"
 
     def attach(self, lm: LM, ctx: AttachContext) -> None:
         self.lm = lm
@@ -78,7 +80,8 @@ class FineTune(MemoryBase):
             self._constrain()
         self.n_edits += len(requests)
         return EditReceipt(applied=True, loss_before=first, loss_after=last, steps=steps,
-                           detail={"layer": self.layer_name})
+                           detail={"layer": self.layer_name},
+                           converged=last is not None and last < self.config.stop_loss)
 
     @torch.no_grad()
     def _constrain(self) -> None:

@@ -130,6 +130,8 @@ class Grace(MemoryBase):
     name = "grace"
     Config = GraceConfig
     summary = "GRACE: codebook of keys with deferral radii at one layer (exact retraction)"
+    #: lifelong export: the memory is served by hooks (no merged model exists)
+    memory_kind = "hooks"
 
     # ---- lifecycle ----------------------------------------------------------------------
     def attach(self, lm: LM, ctx: AttachContext) -> None:
@@ -244,7 +246,8 @@ class Grace(MemoryBase):
             last, steps = la, steps + n
         return EditReceipt(applied=True, loss_before=first, loss_after=last, steps=steps,
                            detail={"layer": self.layer_name, "placed": details,
-                                   "entries": len(self.index)})
+                                   "entries": len(self.index)},
+                           converged=last is not None and last < self.config.stop_loss)
 
     def insert_item(self, item: dict[str, Any]) -> list[str]:
         """Append a ready item to the log and place it, without training: ``edit_id``,

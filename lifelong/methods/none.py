@@ -20,12 +20,14 @@ class NoEdit(MemoryBase):
     name = "none"
     Config = NoEditConfig
     summary = "no editing (the floor)"
+    #: lifelong export: nothing changes (no merged model to write)
+    memory_kind = "nothing"
 
     def attach(self, lm: LM, ctx: AttachContext) -> None:
         self.lm = lm
 
     def edit(self, requests: Sequence[EditRequest]) -> EditReceipt:
-        return EditReceipt(applied=True, steps=0, detail={"note": "no-op"})
+        return EditReceipt(applied=True, steps=0, detail={"note": "no-op"}, converged=None)
 
     def retract(self, edit_id: str) -> None:
         return None  # nothing was changed, so nothing to undo

@@ -126,6 +126,8 @@ class Wise(MemoryBase):
     name = "wise"
     Config = WiseConfig
     summary = "WISE: side memory + router, sharded masks, TIES merges (merge/retrieve modes)"
+    #: lifelong export: the memory is served by hooks (no merged model exists)
+    memory_kind = "hooks"
 
     # ---- lifecycle ----------------------------------------------------------------------
     def attach(self, lm: LM, ctx: AttachContext) -> None:
@@ -338,7 +340,9 @@ class Wise(MemoryBase):
         if self.config.merge_every and self.since_merge >= self.config.merge_every:
             self.consolidate()
         return EditReceipt(applied=True, loss_before=receipts[0][0], loss_after=receipts[-1][1],
-                           steps=sum(r[2] for r in receipts), detail={"memories": len(self.memories)})
+                           steps=sum(r[2] for r in receipts), detail={"memories": len(self.memories)},
+                           converged=all(r[1] is not None and r[1] < self.config.stop_loss
+                                         for r in receipts))
 
     def _edit_one(self, req: EditRequest, k: int | None = None) -> tuple[float, float, int]:
         k = self._memory_for_edit() if k is None else k
