@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -188,7 +189,66 @@ def route_accuracy(roles: dict[str, list[dict]], when: str = "final") -> dict[st
             **({"shadow": shadow} if shadow else {})}
 
 
-def latency(events: Sequence[dict], timings: Sequence[dict]) -> dict[str, Any]:
+OVERHEAD_LEVEL = 0.95      # two-sided interval of the query overhead
+OVERHEAD_RESAMPLES = 2000  # bootstrap resamples (seeded: same rows, same interval)
+
+
+def _round_of(key: str | None) -> str | None:
+    """The round of a batch-1 timing key "b1:<round>:<i>" (None for other layouts)."""
+    parts = (key or "").split(":")
+    return parts[1] if len(parts) == 3 and parts[0] == "b1" else None
+
+
+def _ratio_interval(mem: np.ndarray, base: np.ndarray, paired: bool) -> tuple[float, float]:
+    """Bootstrap interval of median(mem) / median(base): pairs resampled together when the
+    rows are paired (same prompt, same round), the two samples independently otherwise.
+    Seeded, so the same rows always give the same interval."""
+    rng = np.random.default_rng(0)
+    n_m, n_b = mem.size, base.size
+    i = rng.integers(0, n_m, size=(OVERHEAD_RESAMPLES, n_m))
+    j = i if paired else rng.integers(0, n_b, size=(OVERHEAD_RESAMPLES, n_b))
+    ratios = np.median(mem[i], axis=1) / np.median(base[j], axis=1)
+    tail = (1 - OVERHEAD_LEVEL) / 2 * 100
+    return float(np.percentile(ratios, tail)), float(np.percentile(ratios, 100 - tail))
+
+
+def query_overhead(timings: Sequence[dict], side_by_side: bool = True) -> dict[str, Any] | None:
+    """Batch-1 query overhead of the memory: ratio of medians (with memory / base model) over
+    the rows paired by key (same prompt, same round; every row when none pair), a bootstrap
+    interval (`low`, `high`, level OVERHEAD_LEVEL), the ratio of medians of every round, and
+    `significant`: the timings were taken side by side (`side_by_side`: interleaved at the end
+    of the run, not the base model before the stream and the memory after it, minutes apart
+    under another machine load), the interval excludes 1.0 and every round's ratio lies on
+    the same side of 1.0 (with two rounds or more). A figure that is not significant is
+    noise, not a measurement. None without at least two timings of each kind."""
+    mem = {t.get("key"): t["ms"] for t in timings if t["op"] == "query" and t["batch"] == 1}
+    base = {t.get("key"): t["ms"] for t in timings if t["op"] == "query_base" and t["batch"] == 1}
+    keys = [k for k in mem if k is not None and k in base]
+    paired = len(keys) >= 2
+    if paired:
+        m, b = np.array([mem[k] for k in keys]), np.array([base[k] for k in keys])
+    else:  # rows without keys (or none in common): the two samples as they are
+        m = np.array([t["ms"] for t in timings if t["op"] == "query" and t["batch"] == 1])
+        b = np.array([t["ms"] for t in timings if t["op"] == "query_base" and t["batch"] == 1])
+    if m.size < 2 or b.size < 2 or np.median(b) <= 0:
+        return None
+    low, high = _ratio_interval(m, b, paired)
+    rounds: dict[str, list[int]] = defaultdict(list)
+    for n, k in enumerate(keys):
+        if _round_of(k) is not None:
+            rounds[_round_of(k)].append(n)
+    per_round = [float(np.median(m[ix]) / np.median(b[ix])) for _, ix in sorted(rounds.items())]
+    ratio = float(np.median(m) / np.median(b))
+    side = (low > 1.0) - (high < 1.0)  # +1: slower with memory, -1: faster, 0: contains 1
+    consistent = len(per_round) < 2 or all((r > 1.0) - (r < 1.0) == side for r in per_round)
+    return {"ratio": ratio, "low": low, "high": high, "level": OVERHEAD_LEVEL,
+            "pairs": len(keys) if paired else 0, "rounds": per_round, "side_by_side": side_by_side,
+            "significant": bool(side_by_side and side != 0 and consistent)}
+
+
+def latency(events: Sequence[dict], timings: Sequence[dict], side_by_side: bool = True) -> dict[str, Any]:
+    """Edit and merge latency percentiles; query latency with and without the memory and the
+    overhead (`query_overhead`; `side_by_side` says how the query timings were taken)."""
     edits = [e["ms"] for e in events if e["kind"] == "edit" and e.get("ms") is not None]
     merges = [e["ms"] for e in events if e["kind"] == "merge" and e.get("outcome") == "applied"]
 
@@ -202,9 +262,62 @@ def latency(events: Sequence[dict], timings: Sequence[dict]) -> dict[str, Any]:
              "p95_with_memory": mem["p95"] if mem else None, "p95_base": base["p95"] if base else None,
              "batch": batch[0] if batch else None,
              "batch_ms_with_memory": _mean(mem_b), "batch_ms_base": _mean(base_b)}
-    if mem and base and base["p50"]:
-        query["overhead"] = mem["p50"] / base["p50"]
+    over = query_overhead(timings, side_by_side)
+    if over is not None:
+        query |= {"overhead": over["ratio"], "overhead_low": over["low"],
+                  "overhead_high": over["high"], "overhead_level": over["level"],
+                  "overhead_pairs": over["pairs"], "overhead_rounds": over["rounds"],
+                  "overhead_side_by_side": side_by_side, "overhead_significant": over["significant"]}
+    elif mem and base and base["p50"]:  # one timing of a kind: a ratio with no spread at all
+        query |= {"overhead": mem["p50"] / base["p50"], "overhead_side_by_side": side_by_side,
+                  "overhead_significant": False}
     return {"edit": percentiles(edits), "merge": percentiles(merges), "query": query}
+
+
+def retraction(events: Sequence[dict], restore_rows: Sequence[dict]) -> dict[str, Any] | None:
+    """Retractions: `requested` (events), `performed` (the method did it: outcome applied),
+    `unsupported` (the method said it cannot), and `restored`: the retraction probes (facts
+    left with no edit, judged against the pre-stream model) of facts whose every retraction
+    was performed. A fact with a retraction the method did not perform is left out: if it
+    behaves as before the stream, the method did not make it so. None without retractions
+    and retraction probes."""
+    retracts = [e for e in events if e["kind"] == "retract"]
+    if not retracts and not restore_rows:
+        return None
+    fact_of = {e.get("event_id"): e.get("fact") for e in events if e["kind"] == "edit"}
+    not_done = [e for e in retracts if e.get("outcome") != "applied"]
+    skip = {fact_of.get(e.get("target_id")) for e in not_done}
+    if None in skip:  # a refused retraction whose fact is unknown: nothing can be credited
+        rows: list[dict] = []
+    else:
+        rows = [r for r in restore_rows if r["fact"] not in skip]
+    return {"restored": rate(rows), "requested": len(retracts),
+            "performed": sum(e.get("outcome") == "applied" for e in retracts),
+            "unsupported": sum(e.get("outcome") == "unsupported" for e in retracts),
+            "when": "final"}
+
+
+def queries(events: Sequence[dict]) -> dict[str, Any] | None:
+    """The stream's query events, scored when the stream asked them (`when: at_query`):
+    both protocols over the queries that carry an answer (`n`), and `asked` (all of them).
+    None without query events."""
+    asked = [e for e in events if e["kind"] == "query"]
+    if not asked:
+        return None
+    scored = [e for e in asked if e.get("tf_acc") is not None and e.get("gen_exact") is not None]
+    out = rate(scored, when="at_query") or {m: None for m in MODES} | {"n": 0, "when": "at_query"}
+    return out | {"asked": len(asked)}
+
+
+def edit_counts(edit_rows: Sequence[dict]) -> dict[str, int | None]:
+    """`applied`, `total`, and from the `converged` column (1/0 per edit: did the method's own
+    optimisation reach its stop criterion) `converged` / `not_converged`; both None when no
+    edit carries the column (old stores, methods with no notion of it)."""
+    flags = [e.get("converged") for e in edit_rows if e.get("converged") is not None]
+    return {"applied": sum(e["outcome"] == "applied" for e in edit_rows),
+            "converged": sum(int(f) == 1 for f in flags) if flags else None,
+            "not_converged": sum(int(f) == 0 for f in flags) if flags else None,
+            "total": len(edit_rows)}
 
 
 def run_metrics(run: dict, events: Sequence[dict], checkpoints: Sequence[dict],
@@ -222,19 +335,13 @@ def run_metrics(run: dict, events: Sequence[dict], checkpoints: Sequence[dict],
         roles = by_role(probes, final["checkpoint"]) if final else {}
     edit_rows = [e for e in events if e["kind"] == "edit"]
     after = [e for e in edit_rows if e.get("tf_acc") is not None]
-    retracts = [e for e in events if e["kind"] == "retract"]
-    unsupported = sum(e["outcome"] == "unsupported" for e in retracts)
-    lat = latency(events, timings)
+    # runs that record `latency_rounds` time the query latencies side by side at the end
+    lat = latency(events, timings, side_by_side="latency_rounds" in sched)
     edit_ms = sum(e["ms"] for e in edit_rows if e.get("ms") is not None)
-    retraction = rate(roles.get("retract", []))
-    if retraction is not None or retracts:
-        retraction = {"restored": retraction, "requested": len(retracts), "unsupported": unsupported,
-                      "when": "final"}
     return {
         "run_id": run["run_id"], "method": run["method"], "label": run["label"], "seed": run["seed"],
         "status": run["status"], "complete": final is not None,
-        "edits": {"applied": sum(e["outcome"] == "applied" for e in edit_rows),
-                  "total": len(edit_rows)},
+        "edits": edit_counts(edit_rows),
         "reliability": rate(roles.get("rel", [])),
         "reliability_after_edit": rate(after, when="after_edit"),
         "generalization": rate(roles.get("gen", [])),
@@ -247,7 +354,8 @@ def run_metrics(run: dict, events: Sequence[dict], checkpoints: Sequence[dict],
         "retention_by_age": [] if chunks else retention_by_age(probes, checkpoints, group),
         "conflict": conflict(roles),
         "routing": route_accuracy(roles),
-        "retraction": retraction,
+        "retraction": retraction(events, roles.get("retract", [])),
+        "queries": queries(events),
         "latency_ms": lat,
         "memory_bytes": (max(c["memory_bytes"] for c in chunks) if chunks  # the largest chunk's
                          else final["memory_bytes"] if final else None),

@@ -7,7 +7,10 @@ no empty panels. Output is deterministic: same rows, same PNG bytes (no timestam
 software tag, fixed fonts and sizes).
 
 The runs passed in are duck-typed: `label`, `colour`, `metrics` (run_metrics' dict), `curves`
-(checkpoint_curves), `edit_windows` (edit_latency_windows), `merges` (merge_latencies).
+(checkpoint_curves), `edit_windows` (edit_latency_windows), `merges` (merge_latencies). A
+method's seeds drawn as one (`report_table.SeedMean`) also has `members` (the seeds' runs)
+and `legend`: its figures are the means over the seeds, drawn with a band from the lowest to
+the highest seed (min..max). A legend names only the runs a figure drew.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from __future__ import annotations
 import io
 import math
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import matplotlib
 
@@ -61,12 +65,37 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
+BAND_NOTE = " Methods with several seeds: the mean over seeds, the band from the lowest to the highest seed."
+
+
+def _name(run) -> str:
+    return getattr(run, "legend", None) or run.label
+
+
+def _seeded(runs) -> bool:
+    return any(getattr(r, "members", None) for r in runs)
+
+
+def _band(ax, run, series: Callable[[Any], tuple[list[float], list[float]]]) -> None:
+    """For a method's seeds drawn as one: shade min..max over the seeds at the x values every
+    seed has (`series(obj)` gives (xs, ys) for the mean and for each seed alike)."""
+    members = getattr(run, "members", None)
+    if not members:
+        return
+    per = [dict(zip(*series(m))) for m in members]
+    xs = sorted(set.intersection(*(set(p) for p in per))) if per else []
+    if xs:
+        ax.fill_between(xs, [min(p[x] for p in per) for x in xs], [max(p[x] for p in per) for x in xs],
+                        color=run.colour, alpha=0.18, lw=0)
+
+
 def _legend(fig: Figure, runs, styles: Sequence[tuple[str, str]] = ()) -> None:
     """One legend for the whole figure, below it: a colour per run, then the line styles."""
-    handles = [Line2D([], [], color=r.colour, lw=2, label=r.label) for r in runs]
+    handles = [Line2D([], [], color=r.colour, lw=2, label=_name(r)) for r in runs]
     handles += [Line2D([], [], color="#444", ls=ls, label=text, **MARKER.get(ls, {}))
                 for ls, text in styles]
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6))
+    wide = max((len(h.get_label()) for h in handles), default=0) > 24  # long names: fewer per row
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3 if wide else 6))
 
 
 def _series(run, get: Callable[[dict], Any]) -> tuple[list[float], list[float]]:
@@ -87,15 +116,24 @@ def _pick(c: dict, key: str, mode: str, sub: str | None = None) -> float | None:
     return fig.get(mode) if fig else None
 
 
-def _protocol_lines(ax, runs, key: str, sub: str | None = None) -> bool:
-    """Both protocols of `key` (a rate in the curves) for every run; True if anything drawn."""
-    drawn = False
+def _has(run, key: str, sub: str | None = None) -> bool:
+    """Whether a run has a value of `key` (either protocol) at some checkpoint."""
+    return any(_series(run, lambda c, m=mode: _pick(c, key, m, sub))[0] for mode, _, _ in MODES)
+
+
+def _protocol_lines(ax, runs, key: str, sub: str | None = None) -> list:
+    """Both protocols of `key` (a rate in the curves) for every run; the runs drawn."""
+    drawn = []
     for run in runs:
         for mode, ls, _ in MODES:
-            xs, ys = _series(run, lambda c: _pick(c, key, mode, sub))
+            def series(r, mode=mode):
+                return _series(r, lambda c: _pick(c, key, mode, sub))
+            xs, ys = series(run)
             if xs:
                 ax.plot(xs, ys, ls=ls, color=run.colour, lw=1.6, **MARKER[ls])
-                drawn = True
+                _band(ax, run, series)
+                if not any(run is d for d in drawn):
+                    drawn.append(run)
     _edits_axis(ax, runs)
     return drawn
 
@@ -123,23 +161,23 @@ QUALITY = (("reliability", "Reliability (edit prompt -> new target)"),
 
 
 def quality_plot(runs) -> Plot | None:
-    keys = [(k, t) for k, t in QUALITY if any(_series(r, lambda c, k=k: _pick(c, k, "teacher_forced"))[0]
-                                                 for r in runs)]
+    keys = [(k, t) for k, t in QUALITY if any(_has(r, k) for r in runs)]
     if not keys:
         return None
+    have = [r for r in runs if any(_has(r, k) for k, _ in keys)]
     n = len(keys)
     fig, axes = _new(ncols=min(n, 3) if n != 4 else 2, nrows=1 if n <= 3 else 2,
                      height=3.8 if n <= 3 else 6.8)
     for ax, (key, title) in zip(axes, keys):
-        _protocol_lines(ax, runs, key)
+        _protocol_lines(ax, have, key)
         _score_axes(ax, title)
     for ax in axes[n:]:
         ax.set_visible(False)
-    _legend(fig, runs, [(ls, text) for _, ls, text in MODES])
+    _legend(fig, have, [(ls, text) for _, ls, text in MODES])
     return Plot("quality", "Quality against the number of edits",
                 "Measured at every checkpoint, on the edits made so far (intermediate checkpoints "
                 "may probe a sample: schedule.probe_edits). Solid: teacher-forced token accuracy; "
-                "dashed: generated (greedy output exactly right).", _png(fig))
+                "dashed: generated (greedy output exactly right)." + BAND_NOTE * _seeded(have), _png(fig))
 
 
 def _ticks(n: int, most: int = 12) -> list[int]:
@@ -148,8 +186,10 @@ def _ticks(n: int, most: int = 12) -> list[int]:
 
 
 def retention_matrix_plot(run) -> Plot | None:
+    """The retention heat map of one run; None unless it has two edit groups and two
+    checkpoints or more (a 1x1 or one-column map shows nothing a table would not)."""
     ret = (run.metrics or {}).get("retention")
-    if not ret or not ret.get("groups"):
+    if not ret or len(ret.get("groups") or ()) < 2 or len(ret.get("checkpoints") or ()) < 2:
         return None
     import numpy as np
     edits_at = {c["checkpoint"]: c["edits_done"] for c in run.curves}
@@ -170,15 +210,18 @@ def retention_matrix_plot(run) -> Plot | None:
                             color="white" if v < 0.6 else "black")
         ax.set_xticks(_ticks(len(cols)), [str(cols[j]) for j in _ticks(len(cols))])
         ax.set_yticks(_ticks(len(rows), 16), [rows[i] for i in _ticks(len(rows), 16)])
-        ax.set_title(f"{run.label}: {text}")
+        ax.set_title(f"{_name(run)}: {text}" if not getattr(run, "members", None)
+                     else f"{run.label}, {len(run.members)} seeds: {text}")
         ax.set_xlabel("checkpoint (edits applied)")
         ax.set_ylabel("edit group (edit numbers)")
         ax.grid(False)
     fig.colorbar(image, ax=axes, label="reliability (0 to 1)", shrink=0.9)
+    seeds = getattr(run, "members", None)
     return Plot(f"retention-{safe_name(run.label)}", f"Retention matrix: {run.label}",
                 "Reliability of each group of edits (rows, in stream order) at each checkpoint "
                 "(columns). Grey: the group was not edited (or not probed) yet. A row fading "
-                "to the right is forgetting.", _png(fig))
+                "to the right is forgetting."
+                + (f" Mean over {len(seeds)} seeds." if seeds else ""), _png(fig))
 
 
 def retention_age_plot(runs) -> Plot | None:
@@ -187,22 +230,26 @@ def retention_age_plot(runs) -> Plot | None:
         return None
     fig, (ax,) = _new(width=8.0, height=3.8)
     for run in have:
-        rows = run.metrics["retention_by_age"]
-        xs = [(b["age_from"] + b["age_to"]) / 2 for b in rows]
         for mode, ls, _ in MODES:
-            pts = [(x, b[mode]) for x, b in zip(xs, rows) if b[mode] is not None]
-            if pts:
-                ax.plot(*zip(*pts), ls=ls, color=run.colour, lw=1.6, **MARKER[ls])
+            def series(r, mode=mode):
+                rows = (r.metrics or {}).get("retention_by_age") or []
+                pts = [((b["age_from"] + b["age_to"]) / 2, b[mode]) for b in rows if b[mode] is not None]
+                return [x for x, _ in pts], [y for _, y in pts]
+            xs, ys = series(run)
+            if xs:
+                ax.plot(xs, ys, ls=ls, color=run.colour, lw=1.6, **MARKER[ls])
+                _band(ax, run, series)
     _score_axes(ax, "Reliability against edit age",
                 "edit age (edits applied after it; bucket midpoint)")
     _legend(fig, have, [(ls, text) for _, ls, text in MODES])
     return Plot("retention-age", "Retention against edit age",
                 "Reliability of an edit against how many edits came after it, pooled over all "
-                "checkpoints. Solid: teacher-forced; dashed: generated.", _png(fig))
+                "checkpoints. Solid: teacher-forced; dashed: generated." + BAND_NOTE * _seeded(have),
+                _png(fig))
 
 
 def conflict_plot(runs) -> Plot | None:
-    have = [r for r in runs if any(c.get("conflict") for c in r.curves)]
+    have = [r for r in runs if _has(r, "conflict", "latest") or _has(r, "conflict", "stale")]
     if not have:
         return None
     fig, axes = _new(ncols=2)
@@ -214,8 +261,8 @@ def conflict_plot(runs) -> Plot | None:
     return Plot("conflict", "Conflicts between old and new values",
                 "Facts edited more than once. Left: the newest value comes out (from the newest "
                 "and the older edits' prompts). Right: a superseded value still comes out "
-                "(generated: share of facts; teacher-forced: token accuracy of old values).",
-                _png(fig))
+                "(generated: share of facts; teacher-forced: token accuracy of old values)."
+                + BAND_NOTE * _seeded(have), _png(fig))
 
 
 def _log_if_spread(ax, values: Sequence[float]) -> None:
@@ -231,11 +278,13 @@ def edit_latency_plot(runs) -> Plot | None:
     fig, (ax,) = _new(width=8.0, height=3.8)
     values = []
     for run in have:
-        xs = [w["edits_to"] for w in run.edit_windows]
         for key, ls in (("p50", "-"), ("p95", "--")):
-            ys = [w[key] for w in run.edit_windows]
+            def series(r, key=key):
+                return [w["edits_to"] for w in r.edit_windows], [w[key] for w in r.edit_windows]
+            xs, ys = series(run)
             values += ys
             ax.plot(xs, ys, ls=ls, color=run.colour, lw=1.4, **MARKER[ls])
+            _band(ax, run, series)
     _log_if_spread(ax, values)
     _edits_axis(ax, have)
     sizes = sorted({w["edits_to"] - w["edits_from"] + 1 for r in have for w in r.edit_windows[:1]})
@@ -246,7 +295,7 @@ def edit_latency_plot(runs) -> Plot | None:
     return Plot("edit-latency", "Edit latency against the number of edits",
                 "Wall-clock time inside the method's edit, p50 (solid) and p95 (dashed) over "
                 f"consecutive windows of {'/'.join(map(str, sizes))} edit(s); timings from the "
-                "machine that recorded the run.", _png(fig))
+                "machine that recorded the run." + BAND_NOTE * _seeded(have), _png(fig))
 
 
 def merge_latency_plot(runs) -> Plot | None:
@@ -254,9 +303,10 @@ def merge_latency_plot(runs) -> Plot | None:
     if not have:
         return None
     fig, (ax,) = _new(width=8.0, height=3.6)
-    for run in have:
-        ax.plot([m["edits"] for m in run.merges], [m["ms"] for m in run.merges], ls="-",
-                marker="s", ms=4, color=run.colour, lw=1.2)
+    for run in have:  # a method's seeds drawn as one: every seed's merges, as points
+        ax.plot([m["edits"] for m in run.merges], [m["ms"] for m in run.merges],
+                ls="none" if getattr(run, "members", None) else "-", marker="s", ms=4,
+                color=run.colour, lw=1.2)
     _log_if_spread(ax, [m["ms"] for r in have for m in r.merges])
     _edits_axis(ax, have)
     ax.set_title("Merge (consolidation) latency")
@@ -276,22 +326,29 @@ def query_latency_plot(runs) -> Plot | None:
         return None
     fig, (ax,) = _new(width=max(5.0, min(10.0, 1.2 * len(have) + 3)), height=3.8)
     for i, run in enumerate(have):
-        base, mem = q(run).get("p50_base"), q(run).get("p50_with_memory")
-        if base is not None:
-            ax.bar(i - 0.2, base, 0.38, color="white", edgecolor=run.colour, hatch="//")
-        if mem is not None:
-            ax.bar(i + 0.2, mem, 0.38, color=run.colour)
+        for dx, key, style in ((-0.2, "p50_base", {"color": "white", "edgecolor": run.colour, "hatch": "//"}),
+                               (0.2, "p50_with_memory", {"color": run.colour})):
+            value = q(run).get(key)
+            if value is None:
+                continue
+            ax.bar(i + dx, value, 0.38, **style)
+            seeds = [q(m).get(key) for m in getattr(run, "members", ()) if q(m).get(key) is not None]
+            if seeds:  # min..max over the seeds
+                ax.errorbar(i + dx, value, [[value - min(seeds)], [max(seeds) - value]], color="#222",
+                            capsize=3, lw=1)
     ax.set_xticks(range(len(have)), [r.label for r in have], rotation=20 if len(have) > 4 else 0)
     ax.set_title("Query latency, batch 1 (p50)")
     ax.set_ylabel("wall-clock per query (ms)")
     ax.set_xlabel("run")
     fig.legend(handles=[Patch(facecolor="white", edgecolor="#444", hatch="//",
-                                                 label="before the stream (base model)"),
+                              label="base model (no memory)"),
                         Patch(color="#444", label="after the stream, with memory")],
                loc="outside lower center", ncols=2)
     return Plot("query-latency", "Query latency",
-                "One forward pass on the same prompts, before attaching the method and after the "
-                "stream with its memory (p50 of single queries).", _png(fig))
+                "One forward pass on the same prompts, with and without the method's memory (p50 "
+                "of single queries; the table's query overhead says whether the difference is "
+                "more than noise)." + (" Methods with several seeds: the mean p50, bars from the "
+                                       "lowest to the highest seed." if _seeded(have) else ""), _png(fig))
 
 
 def _byte_unit(top: float) -> tuple[str, float]:
@@ -309,8 +366,11 @@ def memory_plot(runs) -> Plot | None:
     unit, size = _byte_unit(top)
     fig, (ax,) = _new(width=8.0, height=3.8)
     for run in have:
-        xs, ys = _series(run, lambda c: c.get("memory_bytes"))
-        ax.plot(xs, [y / size for y in ys], color=run.colour, lw=1.6, **MARKER["-"])
+        def series(r):
+            xs, ys = _series(r, lambda c: c.get("memory_bytes"))
+            return xs, [y / size for y in ys]
+        ax.plot(*series(run), color=run.colour, lw=1.6, **MARKER["-"])
+        _band(ax, run, series)
     _edits_axis(ax, have)
     ax.set_title("Memory held by the method")
     ax.set_xlabel("edits applied (count)")
@@ -318,7 +378,8 @@ def memory_plot(runs) -> Plot | None:
     ax.set_ylim(bottom=0)
     _legend(fig, have)
     return Plot("memory", "Memory against the number of edits",
-                "Bytes the method holds (its footprint) at every checkpoint.", _png(fig))
+                "Bytes the method holds (its footprint) at every checkpoint." + BAND_NOTE * _seeded(have),
+                _png(fig))
 
 
 def routing_plot(runs) -> Plot | None:
@@ -328,8 +389,10 @@ def routing_plot(runs) -> Plot | None:
     fig, (ax,) = _new(width=8.0, height=3.8)
     for run in have:
         for key, ls in (("accuracy", "-"), ("locality", ":")):
-            xs, ys = _series(run, lambda c, key=key: (c.get("routing") or {}).get(key))
-            ax.plot(xs, ys, ls=ls, color=run.colour, lw=1.6, **MARKER["-"])
+            def series(r, key=key):
+                return _series(r, lambda c: (c.get("routing") or {}).get(key))
+            ax.plot(*series(run), ls=ls, color=run.colour, lw=1.6, **MARKER["-"])
+            _band(ax, run, series)
     _edits_axis(ax, have)
     _score_axes(ax, "Routing accuracy")
     ax.set_ylabel("share routed correctly (0 to 1)")

@@ -2,13 +2,16 @@
 
 Everything is recomputed from the recorded rows (events, checkpoints, probes, timings) by
 `lifelong.metrics`, never read from the `metrics` cache table, so a report of an old store
-stays true. Stores are opened read-only. Runs that failed, were interrupted or are still
-running are reported from what they recorded, with a banner saying so; nothing here raises
-on them. A file that is not a store raises `StoreError` (one line from the CLI).
+stays true. Stores are opened read-only (as immutable files where their directory cannot be
+written). Runs that failed, were interrupted or are still running are reported from what
+they recorded, with a banner saying so; nothing here raises on them. A file that is not a
+store raises `StoreError`, an output that cannot be written `LifelongError` (one line from
+the CLI).
 
 The page is self-contained HTML (PNGs inlined as base64, no scripts, no network) with a
 Markdown twin next to it (`.md`, PNGs written beside it). Both carry the same comparison
-table, built once (`comparison`). Output depends only on the rows: no timestamps.
+tables, built once (`report_table.comparison`: model and stream columns, best per
+comparison group, means over seeds). Output depends only on the rows: no timestamps.
 """
 
 from __future__ import annotations
@@ -19,32 +22,64 @@ import html
 import json
 import math
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any
 
 import click
 
-from .errors import StoreError
-from .metrics import checkpoint_curves, edit_latency_windows, merge_latencies, run_metrics
+from .errors import LifelongError, StoreError
+from .metrics import (
+    checkpoint_curves,
+    edit_latency_windows,
+    merge_latencies,
+    run_metrics,
+)
+from .report_table import (
+    IDENTITY,
+    PROTOCOL_NOTE,
+    TEXT_KEYS,
+    Comparison,
+    comparison,
+    get,
+    group_note,
+    seed_means,
+    short_names,
+    stream_of,
+    table_groups,
+)
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
            "#7f7f7f", "#bcbd22", "#17becf")
 SCHEMA_VERSION = 1
-PROTOCOL_NOTE = ("TF = teacher-forced (mean token accuracy with the gold prefix fed in); gen = "
-                 "generated (greedy output reproduces the target exactly). Locality: agreement "
-                 "with the pre-stream model. Figures are final (after the whole stream) unless "
-                 "the `measured` column says otherwise. Best per column in bold, among complete "
-                 "runs; for forgetting, stale answers, latency, overhead and memory lower is better.")
 
 
 # ------------------------------------------------------------------------------ reading stores
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection. SQLite creates a WAL store's `-shm` file even for readers;
+    where it cannot (a read-only directory) and no `-wal` file holds rows, the file is
+    opened as immutable: nobody can change it there while we read."""
+    uri = path.resolve().as_uri()
+    con = sqlite3.connect(f"{uri}?mode=ro", uri=True)
+    try:
+        con.execute("select count(*) from sqlite_master").fetchone()
+        return con
+    except sqlite3.OperationalError as exc:
+        con.close()
+        wal = path.with_name(path.name + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            raise StoreError(f"{path}: cannot be opened read-only ({exc}) and its -wal file holds "
+                             "rows; copy the store and its -wal file to a writable directory") from None
+    return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True)
+
+
 def _connect(path: Path) -> tuple[sqlite3.Connection, set[str]]:
     """A read-only connection to a lifelong store and its tables; StoreError if it is not one."""
     if not path.is_file():
         raise StoreError(f"{path}: no such store file")
     try:
-        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        con = _open_read_only(path)
         con.row_factory = sqlite3.Row
         tables = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
     except sqlite3.DatabaseError as exc:
@@ -132,8 +167,25 @@ def _assign_labels(runs: list[RunData]) -> None:
         seen[r.label] = seen.get(r.label, 0) + 1
         if seen[r.label] > 1:
             r.label = f"{r.label}#{seen[r.label]}"
-    for i, r in enumerate(runs):
-        r.colour = PALETTE[i % len(PALETTE)]
+
+
+def _assign_colours(runs: list[RunData]) -> None:
+    """One colour per thing drawn (`entities`): a run, or a method's seeds together."""
+    for i, e in enumerate(entities(runs)):
+        for r in getattr(e, "members", None) or [e]:
+            r.colour = PALETTE[i % len(PALETTE)]
+
+
+def entities(runs: Sequence[RunData]) -> list[Any]:
+    """What the plots draw, in run order: a `SeedMean` in place of a method's complete seeds
+    (where it has two or more in one store and comparison group), every other run as is."""
+    mean_of = {id(m): sm for sm in seed_means(runs) for m in sm.members}
+    out: list[Any] = []
+    for r in runs:
+        e = mean_of.get(id(r), r)
+        if not any(e is o for o in out):
+            out.append(e)
+    return out
 
 
 def load_runs(paths: Sequence[str | Path]) -> list[RunData]:
@@ -149,164 +201,32 @@ def load_runs(paths: Sequence[str | Path]) -> list[RunData]:
     _assign_labels(out)
     for r in out:
         r.banner = _banner(r)
+    _assign_colours(out)
     return out
 
 
-# ------------------------------------------------------------------------- comparison table
-def _get(d: Any, *path: str) -> Any:
-    """d[path[0]][path[1]]...; None where absent. JSON text (run config) is parsed on the way."""
-    for k in path:
-        try:
-            d = json.loads(d) if isinstance(d, str) else d
-        except ValueError:
-            return None
-        d = d.get(k) if isinstance(d, dict) else None
-    return d
-
-
-class Column(NamedTuple):
-    """A figure column: where its value lives (`source` "last" = the run's last checkpoint in
-    `checkpoint_curves`, the final one for a complete run; "metrics" = `run_metrics`), which
-    way is better ("high" / "low"), and how to print it (`kind`)."""
-    key: str
-    header: str
-    better: str
-    kind: str
-    source: str
-    path: tuple[str, ...]
-
-
-def _pair(key: str, header: str, better: str, source: str, *path: str) -> list[Column]:
-    return [Column(f"{key}_tf", f"{header} TF", better, "score", source, (*path, "teacher_forced")),
-            Column(f"{key}_gen", f"{header} gen", better, "score", source, (*path, "generated"))]
-
-
-# A new figure is one line here; columns with no value in any run are left out of the table.
-COLUMNS: tuple[Column, ...] = (
-    *_pair("rel", "reliability", "high", "last", "reliability"),
-    *_pair("gen", "generalization", "high", "last", "generalization"),
-    *_pair("loc", "locality", "high", "last", "locality"),
-    *_pair("port", "portability", "high", "last", "portability"),
-    Column("ppl", "target perplexity", "low", "number", "metrics", ("perplexity", "teacher_forced")),
-    *_pair("rel_after_edit", "right after edit", "high", "metrics", "reliability_after_edit"),
-    *_pair("retention", "retention", "high", "metrics", "retention"),
-    Column("forgetting_tf", "forgetting TF", "low", "score", "metrics",
-           ("retention", "forgetting_teacher_forced")),
-    Column("forgetting_gen", "forgetting gen", "low", "score", "metrics", ("retention", "forgetting_generated")),
-    Column("conflict_latest_gen", "newest wins gen", "high", "score", "last",
-           ("conflict", "latest", "generated")),
-    Column("conflict_stale_gen", "stale gen", "low", "score", "last", ("conflict", "stale", "generated")),
-    Column("retract_restored_gen", "retract restored gen", "high", "score", "metrics",
-           ("retraction", "restored", "generated")),
-    Column("routing", "routing accuracy", "high", "score", "last", ("routing", "accuracy")),
-    Column("routing_act", "activation router accuracy", "high", "score", "last",
-           ("routing", "shadow", "activation", "accuracy")),
-    Column("routing_act_loc", "activation router unrelated", "high", "score", "last",
-           ("routing", "shadow", "activation", "locality")),
-    Column("routing_loc", "routing unrelated", "high", "score", "last", ("routing", "locality")),
-    Column("edit_p50_ms", "edit p50 ms", "low", "ms", "metrics", ("latency_ms", "edit", "p50")),
-    Column("edit_p95_ms", "edit p95 ms", "low", "ms", "metrics", ("latency_ms", "edit", "p95")),
-    Column("merge_p50_ms", "merge p50 ms", "low", "ms", "metrics", ("latency_ms", "merge", "p50")),
-    Column("query_overhead", "query overhead", "low", "ratio", "metrics",
-           ("latency_ms", "query", "overhead")),
-    Column("memory_bytes", "memory", "low", "bytes", "last", ("memory_bytes",)),
-    Column("edits_per_second", "edits/s", "high", "rate", "metrics", ("edits_per_second",)),
-)
-QUALITY_KEYS = {c.key for c in COLUMNS[:9]}  # reliability .. perplexity: "Final quality"
-
-
-def figures(rd: RunData) -> dict[str, Any]:
-    """The run's value of every column (None where not computable)."""
-    src = {"last": rd.curves[-1] if rd.curves else {}, "metrics": rd.metrics or {}}
-    if (rd.metrics or {}).get("chunks"):  # restart_every: the pooled chunk figures
-        src["last"] = rd.metrics
-    return {c.key: _get(src[c.source], *c.path) for c in COLUMNS}
-
-
-IDENTITY = ("run", "method", "seed", "status", "measured", "edits")
-
-
-def _fmt(value: Any, kind: str) -> str:
-    if value is None:
-        return "-"
-    if kind == "score":
-        return f"{value:.3f}"
-    if kind == "ratio":
-        return f"{value:.2f}x"
-    if kind == "number":
-        return f"{value:.3g}"
-    if kind == "bytes":
-        for unit, size in (("GB", 1024 ** 3), ("MB", 1024 ** 2), ("KB", 1024)):
-            if value >= size:
-                return f"{value / size:.1f} {unit}"
-        return f"{value:.0f} B"
-    return f"{value:.3g}" if value < 100 else f"{value:.0f}"
-
-
-def _measured(rd: RunData) -> str:
-    chunks = (rd.metrics or {}).get("chunks")
-    if chunks and rd.metrics.get("complete"):
-        return f"chunks of {chunks['size']} (x{chunks['count']})"
-    last = rd.curves[-1] if rd.curves else None
-    return ("no checkpoint" if last is None else "final" if last["when"] == "final"
-            else f"checkpoint {last['checkpoint']} ({last['edits_done']} edits)")
-
-
-@dataclass
-class Comparison:
-    """The table: `columns` (figure columns with data), `rows` one per run, in run order;
-    `cells[i][key]` = (text, bold). `best[key]` = labels of the best runs for that column."""
-    columns: list[Column]
-    rows: list[dict[str, Any]]
-    cells: list[dict[str, tuple[str, bool]]]
-    best: dict[str, list[str]]
-
-
-def comparison(runs: Sequence[RunData]) -> Comparison:
-    figs = [figures(r) for r in runs]
-    cols = [c for c in COLUMNS if any(f[c.key] is not None for f in figs)]
-    best: dict[str, list[str]] = {}
-    for c in cols:  # best among complete runs, when at least two have a value
-        cands = [(f[c.key], r.label) for f, r in zip(figs, runs) if f[c.key] is not None and not r.banner]
-        if len(cands) >= 2:
-            top = (max if c.better == "high" else min)(v for v, _ in cands)
-            best[c.key] = [lab for v, lab in cands if math.isclose(v, top, rel_tol=1e-9, abs_tol=1e-12)]
-    rows, cells = [], []
-    for f, r in zip(figs, runs):
-        m = r.metrics or {}
-        ident = {"store": str(r.store), "run_id": r.run["run_id"], "label": r.label,
-                 "method": r.run.get("method"), "seed": r.run.get("seed"), "status": r.run.get("status"),
-                 "complete": r.banner is None, "measured": _measured(r),
-                 "edits_applied": _get(m, "edits", "applied"), "edits_total": r.run.get("edits_total")}
-        rows.append(ident | {c.key: f[c.key] for c in cols})
-        edits = "/".join("-" if ident[k] is None else str(ident[k]) for k in ("edits_applied", "edits_total"))
-        row_cells = {k: (str(ident[k]), False) for k in ("method", "seed", "status", "measured")}
-        row_cells |= {"run": (r.label, False), "edits": (edits, False)}
-        for c in cols:
-            row_cells[c.key] = (_fmt(f[c.key], c.kind), r.label in best.get(c.key, []))
-        cells.append(row_cells)
-    return Comparison(cols, rows, cells, best)
-
-
-def table_groups(cmp: Comparison) -> list[tuple[str, list[tuple[str, str]]]]:
-    """The table in three parts (title, [(key, header)]), each led by the identity columns;
-    the same parts in the terminal, the page and the Markdown twin. Empty parts are left out."""
-    parts = (("Final quality", lambda c: c.key in QUALITY_KEYS),
-             ("Along the stream", lambda c: c.key not in QUALITY_KEYS and c.kind == "score"),
-             ("Cost (wall-clock on the machine that recorded the run)",
-              lambda c: c.kind != "score" and c.key not in QUALITY_KEYS))
-    return [(title, [(k, k) for k in IDENTITY] + [(c.key, c.header) for c in cols])
-            for title, keep in parts if (cols := [c for c in cmp.columns if keep(c)])]
-
-
 # ---------------------------------------------------------------------------- page writing
+# No sideways scrolling: tables are split into narrow parts, and text cells wrap.
 CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em}
 h2{margin-top:1.6em;border-bottom:1px solid #ddd}.meta,figcaption,.note{color:#555}.banner{
 background:#fff3cd;border:1px solid #e0b100;padding:.6em 1em;margin:.6em 0;border-radius:4px}
-.banner.failed{background:#f8d7da;border-color:#c33}.wrap{overflow-x:auto}table{border-collapse:
-collapse;font-size:.82em}th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right;
-white-space:nowrap}th{background:#f3f3f3;white-space:normal}td.l,th:first-child{text-align:left}
-figure img{max-width:100%;height:auto}.swatch{display:inline-block;width:.8em;height:.8em}"""
+.banner.failed{background:#f8d7da;border-color:#c33}table{border-collapse:collapse;font-size:.82em;
+max-width:100%}th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right}th{background:
+#f3f3f3}td.l,th.l{text-align:left;overflow-wrap:anywhere}figure img{max-width:100%;
+height:auto}.swatch{display:inline-block;width:.8em;height:.8em}"""
+
+
+def _streams(runs: Sequence[RunData]) -> str:
+    """The streams' short names, each with its count of invalid lines skipped (`--skip-bad`)."""
+    names = short_names([str(stream_of(r).get("path") or "-") for r in runs])
+    out = []
+    for r in runs:
+        s = stream_of(r)
+        skipped = s.get("skipped_lines") or 0
+        text = names[str(s.get("path") or "-")] + (
+            f" ({skipped} invalid line{'s' * (skipped != 1)} skipped)" if skipped else "")
+        out.append(text)
+    return ", ".join(dict.fromkeys(out)) or "-"
 
 
 def _head(runs: Sequence[RunData], paths: Sequence[Path]) -> tuple[str, list[tuple[str, str]]]:
@@ -318,7 +238,7 @@ def _head(runs: Sequence[RunData], paths: Sequence[Path]) -> tuple[str, list[tup
         ("stores", ", ".join(p.name for p in paths)), ("runs", str(len(runs))),
         ("model", distinct(r.run.get("model") for r in runs)),
         ("code version", distinct(r.run.get("code_version") for r in runs)),
-        ("stream", distinct(_get(r.run.get("stream"), "path") for r in runs))]
+        ("stream", _streams(runs))]
 
 
 RUN_HEADS = ("run", "store", "method", "seed", "status", "settings")
@@ -327,8 +247,13 @@ RUN_HEADS = ("run", "store", "method", "seed", "status", "settings")
 def _run_rows(runs: Sequence[RunData]) -> list[tuple[str, ...]]:
     """The 'Runs' table: what each run was (its method's settings as JSON)."""
     return [tuple(str(v) for v in (r.label, r.store.name, r.run.get("method"), r.run.get("seed"),
-            r.run.get("status"), json.dumps(_get(r.run.get("config"), "method", "settings"),
+            r.run.get("status"), json.dumps(get(r.run.get("config"), "method", "settings"),
                                             sort_keys=True))) for r in runs]
+
+
+def _notes(cmp: Comparison) -> list[str]:
+    """The sentences under the tables: the protocol, and the groups where there are several."""
+    return [n for n in (group_note(cmp), PROTOCOL_NOTE) if n]
 
 
 def render_html(runs: Sequence[RunData], plots: Sequence[Any], cmp: Comparison,
@@ -347,28 +272,27 @@ def render_html(runs: Sequence[RunData], plots: Sequence[Any], cmp: Comparison,
     if runs:
         out.append("<h2>Comparison</h2>")
     for title, heads in table_groups(cmp):
-        out += [f"<h3>{e(title)}</h3>", '<div class="wrap"><table class="comparison"><thead><tr>']
-        out += [f"<th>{e(h)}</th>" for _, h in heads] + ["</tr></thead><tbody>"]
-        for r, row in zip(runs, cmp.cells):
+        out += [f"<h3>{e(title)}</h3>", '<table class="comparison"><thead><tr>']
+        out += [('<th class="l">' if k in TEXT_KEYS else "<th>") + f"{e(h)}</th>" for k, h in heads]
+        out.append("</tr></thead><tbody>")
+        for line, row in zip(cmp.lines, cmp.cells):
             tds = []
             for k, _ in heads:
                 text, bold = row[k]
-                sw = f'<span class="swatch" style="background:{r.colour}"></span>' if k == "run" else ""
-                cls = ' class="l"' if k in IDENTITY[:5] else ""
+                sw = f'<span class="swatch" style="background:{line.colour}"></span>' if k == "run" else ""
+                cls = ' class="l"' if k in TEXT_KEYS else ""
                 tds.append(f"<td{cls}>{sw}{'<b>' + e(text) + '</b>' if bold else e(text)}</td>")
             out.append("<tr>" + "".join(tds) + "</tr>")
-        out.append("</tbody></table></div>")
-    if runs:
-        out.append(f'<p class="note">{e(PROTOCOL_NOTE)}</p>')
+        out.append("</tbody></table>")
+    out += [f'<p class="note">{e(n)}</p>' for n in (_notes(cmp) if runs else [])]
     for p in plots:
         data = base64.b64encode(p.png).decode("ascii")
         out.append(f'<h2>{e(p.title)}</h2><figure><img alt="{e(p.title)}" '
                    f'src="data:image/png;base64,{data}"><figcaption>{e(p.caption)}</figcaption></figure>')
     if runs:
-        out += ["<h2>Runs</h2>", '<div class="wrap"><table><tr>'
-                + "".join(f"<th>{h}</th>" for h in RUN_HEADS) + "</tr>"]
+        out += ["<h2>Runs</h2>", "<table><tr>" + "".join(f'<th class="l">{h}</th>' for h in RUN_HEADS) + "</tr>"]
         out += ["<tr>" + "".join(f'<td class="l">{e(v)}</td>' for v in row) + "</tr>"
-                for row in _run_rows(runs)] + ["</table></div>"]
+                for row in _run_rows(runs)] + ["</table>"]
     return "\n".join(out + ["</body></html>", ""])
 
 
@@ -383,12 +307,12 @@ def render_markdown(runs: Sequence[RunData], plot_files: Sequence[tuple[Any, str
         out += ["## Comparison", ""]
     for title, heads in table_groups(cmp):
         out += [f"### {title}", "", "| " + " | ".join(h for _, h in heads) + " |",
-                "|" + "|".join(" --- " if k in IDENTITY[:5] else " ---: " for k, _ in heads) + "|"]
+                "|" + "|".join(" --- " if k in TEXT_KEYS else " ---: " for k, _ in heads) + "|"]
         out += ["| " + " | ".join((f"**{t}**" if b else t).replace("|", "\\|")
                                   for t, b in (row[k] for k, _ in heads)) + " |" for row in cmp.cells]
         out.append("")
-    if runs:
-        out += [PROTOCOL_NOTE, ""]
+    for note in (_notes(cmp) if runs else []):
+        out += [note, ""]
     for p, name in plot_files:
         out += [f"## {p.title}", "", f"![{p.title}]({name})", "", p.caption, ""]
     if runs:
@@ -399,11 +323,12 @@ def render_markdown(runs: Sequence[RunData], plot_files: Sequence[tuple[Any, str
 
 def write_report(paths: Sequence[str | Path], output: str | Path) -> dict[str, Any]:
     """Write OUTPUT (HTML) and its Markdown twin with PNGs beside it. Returns what was
-    written: `html`, `markdown`, `pngs`, `plots` (names, in page order), `runs` (labels)."""
+    written: `html`, `markdown`, `pngs`, `plots` (names, in page order), `runs` (labels).
+    Raises OSError where the output cannot be written (the CLI says so in one line)."""
     from .plots import render_all  # matplotlib only when a report is drawn
     paths = [Path(p) for p in paths]
     runs = load_runs(paths)
-    plots = render_all(runs) if runs else []
+    plots = render_all(entities(runs)) if runs else []
     cmp = comparison(runs)
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -418,22 +343,32 @@ def write_report(paths: Sequence[str | Path], output: str | Path) -> dict[str, A
 
 
 # ------------------------------------------------------------------------------------ CLI
+def _cannot_write(exc: OSError, path: Any) -> LifelongError:
+    return LifelongError(f"cannot write {exc.filename or path}: {exc.strerror or exc}")
+
+
 @click.command()
 @click.argument("stores", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("-o", "--output", default="report.html", show_default=True,
               type=click.Path(dir_okay=False), help="HTML file to write (Markdown twin: same name, .md)")
 def report(stores, output):
     """One HTML page (and a Markdown twin) comparing every run of the STORE files."""
-    done = write_report(stores, output)
+    try:
+        done = write_report(stores, output)
+    except OSError as exc:
+        raise _cannot_write(exc, output) from None
     click.echo(f"{done['html']}: {len(done['runs'])} run(s), {len(done['plots'])} figure(s)")
     click.echo(f"{done['markdown']}: Markdown twin, {len(done['pngs'])} PNG file(s) beside it")
 
 
 def _write_csv(cmp: Comparison, path: str) -> None:
+    """One row per run, then one per mean over seeds (`{key}_std`, `n_seeds`, `seeds`)."""
+    rows = cmp.rows + [m | {"seeds": " ".join(map(str, m["seeds"]))} for m in cmp.means]
+    names = list(dict.fromkeys(k for r in rows for k in r)) or ["store", "run_id", "label"]
     with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(cmp.rows[0]) if cmp.rows else ["store", "run_id", "label"])
+        w = csv.DictWriter(fh, fieldnames=names)
         w.writeheader()
-        w.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in cmp.rows)
+        w.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
 
 
 def _rich_tables(cmp: Comparison) -> list[Any]:
@@ -442,8 +377,8 @@ def _rich_tables(cmp: Comparison) -> list[Any]:
     for title, heads in table_groups(cmp):
         t = Table(title=title)
         for k, h in heads:  # "reliability TF" -> two header lines: narrow columns
-            t.add_column(h if k in IDENTITY else "\n".join(h.rsplit(" ", 1)),
-                         justify="left" if k in IDENTITY[:5] else "right")
+            t.add_column(h if k in IDENTITY or k == "group" else "\n".join(h.rsplit(" ", 1)),
+                         justify="left" if k in TEXT_KEYS else "right")
         for row in cmp.cells:
             t.add_row(*[f"[bold]{row[k][0]}[/bold]" if row[k][1] else row[k][0] for k, _ in heads])
         tables.append(t)
@@ -452,15 +387,16 @@ def _rich_tables(cmp: Comparison) -> list[Any]:
 
 def print_comparison(runs: Sequence[RunData], console: Any) -> Comparison:
     """The comparison tables in the terminal (what `compare` and `simulate` print): a banner
-    per unfinished run, the tables with the best per column in bold, the protocol note."""
+    per unfinished run, the tables with the best per column in bold, the notes (protocol;
+    the comparison groups where the runs span several)."""
     cmp = comparison(runs)
     for r in runs:
         if r.banner:
             console.print(f"{r.label}: {r.banner}", style="yellow", markup=False, highlight=False)
     for t in _rich_tables(cmp):
         console.print(t)
-    if runs:
-        console.print(PROTOCOL_NOTE, highlight=False)
+    for note in (_notes(cmp) if runs else []):
+        console.print(note, highlight=False, markup=False)
     return cmp
 
 
@@ -477,10 +413,17 @@ def compare(stores, csv_path, json_path):
     cmp = print_comparison(runs, Console(width=None if sys.stdout.isatty() else 200))
     if not runs:
         print(f"no runs in {', '.join(stores)}")
-    if csv_path:
-        _write_csv(cmp, csv_path)
-    if json_path:
-        doc = {"schema": "lifelong.compare/1", "protocol": PROTOCOL_NOTE,
-               "columns": [{"key": c.key, "header": c.header, "better": c.better} for c in cmp.columns],
-               "rows": cmp.rows, "best": cmp.best}
-        Path(json_path).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    path = csv_path
+    try:
+        if csv_path:
+            _write_csv(cmp, csv_path)
+        if json_path:
+            path = json_path
+            doc = {"schema": "lifelong.compare/1", "protocol": PROTOCOL_NOTE,
+                   "columns": [{"key": c.key, "header": c.header, "better": c.better} for c in cmp.columns],
+                   "rows": cmp.rows, "seed_means": cmp.means, "best": cmp.best,
+                   "groups": [{"group": i, "description": d, "labels": [
+                       ln.label for ln in cmp.lines if ln.group + 1 == i]} for i, d in enumerate(cmp.groups, 1)]}
+            Path(json_path).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise _cannot_write(exc, path) from None

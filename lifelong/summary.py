@@ -4,9 +4,11 @@ metrics recomputed from the store's rows. (The terminal tables are `report.print
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .metrics import compute_run_metrics
+from .metrics_seeds import mean_tree
 from .store import Store
 
 SCHEMA = "lifelong.summary/1"
@@ -38,20 +40,18 @@ def summarize(store: Store, run_ids: Sequence[str] | None = None) -> dict[str, A
 
 
 def _merge_seeds(ms: list[dict]) -> dict:
-    """One method's figures: the run itself for one seed, the mean over seeds otherwise."""
+    """One method's figures: the run itself for one seed (`spread` None); for several, the
+    mean over the complete seeds (all seeds when none is complete) with `spread`, a tree of
+    the same shape whose numeric leaves are `{std, n}` (sample std over the seeds that have
+    the figure; `metrics_seeds.mean_tree`). `seeds`: the seeds averaged; `seeds_left_out`:
+    the incomplete ones when some were; `run_ids`: the runs averaged (`run_id` is None: no seed
+    speaks for the others). Invariant: the keys of a run's figures stay."""
     if len(ms) == 1:
-        return ms[0] | {"seeds": [ms[0]["seed"]]}
-    out = _mean_tree(ms)
-    out.update(seeds=[m["seed"] for m in ms], method=ms[0]["method"], label=ms[0]["label"])
+        return ms[0] | {"seeds": [ms[0]["seed"]], "n_seeds": 1, "run_ids": [ms[0]["run_id"]], "spread": None}
+    used = [m for m in ms if m.get("complete")] or ms
+    out, spread = mean_tree(used)
+    out.update(seeds=[m["seed"] for m in used], n_seeds=len(used), method=ms[0]["method"],
+               label=ms[0]["label"], run_ids=[m["run_id"] for m in used], spread=spread)
+    if len(used) < len(ms):
+        out["seeds_left_out"] = [m["seed"] for m in ms if m not in used]
     return out
-
-
-def _mean_tree(items: list[Any]) -> Any:
-    """Element-wise mean of numeric leaves of same-shaped dicts; other leaves from the first."""
-    head = items[0]
-    if isinstance(head, dict):
-        return {k: _mean_tree([i.get(k) if isinstance(i, dict) else None for i in items]) for k in head}
-    nums = [i for i in items if isinstance(i, (int, float)) and not isinstance(i, bool)]
-    if nums and len(nums) == len(items):
-        return sum(nums) / len(nums)
-    return head

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lifelong.metrics import (
-    backward_transfer, by_role, conflict, forgetting, latency, percentiles, rate, retention,
-    retention_by_age, retention_matrix, run_metrics,
+    backward_transfer, by_role, conflict, edit_counts, forgetting, latency, percentiles, queries,
+    query_overhead, rate, retention, retention_by_age, retention_matrix, retraction, run_metrics,
 )
 
 FAST = settings(max_examples=100, deadline=None)
@@ -284,11 +284,12 @@ def test_latency_without_base_timings_has_no_overhead():
 STABLE_KEYS = {"run_id", "method", "label", "seed", "status", "complete", "edits", "reliability",
                "reliability_after_edit", "generalization", "locality", "portability",
                "retention", "retention_by_age", "conflict", "routing", "retraction", "latency_ms",
-               "memory_bytes", "memory_growth", "edits_per_second", "perplexity", "chunks"}
+               "memory_bytes", "memory_growth", "edits_per_second", "perplexity", "chunks", "queries"}
 
 
 def test_perplexity_is_the_mean_of_per_row_exp_nll():
     import math
+
     from lifelong.metrics import perplexity
     rows = [{"nll": 0.0}, {"nll": math.log(2.0)}, {"nll": float("nan")}, {"nll": None}]
     out = perplexity(rows)
@@ -338,7 +339,7 @@ def test_run_metrics_hand_example():
     assert (out["run_id"], out["method"], out["label"], out["seed"], out["status"]) == (
         "r1", "ft", "ft-fast", 3, "done")
     assert out["complete"] is True
-    assert out["edits"] == {"applied": 3, "total": 4}
+    assert out["edits"] == {"applied": 3, "converged": None, "not_converged": None, "total": 4}
     rel = out["reliability"]
     assert rel["teacher_forced"] == pytest.approx(0.75) and rel["generated"] == pytest.approx(2 / 3)
     assert rel["n"] == 3 and rel["when"] == "final"
@@ -353,9 +354,11 @@ def test_run_metrics_hand_example():
     assert out["conflict"]["facts"] == 1
     assert out["conflict"]["latest"]["teacher_forced"] == pytest.approx(0.75)  # rel f0 + conflict
     assert out["conflict"]["stale"]["generated"] == 1.0
-    assert out["retraction"] == {"restored": {"teacher_forced": pytest.approx(0.8), "generated": 1.0,
-                                              "n": 1, "when": "final"},
-                                 "requested": 1, "unsupported": 1, "when": "final"}
+    # the one retraction was refused: its fact's probe says nothing about the method
+    assert out["retraction"] == {"restored": None, "requested": 1, "performed": 0, "unsupported": 1,
+                                 "when": "final"}
+    assert out["queries"] == {"teacher_forced": 1.0, "generated": 1.0, "n": 1, "asked": 1,
+                              "when": "at_query"}
     assert out["memory_bytes"] == 300
     assert out["memory_growth"] == [{"edits": 2, "bytes": 100}, {"edits": 4, "bytes": 300}]
     assert out["edits_per_second"] == pytest.approx(4 / 0.1)
@@ -387,7 +390,8 @@ def test_run_metrics_without_final_checkpoint_is_incomplete():
     assert out["complete"] is False and out["memory_bytes"] is None
     assert out["reliability"] is None and out["locality"] is None and out["conflict"] is None
     # the retraction was still requested even though nothing was probed
-    assert out["retraction"] == {"restored": None, "requested": 1, "unsupported": 1, "when": "final"}
+    assert out["retraction"] == {"restored": None, "requested": 1, "performed": 0, "unsupported": 1,
+                                 "when": "final"}
 
 
 def test_run_metrics_uses_latest_final_checkpoint_and_explicit_group_size():
@@ -402,3 +406,102 @@ def test_run_metrics_uses_latest_final_checkpoint_and_explicit_group_size():
     assert out["reliability"]["n"] == 1 and out["reliability"]["teacher_forced"] == 0.0
     assert out["retention"]["group_size"] == 1
     assert out["retraction"] is None and out["conflict"] is None
+
+
+# ----------------------------------------------------------------------------- issue 19
+
+def edit(event_id, fact, converged=None):
+    return {"kind": "edit", "event_id": event_id, "fact": fact, "outcome": "applied", "ms": 1.0,
+            "converged": converged}
+
+
+def retract(target, outcome):
+    row = {"kind": "retract", "outcome": outcome, "ms": 0.1}
+    if outcome != "unsupported":  # the runtime records the target only after the method returned
+        row["target_id"] = target
+    return row
+
+
+def test_restored_counts_only_retractions_the_method_performed():
+    events = [edit("e0", "fa"), edit("e1", "fb"), edit("e2", "fc"),
+              retract("e0", "applied"), retract("e1", "nothing")]
+    probes = [pr(1, "retract", 0, 0.5, 1, "fa"), pr(1, "retract", 1, 1.0, 1, "fb")]
+    out = retraction(events, probes)
+    # fb's retraction was not performed (outcome nothing): its probe is left out
+    assert out["restored"] == {"teacher_forced": 0.5, "generated": 1.0, "n": 1, "when": "final"}
+    assert (out["requested"], out["performed"], out["unsupported"]) == (2, 1, 0)
+
+
+def test_refused_retractions_restore_nothing():
+    """FT-L refuses every retraction: its retracted facts may still behave as before the stream
+    (it overwrote them), but it restored none of them."""
+    events = [edit("e0", "fa"), edit("e1", "fb"), retract("e0", "unsupported"),
+              retract("e1", "unsupported")]
+    probes = [pr(1, "retract", 0, 1.0, 1, "fa"), pr(1, "retract", 1, 1.0, 1, "fb")]
+    assert retraction(events, probes) == {"restored": None, "requested": 2, "performed": 0,
+                                          "unsupported": 2, "when": "final"}
+    # one refused retraction of an unknown target: no probe can be credited
+    mixed = [edit("e0", "fa"), edit("e1", "fb"), retract("e0", "applied"), retract("e1", "unsupported")]
+    assert retraction(mixed, probes)["restored"] is None
+    assert retraction([edit("e0", "fa")], []) is None
+
+
+def test_queries_are_scored_at_query_time():
+    events = [edit("e0", "fa"),
+              {"kind": "query", "tf_acc": 1.0, "gen_exact": 1},
+              {"kind": "query", "tf_acc": 0.5, "gen_exact": 0},
+              {"kind": "query", "tf_acc": None, "gen_exact": None, "gen_text": "x"}]  # no answer
+    assert queries(events) == {"teacher_forced": 0.75, "generated": 0.5, "n": 2, "asked": 3,
+                               "when": "at_query"}
+    unanswered = queries(events[-1:])
+    assert unanswered["n"] == 0 and unanswered["asked"] == 1 and unanswered["generated"] is None
+    assert queries([edit("e0", "fa")]) is None
+
+
+def test_edit_counts_read_the_converged_column():
+    rows = [edit("e0", "a", 1), edit("e1", "b", 0), edit("e2", "c", 0), edit("e3", "d", None)]
+    assert edit_counts(rows) == {"applied": 4, "converged": 1, "not_converged": 2, "total": 4}
+    old = [{k: v for k, v in r.items() if k != "converged"} for r in rows]  # a store without it
+    assert edit_counts(old) == {"applied": 4, "converged": None, "not_converged": None, "total": 4}
+
+
+def paired(mem, base, rounds=3):
+    """Timing rows as the runtime keys them: b1:<round>:<i>, the same key for both ops."""
+    per = len(mem) // rounds
+    return ([{"op": "query", "batch": 1, "key": f"b1:{k // per}:{k % per}", "ms": v} for k, v in enumerate(mem)]
+            + [{"op": "query_base", "batch": 1, "key": f"b1:{k // per}:{k % per}", "ms": v}
+               for k, v in enumerate(base)])
+
+
+BASE = [1.0 + 0.37 * ((7 * k) % 11) for k in range(24)]  # spread-out latencies, 3 rounds of 8
+
+
+def test_overhead_of_a_slower_memory_is_a_measurement():
+    mem = [2.0 * b * (1 + 0.05 * ((3 * k) % 4 - 1.5)) for k, b in enumerate(BASE)]
+    out = query_overhead(paired(mem, BASE))
+    assert out["ratio"] == pytest.approx(np.median(mem) / np.median(BASE))
+    assert 1.0 < out["low"] <= out["ratio"] <= out["high"]
+    assert out["significant"] is True and out["pairs"] == 24 and len(out["rounds"]) == 3
+    assert query_overhead(paired(mem, BASE)) == out  # seeded bootstrap: same rows, same interval
+    # the same figures timed minutes apart (old stores): never a measurement
+    assert query_overhead(paired(mem, BASE), side_by_side=False)["significant"] is False
+
+
+def test_overhead_of_no_memory_is_noise():
+    """`none` holds no memory: pairs of the same distribution, shuffled, give a ratio of
+    medians away from 1.0 by chance and an interval that holds 1.0."""
+    mem = [BASE[(5 * k + 3) % 24] for k in range(24)]
+    out = query_overhead(paired(mem, BASE))
+    assert out["low"] <= 1.0 <= out["high"]
+    assert out["significant"] is False
+    lat = latency([], paired(mem, BASE))["query"]
+    assert lat["overhead_significant"] is False and lat["overhead_low"] == out["low"]
+
+
+def test_overhead_is_noise_when_rounds_disagree():
+    # rounds 0 and 1: memory 1.5x slower; round 2: 1.5x faster (a burst of load on the base)
+    mem = [b * (1.5 if k < 16 else 1 / 1.5) for k, b in enumerate(BASE)]
+    out = query_overhead(paired(mem, BASE))
+    assert out["rounds"][0] > 1 and out["rounds"][2] < 1
+    assert out["significant"] is False
+    assert query_overhead(paired([1.0], [1.0], rounds=1)) is None  # one pair: no spread at all
