@@ -325,6 +325,12 @@ cli.add_command(compare)
 from .bench import bench  # noqa: E402
 cli.add_command(bench)
 
+from .export import export  # noqa: E402
+cli.add_command(export)
+
+from .trace import trace_command  # noqa: E402
+cli.add_command(trace_command)
+
 
 def main() -> None:
     try:

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from .metrics_health import health, health_point, leaked
+
 MODES = ("teacher_forced", "generated")
 _COL = {"teacher_forced": "tf_acc", "generated": "gen_exact"}
 
@@ -345,9 +347,12 @@ def run_metrics(run: dict, events: Sequence[dict], checkpoints: Sequence[dict],
         "reliability": rate(roles.get("rel", [])),
         "reliability_after_edit": rate(after, when="after_edit"),
         "generalization": rate(roles.get("gen", [])),
+        "generalization_ood": rate(roles.get("gen_ood", [])),
         "locality": rate(roles.get("loc", [])),
         "portability": rate(roles.get("port", [])),
         "perplexity": perplexity(roles.get("rel", [])),
+        "health": health(checkpoints),
+        "leaked_rephrases": leaked(checkpoints),
         "chunks": {"size": sched.get("restart_every", 0), "count": len(chunks) + bool(
             final and final["n_items"])} if chunks else None,
         "retention": None if chunks else retention(probes, checkpoints, group),
@@ -395,8 +400,10 @@ def checkpoint_curves(probes: Sequence[dict], checkpoints: Sequence[dict]) -> li
             "memory_bytes": c.get("memory_bytes"),
             "reliability": rate(roles.get("rel", []), when),
             "generalization": rate(roles.get("gen", []), when),
+            "generalization_ood": rate(roles.get("gen_ood", []), when),
             "locality": rate(roles.get("loc", []), when),
             "portability": rate(roles.get("port", []), when),
+            "health": health_point(c),
             "conflict": conflict(dict(roles), when),
             "routing": route_accuracy(dict(roles), when),
         })

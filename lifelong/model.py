@@ -70,12 +70,14 @@ class LM:
         return LM(copy.deepcopy(self.model), self.tok, self.name, self.path)
 
     def fingerprint(self) -> str:
-        """A short hash of the weights: tells two models apart in a store."""
+        """A short hash of every weight, whole (names, shapes and all bytes): two models that
+        differ in any weight get different fingerprints, so they never share a store's
+        reference outputs or a saved memory."""
         h = hashlib.sha256()
         for name, tensor in sorted(self.model.state_dict().items()):
             h.update(name.encode())
-            h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()[:4096])
             h.update(str(tuple(tensor.shape)).encode())
+            h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
 
 

@@ -156,6 +156,7 @@ def _score_axes(ax, title: str, xlabel: str = "edits applied (count)") -> None:
 
 QUALITY = (("reliability", "Reliability (edit prompt -> new target)"),
            ("generalization", "Generalization (rephrases -> new target)"),
+           ("generalization_ood", "OOD generalization (unseen phrasing family)"),
            ("locality", "Locality (unchanged outputs)"),
            ("portability", "Portability"))
 
@@ -406,12 +407,13 @@ def routing_plot(runs) -> Plot | None:
 
 def render_all(runs: Sequence[Any]) -> list[Plot]:
     """Every figure the runs have data for, in report order."""
+    from .plots_health import health_plot  # it builds on this module's helpers
     with matplotlib.rc_context(RC):
         plots = [quality_plot(runs)]
         plots += [retention_matrix_plot(r) for r in runs]
         plots += [retention_age_plot(runs), conflict_plot(runs), edit_latency_plot(runs),
                   merge_latency_plot(runs), query_latency_plot(runs), memory_plot(runs),
-                  routing_plot(runs)]
+                  routing_plot(runs), health_plot(runs)]
     out, seen = [], set()
     for p in plots:
         if p is not None:

@@ -8,6 +8,7 @@ items judged against the pre-stream model, against the stored reference outputs.
 Roles (the `role` column of the probes table):
     rel       newest edit of a fact: its prompt -> its target           (reliability)
     gen       a rephrase of that edit -> its target                     (generalization)
+    gen_ood   an out-of-distribution rephrase of that edit -> its target
     port      a portability probe of that edit -> its answer            (portability)
     conflict  an older edit's prompt of a re-edited fact -> the newest value
     stale     the newest edit's prompt scored against a superseded value
@@ -18,6 +19,7 @@ Roles (the `role` column of the probes table):
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -115,6 +117,25 @@ def reference_pairs(events: Sequence[Event]) -> list[tuple[str, str]]:
     return pairs
 
 
+def trained_prompts(led: Ledger, fact: str) -> set[str]:
+    """Every prompt an edit of `fact` in the ledger was made with (retracted ones too: the
+    method trained on them)."""
+    return {led.edits[i].prompt for i in led.by_fact[fact]}
+
+
+def leaked_rephrases(led: Ledger) -> int:
+    """Rephrases (in- and out-of-distribution) of the facts' newest edits that are the prompt
+    of some edit of the same fact: `plan` drops them, since a method trained on them. Honest
+    streams have none (streamgen guarantees it for the bundled ones)."""
+    n = 0
+    for fact in led.by_fact:
+        new = led.newest(fact)
+        if new is not None:
+            seen = trained_prompts(led, fact)
+            n += sum(p in seen for p in (*new.rephrases, *getattr(new, "ood_rephrases", ())))
+    return n
+
+
 def _fact_items(led: Ledger, fact: str) -> list[ProbeItem]:
     ids = led.by_fact[fact]
     new = led.newest(fact)
@@ -125,8 +146,11 @@ def _fact_items(led: Ledger, fact: str) -> list[ProbeItem]:
                           led.order[last.id], against_base=True)]
     n = led.order[new.id]
     items = [ProbeItem(f"rel:{new.id}", "rel", new.prompt, new.target, new.id, fact, n)]
+    trained = trained_prompts(led, fact)
     items += [ProbeItem(f"gen:{new.id}:{k}", "gen", p, new.target, new.id, fact, n)
-              for k, p in enumerate(new.rephrases)]
+              for k, p in enumerate(new.rephrases) if p not in trained]
+    items += [ProbeItem(f"gen_ood:{new.id}:{k}", "gen_ood", p, new.target, new.id, fact, n)
+              for k, p in enumerate(getattr(new, "ood_rephrases", ())) if p not in trained]
     items += [ProbeItem(f"port:{new.id}:{k}", "port", p.prompt, p.answer, new.id, fact, n)
               for k, p in enumerate(new.portability)]
     older = [led.edits[i] for i in ids if i != new.id and led.order[i] < n]
@@ -142,14 +166,23 @@ def _fact_items(led: Ledger, fact: str) -> list[ProbeItem]:
     return items
 
 
+def in_sample(fact: str, rate: float, seed: int) -> bool:
+    """Whether `fact` belongs to the fixed probe sample of rate `rate`: a seeded hash of the
+    fact below the rate. The same facts at every checkpoint (so an edit group is followed
+    through time on the same facts), about `rate` of them."""
+    digest = hashlib.sha256(f"probe|{seed}|{fact}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < rate
+
+
 def plan(led: Ledger, loc: Sequence[Probe], *, sample: int = 0, seed: int = 0,
-         checkpoint: int = 0) -> list[ProbeItem]:
-    """Probe items for one checkpoint. With `sample` > 0, a seeded sample of that many facts
-    (different per checkpoint, the same for the same seed); otherwise every edited fact."""
+         total_facts: int = 0) -> list[ProbeItem]:
+    """Probe items for one checkpoint. With `sample` > 0 and fewer than `total_facts` (the
+    stream's distinct facts), a fixed seeded sample of about `sample` facts over the whole
+    stream (`in_sample`): the same facts at every checkpoint. Otherwise every edited fact.
+    Rephrases that are the prompt of an edit of the same fact are never probed."""
     facts = list(led.by_fact)
-    if 0 < sample < len(facts):
-        facts = random.Random(f"probe-{seed}-{checkpoint}").sample(facts, sample)
-        facts.sort(key=lambda f: led.order[led.by_fact[f][0]])
+    if 0 < sample < total_facts:
+        facts = [f for f in facts if in_sample(f, sample / total_facts, seed)]
     items = [it for f in facts for it in _fact_items(led, f)]
     items += [ProbeItem(f"loc:{k}", "loc", p.prompt, p.answer, against_base=True)
               for k, p in enumerate(loc)]

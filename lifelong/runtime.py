@@ -44,8 +44,9 @@ from .errors import LifelongError, NotSupported, StoreError
 from .metrics import compute_run_metrics
 from .methods import AttachContext, EditRequest, build_method
 from .model import LM, load_model
-from .probes import (Ledger, add_routing, chunk_locality, locality_pool, locality_sample, plan,
-                     reference_pairs, reference_rows, run_probes)
+from .health import Monitor, texts_for
+from .probes import (Ledger, add_routing, chunk_locality, leaked_rephrases, locality_pool,
+                     locality_sample, plan, reference_pairs, reference_rows, run_probes)
 from .progress import Reporter
 from .querytiming import time_queries, timing_pairs
 from .runsetup import Setup, preflight
@@ -144,6 +145,8 @@ class Runtime:
                             "skipped_lines": len(stream.skipped)}
         self.reporter = reporter or Reporter(quiet=True)
         self.n_edits = sum(isinstance(e, Edit) for e in self.events)
+        self.n_facts = len({e.fact for e in self.events if isinstance(e, Edit)})
+        self._health: Monitor | None = None
         self._setup = setup
         self._spare: LM | None = None  # the preflight's pristine model, for the first run
         self._settled = settled_position(self.events)
@@ -187,6 +190,9 @@ class Runtime:
         pool = locality_pool(self.events)
         loc = locality_sample(pool, self.sc.schedule.locality_sample, seed)
         self._ensure_reference(lm, model_key, loc)
+        sched = self.sc.schedule
+        self._health = Monitor(lm, texts_for(lm.path, sched.health_corpus, sched.health_texts),
+                               sched.weight_norms)  # while the model is pristine
         saved = self.store.load_state(run_id) if existing else None
         chunk_start = saved[1]["counters"]["extra"].get("chunk_start", 0) if saved else 0
 
@@ -337,7 +343,7 @@ class Runtime:
                         self._merge(run_id, method, c, scheduled=True)
                     if sched.checkpoint_every and c.edits % sched.checkpoint_every == 0:
                         self._checkpoint(run_id, lm, method, ledger, loc, reference, c, seed,
-                                         "final" if self._is_final(c, ledger) else "checkpoint")
+                                         "final" if self._is_final(c) else "checkpoint")
                         last_save = time.monotonic()
                     if chunk and c.edits % chunk == 0:
                         self._checkpoint(run_id, lm, method, ledger, loc, reference, c, seed, "chunk",
@@ -362,11 +368,11 @@ class Runtime:
                 self._checkpoint(run_id, lm, method, ledger, loc, reference, c, seed, "final",
                                  probe=not chunk or bool(ledger.edits))
 
-    def _is_final(self, c: Counters, ledger: Ledger) -> bool:
+    def _is_final(self, c: Counters) -> bool:
         """A scheduled checkpoint is the final one when nothing after it changes the model
         and it probes every fact, as the final one would (see the module docstring)."""
         sample = self.sc.schedule.probe_edits
-        return c.position >= self._settled and (not sample or sample >= len(ledger.by_fact))
+        return c.position >= self._settled and (not sample or sample >= self.n_facts)
 
     def _dispatch(self, run_id: str, lm: LM, method, ev: Event, c: Counters,
                   outside: bool = False) -> dict:
@@ -391,10 +397,10 @@ class Runtime:
                 if self.sc.schedule.eval_after_edit:
                     s = score_pairs(lm, [ev.prompt], [ev.target])[0]
                     row.update(tf_acc=s.tf_acc, gen_exact=int(s.gen_exact), gen_text=s.gen_text)
-            elif isinstance(ev, Retract):
-                row["fact"] = None
+            elif isinstance(ev, Retract):  # target first: a refused retraction names it too
+                row.update(fact=None, target_id=ev.edit_id)
                 method.retract(ev.edit_id)
-                row.update(ms=_ms(t0), target_id=ev.edit_id)
+                row["ms"] = _ms(t0)
             elif isinstance(ev, Query):
                 answer = ev.answer or ""
                 s = score_pairs(lm, [ev.prompt], [answer or "?"])[0]
@@ -429,7 +435,7 @@ class Runtime:
         if when != "checkpoint" and sched.restart_every:
             loc = chunk_locality(ledger)
         items = plan(ledger, loc, sample=sched.probe_edits if when == "checkpoint" else 0,
-                     seed=seed, checkpoint=c.checkpoints) if probe else []
+                     seed=seed, total_facts=self.n_facts) if probe else []
         self.reporter.update(c.position, f"probing {len(items)} prompts", force=True)
         t0 = time.perf_counter()
         rows = run_probes(lm, items, reference, sched.batch_size)
@@ -445,8 +451,9 @@ class Runtime:
         self.store.buffer("checkpoints", [{
             "run_id": run_id, "checkpoint": c.checkpoints, "when": when,
             "edits_done": c.edits, "position": c.position, "memory_bytes": method.footprint(),
-            "probe_ms": probe_ms, "n_items": len(rows),
-            "t_sim": self.events[c.position - 1].t if c.position else None}])
+            "probe_ms": probe_ms, "n_items": len(rows), "leaked": leaked_rephrases(ledger),
+            "t_sim": self.events[c.position - 1].t if c.position else None,
+            **self._health.row(lm, method)}])
         if save:
             self._save(run_id, method, c)
 

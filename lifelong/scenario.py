@@ -66,6 +66,16 @@ class Schedule:
                                     "each from a fresh model and method, and probe each chunk's "
                                     "own edits and their locality prompts at its end; figures "
                                     "are pooled over the chunks (0: one stream)", min=0)
+    health_texts: int = setting(200, "model health: held-out texts whose perplexity is measured "
+                                     "at every checkpoint (the world's held-out phrasings of "
+                                     "never-changing facts for a model with a world.json, or "
+                                     "`health_corpus`; 0: off)", min=0)
+    health_corpus: str = setting("", "model health: a UTF-8 text file, one text per line "
+                                     "(relative paths: to the scenario file); default: the "
+                                     "model's world")
+    weight_norms: bool = setting(True, "model health: record, at every checkpoint, the norm of "
+                                       "each weight's change relative to the pre-stream weight "
+                                       "(keeps a copy of the pre-stream weights)")
 
     def __post_init__(self) -> None:
         if self.restart_every and self.checkpoint_every:
@@ -180,7 +190,10 @@ def _resolve_paths(s: Scenario, base: Path) -> Scenario:
     model = s.model
     if model not in ("builtin", "") and not Path(model).is_absolute() and (base / model).exists():
         model = str((base / model).resolve())
-    return dataclasses.replace(s, stream=stream, model=model)
+    sched = s.schedule
+    if sched.health_corpus and not Path(sched.health_corpus).is_absolute():
+        sched = dataclasses.replace(sched, health_corpus=str((base / sched.health_corpus).resolve()))
+    return dataclasses.replace(s, stream=stream, model=model, schedule=sched)
 
 
 def _pick_methods(s: Scenario, names: list[str]) -> tuple[MethodSpec, ...]:

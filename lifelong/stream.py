@@ -31,8 +31,8 @@ MAX_ITEMS = 256  # per list
 KINDS = ("edit", "retract", "query", "merge")
 _COMMON = ("kind", "id", "t")
 _FIELDS = types.MappingProxyType({
-    "edit": _COMMON + ("prompt", "target", "subject", "fact", "rephrases", "locality",
-                       "portability", "previous", "meta"),
+    "edit": _COMMON + ("prompt", "target", "subject", "fact", "rephrases", "ood_rephrases",
+                       "locality", "portability", "previous", "meta"),
     "retract": _COMMON + ("edit_id",),
     "query": _COMMON + ("prompt", "answer"),
     "merge": _COMMON,
@@ -78,13 +78,14 @@ class Edit(_EventBase):
     fact: str = ""
     rephrases: tuple[str, ...] = ()
     locality: tuple[Probe, ...] = ()
+    ood_rephrases: tuple[str, ...] = ()
     portability: tuple[Probe, ...] = ()
     previous: str | None = None
     meta: dict = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("rephrases", "locality", "portability"):
+        for name in ("rephrases", "ood_rephrases", "locality", "portability"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         object.__setattr__(self, "fact", self.fact or self.id)
         object.__setattr__(self, "meta", dict(self.meta or {}))
@@ -273,6 +274,7 @@ def _build(kind: str | None, errs: list, obj: dict, eid: Any, t: Any, line: int)
         return Edit(eid, t, _text(errs, obj, "prompt", kind), _text(errs, obj, "target", kind),
                     subject=_text(errs, obj, "subject", kind), fact=_text(errs, obj, "fact", kind),
                     rephrases=_list(errs, obj, "rephrases", _item_text),
+                    ood_rephrases=_list(errs, obj, "ood_rephrases", _item_text),
                     locality=_list(errs, obj, "locality", _item_probe),
                     portability=_list(errs, obj, "portability", _item_probe),
                     previous=_text(errs, obj, "previous", kind), meta=_meta(errs, obj), line=line)
@@ -468,7 +470,7 @@ def event_to_dict(ev: Event) -> dict:
     if isinstance(ev, Edit):
         d.update(prompt=ev.prompt, target=ev.target)
         opt = {"subject": ev.subject, "fact": ev.fact if ev.fact != ev.id else None,
-               "rephrases": list(ev.rephrases),
+               "rephrases": list(ev.rephrases), "ood_rephrases": list(ev.ood_rephrases),
                "locality": [{"prompt": p.prompt, "answer": p.answer} for p in ev.locality],
                "portability": [{"prompt": p.prompt, "answer": p.answer} for p in ev.portability],
                "previous": ev.previous, "meta": dict(ev.meta)}

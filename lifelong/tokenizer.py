@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 PAD, UNK, EOS = "[PAD]", "[UNK]", "[EOS]"
@@ -41,3 +41,20 @@ def build_word_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
     tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, unk_token=UNK,
                                   eos_token=EOS, padding_side="left")
     return tok
+
+
+def build_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (GPT-2's scheme: a word after a space carries it, so
+    "New Orleans" after a prompt is " New" + " Orleans" or finer pieces) trained on `texts`.
+
+    Byte-level means no text is ever unknown. Training is deterministic for the same texts in
+    the same order. Special tokens: [PAD] (id 0) and [EOS] (id 1)."""
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, EOS],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    core.train_from_iterator(list(texts), trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, eos_token=EOS,
+                                   padding_side="left")

@@ -1,19 +1,26 @@
 """A synthetic world of facts, deterministic from a seed: what the built-in model knows.
 
-The world has entities with generated pronounceable names, relations (employer, city of
-birth, ...) each with its own vocabulary of one-word objects and several phrasing templates
-(statements and questions), the initial value of every (entity, relation) fact, and a
-timeline of later changes to those facts, from which edit streams are drawn.
+People (two-word generated names), companies and cities are the entities; eight relations
+(`lifelong.worldtext.RELATIONS`) link them: a person's employer is a company that has its
+own headquarters city, a person's mentor is another person, a city lies in a country. Values
+are one to three words ("Lisbon", "New Orleans", "the Halvern Group"). Every fact has an
+initial value (what pretraining teaches) and the person facts a timeline of later changes,
+from which edit streams are drawn. People are split into a `dev` and a `test` part with
+disjoint facts: streams for choosing defaults come from one, streams for reporting from the
+other.
 
 Invariants (checked by tests/test_world.py):
 - the same `WorldConfig` always gives the same world, down to the JSON bytes;
-- entity names are unique and share no word with templates or objects;
+- entity names are unique and none is a value of a vocabulary relation;
 - every fact keeps at least one trained template, and every template of a relation is
   trained with some facts and held out from others (held-out pairs measure generalization);
+  the `ood` phrasings are never trained for any fact;
 - each timeline change has `new != old`, chains (`old` is the previous change's `new`), and
-  its timestamp is later than the fact's previous change.
+  its timestamp is later than the fact's previous change; only person facts change;
+- a mentor's birth city never changes (so the two-hop "mentor's birth city" stays true):
+  mentors come from a seeded tenth of the people (at least three) whose birth city is fixed.
 
-A fact is keyed `"<entity_id>|<relation>"`, e.g. `"E0042|employer"`.
+A fact is keyed `"<entity_id>|<relation>"`, e.g. `"P0042|employer"`.
 """
 
 from __future__ import annotations
@@ -26,59 +33,10 @@ from pathlib import Path
 from typing import Iterator
 
 from .config import from_mapping, setting, to_dict
-from .tokenizer import build_word_tokenizer
+from .worldtext import CHANGING, CITIES, COMPANIES, PERSON, RELATIONS, TWO_HOP, RelationSpec
 
-FORMAT = "lifelong-world/1"
-
-# Templates: "{s}" is the subject's name. The object always follows the prompt after a space.
-# Statements and questions are mixed so that a model must map phrasings onto one fact.
-RELATIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "employer": (
-        ("{s} works for", "The employer of {s} is", "Who employs {s}? Answer:",
-         "{s} is employed by", "Q: Which company does {s} work for? A:"),
-        ("Vantex", "Orbica", "Quillon", "Marabel", "Zentro", "Halvik", "Corvane", "Lumora",
-         "Brixel", "Tandor", "Ferrovia", "Pellium", "Oskaro", "Nimbrel", "Dravex", "Solvane",
-         "Kestrel", "Ambrix", "Velloro", "Cindara", "Trovix", "Galdur", "Merriot", "Zephyra"),
-    ),
-    "birth_city": (
-        ("{s} was born in", "The city of birth of {s} is", "Where was {s} born? Answer:",
-         "{s} is a native of the city of", "Q: In which city was {s} born? A:"),
-        ("Lisbon", "Oslo", "Nairobi", "Kyoto", "Lima", "Dublin", "Cairo", "Quito", "Hanoi",
-         "Vienna", "Dakar", "Perth", "Tbilisi", "Bogota", "Riga", "Seoul", "Havana", "Tunis",
-         "Zagreb", "Manila", "Accra", "Montreal", "Krakow", "Valencia"),
-    ),
-    "language": (
-        ("{s} speaks", "The native language of {s} is", "Which language does {s} speak? Answer:",
-         "The mother tongue of {s} is", "Q: What is the first language of {s}? A:"),
-        ("French", "Swahili", "Japanese", "Portuguese", "Finnish", "Greek", "Hindi", "Polish",
-         "Turkish", "Korean", "Dutch", "Arabic", "Tagalog", "Hungarian", "Welsh", "Basque",
-         "Icelandic", "Malay", "Czech", "Yoruba"),
-    ),
-    "sport": (
-        ("{s} plays the sport of", "The favourite sport of {s} is",
-         "Which sport does {s} play? Answer:", "On weekends {s} competes in",
-         "Q: What sport is {s} known for? A:"),
-        ("tennis", "rugby", "cricket", "fencing", "rowing", "hockey", "volleyball", "golf",
-         "badminton", "lacrosse", "curling", "archery", "handball", "squash", "polo", "judo",
-         "surfing", "karate", "baseball", "netball"),
-    ),
-    "instrument": (
-        ("{s} plays the", "The instrument of {s} is the",
-         "Which instrument does {s} play? Answer: the", "In the band {s} plays the",
-         "Q: What instrument does {s} perform on? A: the"),
-        ("violin", "cello", "trumpet", "harp", "oboe", "banjo", "clarinet", "flute", "tuba",
-         "accordion", "mandolin", "saxophone", "bassoon", "ukulele", "sitar", "harmonica",
-         "trombone", "xylophone", "bagpipes", "marimba"),
-    ),
-    "colour": (
-        ("The favourite colour of {s} is", "{s} likes the colour",
-         "What is the favourite colour of {s}? Answer:", "{s} always dresses in",
-         "Q: Which colour does {s} prefer? A:"),
-        ("crimson", "teal", "amber", "violet", "indigo", "scarlet", "olive", "maroon", "ochre",
-         "turquoise", "lavender", "magenta", "cobalt", "emerald", "saffron", "charcoal",
-         "ivory", "coral", "mustard", "silver"),
-    ),
-}
+FORMAT = "lifelong-world/2"
+SPLITS = ("dev", "test")
 
 _ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr",
            "kr", "tr", "st", "sh", "th")
@@ -91,33 +49,22 @@ class WorldConfig:
     """How to generate a world. The whole world is a pure function of this config."""
 
     seed: int = setting(0, "random seed: the same config always gives the same world")
-    n_entities: int = setting(1000, "number of entities (people)", min=2)
-    relations: tuple[str, ...] = setting(tuple(RELATIONS), "relations every entity has, "
-                                         f"from: {', '.join(RELATIONS)}")
-    n_templates: int = setting(5, "phrasing templates used per relation", min=2, max=5)
-    name_tokens: int = setting(2, "word tokens per entity name (1: 'Tamor'; 2: 'Tamor Velisk')",
-                               choices=(1, 2))
-    first_names: int = setting(60, "distinct first names (two-token names)", min=1)
-    surname_share: float = setting(0.75, "distinct surnames as a share of entities (two-token "
-                                   "names): high means most surnames name one entity",
-                                   min=0.0, max=10.0)
-    heldout_per_fact: int = setting(1, "templates of each fact held out of pretraining "
-                                    "(the held-out pairs measure generalization)", min=0)
+    n_people: int = setting(1800, "number of people", min=4)
+    first_names: int = setting(80, "distinct first names", min=1)
+    surname_share: float = setting(0.75, "distinct surnames as a share of people: most "
+                                   "surnames name one or two people, only the pair is unique",
+                                   min=0.05, max=10.0)
+    heldout_per_fact: int = setting(1, "in-distribution templates of each fact held out of "
+                                    "pretraining (the held-out pairs)", min=0, max=4)
+    dev_share: float = setting(0.4, "share of people in the dev split (the rest: test)",
+                               min=0.05, max=0.95)
     timeline_start: str = setting("2020-01-01", "date (YYYY-MM-DD) the timeline of changes starts")
     timeline_years: float = setting(10.0, "years over which fact changes happen", min=0.01)
     change_weights: tuple[float, ...] = setting(
-        (0.25, 0.4, 0.25, 0.1), "relative weights of a fact changing 0, 1, 2, 3, ... times")
+        (0.2, 0.3, 0.22, 0.14, 0.09, 0.05),
+        "relative weights of a person fact changing 0, 1, 2, ... times")
 
     def __post_init__(self) -> None:
-        unknown = [r for r in self.relations if r not in RELATIONS]
-        if unknown or not self.relations or len(set(self.relations)) != len(self.relations):
-            raise ValueError(f"relations must be distinct names from {', '.join(RELATIONS)}; "
-                             f"got {list(self.relations)}")
-        if self.heldout_per_fact >= self.n_templates:
-            raise ValueError("heldout_per_fact must leave at least one trained template")
-        if self.heldout_per_fact and self.n_entities * (self.n_templates - self.heldout_per_fact) \
-                < self.n_templates:
-            raise ValueError("too few entities for every template to be trained with some fact")
         if not self.change_weights or min(self.change_weights) < 0 or sum(self.change_weights) <= 0:
             raise ValueError("change_weights must be non-negative with a positive sum")
         dt.date.fromisoformat(self.timeline_start)
@@ -147,7 +94,7 @@ class Fact:
 
 
 def fact_key(entity_id: str, relation: str) -> str:
-    """The fact identity used everywhere (streams, stores): `"E0042|employer"`."""
+    """The fact identity used everywhere (streams, stores): `"P0042|employer"`."""
     return f"{entity_id}|{relation}"
 
 
@@ -167,82 +114,73 @@ def _name_pool(rng: random.Random, size: int, taken: set[str]) -> list[str]:
     return pool
 
 
-def _entity_names(rng: random.Random, cfg: WorldConfig, taken: set[str]) -> list[str]:
-    """Unique entity names of `cfg.name_tokens` words. Two-word names pair a first name from
-    a small pool with a surname from a larger one, so first names are shared by many
-    entities and surnames by a few (as with people): only the pair identifies an entity."""
-    if cfg.name_tokens == 1:
-        return _name_pool(rng, cfg.n_entities, taken)
-    n_last = max(1, round(cfg.surname_share * cfg.n_entities))
-    # enough first names for twice as many distinct pairs as entities
-    n_first = max(cfg.first_names, -(-2 * cfg.n_entities // n_last))
+def _person_names(rng: random.Random, cfg: WorldConfig, taken: set[str]) -> list[str]:
+    """Unique two-word names: a first name from a small pool and a surname from a larger
+    one, so first names are shared by many people and surnames by a few."""
+    n_last = max(1, round(cfg.surname_share * cfg.n_people))
+    n_first = max(cfg.first_names, -(-2 * cfg.n_people // n_last))
     firsts = _name_pool(rng, n_first, taken)
     lasts = _name_pool(rng, n_last, taken)
-    pairs = [f"{a} {b}" for a in firsts for b in lasts]
-    return rng.sample(pairs, cfg.n_entities)
+    return rng.sample([f"{a} {b}" for a in firsts for b in lasts], cfg.n_people)
+
+
+def _heldout_sets(rng: random.Random, n_templates: int, k: int,
+                  n_facts: int) -> list[tuple[int, ...]]:
+    """Held-out template sets for the facts of one relation, rotated through a shuffled
+    template order so that each template is held out for about the same share of facts."""
+    order = list(range(n_templates))
+    rng.shuffle(order)
+    sets = [tuple(sorted(order[(j * k + m) % n_templates] for m in range(k)))
+            for j in range(n_facts)]
+    rng.shuffle(sets)
+    return sets
 
 
 def _timeline(rng: random.Random, cfg: WorldConfig, value: str,
-              objects: tuple[str, ...]) -> tuple[Change, ...]:
+              choices: list[str]) -> tuple[Change, ...]:
     """0..k changes at increasing whole-second times inside the timeline span."""
     n = rng.choices(range(len(cfg.change_weights)), weights=cfg.change_weights)[0]
+    if len(choices) < 2:  # nothing to change to
+        return ()
     span = int(cfg.timeline_years * 365.25 * 86400)
     start = dt.datetime.fromisoformat(cfg.timeline_start).replace(tzinfo=dt.timezone.utc)
-    offsets = sorted(rng.sample(range(span), n))
     changes, current = [], value
-    for off in offsets:
-        new = rng.choice([o for o in objects if o != current])
+    for off in sorted(rng.sample(range(span), n)):
+        new = rng.choice([o for o in choices if o != current])
         t = (start + dt.timedelta(seconds=off)).strftime("%Y-%m-%dT%H:%M:%SZ")
         changes.append(Change(t=t, old=current, new=new))
         current = new
     return tuple(changes)
 
 
-def _heldout_sets(rng: random.Random, cfg: WorldConfig, n_facts: int) -> list[tuple[int, ...]]:
-    """Held-out template sets for the facts of one relation, rotated through a shuffled
-    template order so that each template is held out for about the same share of facts."""
-    order = list(range(cfg.n_templates))
-    rng.shuffle(order)
-    k = cfg.heldout_per_fact
-    sets = [tuple(sorted(order[(j * k + m) % cfg.n_templates] for m in range(k)))
-            for j in range(n_facts)]
-    rng.shuffle(sets)
-    return sets
-
-
 class World:
     """Entities, relations, facts and their timeline. Build with `World.generate(cfg)` or
     load with `World.from_json(path)`; treat as read-only."""
 
-    def __init__(self, config: WorldConfig, relations: dict[str, dict],
-                 entities: list[dict], facts: list[Fact]):
+    def __init__(self, config: WorldConfig, entities: list[dict], facts: list[Fact]):
         self.config = config
-        self.relations = relations  # name -> {"templates": [...], "objects": [...]}
-        self.entities = entities    # [{"id": "E0000", "name": "..."}]
+        self.entities = entities    # [{"id", "type", "name", "split"?}]
         self.facts = tuple(facts)
         self._by_key = {f.key: f for f in self.facts}
+        self._by_name = {e["name"]: e for e in entities}
+        self._entity = {e["id"]: e for e in entities}
 
     # -- building -------------------------------------------------------------------------
     @classmethod
     def generate(cls, cfg: WorldConfig) -> "World":
         """The world of `cfg`. Deterministic: one `random.Random(cfg.seed)` drives everything."""
         rng = random.Random(cfg.seed)
-        relations = {r: {"templates": list(RELATIONS[r][0][: cfg.n_templates]),
-                         "objects": list(RELATIONS[r][1])} for r in cfg.relations}
-        taken = {w.capitalize() for text in _static_texts(relations) for w in text.split()}
-        names = _entity_names(rng, cfg, taken)
-        entities = [{"id": f"E{i:04d}", "name": name} for i, name in enumerate(names)]
-        heldout = {r: _heldout_sets(rng, cfg, len(entities)) for r in cfg.relations}
-        facts = []
-        for i, ent in enumerate(entities):
-            for r in cfg.relations:
-                objects = RELATIONS[r][1]
-                value = rng.choice(objects)
-                facts.append(Fact(key=fact_key(ent["id"], r), entity=ent["id"],
-                                  subject=ent["name"], relation=r, value=value,
-                                  heldout=heldout[r][i],
-                                  changes=_timeline(rng, cfg, value, objects)))
-        return cls(cfg, relations, entities, facts)
+        taken = {w.strip(".,?:").capitalize() for text in static_texts() for w in text.split()}
+        people = _person_names(rng, cfg, taken)
+        n_dev = round(cfg.dev_share * cfg.n_people)
+        splits = ["dev"] * n_dev + ["test"] * (cfg.n_people - n_dev)
+        rng.shuffle(splits)
+        entities = [{"id": f"P{i:04d}", "type": PERSON, "name": n, "split": s}
+                    for i, (n, s) in enumerate(zip(people, splits))]
+        entities += [{"id": f"C{i:03d}", "type": "company", "name": n}
+                     for i, n in enumerate(COMPANIES)]
+        entities += [{"id": f"T{i:03d}", "type": "city", "name": n} for i, n in enumerate(CITIES)]
+        return cls(cfg, entities, _generate_facts(rng, cfg, entities))
 
     # -- access ---------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Fact]:
@@ -251,19 +189,44 @@ class World:
     def __len__(self) -> int:
         return len(self.facts)
 
+    @property
+    def relations(self) -> dict[str, RelationSpec]:
+        return RELATIONS
+
     def fact(self, key: str) -> Fact:
         """The fact with key `"<entity_id>|<relation>"` (KeyError if unknown)."""
         return self._by_key[key]
 
-    def templates(self, relation: str) -> list[str]:
-        return self.relations[relation]["templates"]
+    def entity(self, entity_id: str) -> dict:
+        return self._entity[entity_id]
+
+    def entity_named(self, name: str) -> dict | None:
+        """The entity whose name is `name` (values of entity-valued relations are names)."""
+        return self._by_name.get(name)
+
+    def split_of(self, fact: Fact) -> str | None:
+        """"dev" or "test" for person facts; None for company and city facts."""
+        return self._entity[fact.entity].get("split")
+
+    def templates(self, relation: str) -> tuple[str, ...]:
+        return RELATIONS[relation].templates
+
+    def ood_templates(self, relation: str) -> tuple[str, ...]:
+        return RELATIONS[relation].ood
 
     def objects(self, relation: str) -> list[str]:
-        return self.relations[relation]["objects"]
+        """Every value a fact of `relation` can take."""
+        spec = RELATIONS[relation]
+        if spec.object_type is None:
+            return list(spec.values)
+        return [e["name"] for e in self.entities if e["type"] == spec.object_type]
 
     def prompt(self, fact: Fact, template_index: int) -> str:
         """The prompt of `fact` in template `template_index` (the object is not included)."""
         return self.templates(fact.relation)[template_index].format(s=fact.subject)
+
+    def ood_prompt(self, fact: Fact, index: int) -> str:
+        return self.ood_templates(fact.relation)[index].format(s=fact.subject)
 
     def trained_templates(self, fact: Fact) -> list[int]:
         return [t for t in range(len(self.templates(fact.relation))) if t not in fact.heldout]
@@ -276,23 +239,50 @@ class World:
         """(fact, template) pairs pretraining never shows: generalization probes."""
         return [(f, t) for f in self.facts for t in f.heldout]
 
-    def stable_facts(self) -> list[Fact]:
-        """Facts whose timeline has no change: streams use them as untouched locality facts."""
-        return [f for f in self.facts if not f.changes]
+    def ood_pairs(self) -> list[tuple[str, str, Fact]]:
+        """(prompt, value, fact) in the phrasing family pretraining never shows for any fact."""
+        return [(self.ood_prompt(f, k), f.value, f) for f in self.facts
+                for k in range(len(self.ood_templates(f.relation)))]
+
+    def two_hop(self, fact: Fact, value: str | None = None) -> list[dict]:
+        """Two-hop questions through `fact` (a first hop) when it holds `value` (default: its
+        initial value): [{"prompt", "answer", "kind"}]. Empty for facts that start none."""
+        value = fact.value if value is None else value
+        out = []
+        for hop in TWO_HOP:
+            if hop.first != fact.relation:
+                continue
+            mid = self.entity_named(value)
+            if mid is None:
+                continue
+            second = self._by_key[fact_key(mid["id"], hop.second)]
+            out += [{"prompt": t.format(s=fact.subject), "answer": second.value, "kind": hop.name}
+                    for t in hop.templates]
+        return out
+
+    def stable_facts(self, split: str | None = None) -> list[Fact]:
+        """Facts whose timeline has no change (streams use them as locality facts), of one
+        split (person facts) or of every entity when `split` is None."""
+        return [f for f in self.facts if not f.changes
+                and (split is None or self.split_of(f) == split)]
 
     def texts(self) -> list[str]:
-        """Every word the world can produce (templates, objects, names), in a fixed order."""
-        return _static_texts(self.relations) + [e["name"] for e in self.entities]
+        """Every text the world can produce: static phrasings and values, then names."""
+        return static_texts() + [e["name"] for e in self.entities]
 
-    def tokenizer(self):
-        """The word-level tokenizer covering every word of the world."""
-        return build_word_tokenizer(self.texts())
+    def corpus(self) -> list[str]:
+        """The pretraining text: every trained pair as `prompt + " " + value` (for tokenizer
+        training and key statistics)."""
+        return [f"{self.prompt(f, t)} {f.value}" for f, t in self.trained_pairs()]
 
     def summary(self) -> dict:
         """Sizes, for reports and pretrain.json."""
-        return {"entities": len(self.entities), "relations": len(self.relations),
-                "templates_per_relation": self.config.n_templates, "facts": len(self.facts),
-                "name_tokens": self.config.name_tokens,
+        multi = sum(1 for f in self.facts if " " in f.value)
+        return {"entities": len(self.entities),
+                "people": sum(e["type"] == PERSON for e in self.entities),
+                "relations": len(RELATIONS), "templates_per_relation": 8,
+                "ood_templates_per_relation": 2, "facts": len(self.facts),
+                "multi_word_values": multi,
                 "trained_pairs": len(self.trained_pairs()),
                 "heldout_pairs": len(self.heldout_pairs()),
                 "facts_with_changes": sum(1 for f in self.facts if f.changes),
@@ -303,8 +293,8 @@ class World:
         # One compact row per fact: [key, value, heldout templates, [[t, old, new], ...]].
         facts = [[f.key, f.value, list(f.heldout), [[c.t, c.old, c.new] for c in f.changes]]
                  for f in self.facts]
-        return {"format": FORMAT, "config": to_dict(self.config), "relations": self.relations,
-                "entities": self.entities, "facts": facts}
+        return {"format": FORMAT, "config": to_dict(self.config), "entities": self.entities,
+                "facts": facts}
 
     def to_json(self) -> str:
         """Compact, deterministic JSON text (what `save` writes)."""
@@ -325,7 +315,7 @@ class World:
             facts.append(Fact(key=key, entity=entity, subject=names[entity], relation=relation,
                               value=value, heldout=tuple(heldout),
                               changes=tuple(Change(*c) for c in changes)))
-        return cls(cfg, data["relations"], data["entities"], facts)
+        return cls(cfg, data["entities"], facts)
 
     @classmethod
     def from_json(cls, path: str | Path) -> "World":
@@ -333,13 +323,53 @@ class World:
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
-def _static_texts(relations: dict[str, dict]) -> list[str]:
-    """Template and object words, before any name: fixes the tokenizer's id order."""
-    texts = []
-    for rel in relations.values():
-        texts += [t.replace("{s}", " ") for t in rel["templates"]]
-        texts += rel["objects"]
-    return texts
+def _generate_facts(rng: random.Random, cfg: WorldConfig, entities: list[dict]) -> list[Fact]:
+    """Initial values, held-out templates and timelines of every fact, relation by relation."""
+    by_type: dict[str, list[dict]] = {}
+    for e in entities:
+        by_type.setdefault(e["type"], []).append(e)
+    facts: dict[str, Fact] = {}
+    # a tenth of the people (at least three) keep their birth city: they are the mentors
+    people = by_type[PERSON]
+    mentors = {e["id"] for e in rng.sample(people, min(len(people), max(3, len(people) // 10)))}
+    order = ["headquarters", "country", "birth_city", "mentor", "employer", "language",
+             "sport", "instrument"]
+    for rel in order:
+        spec = RELATIONS[rel]
+        subjects = by_type[spec.subject]
+        held = _heldout_sets(rng, len(spec.templates), cfg.heldout_per_fact, len(subjects))
+        for ent, heldout in zip(subjects, held):
+            choices = _choices(rel, ent, mentors, by_type)
+            value = rng.choice(choices)
+            fixed = rel not in CHANGING or (rel == "birth_city" and ent["id"] in mentors)
+            changes = () if fixed else _timeline(rng, cfg, value, choices)
+            key = fact_key(ent["id"], rel)
+            facts[key] = Fact(key, ent["id"], ent["name"], rel, value, heldout, changes)
+    return [facts[fact_key(e["id"], r)] for e in entities for r in RELATIONS
+            if RELATIONS[r].subject == e["type"]]
+
+
+def _choices(rel: str, ent: dict, mentors: set[str], by_type: dict[str, list[dict]]) -> list[str]:
+    """The values a fact may take: a vocabulary, or entity names of the object type (for a
+    mentor: the other people of the mentor pool, whose birth city never changes)."""
+    spec = RELATIONS[rel]
+    if spec.object_type is None:
+        return list(spec.values)
+    pool = by_type[spec.object_type]
+    if rel == "mentor":
+        pool = [p for p in pool if p["id"] in mentors and p["id"] != ent["id"]]
+    return [p["name"] for p in pool]
+
+
+def static_texts() -> list[str]:
+    """Phrasings and vocabulary values, before any name: fixes the order of tokenizer texts."""
+    texts: list[str] = []
+    for spec in RELATIONS.values():
+        texts += [t.replace("{s}", " ") for t in spec.templates + spec.ood]
+        texts += list(spec.values)
+    for hop in TWO_HOP:
+        texts += [t.replace("{s}", " ") for t in hop.templates]
+    return texts + list(COMPANIES) + list(CITIES)
 
 
 def builtin_world_path() -> Path:

@@ -284,7 +284,8 @@ def test_latency_without_base_timings_has_no_overhead():
 STABLE_KEYS = {"run_id", "method", "label", "seed", "status", "complete", "edits", "reliability",
                "reliability_after_edit", "generalization", "locality", "portability",
                "retention", "retention_by_age", "conflict", "routing", "retraction", "latency_ms",
-               "memory_bytes", "memory_growth", "edits_per_second", "perplexity", "chunks", "queries"}
+               "memory_bytes", "memory_growth", "edits_per_second", "perplexity", "chunks", "queries",
+               "generalization_ood", "health", "leaked_rephrases"}
 
 
 def test_perplexity_is_the_mean_of_per_row_exp_nll():

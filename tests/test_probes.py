@@ -3,6 +3,7 @@ are probed at a checkpoint, and against which target). Pure, no model needed."""
 
 from __future__ import annotations
 
+import functools
 import random
 from collections import Counter
 
@@ -10,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lifelong.probes import Ledger, locality_pool, locality_sample, plan, retract_probe
+from lifelong.probes import (Ledger, leaked_rephrases, locality_pool, locality_sample, plan,
+                             retract_probe)
 from lifelong.stream import Edit, Merge, Probe, Query, Retract
 
 FAST = settings(max_examples=150, deadline=None)
@@ -206,34 +208,85 @@ def many_facts(n: int = 10):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(1, 9), st.integers(0, 10 ** 6), st.integers(0, 50))
-def test_plan_sample_covers_exactly_k_facts_deterministically(k, seed, ck):
-    led = many_facts(10)
+@given(st.integers(1, 40), st.integers(0, 10 ** 6), st.integers(1, 60))
+def test_plan_sample_is_the_same_facts_at_every_checkpoint(k, seed, upto):
+    """A fixed seeded sample: a fact probed at one checkpoint is probed at every later one
+    (so forgetting follows the same facts), whole (rel + gen), in stream order."""
+    events = [Edit(f"e{i}", i, f"p{i}", "T", rephrases=("r",)) for i in range(60)]
+    full = Ledger.replay(events)
+    early = Ledger.replay(events[:upto])
     loc = [Probe("l1", "a"), Probe("l2", "b")]
-    items = plan(led, loc, sample=k, seed=seed, checkpoint=ck)
+    items = plan(early, loc, sample=k, seed=seed, total_facts=60)
+    later = plan(full, loc, sample=k, seed=seed, total_facts=60)
     facts = {it.fact for it in items if it.role != "loc"}
-    assert len(facts) == k and facts <= set(led.by_fact)
-    # Sampled facts come whole (rel + gen) and in stream order; locality is not sampled.
-    assert Counter(it.role for it in items) == {"rel": k, "gen": k, "loc": 2}
-    order = [led.order[it.edit_id] for it in items if it.role == "rel"]
+    assert facts == {it.fact for it in later if it.role != "loc"} & set(early.by_fact)
+    want = Counter({"rel": len(facts), "gen": len(facts), "loc": 2})
+    assert Counter(it.role for it in items) == +want
+    order = [early.order[it.edit_id] for it in items if it.role == "rel"]
     assert order == sorted(order)
-    assert plan(led, loc, sample=k, seed=seed, checkpoint=ck) == items
+    assert plan(early, loc, sample=k, seed=seed, total_facts=60) == items
 
 
-def test_plan_sample_differs_across_checkpoints_and_seeds():
-    led = many_facts(10)
+def test_plan_sample_size_and_seed_dependence():
+    led = Ledger.replay([Edit(f"e{i}", i, f"p{i}", "T") for i in range(2000)])
 
-    def picked(seed, ck):
-        return frozenset(it.fact for it in plan(led, [], sample=3, seed=seed, checkpoint=ck))
+    def picked(seed):
+        return frozenset(it.fact for it in plan(led, [], sample=200, seed=seed, total_facts=2000))
 
-    assert len({picked(0, ck) for ck in range(10)}) > 1
-    assert len({picked(s, 1) for s in range(10)}) > 1
+    assert 150 <= len(picked(0)) <= 250
+    assert len({picked(s) for s in range(5)}) == 5
+    assert len({it.fact for it in plan(led, [], sample=0, total_facts=2000)}) == 2000
+
+
+def test_plan_drops_rephrases_that_an_edit_of_the_fact_trained_on():
+    """A user stream that lists an earlier (or retracted) edit's prompt as a rephrase of a
+    later edit of the same fact: that probe is never scored, and it is counted."""
+    events = [Edit("e1", 1, "old prompt", "A", fact="f"),
+              Edit("e2", 2, "other fact", "B", fact="g", rephrases=("old prompt",)),
+              Edit("e3", 3, "new prompt", "C", fact="f", rephrases=("old prompt", "fresh"),
+                   ood_rephrases=("new prompt", "ood fresh"))]
+    led = Ledger.replay(events)
+    probes = {(it.role, it.prompt, it.fact) for it in plan(led, [])}
+    assert ("gen", "fresh", "f") in probes and ("gen_ood", "ood fresh", "f") in probes
+    assert ("gen", "old prompt", "f") not in probes and ("gen_ood", "new prompt", "f") not in probes
+    assert ("gen", "old prompt", "g") in probes  # another fact's edit prompt is no leak
+    assert leaked_rephrases(led) == 2
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 10 ** 6), st.sampled_from((0.1, 0.3, 0.6)), st.sampled_from(("dev", "test")))
+def test_generated_streams_never_probe_a_trained_prompt(seed, reedit_share, split):
+    """Streams with re-edits from the world generator: no generalization probe (in- or
+    out-of-distribution) at any checkpoint is a prompt some edit of its fact trained on."""
+    from lifelong.stream import load_events_from_dicts
+    from lifelong.streamgen import StreamSpec, make_stream
+    world = _small_world()
+    spec = StreamSpec(edits=120, split=split, reedit_share=reedit_share, seed=seed,
+                      n_locality_facts=20, n_rephrases=7)
+    events = load_events_from_dicts(make_stream(world, spec)).events
+    led = Ledger.replay([])
+    trained: dict[str, set[str]] = {}
+    for ev in events:
+        led.add(ev)
+        if isinstance(ev, Edit):
+            trained.setdefault(ev.fact, set()).add(ev.prompt)
+    assert leaked_rephrases(led) == 0
+    all_trained = {(f, p) for f, ps in trained.items() for p in ps}
+    for it in plan(led, []):
+        if it.role in ("gen", "gen_ood"):
+            assert (it.fact, it.prompt) not in all_trained
+
+
+@functools.lru_cache(maxsize=1)
+def _small_world():
+    from lifelong.world import World, WorldConfig
+    return World.generate(WorldConfig(n_people=300, seed=3))
 
 
 @pytest.mark.parametrize("sample", [0, 10, 11, -1])
 def test_plan_sample_zero_or_at_least_total_gives_every_fact(sample):
     led = many_facts(10)
-    assert plan(led, [], sample=sample, seed=3, checkpoint=2) == plan(led, [])
+    assert plan(led, [], sample=sample, seed=3, total_facts=10) == plan(led, [])
     assert len(plan(led, [])) == 20
 
 

@@ -36,7 +36,7 @@ from tinyrun import save_tiny_model, stream_events, write_jsonl, write_scenario
 pytestmark = pytest.mark.usefixtures("single_thread")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EXPECTED_PLOTS = {"quality", "retention-none", "retention-ft", "retention-age", "conflict",
-                  "edit-latency", "query-latency", "memory"}
+                  "edit-latency", "query-latency", "memory", "health"}
 
 
 @pytest.fixture(scope="module", autouse=True)

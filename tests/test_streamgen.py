@@ -1,5 +1,6 @@
-"""Edit streams drawn from a world's timeline: determinism, shares, and the consistency of
-re-edits, retracts, queries and locality items."""
+"""Edit streams drawn from a world's timeline: determinism, shares, splits, no leaked
+generalization probes, and the consistency of re-edits, retracts, queries, portability and
+locality items."""
 
 from __future__ import annotations
 
@@ -12,22 +13,24 @@ from hypothesis import given, settings, strategies as st
 from lifelong.config import from_mapping
 from lifelong.errors import ConfigError
 from lifelong.stream import parse_stream
-from lifelong.streamgen import StreamSpec, make_stream, write_stream
+from lifelong.streamgen import StreamSpec, make_stream, max_edits, write_stream
 from lifelong.world import World, WorldConfig
 
 
 @functools.lru_cache(maxsize=1)
 def small_world() -> World:
-    """400 entities x 6 relations: room for a few hundred edits and 300 locality facts."""
-    return World.generate(WorldConfig(n_entities=400, seed=7))
+    """400 people x 6 changing relations: room for a few hundred edits per split and 50
+    locality facts."""
+    return World.generate(WorldConfig(n_people=400, seed=7))
 
 
 specs = st.builds(
-    StreamSpec, edits=st.integers(1, 400), reedit_share=st.sampled_from((0.0, 0.1, 0.25)),
+    StreamSpec, edits=st.integers(1, 400), split=st.sampled_from(("dev", "test")),
+    reedit_share=st.sampled_from((0.0, 0.1, 0.25, 0.6)),
     retract_share=st.sampled_from((0.0, 0.02, 0.1)), query_share=st.sampled_from((0.0, 0.05, 0.3)),
     spacing_seconds=st.sampled_from((0.0, 60.0, 3600.0)), seed=st.integers(0, 1000),
-    locality_per_edit=st.integers(0, 3), n_locality_facts=st.integers(1, 300),
-    n_rephrases=st.sampled_from((None, 0, 2)))
+    n_locality_facts=st.integers(1, 50), n_rephrases=st.sampled_from((0, 2, 7)),
+    neighbours=st.booleans(), portability=st.booleans(), ood_rephrases=st.booleans())
 
 
 def _edits(events):
@@ -35,9 +38,9 @@ def _edits(events):
 
 
 def test_deterministic_and_seed_dependent():
-    spec = StreamSpec(edits=200, n_locality_facts=300)
+    spec = StreamSpec(edits=200, n_locality_facts=50)
     assert make_stream(small_world(), spec) == make_stream(small_world(), spec)
-    other = StreamSpec(edits=200, n_locality_facts=300, seed=1)
+    other = StreamSpec(edits=200, n_locality_facts=50, seed=1)
     assert make_stream(small_world(), spec) != make_stream(small_world(), other)
 
 
@@ -45,7 +48,11 @@ def test_deterministic_and_seed_dependent():
 @given(specs)
 def test_stream_invariants(spec):
     world = small_world()
-    events = make_stream(world, spec)
+    try:
+        events = make_stream(world, spec)
+    except ConfigError as exc:  # asked for more than the split holds: said so, with the maximum
+        assert "at most" in str(exc) and spec.edits > max_edits(world, spec)
+        return
     edits = _edits(events)
     kinds = [e["kind"] for e in events]
     assert len(edits) == spec.edits
@@ -56,8 +63,29 @@ def test_stream_invariants(spec):
     assert len(set(ids)) == len(ids)
     times = [datetime.fromisoformat(e["t"].replace("Z", "+00:00")) for e in events]
     assert times == sorted(times)
+    assert {world.split_of(world.fact(e["fact"])) for e in edits} <= {spec.split}
     _check_values(world, events)
     _check_locality(world, events, spec)
+    _check_no_leak(events)
+    _check_portability(world, events, spec)
+
+
+def _check_no_leak(events: list[dict]) -> None:
+    """No rephrase of any edit of a fact is the prompt of any edit of that fact."""
+    prompts: dict[str, set[str]] = {}
+    for e in _edits(events):
+        prompts.setdefault(e["fact"], set()).add(e["prompt"])
+    for e in _edits(events):
+        probes = set(e["rephrases"]) | set(e.get("ood_rephrases", []))
+        assert not probes & prompts[e["fact"]]
+
+
+def _check_portability(world: World, events: list[dict], spec: StreamSpec) -> None:
+    for e in _edits(events):
+        fact = world.fact(e["fact"])
+        expected = world.two_hop(fact, e["target"]) if spec.portability else []
+        assert e.get("portability", []) == [{"prompt": h["prompt"], "answer": h["answer"]}
+                                            for h in expected]
 
 
 def _check_values(world: World, events: list[dict]) -> None:
@@ -78,6 +106,7 @@ def _check_values(world: World, events: list[dict]) -> None:
             assert e["meta"]["reedit"] == (e["fact"] in current)
             assert e["prompt"] == world.prompt(fact, e["meta"]["template"])
             assert e["prompt"] not in e["rephrases"] and e["subject"] == fact.subject
+            assert e["meta"]["split"] == world.split_of(fact)
             current[e["fact"]] = e["target"]
         elif e["kind"] == "retract":
             target = by_id[e["edit_id"]]  # KeyError: the retract precedes its edit
@@ -86,32 +115,40 @@ def _check_values(world: World, events: list[dict]) -> None:
             retracted.add(e["edit_id"])
             current[target["fact"]] = target["previous"]
         else:
-            assert e["answer"] in current.values()
-            matches = [k for k, v in current.items()
-                       if any(world.prompt(world.fact(k), t) == e["prompt"]
-                              for t in range(len(world.templates(world.fact(k).relation))))]
-            assert matches and e["answer"] == current[matches[0]]
+            asked = [k for k in current if e["prompt"] in
+                     {world.prompt(world.fact(k), t) for t in range(8)}]
+            assert asked and e["answer"] == current[asked[0]]
+            assert e["prompt"] not in {x["prompt"] for x in _edits(events) if x["fact"] == asked[0]}
         by_id[e["id"]] = e
 
 
 def _check_locality(world: World, events: list[dict], spec: StreamSpec) -> None:
+    """Locality items are trained phrasings of never-changing facts: the first from the
+    split's reserved pool, then (with neighbours) the subject's own and a namesake's."""
     edited = {e["fact"] for e in _edits(events)}
     stable_prompts = {}
     for fact in world.stable_facts():
         for t in world.trained_templates(fact):
             stable_prompts[world.prompt(fact, t)] = fact
-    seen = set()
+    pool = set()
     for e in _edits(events):
-        assert len(e["locality"]) == spec.locality_per_edit
-        for item in e["locality"]:
-            fact = stable_prompts[item["prompt"]]  # a trained phrasing of a stable fact
+        edit_fact = world.fact(e["fact"])
+        assert 1 <= len(e["locality"]) <= (3 if spec.neighbours else 1)
+        facts = [stable_prompts[item["prompt"]] for item in e["locality"]]
+        for item, fact in zip(e["locality"], facts):
             assert fact.key not in edited and item["answer"] == fact.value
-            seen.add(fact.key)
-    assert len(seen) <= spec.n_locality_facts
+        assert world.split_of(facts[0]) == spec.split
+        pool.add(facts[0].key)
+        for fact in facts[1:]:
+            same_subject = fact.entity == edit_fact.entity
+            namesake = (fact.relation == edit_fact.relation and fact.entity != edit_fact.entity
+                        and fact.subject.split()[0] == edit_fact.subject.split()[0])
+            assert same_subject or namesake
+    assert len(pool) <= spec.n_locality_facts
 
 
 def test_written_stream_passes_the_validator(tmp_path):
-    spec = StreamSpec(edits=120, retract_share=0.05, query_share=0.1, n_locality_facts=300)
+    spec = StreamSpec(edits=120, retract_share=0.05, query_share=0.1, n_locality_facts=50)
     events = make_stream(small_world(), spec)
     write_stream(events, tmp_path / "s.jsonl")
     parsed = parse_stream(tmp_path / "s.jsonl")
@@ -120,7 +157,7 @@ def test_written_stream_passes_the_validator(tmp_path):
 
 def test_impossible_requests_are_clear_errors():
     with pytest.raises(ConfigError, match="cannot supply"):
-        make_stream(small_world(), StreamSpec(edits=10_000, n_locality_facts=300))
+        make_stream(small_world(), StreamSpec(edits=10_000, n_locality_facts=50))
     with pytest.raises(ConfigError, match="never-changing"):
         make_stream(small_world(), StreamSpec(edits=10, n_locality_facts=5000))
     with pytest.raises(ConfigError):
