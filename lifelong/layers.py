@@ -211,10 +211,16 @@ def _resolve(model: nn.Module, name: str) -> tuple[str, nn.Module]:
 
 
 def default_edit_layer(model: nn.Module) -> int:
-    """The default layer to edit: a late-middle block, ``floor(0.75 * (n - 1) + 0.5)`` for
-    ``n`` blocks (0.75 of the way to the last block, rounding halves up). E.g. 1 for 2 layers,
-    8 for 12, 35 for 48. Always in ``0..n-1``."""
+    """The default layer to edit. A model whose config names one (``lifelong_edit_layer``,
+    which `lifelong pretrain` writes from the model's causal trace: the layer whose MLP output
+    carries most of a fact's recall at the subject's last token) gets that layer; any other
+    model a late-middle block, ``floor(0.75 * (n - 1) + 0.5)`` for ``n`` blocks (0.75 of the
+    way to the last block, rounding halves up: 1 for 2 layers, 8 for 12, 35 for 48). Always
+    in ``0..n-1``."""
     n = num_layers(model)
+    named = getattr(getattr(model, "config", None), "lifelong_edit_layer", None)
+    if isinstance(named, int) and not isinstance(named, bool) and 0 <= named < n:
+        return named
     return min(n - 1, max(0, math.floor(0.75 * (n - 1) + 0.5)))
 
 

@@ -178,6 +178,15 @@ def test_default_edit_layer_formula(n, expected):
     assert layers.default_edit_layer(model) == expected
 
 
+@pytest.mark.parametrize("named,expected", [(0, 0), (3, 3), (7, 4), (-1, 4), (True, 4), ("1", 4)])
+def test_a_layer_named_in_the_config_is_the_default(named, expected):
+    """`lifelong pretrain` names the traced layer in config.json; out-of-range or non-int
+    values fall back to the late-middle rule (4 of 6 layers)."""
+    model = make_tiny_model("gpt2", n_layer=6, width=8, n_head=2, vocab_size=16)
+    model.config.lifelong_edit_layer = named
+    assert layers.default_edit_layer(model) == expected
+
+
 @pytest.mark.parametrize("bad", ["mlp", "layers", "layers.x.mlp", "layers.0.mlp.gate",
                                  "layers.0.", "Layers.0", "transformer.h.0", "layer.0",
                                  " embed", "layers.0.mlp.out.weight"])
