@@ -166,9 +166,11 @@ def streams_validate(file, sort):
 @click.option("--retract-share", type=float, help="retractions, as a share of edits")
 @click.option("--query-share", type=float, help="query events, as a share of edits")
 @click.option("--spacing", type=float, help="mean seconds between events")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--split", type=click.Choice(["dev", "test"]), default="test", show_default=True,
+              help="whose facts to edit: dev (for choosing defaults) or test (for reported figures)")
+@click.option("--seed", type=click.IntRange(min=0, max=2**63 - 1), default=0, show_default=True)
 @click.option("--world", type=click.Path(dir_okay=False), help="world.json (default: the built-in model's)")
-def streams_make(output, edits, reedit_share, retract_share, query_share, spacing, seed, world):
+def streams_make(output, edits, reedit_share, retract_share, query_share, spacing, split, seed, world):
     """Generate a timestamped edit stream from the world's timeline of fact changes."""
     from .streamgen import StreamSpec, make_stream, write_stream
     from .world import World, load_builtin_world
@@ -176,7 +178,7 @@ def streams_make(output, edits, reedit_share, retract_share, query_share, spacin
         raise LifelongError(f"--spacing: must be a finite number of seconds >= 0, got {spacing}")
     w = _world(World.from_json, world) if world else _world(lambda _: load_builtin_world(), 'the built-in world')
     given = {"edits": edits, "reedit_share": reedit_share, "retract_share": retract_share,
-             "query_share": query_share, "spacing_seconds": spacing, "seed": seed}
+             "query_share": query_share, "spacing_seconds": spacing, "seed": seed, "split": split}
     spec = from_mapping(StreamSpec, {k: v for k, v in given.items() if v is not None}, "streams make")
     events = make_stream(w, spec)
     write_stream(events, output)

@@ -53,6 +53,7 @@ from .runsetup import Setup, preflight
 from .scenario import MethodSpec, Scenario, check_methods
 from .scoring import score_pairs
 from .store import Store
+from .streamorder import seeded_order
 from .stream import Edit, Event, Merge, ParsedStream, Query, Retract
 
 
@@ -140,6 +141,7 @@ class Runtime:
                  reporter: Reporter | None = None, setup: Setup | None = None):
         self.sc = scenario
         self.store = store
+        self._stream_events = stream.events
         self.events = truncate(stream.events, scenario.stream.max_edits)
         self.stream_info = {"path": stream.path, "events": len(self.events),
                             "skipped_lines": len(stream.skipped)}
@@ -169,7 +171,15 @@ class Runtime:
     def run_id(self, spec: MethodSpec, seed: int) -> str:
         return f"{spec.display}@seed{seed}"
 
+    def _order_for(self, seed: int) -> None:
+        """The events this seed replays: the file's order, or with `stream.order = "seeded"`
+        the seed's interleaving of the facts' histories (then truncated to `max_edits`)."""
+        if self.sc.stream.order == "seeded":
+            self.events = truncate(seeded_order(self._stream_events, seed), self.sc.stream.max_edits)
+            self._settled = settled_position(self.events)
+
     def run(self, spec: MethodSpec, seed: int, resume: bool = False) -> str:
+        self._order_for(seed)
         run_id = self.run_id(spec, seed)
 
         def fresh():

@@ -37,6 +37,10 @@ class StreamSource:
                                     "instead of refusing the stream")
     sort: bool = setting(False, "accept lines out of timestamp order and replay them sorted")
     max_edits: int = setting(0, "replay only up to the Nth edit (0: the whole stream)", min=0)
+    order: str = setting("file", "replay order: 'file' (the stream's own), or 'seeded' (each "
+                                 "seed interleaves the facts' histories in its own order, every "
+                                 "fact's events kept in order: see lifelong/streamorder.py)",
+                         choices=("file", "seeded"))
     max_unknown_share: float = setting(0.05, "refuse a run when more than this share of the "
                                              "stream's answers (edit targets, locality and "
                                              "portability answers) contain the model's unknown "

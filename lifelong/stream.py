@@ -34,7 +34,7 @@ _FIELDS = types.MappingProxyType({
     "edit": _COMMON + ("prompt", "target", "subject", "fact", "rephrases", "ood_rephrases",
                        "locality", "portability", "previous", "meta"),
     "retract": _COMMON + ("edit_id",),
-    "query": _COMMON + ("prompt", "answer"),
+    "query": _COMMON + ("prompt", "answer", "fact"),
     "merge": _COMMON,
 })
 _SURROGATE = "contains an unpaired surrogate"
@@ -100,10 +100,12 @@ class Retract(_EventBase):
 
 @dataclass(frozen=True)
 class Query(_EventBase):
-    """A probe asked by the stream itself; `answer` is the expected answer, if known."""
+    """A probe asked by the stream itself; `answer` is the expected answer, if known, and
+    `fact` the fact it asks about, if known (a seeded replay order keeps it with that fact)."""
     kind: ClassVar[str] = "query"
     prompt: str
     answer: str | None = None
+    fact: str | None = None
 
 
 @dataclass(frozen=True)
@@ -282,7 +284,7 @@ def _build(kind: str | None, errs: list, obj: dict, eid: Any, t: Any, line: int)
         return Retract(eid, t, _text(errs, obj, "edit_id", kind), line=line)
     if kind == "query":
         return Query(eid, t, _text(errs, obj, "prompt", kind), _text(errs, obj, "answer", kind),
-                     line=line)
+                     fact=_text(errs, obj, "fact", kind), line=line)
     return Merge(eid, t, line=line)
 
 
@@ -481,6 +483,8 @@ def event_to_dict(ev: Event) -> dict:
         d["prompt"] = ev.prompt
         if ev.answer is not None:
             d["answer"] = ev.answer
+        if ev.fact is not None:
+            d["fact"] = ev.fact
     elif not isinstance(ev, Merge):
         raise TypeError(f"not a stream event: {type(ev).__name__}")
     return d

@@ -90,16 +90,27 @@ class _Planned:
     template: int = -1
 
 
+def _feasible(n: int, share: float, extras: list[int], n_facts: int) -> bool:
+    """Whether `n` edits with round(n * share) re-edits fit: re-edits drawn from the facts
+    with the most further changes first (as `_choose_edits` does), each fact's first change a
+    first edit."""
+    n_re = round(n * share)
+    n_first = n - n_re
+    used, left = 0, n_re
+    for extra in extras:  # descending
+        if left <= 0:
+            break
+        used, left = used + 1, left - min(extra, left)
+    return left <= 0 and used <= n_first <= n_facts
+
+
 def max_edits(world: World, spec: StreamSpec) -> int:
     """The largest `edits` this world's split can supply at `spec.reedit_share`."""
     facts = [f for f in world if f.changes and world.split_of(f) == spec.split]
-    extra = sum(len(f.changes) - 1 for f in facts)
-    best = 0
-    for n in range(1, sum(len(f.changes) for f in facts) + 1):
-        n_re = round(n * spec.reedit_share)
-        if n - n_re <= len(facts) and n_re <= extra:
-            best = n
-    return best
+    extras = sorted((len(f.changes) - 1 for f in facts if len(f.changes) >= 2), reverse=True)
+    total = sum(len(f.changes) for f in facts)
+    return max((n for n in range(1, total + 1)
+                if _feasible(n, spec.reedit_share, extras, len(facts))), default=0)
 
 
 def _choose_edits(world: World, spec: StreamSpec, rng: random.Random) -> list[_Planned]:
@@ -112,6 +123,7 @@ def _choose_edits(world: World, spec: StreamSpec, rng: random.Random) -> list[_P
     single = [f for f in facts if len(f.changes) == 1]
     rng.shuffle(multi)
     rng.shuffle(single)
+    multi.sort(key=lambda f: len(f.changes))  # stable: shuffled within a count; most last
     chosen: list[tuple[Fact, int]] = []  # (fact, how many of its changes)
     re_left = n_re
     while re_left > 0 and multi:
@@ -123,9 +135,11 @@ def _choose_edits(world: World, spec: StreamSpec, rng: random.Random) -> list[_P
     others = multi + single
     rng.shuffle(others)
     if re_left or len(chosen) > n_first or len(others) < n_first - len(chosen):
+        most = max_edits(world, spec)
+        why = (f"at most {most} at re-edit share {spec.reedit_share}" if spec.edits > most else
+               f"{n_re} re-edits need more first edits than {n_first}: lower reedit_share")
         raise ConfigError(f"the {spec.split} split cannot supply {spec.edits} edits with "
-                          f"{n_re} re-edits; at most {max_edits(world, spec)} at re-edit share "
-                          f"{spec.reedit_share}")
+                          f"{n_re} re-edits; {why}")
     chosen += [(f, 1) for f in others[: n_first - len(chosen)]]
     planned = []
     for fact, n in chosen:  # distinct templates for the edits of one fact
@@ -278,7 +292,7 @@ def _query_event(world: World, events: list[dict], used: dict[str, set[int]],
     fact = world.fact(rng.choice([e for e in events if e["kind"] == "edit"])["fact"])
     free = [t for t in range(len(world.templates(fact.relation))) if t not in used[fact.key]]
     return {"kind": "query", "id": qid, "prompt": world.prompt(fact, rng.choice(free)),
-            "answer": current[fact.key]}
+            "answer": current[fact.key], "fact": fact.key}
 
 
 _ORDER = ("kind", "id", "t", "prompt", "target", "answer", "edit_id", "subject", "fact",
