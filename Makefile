@@ -21,6 +21,9 @@ model: setup
 	$(VENV)/bin/lifelong pretrain --config lifelong/builtin/pretrain.toml -o lifelong/builtin
 
 streams: setup
-	$(VENV)/bin/lifelong streams make --edits 300 --seed 0 -o streams/quickstart.jsonl
-	$(VENV)/bin/lifelong streams make --edits 1000 --seed 1 -o streams/edits-1000.jsonl
-	$(VENV)/bin/lifelong streams make --edits 3000 --seed 2 -o streams/edits-3000.jsonl
+	$(VENV)/bin/lifelong streams make --split test --edits 300 --seed 200 -o streams/quickstart.jsonl
+	$(VENV)/bin/lifelong streams make --split dev --edits 1000 --seed 101 -o streams/dev/edits-1000.jsonl
+	$(VENV)/bin/lifelong streams make --split dev --edits 3000 --seed 102 -o streams/dev/edits-3000.jsonl
+	$(VENV)/bin/lifelong streams make --split test --edits 1000 --seed 201 -o streams/test/edits-1000.jsonl
+	$(VENV)/bin/lifelong streams make --split test --edits 3000 --seed 202 -o streams/test/edits-3000.jsonl
+	$(VENV)/bin/lifelong streams make --split test --edits 10000 --reedit-share 0.55 --seed 203 -o streams/test/edits-10000.jsonl

@@ -64,6 +64,11 @@ class PretrainConfig:
     prompt_weight: float = setting(0.0, "loss weight of prompt tokens (object and EOS "
                                    "tokens weigh 1)", min=0.0)
     threads: int = setting(2, "torch CPU threads", min=1)
+    trace_facts: int = setting(0, "after training, causal-trace this many facts and name the "
+                               "layer whose MLP carries their recall at the subject's last token "
+                               "in config.json (`lifelong_edit_layer`: methods edit it by "
+                               "default); 0: no trace", min=0)
+    trace_samples: int = setting(5, "noise samples per traced fact", min=1)
     eval_every: int = setting(500, "steps between monitoring evaluations (0: none)", min=0)
     eval_sample: int = setting(2000, "pairs per split in a monitoring evaluation", min=1)
     log_seconds: float = setting(5.0, "seconds between progress lines", min=0.0)
@@ -323,5 +328,23 @@ def pretrain(world_cfg: WorldConfig, pretrain_cfg: PretrainConfig, out_dir: str 
     world.save(Path(out_dir) / "world.json")
     record = {"world_config": to_dict(world_cfg), "pretrain_config": to_dict(pretrain_cfg),
               "world": world.summary(), "parameters": sum(p.numel() for p in model.parameters()),
-              **info, "check": check, "wall_seconds": round(time.perf_counter() - wall, 1)}
-    return write_model_dir(out_dir, model, tok, "pretrain.json", record, pretrain_cfg.threads)
+              **info, "check": check}
+    written = write_model_dir(out_dir, model, tok, "pretrain.json", record, pretrain_cfg.threads)
+    if pretrain_cfg.trace_facts:
+        written = trace_model_dir(out_dir, world, pretrain_cfg, written)
+    written["wall_seconds"] = round(time.perf_counter() - wall, 1)
+    (Path(out_dir) / "pretrain.json").write_text(json.dumps(written, indent=2) + "\n",
+                                                 encoding="utf-8")
+    return written
+
+
+def trace_model_dir(out_dir: str | Path, world: World, cfg: PretrainConfig, record: dict) -> dict:
+    """Causal-trace the model just written (`lifelong.trace`), name its edit layer in
+    config.json (`lifelong_edit_layer`: the methods' default layer) and add the trace's
+    summary to the record. Also used on its own for a model pretrained before this step."""
+    from .model import load_model
+    from .trace import TraceConfig, annotate_model_dir, world_facts
+    tcfg = TraceConfig(facts=cfg.trace_facts, samples=cfg.trace_samples, seed=cfg.seed)
+    with torch_threads(cfg.threads):
+        lm = load_model(str(out_dir))
+        return {**record, "trace": annotate_model_dir(out_dir, lm, world_facts(world, cfg.seed), tcfg)}

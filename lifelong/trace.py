@@ -315,3 +315,31 @@ def trace_command(model_path, stream_path, facts, samples, noise, seed, out_dir,
                + "; ".join(f"{k} peak at layer {p['layer']}, {p['category']} token "
                            f"({p['effect']:.3f})" for k, p in result["peak"].items()))
     click.echo("wrote " + ", ".join(str(f) for f in files))
+
+
+def edit_layer(result: dict) -> int:
+    """The layer whose MLP output carries most of a fact's recall at the subject's last token
+    (the peak of `effect["mlp"]["last subject"]`): where ROME edits, and the default layer
+    for methods that edit one MLP (written to the model's config as `lifelong_edit_layer`)."""
+    row = result["effect"]["mlp"]["last subject"]
+    return max(range(len(row)), key=lambda L: (row[L] if row[L] is not None else float("-inf"), -L))
+
+
+def annotate_model_dir(model_dir: str | Path, lm: LM, candidates: Sequence[TraceFact],
+                       cfg: TraceConfig) -> dict:
+    """Trace `lm` (loaded from `model_dir`), write trace.json/png/md into `model_dir`/trace
+    and set `lifelong_edit_layer` in its config.json. Returns a short record for the
+    model's own JSON (facts, peaks, the layer)."""
+    chosen = choose_facts(lm, candidates, cfg)
+    if not chosen:  # a model that knows none of its facts: nothing to locate
+        return {"facts": 0, "edit_layer": None}
+    result = causal_trace(lm, chosen, cfg)
+    write_trace(result, Path(model_dir) / "trace")
+    layer = edit_layer(result)
+    path = Path(model_dir) / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["lifelong_edit_layer"] = layer
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    lm.model.config.lifelong_edit_layer = layer
+    return {"facts": result["facts"], "config": result["config"], "peak": result["peak"],
+            "mlp_last_subject": result["effect"]["mlp"]["last subject"], "edit_layer": layer}

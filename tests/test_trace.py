@@ -62,3 +62,28 @@ def test_trace_is_deterministic_and_leaves_the_model_unchanged(tmp_path):
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in lm.model.modules())
     files = write_trace(a, tmp_path)
     assert all(f.exists() and f.stat().st_size > 0 for f in files)
+
+
+def test_annotate_names_the_traced_layer_in_config(tmp_path):
+    """Facts whose answer is the model's own top prediction are traced; the layer of the MLP
+    peak at the last subject token lands in config.json and is what methods then edit."""
+    import json
+
+    from lifelong import layers
+    from lifelong.model import load_model
+    from lifelong.trace import annotate_model_dir, edit_layer
+    model = make_tiny_model("gpt2", n_layer=3)
+    model.save_pretrained(tmp_path)
+    tiny_tokenizer().save_pretrained(tmp_path)
+    lm = load_model(str(tmp_path))
+    known = []
+    for f in FACTS:
+        ids = torch.tensor([lm.tok(f.prompt)["input_ids"]])
+        top = int(lm.model(input_ids=ids).logits[0, -1].argmax())
+        known.append(TraceFact(f.prompt, f.subject, lm.tok.decode([top]).strip()))
+    record = annotate_model_dir(tmp_path, lm, known, TraceConfig(facts=3, samples=2))
+    assert record["facts"] >= 1 and 0 <= record["edit_layer"] < 3
+    assert json.loads((tmp_path / "config.json").read_text())["lifelong_edit_layer"] == record["edit_layer"]
+    assert layers.default_edit_layer(load_model(str(tmp_path)).model) == record["edit_layer"]
+    assert (tmp_path / "trace" / "trace.png").exists()
+    assert edit_layer({"effect": {"mlp": {"last subject": [0.1, 0.5, None]}}}) == 1

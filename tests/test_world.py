@@ -143,7 +143,7 @@ def test_lr_schedule_warms_up_then_decays():
 def _tiny_pretrain(out) -> dict:
     cfg = PretrainConfig(n_layer=2, n_embd=32, n_head=2, steps=20, batch_size=16, vocab_size=400,
                          warmup_steps=2, eval_every=10, eval_sample=20, threads=1,
-                         bucket_by_length=True)
+                         bucket_by_length=True, trace_facts=2, trace_samples=2)
     return pretrain(WorldConfig(n_people=12), cfg, out, progress=False, check_sample=30)
 
 
