@@ -333,6 +333,9 @@ cli.add_command(export)
 from .trace import trace_command  # noqa: E402
 cli.add_command(trace_command)
 
+from .sweep import sweep_command  # noqa: E402
+cli.add_command(sweep_command)
+
 
 def main() -> None:
     try:
