@@ -16,6 +16,7 @@ would make. The saved format is described in `lifelong/memoryfile.py` and docs/a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,17 @@ import torch
 from . import __version__, memoryfile
 from .config import to_dict
 from .errors import LifelongError
-from .methods import AttachContext, EditReceipt, EditRequest, build_method
+from .methods import (
+    AttachContext,
+    EditReceipt,
+    EditRequest,
+    TrainRecord,
+    build_method,
+    consolidate_memory,
+    edit_batch,
+    retract_edit,
+)
+from .methods.context import context_fields, default_corpus
 from .model import BUILTIN, LM, load_model
 from .scoring import PairScore, forward_logits, score_pairs
 
@@ -108,23 +119,41 @@ class Editor:
                 raise LifelongError("edit: no requests given")
         requests = self._requests(items)
         receipt = self.memory.edit(requests)
-        self.log += [{"op": "edit", **{k: getattr(r, k) for k in _REQUEST_KEYS}} for r in requests]
+        self._logged(requests)
         return receipt
 
+    def edit_batch(self, items: Iterable[Any]) -> list[EditReceipt]:
+        """Several edits (requests as for `edit`), one receipt per request: one joint call
+        for a method that edits in batches (`BatchEditing`), else one edit after another.
+        This is how the runtime hands edits over with `schedule.edit_batch`."""
+        self._check_open()
+        items = list(items)
+        if not items:
+            raise LifelongError("edit_batch: no requests given")
+        requests = self._requests(items)
+        receipts = edit_batch(self.memory, requests)
+        self._logged(requests)
+        return receipts
+
+    def _logged(self, requests: Sequence[EditRequest]) -> None:
+        self.log += [{"op": "edit", **{k: getattr(r, k) for k in _REQUEST_KEYS}} for r in requests]
+
     def retract(self, edit_id: str) -> None:
-        """Undo one active edit; a method that cannot raises `NotSupported` (a
-        `LifelongError`) saying why, and the memory is left as it was."""
+        """Undo one active edit; a method that cannot (not `Retractable`, or configured not
+        to) raises `NotSupported` (a `LifelongError`) saying why, and the memory is left as
+        it was."""
         self._check_open()
         if edit_id not in self.edits:
             raise LifelongError(f"retract: no active edit {edit_id!r}"
                                 f"{_listing(' (active: ', list(self.edits), ')')}")
-        self.memory.retract(edit_id)
+        retract_edit(self.memory, edit_id)
         self.log.append({"op": "retract", "edit_id": edit_id})
 
     def consolidate(self) -> dict[str, Any] | None:
-        """Ask the method to merge what it has to merge (WISE's shards); None: nothing."""
+        """Ask the method to merge what it has to merge (WISE's shards); None: nothing (also
+        for every method that does not consolidate)."""
         self._check_open()
-        info = self.memory.consolidate()
+        info = consolidate_memory(self.memory)
         self.log.append({"op": "consolidate"})
         return info
 
@@ -165,8 +194,16 @@ class Editor:
         return {"method": self.method, "config": to_dict(self.memory.config), "seed": self.seed,
                 "model": {"ref": self.base.ref, "name": self.base.name,
                           "fingerprint": self.base.fingerprint},
-                "context": {"unrelated_prompts": list(self.context.unrelated_prompts)},
+                "context": self._context_meta(),
                 "log": self.log, "lifelong_version": __version__, "source": self.source}
+
+    def _context_meta(self) -> dict[str, Any]:
+        """The context's inputs, less the model's own corpus (found again beside the model
+        wherever it is loaded)."""
+        meta = self.context.to_meta()
+        if meta.get("corpus") == default_corpus(self.lm.path):
+            del meta["corpus"]
+        return meta
 
     def close(self) -> None:
         """Detach the method: the model is its pristine self again (bit for bit)."""
@@ -257,12 +294,25 @@ def base_model(lm: LM) -> BaseModel:
     return BaseModel(ref=ref, name=lm.name, fingerprint=lm.fingerprint())
 
 
+def model_context(lm: LM, base: BaseModel, seed: int, device: str = "cpu",
+                  **fields: Any) -> AttachContext:
+    """The attach context the API gives a method on the pristine `lm` (described by `base`):
+    `fields` (unrelated_prompts, train_split, corpus, cache_dir; empty ones take their
+    defaults), the model's own corpus unless one is named, its fingerprint, and a factory of
+    fresh copies of the base model."""
+    fields = {k: v for k, v in fields.items() if v}
+    fields.setdefault("corpus", default_corpus(lm.path))
+    return AttachContext(seed=seed, model_fingerprint=base.fingerprint, device=device,
+                         model_factory=functools.partial(load_model, base.ref, device), **fields)
+
+
 def attach(lm: LM, method: str, settings: Mapping[str, Any] | None, seed: int,
            context: AttachContext, state: dict | None = None, log: Sequence[dict] = (),
-           source: dict | None = None) -> Editor:
+           source: dict | None = None, base: BaseModel | None = None) -> Editor:
     """Build `method` with `settings`, attach it to the pristine `lm` and, given `state`,
-    restore it: the runtime's own steps (`build_method`, `attach`, `load_state_dict`)."""
-    base = base_model(lm)
+    restore it: the runtime's own steps (`build_method`, `attach`, `load_state_dict`).
+    `base`: `base_model(lm)`, when the caller has it already (it hashes every weight)."""
+    base = base or base_model(lm)
     memory = build_method(method, dict(settings or {}), seed)
     memory.attach(lm, context)
     if state is not None:
@@ -276,15 +326,25 @@ def attach(lm: LM, method: str, settings: Mapping[str, Any] | None, seed: int,
 
 
 def open(model: str = BUILTIN, method: str = "none", settings: Mapping[str, Any] | None = None,
-         seed: int = 0, *, unrelated_prompts: Sequence[str] = (), device: str = "cpu") -> Editor:
+         seed: int = 0, *, unrelated_prompts: Sequence[str] = (),
+         train_split: Sequence[TrainRecord] | str = (), corpus: Sequence[str] | str = "",
+         cache_dir: str = "", device: str = "cpu") -> Editor:
     """Load `model` ("builtin" or a local Hugging Face directory) and attach `method` with
-    `settings` (see `lifelong methods`). `unrelated_prompts`: prompts known not to be edited,
-    for methods that train against them (defer's gate, wise's margins and scale)."""
+    `settings` (see `lifelong methods`). What the method may use (`AttachContext`, read only
+    when it asks): `unrelated_prompts`, prompts known not to be edited (defer's gate, wise's
+    margins and scale); `train_split`, a data set's train split (records or a stream file);
+    `corpus`, texts or a text file for key statistics (default: the model's own); `cache_dir`
+    (default: $LIFELONG_CACHE or ~/.cache/lifelong)."""
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise LifelongError(f"seed must be an integer, got {seed!r}")
     lm = load_model(model, device)
-    context = AttachContext(seed=seed, unrelated_prompts=tuple(unrelated_prompts))
-    return attach(lm, method, settings, seed, context)
+    base = base_model(lm)
+    context = model_context(lm, base, seed, device, unrelated_prompts=tuple(unrelated_prompts),
+                            train_split=train_split if isinstance(train_split, str)
+                            else tuple(train_split),
+                            corpus=corpus if isinstance(corpus, str) else tuple(corpus),
+                            cache_dir=str(cache_dir))
+    return attach(lm, method, settings, seed, context, base=base)
 
 
 def load(path: str | Path, *, model: str | None = None, device: str = "cpu") -> Editor:
@@ -295,16 +355,15 @@ def load(path: str | Path, *, model: str | None = None, device: str = "cpu") -> 
     try:
         name, config, seed = meta["method"], meta["config"], meta["seed"]
         ref, want = meta["model"]["ref"], meta["model"]["fingerprint"]
-        unrelated = tuple(meta["context"]["unrelated_prompts"])
+        fields = context_fields(meta["context"])
         log = list(meta["log"])
     except (KeyError, TypeError) as exc:
         raise LifelongError(f"{path}: memory.json lacks {exc}") from None
     lm = load_model(model or ref, device)
-    have = lm.fingerprint()
-    if have != want:
+    base = base_model(lm)
+    if base.fingerprint != want:
         raise LifelongError(f"{path}: made on base model {ref} (fingerprint {want}), but "
-                            f"{model or ref} has fingerprint {have}; load it onto the model it "
-                            "was made on")
-    editor = attach(lm, name, config, seed, AttachContext(seed=seed, unrelated_prompts=unrelated),
-                    state, log, meta.get("source"))
-    return editor
+                            f"{model or ref} has fingerprint {base.fingerprint}; load it onto "
+                            "the model it was made on")
+    return attach(lm, name, config, seed, model_context(lm, base, seed, device, **fields),
+                  state, log, meta.get("source"), base=base)

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 import numpy as np
@@ -134,10 +136,13 @@ def model_world(model: str | None, command: str):
 
 
 def time_bare_vs_memory(lm, prompts: list[str], targets: list[str],
-                        set_bare: Callable[[bool], None], rounds: int = 3) -> dict[str, Any]:
-    """Query latency with the method's memory against the bare model (`set_bare(True)`: the
-    hook short-circuited), each prompt alone and in batches of 32 (`rounds` times), the two
-    interleaved so that load on the machine hits both alike. Leaves the memory serving."""
+                        bare: Callable[[], AbstractContextManager], rounds: int = 3) -> dict[str, Any]:
+    """Query latency with the method's memory against the bare model (inside `bare()`, e.g.
+    a hook-based method's `bypassed()`: its hooks removed), each prompt alone and in batches
+    of 32 (`rounds` times), the two interleaved so that load on the machine hits both alike.
+    Leaves the memory serving."""
+    import contextlib
+
     import torch
 
     from .scoring import encode_pairs, forward_logits
@@ -149,11 +154,10 @@ def time_bare_vs_memory(lm, prompts: list[str], targets: list[str],
         forward_logits(lm, *batches[0][1])
         for kind, batch in batches:
             for mode in ("bare", "memory"):
-                set_bare(mode == "bare")
-                t0 = time.perf_counter()
-                forward_logits(lm, *batch)
-                out[mode][kind].append((time.perf_counter() - t0) * 1e3)
-    set_bare(False)
+                with bare() if mode == "bare" else contextlib.nullcontext():
+                    t0 = time.perf_counter()
+                    forward_logits(lm, *batch)
+                    out[mode][kind].append((time.perf_counter() - t0) * 1e3)
     return {m: {"batch1_ms": _pct(v["b1"]), "batch32_ms": _pct(v["b32"])} for m, v in out.items()}
 
 
@@ -200,9 +204,9 @@ def bench_grace(model: str | None, sizes: list[int], edits: int = 20, queries: i
             edit_ms.append((time.perf_counter() - t0) * 1e3)
             steps.append(rc.steps)
         q = time_bare_vs_memory(lm, [p for p, _ in probe], [a for _, a in probe],
-                                lambda bare: setattr(g, "mode", "off" if bare else "serve"))
+                                g.bypassed)
         bare, mem = q["bare"], q["memory"]
-        row = {"keys": len(g.index), "fill_s": round(fill_s, 2), "edit_ms": _pct(edit_ms),
+        row = {"keys": len(g.book.index), "fill_s": round(fill_s, 2), "edit_ms": _pct(edit_ms),
                "edit_ms_mean": round(float(np.mean(edit_ms)), 2), "steps_mean": float(np.mean(steps)),
                **q, "overhead_batch1": round(mem["batch1_ms"]["p50"] / bare["batch1_ms"]["p50"] - 1, 4),
                "overhead_batch32": round(mem["batch32_ms"]["p50"] / bare["batch32_ms"]["p50"] - 1, 4),

@@ -38,8 +38,7 @@ def _world_edits(world, n: int, seed: int) -> list[tuple[str, str, str, str]]:
 
 
 def _time_queries(lm, method, prompts: list[str]) -> dict[str, Any]:
-    return time_bare_vs_memory(lm, prompts, ["x"] * len(prompts),
-                               lambda bare: setattr(method, "bypass", bare))
+    return time_bare_vs_memory(lm, prompts, ["x"] * len(prompts), method.bypassed)
 
 
 def bench_wise(model: str | None, edits: int = 50, memories: tuple[int, ...] = (1, 8, 32),

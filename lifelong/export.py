@@ -4,8 +4,8 @@ The store's `state` row of a run is its last resume point (for a complete run: t
 right after its final probe); `runs.config` says which method, settings, seed and base model
 made it. Export rebuilds the method exactly as the runtime did (`build_method`, `attach`,
 `load_state_dict`) and writes it with `Editor.save`, so `lifelong.load(DIR)` serves the run's
-final outputs bit for bit. A method whose memory is a weight change (`memory_kind =
-"weights"`: ft) is also written as a plain Hugging Face model with the edits merged in
+final outputs bit for bit. A method whose memory is a weight change (`Memory.memory_kind
+= "weights"`: ft) is also written as a plain Hugging Face model with the edits merged in
 (DIR/merged-model/); hook-based methods have no such model.
 
 When the run's stream file is still there (and is the one the run replayed: its event ids
@@ -73,7 +73,7 @@ def export_run(store_path: str | Path, run_id: str, out: str | Path, *,
 
 def _export(store, run: dict, out: Path, allow_incomplete: bool, model: str | None,
             overwrite: bool) -> ExportResult:
-    from .api import attach
+    from .api import attach, base_model
     from .model import load_model
 
     run_id = run["run_id"]
@@ -93,15 +93,17 @@ def _export(store, run: dict, out: Path, allow_incomplete: bool, model: str | No
     except LifelongError as exc:
         raise LifelongError(f"{exc} (the base model of run {run_id}; give --model where it is "
                             "now)") from None
-    unverified = _check_base(store, run, lm.fingerprint(), ref)
+    base = base_model(lm)
+    unverified = _check_base(store, run, base.fingerprint, ref)
     seed = int(run["seed"])
     chunk_start = int(state["counters"]["extra"].get("chunk_start", 0))
-    context, log, stream_note = _replay_info(store, run, config, seed, chunk_start, position)
+    context, log, stream_note = _replay_info(store, run, config, seed, chunk_start, position,
+                                             lm, base)
     source = {"store": str(store.path.resolve()), "run_id": run_id, "status": run["status"],
               "position": position, "events_total": run["events_total"],
               "chunk_start": chunk_start}
     editor = attach(lm, run["method"], config["method"]["settings"], seed, context,
-                    state["method"], log, source)
+                    state["method"], log, source, base=base)
     if (out / MERGED).is_dir():  # --overwrite: a stale merged model must not outlive its memory
         shutil.rmtree(out / MERGED)
     editor.save(out, overwrite=True)  # emptiness was checked above
@@ -154,17 +156,20 @@ def _check_base(store, run: dict, fingerprint: str, ref: str) -> str | None:
 
 
 # ---- what the stream tells ------------------------------------------------------------------
-def _replay_info(store, run: dict, config: dict, seed: int, chunk_start: int,
-                 position: int) -> tuple[AttachContext, list[dict], str | None]:
+def _replay_info(store, run: dict, config: dict, seed: int, chunk_start: int, position: int,
+                 lm, base) -> tuple[AttachContext, list[dict], str | None]:
     """(attach context, edit log, note) of the memory: from the run's stream when it is
-    there and unchanged, else an empty context and a log of ids and facts (with a note)."""
+    there and unchanged, else a context without unrelated prompts and a log of ids and facts
+    (with a note)."""
+    from .api import model_context
     rows = sorted(store.rows("events", run["run_id"]), key=lambda r: r["seq"])
     events = _stream_events(config, rows, seed)
     if isinstance(events, str):
         log = _log_from_rows(rows, chunk_start, position)
-        return AttachContext(seed=seed), log, events
+        return model_context(lm, base, seed), log, events
     runtime, pool, loc = events
-    context = runtime._context(pool, loc, seed, chunk_start)  # the runtime's own choice
+    # the runtime's own choice
+    context = runtime._context(pool, loc, seed, chunk_start, base.fingerprint)
     return context, _log_from_stream(runtime.events, rows, chunk_start, position), None
 
 
@@ -184,6 +189,7 @@ def _stream_events(config: dict, rows: list[dict], seed: int) -> Any:
         return (f"stream not used ({exc}): the edit log has ids and facts only and the "
                 "memory has no unrelated prompts for later edits")
     runtime = Runtime(sc, parsed, store=None)  # only its events and `_context` are used
+    runtime._order_for(seed)  # the order this seed replayed (`stream.order`)
     by_seq = {r["seq"]: r["event_id"] for r in rows if not r["event_id"].startswith("@")}
     if any(runtime.events[s].id != eid if s < len(runtime.events) else True
            for s, eid in by_seq.items()):
@@ -242,7 +248,7 @@ def _chunk_notes(config: dict, chunk_start: int, active: int) -> list[str]:
 
 def _merged_model(editor, out: Path) -> tuple[Path | None, str]:
     """Write DIR/merged-model/ for a method whose memory is a weight change."""
-    kind = getattr(type(editor.memory), "memory_kind", None)
+    kind = type(editor.memory).memory_kind
     name = editor.method
     if kind == "weights":
         from transformers.utils import logging as hf_logging
@@ -258,4 +264,4 @@ def _merged_model(editor, out: Path) -> tuple[Path | None, str]:
     if kind == "hooks":
         return None, (f"no merged model: {name}'s memory is not a weight change (it serves "
                       "through hooks beside the weights); load it with lifelong.load")
-    return None, f"no merged model: {name} does not declare its memory a weight change"
+    return None, f"no merged model: {name} declares an unknown memory kind {kind!r}"

@@ -43,8 +43,9 @@ import contextlib
 import io
 import json
 import struct
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import faiss
 import numpy as np
@@ -304,7 +305,7 @@ class KeyIndex:
         return np.frombuffer(buf.getvalue(), dtype=np.uint8).copy()
 
     @classmethod
-    def from_bytes(cls, data: Any, device: str | None = None) -> "KeyIndex":
+    def from_bytes(cls, data: Any, device: str | None = None) -> KeyIndex:
         """Inverse of `to_bytes` (accepts a uint8 numpy array, a CPU tensor, or bytes)."""
         raw = bytes(data) if isinstance(data, (bytes, bytearray)) else np.asarray(data, np.uint8).tobytes()
         if raw[:4] != _MAGIC:
@@ -320,7 +321,7 @@ class KeyIndex:
             header["device"] = "auto"
         out = cls(**header)
         out._index = faiss.deserialize_index(np.frombuffer(raw[8 + n:], dtype=np.uint8).copy())
-        out._dead = set(int(i) for i in dead)
+        out._dead = {int(i) for i in dead}
         out._live = set(out._all_ids().tolist()) - out._dead
         return out
 
@@ -328,7 +329,7 @@ class KeyIndex:
         Path(path).write_bytes(self.to_bytes().tobytes())
 
     @classmethod
-    def load(cls, path: str | Path, device: str | None = None) -> "KeyIndex":
+    def load(cls, path: str | Path, device: str | None = None) -> KeyIndex:
         return cls.from_bytes(Path(path).read_bytes(), device=device)
 
     def nbytes(self) -> int:

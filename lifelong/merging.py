@@ -12,7 +12,7 @@ Invariant: the result does not depend on the order of the deltas (given the same
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -43,7 +43,7 @@ def trim(delta: torch.Tensor, density: float) -> torch.Tensor:
     if density == 1.0:
         return delta.clone()
     flat = delta.abs().flatten()
-    k = max(1, int(round(density * flat.numel())))
+    k = max(1, round(density * flat.numel()))
     threshold = torch.topk(flat, k, sorted=False).values.min()
     return torch.where(delta.abs() >= threshold, delta, torch.zeros_like(delta))
 

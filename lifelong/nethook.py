@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
 
 from . import layers
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 Capture = Literal["output", "input", "both"]
 TensorFn = Callable[[torch.Tensor], torch.Tensor]
@@ -118,7 +121,7 @@ class Trace(contextlib.AbstractContextManager):
         if self.stop:
             raise StopForward(self._stop_owner)
 
-    def __enter__(self) -> "Trace":
+    def __enter__(self) -> Self:
         if self._handles:
             raise RuntimeError("this Trace is already active; create a new one to nest")
         try:
@@ -176,7 +179,7 @@ class TraceDict(Mapping[str, Trace], contextlib.AbstractContextManager):
     def __len__(self) -> int:
         return len(self._traces)
 
-    def __enter__(self) -> "TraceDict":
+    def __enter__(self) -> Self:
         entered: list[Trace] = []
         try:
             for trace in self._traces.values():

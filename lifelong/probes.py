@@ -220,9 +220,13 @@ def run_probes(lm: LM, items: Sequence[ProbeItem], reference: dict, batch_size: 
 
 
 def add_routing(method, rows: list[dict], batch_size: int) -> None:
-    """For methods that route (they have `route(prompts)` and `memory_of(edit_id)`), record
+    """For a method that routes (`lifelong.methods.Routing`; others are left alone), record
     where each rel/gen/loc probe went: `routed` (memory index, -1 = main memory) and
-    `routed_ok` (rel/gen: the memory holding the edit; loc: the main memory)."""
+    `routed_ok` (rel/gen: the memory holding the edit; loc: the main memory), and for each of
+    its `shadow_routers` (measured, not serving) `routed_ok_<router>`."""
+    from .methods import Routing
+    if not isinstance(method, Routing):
+        return
     todo = [r for r in rows if r["role"] in ("rel", "gen", "loc")]
     for start in range(0, len(todo), batch_size):
         chunk = todo[start:start + batch_size]
@@ -231,6 +235,6 @@ def add_routing(method, rows: list[dict], batch_size: int) -> None:
         for row, dest, w in zip(chunk, method.route(prompts), want):
             row["routed"] = -1 if dest is None else int(dest)
             row["routed_ok"] = int(dest == w)
-        for name in getattr(method, "shadow_routers", ()):  # routers measured, not serving
+        for name in method.shadow_routers:
             for row, dest, w in zip(chunk, method.route(prompts, router=name), want):
                 row[f"routed_ok_{name}"] = int(dest == w)

@@ -10,6 +10,10 @@ Setup before records: the model is checked and loaded (`runsetup.preflight`), th
 outputs computed, the method attached and its saved state restored before the run's row is
 written, so a run refused at setup leaves nothing to clean up and can simply be run again.
 
+Events are applied by `dispatch.py`: one at a time, or, for a method that edits in batches
+(`BatchEditing`), `schedule.edit_batch` consecutive edits per call; resume points fall only
+between calls, so a batch is always replayed whole.
+
 Resume: the resume point (events done, counters, the method's state, the RNG) is written in
 the same transaction as the rows before it, at every checkpoint and every few seconds. A run
 killed at any point restarts from its last resume point; events after it are replayed and
@@ -26,35 +30,57 @@ says when = "final") instead of being probed a second time in the same state.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
 import signal
 import subprocess
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 
 from . import __version__
 from .config import to_dict
-from .errors import LifelongError, NotSupported, StoreError
-from .metrics import compute_run_metrics
-from .methods import AttachContext, EditRequest, build_method
-from .model import LM, load_model
+from .dispatch import (
+    apply_edits,
+    apply_event,
+    base_row,
+    edit_count,
+    merge_row,
+    ms_since,
+    settled_position,
+    truncate,
+)
+from .errors import LifelongError, StoreError
 from .health import Monitor, texts_for
-from .probes import (Ledger, add_routing, chunk_locality, leaked_rephrases, locality_pool,
-                     locality_sample, plan, reference_pairs, reference_rows, run_probes)
+from .methods import AttachContext, BatchEditing, Routing, build_method
+from .methods.context import default_corpus
+from .metrics import compute_run_metrics
+from .model import LM, builtin_dir, load_model
+from .probes import (
+    Ledger,
+    add_routing,
+    chunk_locality,
+    leaked_rephrases,
+    locality_pool,
+    locality_sample,
+    plan,
+    reference_pairs,
+    reference_rows,
+    run_probes,
+)
 from .progress import Reporter
 from .querytiming import time_queries, timing_pairs
 from .runsetup import Setup, preflight
-from .scenario import MethodSpec, Scenario, check_methods
-from .scoring import score_pairs
+from .scenario import MethodSpec, Scenario, check_methods, same_config
 from .store import Store
+from .stream import Edit, Event, ParsedStream, Retract
 from .streamorder import seeded_order
-from .stream import Edit, Event, Merge, ParsedStream, Query, Retract
 
 
 class Interrupted(LifelongError):
@@ -77,9 +103,9 @@ def code_version() -> str:
     here = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
-                             text=True, timeout=5).stdout.strip()
+                             text=True, timeout=5, check=False).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+                               capture_output=True, text=True, timeout=5, check=False).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         sha, dirty = "", ""
     return f"{__version__}+{sha}{'.dirty' if dirty else ''}" if sha else __version__
@@ -89,20 +115,6 @@ def machine() -> dict[str, Any]:
     return {"platform": platform.platform(), "python": platform.python_version(),
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cpus": os.cpu_count(), "cuda": torch.cuda.is_available()}
-
-
-def truncate(events: Sequence[Event], max_edits: int) -> list[Event]:
-    """The events up to and including the `max_edits`-th edit (all when 0)."""
-    if max_edits <= 0:
-        return list(events)
-    out, n = [], 0
-    for ev in events:
-        if isinstance(ev, Edit):
-            if n == max_edits:
-                break
-            n += 1
-        out.append(ev)
-    return out
 
 
 @contextlib.contextmanager
@@ -124,11 +136,6 @@ def graceful_interrupt() -> Iterator[list[bool]]:
         yield flag
     finally:
         signal.signal(signal.SIGINT, old)
-
-
-def settled_position(events: Sequence[Event]) -> int:
-    """The position after the last event that changes the model (only queries follow it)."""
-    return max((i + 1 for i, e in enumerate(events) if not isinstance(e, Query)), default=0)
 
 
 class Runtime:
@@ -155,6 +162,8 @@ class Runtime:
         self._saved_position = 0
         self._crash_budget = scenario.faults.crash_after_events
         self._crash_point = scenario.faults.crash_at
+        #: events replayed by the run in progress (fault-injection tests read it)
+        self.position = 0
 
     # ---- public -------------------------------------------------------------------------
     def run_all(self, resume: bool = False) -> list[str]:
@@ -196,7 +205,8 @@ class Runtime:
         self._saved_position = 0
         torch.manual_seed(seed)
         lm, self._spare = self._spare or load_model(self.sc.model, self.sc.device), None
-        model_key = f"{lm.name}:{lm.fingerprint()}"
+        fingerprint = lm.fingerprint()
+        model_key = f"{lm.name}:{fingerprint}"
         pool = locality_pool(self.events)
         loc = locality_sample(pool, self.sc.schedule.locality_sample, seed)
         self._ensure_reference(lm, model_key, loc)
@@ -207,7 +217,7 @@ class Runtime:
         chunk_start = saved[1]["counters"]["extra"].get("chunk_start", 0) if saved else 0
 
         def context(start: int) -> AttachContext:
-            return self._context(pool, loc, seed, start)
+            return self._context(pool, loc, seed, start, fingerprint)
 
         method.attach(lm, context(chunk_start))
         counters = self._restore(run_id, method, saved)
@@ -264,7 +274,7 @@ class Runtime:
         if existing and not resume:
             raise StoreError(f"{self.store.path}: run {run_id} already exists "
                              f"({existing['status']}); use --resume to continue it, or another --db")
-        if existing and json.loads(existing["config"]) != json.loads(json.dumps(config, default=str)):
+        if existing and not same_config(json.loads(existing["config"]), config):
             raise StoreError(f"{self.store.path}: run {run_id} was started with another "
                              "configuration; use another --db")
         return existing
@@ -283,19 +293,28 @@ class Runtime:
                               "finished_at": None, "events_total": len(self.events),
                               "edits_total": self.n_edits})
 
-    def _context(self, pool, loc, seed: int, chunk_start: int) -> AttachContext:
+    def _context(self, pool, loc, seed: int, chunk_start: int,
+                 fingerprint: str = "") -> AttachContext:
         """What a method is attached with. Methods that train against unrelated inputs get
         the locality prompts that are never probed while it is attached, so locality is never
         measured on what a method trained on: the stream's pool minus the probed sample, or,
         with `restart_every`, minus the locality prompts of the chunk starting at event
-        `chunk_start` (the ones its end probes)."""
-        if self.sc.schedule.restart_every:
+        `chunk_start` (the ones its end probes). The train split, corpus and a second model
+        are named here and read only when the method asks (`AttachContext`)."""
+        sc = self.sc
+        if sc.schedule.restart_every:
             edits = [e for e in self.events[chunk_start:] if isinstance(e, Edit)]
-            probed = {p.prompt for e in edits[:self.sc.schedule.restart_every] for p in e.locality}
+            probed = {p.prompt for e in edits[:sc.schedule.restart_every] for p in e.locality}
         else:
             probed = {p.prompt for p in loc}
         unrelated = tuple(dict.fromkeys(p.prompt for p in pool if p.prompt not in probed))
-        return AttachContext(seed=seed, unrelated_prompts=unrelated)
+        model_dir = builtin_dir() if sc.model in ("", "builtin") else Path(sc.model)
+        return AttachContext(seed=seed, unrelated_prompts=unrelated,
+                             train_split=sc.stream.train_file,
+                             corpus=sc.corpus or default_corpus(model_dir),
+                             cache_dir=sc.cache_dir, model_fingerprint=fingerprint,
+                             device=sc.device,
+                             model_factory=functools.partial(load_model, sc.model, sc.device))
 
     def _restore(self, run_id: str, method, saved) -> Counters:
         if saved is None:
@@ -341,35 +360,26 @@ class Runtime:
         self.reporter.start(run_id, len(self.events), c.position)
         with graceful_interrupt() as stop:
             while c.position < len(self.events):
-                ev = self.events[c.position]
-                outside = chunk and isinstance(ev, Retract) and ev.edit_id not in ledger.edits
-                row = self._dispatch(run_id, lm, method, ev, c, outside)
-                ledger.add(ev)
-                c.position += 1
-                self.store.buffer("events", [row])
-                if isinstance(ev, Edit):
-                    c.edits += 1
-                    if sched.merge_every and c.edits % sched.merge_every == 0:
-                        self._merge(run_id, method, c, scheduled=True)
-                    if sched.checkpoint_every and c.edits % sched.checkpoint_every == 0:
-                        self._checkpoint(run_id, lm, method, ledger, loc, reference, c, seed,
-                                         "final" if self._is_final(c) else "checkpoint")
-                        last_save = time.monotonic()
-                    if chunk and c.edits % chunk == 0:
-                        self._checkpoint(run_id, lm, method, ledger, loc, reference, c, seed, "chunk",
-                                         save=False)
-                        method.detach()
-                        method = fresh()
-                        method.attach(lm, context(c.position))
-                        ledger = Ledger.replay([])
-                        c.extra["chunk_start"] = c.position
+                batching = sched.edit_batch > 1 and isinstance(method, BatchEditing)
+                n = edit_count(self.events, c.position, c.edits, sched, batching)
+                group = self.events[c.position:c.position + n]
+                rows = self._apply(run_id, lm, method, group, c, ledger, batching)
+                for i, (ev, row) in enumerate(zip(group, rows)):
+                    ledger.add(ev)
+                    c.position += 1
+                    self.store.buffer("events", [row])
+                    if isinstance(ev, Edit):
+                        c.edits += 1
+                        method, ledger, saved = self._scheduled(run_id, lm, method, ledger, loc,
+                                                                reference, c, seed, fresh, context)
+                        last_save = time.monotonic() if saved else last_save
+                    # a resume point only between calls: a batch is resumed whole
+                    if i == n - 1 and time.monotonic() - last_save >= sched.save_every_seconds:
                         self._save(run_id, method, c)
                         last_save = time.monotonic()
-                if time.monotonic() - last_save >= sched.save_every_seconds:
-                    self._save(run_id, method, c)
-                    last_save = time.monotonic()
-                self._maybe_crash()
-                self.reporter.update(c.position, f"{c.edits} edits")
+                    self.position = c.position
+                    self._maybe_crash()
+                    self.reporter.update(c.position, f"{c.edits} edits")
                 if stop[0]:
                     self._save(run_id, method, c)
                     raise Interrupted(f"interrupted after event {c.position} of {len(self.events)}; "
@@ -384,55 +394,46 @@ class Runtime:
         sample = self.sc.schedule.probe_edits
         return c.position >= self._settled and (not sample or sample >= self.n_facts)
 
-    def _dispatch(self, run_id: str, lm: LM, method, ev: Event, c: Counters,
-                  outside: bool = False) -> dict:
-        """Apply one event and return its row. `outside`: a retraction of an edit made in an
-        earlier chunk (`restart_every`), which the fresh method never saw: recorded, not sent."""
-        row = {"run_id": run_id, "event_id": ev.id, "seq": c.position, "kind": ev.kind,
-               "t": ev.t, "fact": getattr(ev, "fact", None), "edit_index": c.edits,
-               "scheduled": 0, "outcome": "applied", "error": None}
-        t0 = time.perf_counter()
-        if outside:
-            row.update(fact=None, ms=0.0, target_id=ev.edit_id, outcome="nothing",
-                       error="the edit was made in an earlier chunk")
-            return row
-        try:
-            if isinstance(ev, Edit):
-                receipt = method.edit([EditRequest(ev.id, ev.prompt, ev.target, ev.fact,
-                                                   ev.subject, ev.previous)])
-                row.update(ms=_ms(t0), loss_before=receipt.loss_before,
-                           loss_after=receipt.loss_after, steps=receipt.steps,
-                           converged=None if receipt.converged is None else int(receipt.converged),
-                           outcome="applied" if receipt.applied else "rejected")
-                if self.sc.schedule.eval_after_edit:
-                    s = score_pairs(lm, [ev.prompt], [ev.target])[0]
-                    row.update(tf_acc=s.tf_acc, gen_exact=int(s.gen_exact), gen_text=s.gen_text)
-            elif isinstance(ev, Retract):  # target first: a refused retraction names it too
-                row.update(fact=None, target_id=ev.edit_id)
-                method.retract(ev.edit_id)
-                row["ms"] = _ms(t0)
-            elif isinstance(ev, Query):
-                answer = ev.answer or ""
-                s = score_pairs(lm, [ev.prompt], [answer or "?"])[0]
-                row.update(ms=_ms(t0), gen_text=s.gen_text, answer=ev.answer,
-                           tf_acc=s.tf_acc if answer else None,
-                           gen_exact=int(s.gen_exact) if answer else None)
-            elif isinstance(ev, Merge):
-                info = method.consolidate()
-                row.update(ms=_ms(t0), outcome="applied" if info is not None else "nothing")
-        except NotSupported as exc:
-            row.update(ms=_ms(t0), outcome="unsupported", error=str(exc))
-        return row
+    def _apply(self, run_id: str, lm: LM, method, group: Sequence[Event], c: Counters,
+               ledger: Ledger, batching: bool) -> list[dict]:
+        """Apply one event, or a batch of edits (`dispatch`), and return their rows. A
+        retraction of an edit made in an earlier chunk (`restart_every`) is recorded, not
+        sent: the fresh method never saw it."""
+        rows = [base_row(run_id, ev, c.position + i, c.edits + i) for i, ev in enumerate(group)]
+        eval_after = self.sc.schedule.eval_after_edit
+        if batching and isinstance(group[0], Edit):
+            apply_edits(lm, method, group, rows, eval_after)
+            return rows
+        ev = group[0]
+        outside = bool(self.sc.schedule.restart_every) and isinstance(ev, Retract) \
+            and ev.edit_id not in ledger.edits
+        apply_event(lm, method, ev, rows[0], eval_after, outside)
+        return rows
 
-    def _merge(self, run_id: str, method, c: Counters, scheduled: bool) -> None:
-        t0 = time.perf_counter()
-        info = method.consolidate()
-        c.merges += 1
-        self.store.buffer("events", [{"run_id": run_id, "event_id": f"@merge-{c.edits:06d}",
-                                      "seq": c.position, "kind": "merge", "t": None, "fact": None,
-                                      "edit_index": c.edits, "scheduled": int(scheduled),
-                                      "outcome": "applied" if info is not None else "nothing",
-                                      "error": None, "ms": _ms(t0)}])
+    def _scheduled(self, run_id, lm, method, ledger, loc, reference, c: Counters, seed: int,
+                   fresh, context):
+        """What the schedule fires after an edit: a merge, a checkpoint, the end of a chunk
+        (a fresh method). Returns (method, ledger, whether a resume point was saved)."""
+        sched = self.sc.schedule
+        saved = False
+        if sched.merge_every and c.edits % sched.merge_every == 0:
+            c.merges += 1
+            self.store.buffer("events", [merge_row(run_id, method, c.position, c.edits)])
+        if sched.checkpoint_every and c.edits % sched.checkpoint_every == 0:
+            self._checkpoint(run_id, lm, method, ledger, loc, reference, c, seed,
+                             "final" if self._is_final(c) else "checkpoint")
+            saved = True
+        if sched.restart_every and c.edits % sched.restart_every == 0:
+            self._checkpoint(run_id, lm, method, ledger, loc, reference, c, seed, "chunk",
+                             save=False)
+            method.detach()
+            method = fresh()
+            method.attach(lm, context(c.position))
+            ledger = Ledger.replay([])
+            c.extra["chunk_start"] = c.position
+            self._save(run_id, method, c)
+            saved = True
+        return method, ledger, saved
 
     def _checkpoint(self, run_id, lm, method, ledger, loc, reference, c: Counters, seed: int,
                     when: str, save: bool = True, probe: bool = True) -> None:
@@ -449,8 +450,8 @@ class Runtime:
         self.reporter.update(c.position, f"probing {len(items)} prompts", force=True)
         t0 = time.perf_counter()
         rows = run_probes(lm, items, reference, sched.batch_size)
-        probe_ms = _ms(t0)
-        if callable(getattr(method, "route", None)) and callable(getattr(method, "memory_of", None)):
+        probe_ms = ms_since(t0)
+        if isinstance(method, Routing):
             with torch.no_grad():
                 add_routing(method, rows, sched.batch_size)
         for r in rows:
@@ -494,7 +495,3 @@ class Runtime:
 
     def _die(self) -> None:
         os._exit(137)
-
-
-def _ms(t0: float) -> float:
-    return (time.perf_counter() - t0) * 1e3

@@ -19,12 +19,14 @@ stored with every run.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import from_mapping, setting
+import tomllib
+
+from .config import from_mapping, setting, to_dict
 from .errors import ConfigError
 
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes 0 <= seed < 2**63
@@ -37,6 +39,10 @@ class StreamSource:
                                     "instead of refusing the stream")
     sort: bool = setting(False, "accept lines out of timestamp order and replay them sorted")
     max_edits: int = setting(0, "replay only up to the Nth edit (0: the whole stream)", min=0)
+    train_file: str = setting("", "the data set's train split, a stream file of edits (relative "
+                                  "paths: to the scenario file), for methods that learn before "
+                                  "the stream (AttachContext.train_records; read only when a "
+                                  "method asks); '': none")
     order: str = setting("file", "replay order: 'file' (the stream's own), or 'seeded' (each "
                                  "seed interleaves the facts' histories in its own order, every "
                                  "fact's events kept in order: see lifelong/streamorder.py)",
@@ -66,6 +72,12 @@ class Schedule:
                                      "of the base model in alternation", min=1)
     save_every_seconds: float = setting(20.0, "save a resume point at least this often", min=0.5)
     batch_size: int = setting(128, "probe batch size", min=1)
+    edit_batch: int = setting(1, "edits handed to a method per call, for methods that edit in "
+                                 "batches (BatchEditing: one joint update and one receipt per "
+                                 "edit); other methods get them one by one. A batch ends at a "
+                                 "retraction, query or merge event and at every scheduled merge, "
+                                 "checkpoint and chunk end; with eval_after_edit each edit is "
+                                 "scored after its batch", min=1)
     restart_every: int = setting(0, "the WISE paper's T: edit the stream in chunks of T edits, "
                                     "each from a fresh model and method, and probe each chunk's "
                                     "own edits and their locality prompts at its end; figures "
@@ -91,7 +103,8 @@ class Schedule:
 class MethodSpec:
     name: str = setting(help="registered method name (see `lifelong methods`)")
     label: str = setting("", "name of this configuration in results (default: the method name)")
-    settings: dict | None = setting(None, "method settings (see `lifelong methods`)")
+    # (a dict-typed field whose default is None: `setting` gives the field, RUF009 misreads it)
+    settings: dict | None = setting(None, "method settings (see `lifelong methods`)")  # noqa: RUF009
 
     @property
     def display(self) -> str:
@@ -125,10 +138,18 @@ class Scenario:
                                            "torch's seed range)", min=0, max=MAX_SEED)
     threads: int = setting(0, "torch CPU threads (0: torch's default). Small models on a busy "
                               "machine run faster and steadier with 1", min=0)
-    stream: StreamSource = setting(StreamSource(), "the edit stream")
-    schedule: Schedule = setting(Schedule(), "checkpoints, merges, probe sizes")
+    corpus: str = setting("", "text corpus for key statistics (methods that need one: ROME, "
+                              "MEMIT, ...): a UTF-8 text file, one text per line, or a world.json "
+                              "/ organism.json (relative paths: to the scenario file); default: "
+                              "the model's own (world.json or organism.json beside it)")
+    cache_dir: str = setting("", "where methods keep statistics and trained editors, keyed by "
+                                 "model fingerprint and layer (relative paths: to the scenario "
+                                 "file); default: $LIFELONG_CACHE or ~/.cache/lifelong")
+    # frozen dataclass instances: immutable defaults (`setting` makes them fields)
+    stream: StreamSource = setting(StreamSource(), "the edit stream")  # noqa: RUF009
+    schedule: Schedule = setting(Schedule(), "checkpoints, merges, probe sizes")  # noqa: RUF009
     methods: tuple[MethodSpec, ...] = setting((), "methods to compare, in order")
-    faults: Faults = setting(Faults(), "fault injection, for testing resume")
+    faults: Faults = setting(Faults(), "fault injection, for testing resume")  # noqa: RUF009
 
     def __post_init__(self) -> None:
         labels = [m.display for m in self.methods]
@@ -197,7 +218,37 @@ def _resolve_paths(s: Scenario, base: Path) -> Scenario:
     sched = s.schedule
     if sched.health_corpus and not Path(sched.health_corpus).is_absolute():
         sched = dataclasses.replace(sched, health_corpus=str((base / sched.health_corpus).resolve()))
-    return dataclasses.replace(s, stream=stream, model=model, schedule=sched)
+    if stream.train_file and not Path(stream.train_file).is_absolute():
+        stream = dataclasses.replace(stream, train_file=str((base / stream.train_file).resolve()))
+    paths = {k: str((base / v).resolve()) for k, v in (("corpus", s.corpus), ("cache_dir", s.cache_dir))
+             if v and not Path(v).is_absolute()}
+    return dataclasses.replace(s, stream=stream, model=model, schedule=sched, **paths)
+
+
+def same_config(stored: dict, config: dict) -> bool:
+    """Whether a run stored with config `stored` may continue as `config` (what `Runtime`
+    stores with a run): equal, once settings added to the scenario or to the method since the
+    run was stored are left out where they hold their defaults (such a run ran with them)."""
+    from .methods import get_method
+    config = json.loads(json.dumps(config, default=str))
+    defaults = {"scenario": to_dict(Scenario())}
+    name = config.get("method", {}).get("name")
+    try:
+        defaults["method"] = {"settings": to_dict(get_method(name).Config())}
+    except ConfigError:
+        pass
+    defaults = json.loads(json.dumps(defaults, default=str))
+    return _without_new_defaults(config, stored, defaults) == stored
+
+
+def _without_new_defaults(new: Any, stored: Any, defaults: Any) -> Any:
+    """`new` without the keys `stored` lacks whose value is their default (recursively)."""
+    if not (isinstance(new, dict) and isinstance(stored, dict)):
+        return new
+    defaults = defaults if isinstance(defaults, dict) else {}
+    return {k: _without_new_defaults(v, stored[k], defaults.get(k)) if k in stored else v
+            for k, v in new.items()
+            if k in stored or k not in defaults or defaults[k] != v}
 
 
 def _pick_methods(s: Scenario, names: list[str]) -> tuple[MethodSpec, ...]:

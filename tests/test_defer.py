@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import make_tiny_model, tiny_tokenizer
+
 from lifelong.errors import NotSupported
 from lifelong.methods import AttachContext, EditRequest, build_method
 from lifelong.model import LM

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_tiny_model, tiny_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import make_tiny_model, tiny_tokenizer
 from lifelong.methods import AttachContext, EditRequest, build_method
 from lifelong.model import LM
 from lifelong.scoring import encode_pairs, forward_logits, score_pairs
@@ -46,28 +46,28 @@ def item(g, i: int, xy: tuple[float, float], target: int, fact: int) -> dict:
 
 
 def check_invariants(g) -> None:
-    rows = [r for r in range(g.n) if g.alive[r]]
-    assert len(g.index) == len(rows)
-    k = g.keys[rows].double()
+    rows = [r for r in range(g.book.n) if g.book.alive[r]]
+    assert len(g.book.index) == len(rows)
+    k = g.book.keys[rows].double()
     d = torch.cdist(k, k)
     for a in range(len(rows)):
-        assert g.radii[rows[a]] >= 0
+        assert g.book.radii[rows[a]] >= 0
         for b in range(a + 1, len(rows)):
-            if g.targets[rows[a]] != g.targets[rows[b]]:  # never overlap
-                assert d[a, b] + 1e-9 >= g.radii[rows[a]] + g.radii[rows[b]]
+            if g.book.targets[rows[a]] != g.book.targets[rows[b]]:  # never overlap
+                assert d[a, b] + 1e-9 >= g.book.radii[rows[a]] + g.book.radii[rows[b]]
     if rows:  # a query equal to a stored key retrieves it
-        entry, hit = g.lookup(g.keys[rows])
+        entry, hit = g.book.lookup(g.book.keys[rows])
         assert hit.all() and entry.tolist() == rows
     # every key of each fact's newest edit retrieves its target (unless a newer edit of
     # another fact has the identical key: then the newest input wins)
-    newest = {it["fact"]: (pos, it) for pos, it in enumerate(g.log)}
+    newest = {it["fact"]: (pos, it) for pos, it in enumerate(g.book.log)}
     for pos, it in newest.values():
-        later = [o["keys"] for o in g.log[pos + 1:]]
+        later = [o["keys"] for o in g.book.log[pos + 1:]]
         for key in it["keys"]:
             if any(bool((lk == key).all(-1).any()) for lk in later):
                 continue
-            entry, hit = g.lookup(key[None])
-            assert hit.item() and g.targets[entry.item()] == tuple(it["target_ids"])
+            entry, hit = g.book.lookup(key[None])
+            assert hit.item() and g.book.targets[entry.item()] == tuple(it["target_ids"])
 
 
 point = st.tuples(st.integers(0, 6), st.integers(0, 6)).map(lambda p: (p[0] * 0.3, p[1] * 0.3))
@@ -101,8 +101,8 @@ def test_retraction_replays_to_the_never_edited_codebook(seq, data):
             ref.insert_item(it)
 
     def alive(m):
-        return sorted((m.keys[r].tolist(), float(m.radii[r]), m.values[r].tolist(), m.targets[r])
-                      for r in range(m.n) if m.alive[r])
+        return sorted((m.book.keys[r].tolist(), float(m.book.radii[r]), m.book.values[r].tolist(), m.book.targets[r])
+                      for r in range(m.book.n) if m.book.alive[r])
     assert alive(g) == alive(ref)
     g.detach()
 
@@ -111,10 +111,10 @@ def test_split_halves_both_radii_and_same_target_expands():
     g = grace(fresh_lm(), eps=1.0, eps_relative=False)
     g.insert_item(item(g, 0, (0.0, 0.0), 1, 0))
     g.insert_item(item(g, 1, (1.2, 0.0), 2, 1))  # different target within 2 * eps: split
-    assert g.radii[:2].tolist() == pytest.approx([0.6, 0.6])
+    assert g.book.radii[:2].tolist() == pytest.approx([0.6, 0.6])
     placed = g.insert_item(item(g, 2, (0.0, 0.5), 1, 2))  # same target, within reach: expand
-    assert placed == ["expanded:0"] and len(g.index) == 2
-    assert 0.5 <= float(g.radii[0]) <= 0.6 + 1e-6
+    assert placed == ["expanded:0"] and len(g.book.index) == 2
+    assert 0.5 <= float(g.book.radii[0]) <= 0.6 + 1e-6
     # no room to cover this one without overlapping target 2: a new entry instead
     assert g.insert_item(item(g, 3, (-1.0, 0.0), 1, 3)) == ["new:2"]
     check_invariants(g)
@@ -124,7 +124,7 @@ def test_moving_average_moves_the_key():
     g = grace(fresh_lm(), eps=1.0, eps_relative=False, conflict="moving_average")
     g.insert_item(item(g, 0, (0.0, 0.0), 1, 0))
     assert g.insert_item(item(g, 1, (0.5, 0.0), 1, 1)) == ["moved:0"]
-    assert g.keys[0, 0].item() == pytest.approx(0.25)
+    assert g.book.keys[0, 0].item() == pytest.approx(0.25)
     check_invariants(g)
 
 
@@ -132,11 +132,11 @@ def test_identical_key_newest_wins_and_retraction_restores_it():
     g = grace(fresh_lm(), eps=1.0, eps_relative=False)
     g.insert_item(item(g, 0, (0.3, 0.3), 1, 0))
     g.insert_item(item(g, 1, (0.3, 0.3), 2, 1))
-    entry, hit = g.lookup(g.log[0]["keys"])
-    assert hit.item() and g.targets[entry.item()] == (2,)
+    entry, hit = g.book.lookup(g.book.log[0]["keys"])
+    assert hit.item() and g.book.targets[entry.item()] == (2,)
     g.retract("e1")
-    entry, hit = g.lookup(g.log[0]["keys"])
-    assert hit.item() and g.targets[entry.item()] == (1,)
+    entry, hit = g.book.lookup(g.book.log[0]["keys"])
+    assert hit.item() and g.book.targets[entry.item()] == (1,)
 
 
 # ---- on a model -----------------------------------------------------------------------------
@@ -166,7 +166,7 @@ def test_multi_token_target_keyed_at_the_last_prompt_token():
     assert s[0].tf_pred[0] == s[0].target_ids[0] == s[0].gen_ids[0]
     assert s[1].tf_pred[0] != s[0].target_ids[0]
     keys, _, _, _ = g.keys_of(["Brenna was born in"], ["Dublin"])  # another target: same key
-    assert torch.allclose(keys, g.log[0]["keys"], atol=1e-6)
+    assert torch.allclose(keys, g.book.log[0]["keys"], atol=1e-6)
 
 
 @settings(max_examples=6, deadline=None)
@@ -214,7 +214,7 @@ def test_relative_eps_and_state_round_trip_are_exact():
     g = grace(lm)
     g.edit([EditRequest("e1", "Aldric works for", "Zentro", "a")])
     g.edit([EditRequest("e2", "Brenna was born in", "Kyoto", "b")])
-    assert g.radii[0] == pytest.approx(0.1 * g.log[0]["keys"][0].norm().item(), rel=1e-3) or g.radii[0] < 0.1 * g.log[0]["keys"][0].norm()
+    assert g.book.radii[0] == pytest.approx(0.1 * g.book.log[0]["keys"][0].norm().item(), rel=1e-3) or g.book.radii[0] < 0.1 * g.book.log[0]["keys"][0].norm()
     state = g.state_dict()
     expected = logits(lm)
     lm2 = fresh_lm()
@@ -231,7 +231,26 @@ def test_placement_and_lookup_through_the_approximate_index():
     g = grace(fresh_lm(), eps=0.5, eps_relative=False, approximate_above=5)
     for i in range(24):
         g.insert_item(item(g, i, ((i % 6) * 0.3, (i // 6) * 0.3), i % 3, i))
-    assert g.index.approximate
+    assert g.book.index.approximate
     check_invariants(g)
     g.retract("e7")
     check_invariants(g)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_key_at_the_mlp_input_edits_and_retracts(family):
+    """`key = "mlp"` (the MLP block's input, the model width) was unreachable before the
+    platform refactor (a NameError at attach): it keys, serves, retracts and detaches."""
+    lm = LM(make_tiny_model(family, n_layer=2, width=32), tiny_tokenizer(), "tiny", "")
+    before = logits(lm)
+    g = grace(lm, key="mlp")
+    assert g.key_dim == 32 and g.value_dim == 32
+    g.edit([EditRequest("e1", "Aldric works for", "Zentro", "Aldric|employer")])
+    keys, _, _, _ = g.keys_of(["Aldric works for"], ["Zentro"])
+    assert keys.shape == (1, 32) and torch.allclose(keys, g.book.log[0]["keys"])
+    after = logits(lm)
+    assert not torch.equal(after[0], before[0]) and torch.equal(after[2:], before[2:])
+    g.retract("e1")
+    assert torch.equal(logits(lm), before)
+    g.detach()
+    assert torch.equal(logits(lm), before)

@@ -106,7 +106,7 @@ def test_switches_to_hnsw_past_the_threshold_and_compacts_tombstones():
     assert not index.approximate
     index.add(x[100:], np.arange(100, 300))
     assert index.approximate and len(index) == 300
-    index.remove(range(0, 50))  # tombstones, filtered from searches
+    index.remove(range(50))  # tombstones, filtered from searches
     assert len(index) == 250
     assert not np.isin(index.search(x[:50], 3)[1], np.arange(50)).any()
     index.remove(range(50, 120))  # past the ratio: rebuilt without tombstones

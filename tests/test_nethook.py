@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import FAMILIES, make_tiny_model
 from torch import nn
 
-from conftest import FAMILIES, make_tiny_model
 from lifelong import layers
 from lifelong.errors import ConfigError
-from lifelong.nethook import StopForward, Trace, TraceDict, replace_input, replace_output
+from lifelong.nethook import (
+    StopForward,
+    Trace,
+    TraceDict,
+    replace_input,
+    replace_output,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -171,9 +177,8 @@ def test_hooks_removed_when_forward_raises(tiny_gpt2):
     def explode(_):
         raise Boom()
 
-    with pytest.raises(Boom):
-        with Trace(module), replace_output(module, explode):
-            logits(tiny_gpt2)
+    with pytest.raises(Boom), Trace(module), replace_output(module, explode):
+        logits(tiny_gpt2)
     assert hook_count(tiny_gpt2) == 0
 
 
@@ -212,11 +217,10 @@ def test_trace_dict_mapping_and_validation(tiny_gpt2):
 
 def test_stop_forward(tiny_gpt2):
     last = layers.resolve(tiny_gpt2, "layers.-1")
-    with Trace(last) as seen_last:
-        with Trace(layers.resolve(tiny_gpt2, "layers.0.mlp.out"), capture="input",
-                   stop=True) as t:
-            tiny_gpt2(IDS)
-            pytest.fail("the forward should have stopped")
+    with Trace(last) as seen_last, \
+            Trace(layers.resolve(tiny_gpt2, "layers.0.mlp.out"), capture="input", stop=True) as t:
+        tiny_gpt2(IDS)
+        pytest.fail("the forward should have stopped")
     assert t.input.shape == (2, 5, 128)
     assert seen_last.output is None
     with TraceDict(tiny_gpt2, ["layers.0.mlp", "layers.0"], stop=True) as td:
@@ -225,9 +229,8 @@ def test_stop_forward(tiny_gpt2):
     assert td["layers.0"].output.shape == (2, 5, 32)
     assert hook_count(tiny_gpt2) == 0
     # A StopForward from an inner Trace is not swallowed by an outer one that did not raise it.
-    with pytest.raises(StopForward):
-        with Trace(last):
-            raise StopForward(owner=object())
+    with pytest.raises(StopForward), Trace(last):
+        raise StopForward(owner=object())
 
 
 def test_trace_rejects_bad_capture(tiny_gpt2):

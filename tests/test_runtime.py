@@ -12,14 +12,15 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tinyrun import save_tiny_model, stream_events, write_jsonl, write_scenario
 
 from lifelong.errors import StoreError
 from lifelong.runtime import Runtime
 from lifelong.scenario import load_scenario
 from lifelong.store import Store
 from lifelong.stream import parse_stream
-from tinyrun import save_tiny_model, stream_events, write_jsonl, write_scenario
 
 VOLATILE = {"ms", "probe_ms", "saved_at", "started_at", "finished_at"}
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -49,7 +50,7 @@ def table_rows(db: Path, table: str) -> list[tuple]:
     """A table's rows without wall-clock columns, sorted (what must be reproducible)."""
     con = sqlite3.connect(db)
     con.row_factory = sqlite3.Row
-    rows = [tuple((k, r[k]) for k in r.keys() if k not in VOLATILE)
+    rows = [tuple((k, r[k]) for k in r.keys() if k not in VOLATILE)  # noqa: SIM118 (a Row)
             for r in con.execute(f"select * from {table}")]
     con.close()
     return sorted(rows, key=repr)
@@ -125,7 +126,7 @@ def test_crash_then_resume_equals_uninterrupted(scenario_file, ft_reference, tmp
 
 def cli(*args: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "lifelong.cli", *args], capture_output=True,
-                          text=True, timeout=300, env=ONE_THREAD, **kw)
+                          text=True, timeout=300, env=ONE_THREAD, check=False, **kw)
 
 
 def summary_figures(path: Path) -> dict:
@@ -171,7 +172,7 @@ def test_sigint_saves_and_resumes(tiny_dir, tmp_path):
     while time.time() < deadline and not _has_state(db):
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "--resume" in err
     assert Store(db).get_run("ft@seed0")["status"] == "interrupted"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
-
 from conftest import make_tiny_model, tiny_tokenizer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from lifelong import layers
 from lifelong.methods import AttachContext, EditRequest, build_method
 from lifelong.model import LM
@@ -208,7 +209,7 @@ def test_faiss_router_sends_far_prompts_to_main():
 
 
 def test_router_tokens_read_the_prompt_only():
-    from lifelong.methods.wise import router_tokens
+    from lifelong.methods._common.keys import router_tokens
     attn = torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]])
     end = torch.tensor([3, 4])
     assert router_tokens(attn, end, "mean").tolist() == [
@@ -248,7 +249,7 @@ def test_retrieve_mode_opens_memories_and_routes_by_faiss():
         w.edit([r])
     assert len(w.memories) == 2
     assert [w.memory_of(r.edit_id) for r in EDITS] == [0, 0, 1, 1]
-    assert len(w.index) == 4
+    assert len(w.table) == 4
     assert w.route([EDITS[3].prompt])[0] == 1
 
 
@@ -257,7 +258,7 @@ def test_reedit_replaces_the_older_key():
     w = wise(model, mode="retrieve", memory_size=1)
     w.edit([EDITS[0]])
     w.edit([EditRequest("e9", EDITS[0].prompt, "Halvik", EDITS[0].fact)])
-    assert sorted(w.key_edit.values()) == ["e9"]
+    assert sorted(w.table.owner.values()) == ["e9"]
 
 
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])

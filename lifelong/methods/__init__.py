@@ -1,7 +1,27 @@
-"""Memory subsystems (editing methods). One file per method; see `base.py` for the Protocol."""
+"""Memory subsystems (editing methods): one module or folder per method behind the contract
+of `base.py` (core Protocol + optional capabilities), found by the registry; shared parts in
+`_common/`; what a method is attached with in `context.py`. Adding one:
+docs/adding-a-method.md."""
 
-from .base import AttachContext, EditReceipt, EditRequest, Memory, MemoryBase
+from .base import (
+                   BatchEditing,
+                   Consolidating,
+                   EditReceipt,
+                   EditRequest,
+                   Memory,
+                   MemoryBase,
+                   Retractable,
+                   Routing,
+                   UnknownEdit,
+                   consolidate_memory,
+                   edit_batch,
+                   retract_edit,
+                   tensor_bytes,
+)
+from .context import AttachContext, Cache, TrainRecord
 from .registry import available_methods, build_method, get_method
 
-__all__ = ["AttachContext", "EditReceipt", "EditRequest", "Memory", "MemoryBase",
-           "available_methods", "build_method", "get_method"]
+__all__ = ["AttachContext", "BatchEditing", "Cache", "Consolidating", "EditReceipt",
+           "EditRequest", "Memory", "MemoryBase", "Retractable", "Routing", "TrainRecord",
+           "UnknownEdit", "available_methods", "build_method", "consolidate_memory",
+           "edit_batch", "get_method", "retract_edit", "tensor_bytes"]

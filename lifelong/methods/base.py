@@ -1,30 +1,78 @@
-"""The memory-subsystem Protocol every editing method implements.
+"""The contract every editing method honours: one small core Protocol plus optional,
+explicitly declared capabilities.
 
-A method is one class in one file of `lifelong/methods/`, with a class attribute `name` and a
-frozen-dataclass `Config`. The runtime never needs to know more: adding a method means adding
-a file (see `registry.available_methods`).
+A method is one class (in one module, or a module of one folder, of `lifelong/methods/`)
+with a class attribute `name`, a frozen-dataclass `Config` (fields declared with
+`lifelong.config.setting`) and a one-line `summary`; the registry finds it by its name
+(`registry.available_methods`), so adding a method is adding a file
+(docs/adding-a-method.md; `methods/_template.py` is a working one to copy).
 
-Lifecycle, as the runtime drives it:
+Lifecycle, as the runtime and the Python API drive it:
 
     m = Method(config, seed)
     m.attach(lm, ctx)              # install hooks / copies; the model is pristine here
-    m.edit([request, ...])         # -> EditReceipt
-    m.retract(edit_id)             # or raise NotSupported
-    m.consolidate()                # merge, where the method has something to merge
-    m.state_dict() / m.load_state_dict(state)   # exact resume
-    m.footprint()                  # bytes the method holds
+    m.edit([request, ...])         # -> one EditReceipt for the call
+    m.state_dict() / m.load_state_dict(state)   # exact resume (tensors and plain data only)
+    m.footprint()                  # bytes of memory the method holds
     m.detach()                     # the model is bit-identical to before attach
 
-Inference is the ordinary model forward with the method's hooks or weights in place.
+Inference is the ordinary model forward with the method's hooks (`lifelong.nethook`
+contexts) or weights in place, so scoring and generation need no special path. What a method
+is attached with (seed, unrelated prompts, train split, corpus, cache, a second model, the
+device): `context.AttachContext`. What methods share (hooks, key capture, key tables,
+`frozen(model)`, the edit loop and its receipt): `_common/`.
+
+Optional capabilities, each an abstract mixin a method lists among its bases:
+
+* `Retractable` - `retract(edit_id)` undoes one edit; `retraction` says what that restores:
+  "exact" (the memory as if the edit had never been made) or "own" (the edit's own prompts
+  answer as before it; edits made with it may keep traces of it), or None where this
+  configuration refuses (its `retract` then raises NotSupported saying why). An id the
+  method does not hold (never edited, or already retracted) raises `UnknownEdit`, for every
+  method alike; the runtime records that as outcome "nothing". A method that is not
+  Retractable is refused by `retract_edit` with NotSupported (its `no_retraction` text).
+* `Consolidating` - `consolidate()` merges what the method keeps apart (WISE's shards);
+  returns a dict saying what it did, or None when there was nothing to merge.
+* `Routing` - `route(prompts, router=None)` names the memory each prompt is served by (None:
+  the main model), `memory_of(edit_id)` the memory holding an edit; `shadow_routers` names
+  routers measured beside the serving one (`probes.add_routing` records their choices).
+* `BatchEditing` - `edit_batch(requests)` makes N edits in one call, one receipt per
+  request (MEMIT-style joint updates); the runtime hands such a method `schedule.edit_batch`
+  consecutive edits per call, and every other method gets them one by one.
+
+Why nominal mixins (explicit bases checked with `isinstance`) rather than
+`typing.runtime_checkable` Protocols: a runtime-checkable Protocol only checks that names
+exist, so a helper that happens to be called `route` would silently switch routing on, which
+is the duck typing this contract replaces; a base class is declared where the method is
+written (one line to read, one to grep), and its abstract methods make a missing piece fail
+when the method is built (TypeError) instead of hours into a run. What a capability cannot
+say statically (WISE configured with `retract = "unsupported"`) is said per instance, by
+`retraction` being None. The platform reaches capabilities only through `isinstance` and the
+helpers below (`retract_edit`, `consolidate_memory`, `edit_batch`), never through `getattr`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Literal,
+    Protocol,
+    runtime_checkable,
+)
 
-from ..errors import NotSupported
+from ..errors import LifelongError, NotSupported
 from ..model import LM
+
+if TYPE_CHECKING:
+    from .context import AttachContext
+
+Retraction = Literal["exact", "own"]
+MemoryKind = Literal["weights", "hooks", "nothing"]
 
 
 @dataclass(frozen=True)
@@ -57,62 +105,136 @@ class EditReceipt:
     converged: bool | None = None
 
 
-@dataclass(frozen=True)
-class AttachContext:
-    """What the runtime hands a method when attaching it.
-
-    unrelated_prompts: prompts known not to be edited (e.g. the stream's locality pool or a
-    data set's train split), for methods that train against unrelated inputs (WISE, DEFER).
-    """
-
-    seed: int
-    unrelated_prompts: tuple[str, ...] = ()
+class UnknownEdit(LifelongError):
+    """`retract` of an edit id the method does not hold (never made, or already retracted)."""
 
 
 @runtime_checkable
 class Memory(Protocol):
-    """The memory-subsystem Protocol (see the module docstring for the lifecycle)."""
+    """The core Protocol (see the module docstring for the lifecycle). `memory_kind` tells
+    `lifelong export` what the memory is: a weight change ("weights": a merged model can be
+    written), hooks beside the weights ("hooks"), or nothing at all ("nothing")."""
 
     name: ClassVar[str]
     Config: ClassVar[type]
+    summary: ClassVar[str]
+    memory_kind: ClassVar[MemoryKind]
+    no_retraction: ClassVar[str]
 
     def attach(self, lm: LM, ctx: AttachContext) -> None: ...
     def edit(self, requests: Sequence[EditRequest]) -> EditReceipt: ...
-    def retract(self, edit_id: str) -> None: ...
-    def consolidate(self) -> dict[str, Any] | None: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
     def footprint(self) -> int: ...
     def detach(self) -> None: ...
 
 
-class MemoryBase:
-    """Optional defaults for the Protocol: no retraction, nothing to consolidate.
+class Retractable(abc.ABC):
+    """Undo one edit by id (module docstring: what `retraction` means, unknown ids)."""
 
-    Subclasses set `name`, `Config`, and implement `attach`, `edit`, `state_dict`,
-    `load_state_dict`, `footprint`, `detach`.
+    #: "exact", "own", or None when this configuration refuses to retract
+    retraction: Retraction | None = "exact"
+
+    @abc.abstractmethod
+    def retract(self, edit_id: str) -> None:
+        """Undo edit `edit_id`; NotSupported when `retraction` is None, UnknownEdit for an id
+        the method does not hold."""
+
+
+class Consolidating(abc.ABC):
+    """Merge what the method keeps apart, when asked (a stream's merge event, the schedule)."""
+
+    @abc.abstractmethod
+    def consolidate(self) -> dict[str, Any] | None:
+        """What was merged, or None when there was nothing to merge."""
+
+
+class Routing(abc.ABC):
+    """Serve each input from one of several memories (or the main model)."""
+
+    #: routers measured beside the serving one (their choices are recorded, not served)
+    shadow_routers: tuple[str, ...] = ()
+
+    @abc.abstractmethod
+    def route(self, prompts: Sequence[str], router: str | None = None) -> list[int | None]:
+        """The memory each prompt goes to (None: the main model), by the serving router or
+        by the one named (one of `shadow_routers`)."""
+
+    @abc.abstractmethod
+    def memory_of(self, edit_id: str) -> int | None:
+        """The memory holding edit `edit_id` (None: none does)."""
+
+
+class BatchEditing(abc.ABC):
+    """Make several edits in one call (a joint update)."""
+
+    @abc.abstractmethod
+    def edit_batch(self, requests: Sequence[EditRequest]) -> list[EditReceipt]:
+        """Apply `requests` together; one receipt per request, in order. One request gives
+        what `edit([request])` would."""
+
+
+class MemoryBase:
+    """What every method shares: the constructor and the class-level declarations.
+
+    Subclasses set `name`, `Config`, `summary`, `memory_kind` and implement `attach`,
+    `edit`, `state_dict`, `load_state_dict`, `footprint`, `detach`; capabilities are added by
+    listing their mixins among the bases (`class Grace(MemoryBase, Retractable)`).
     """
 
     name: ClassVar[str] = ""
     Config: ClassVar[type]
     #: one line for `lifelong methods`
     summary: ClassVar[str] = ""
-    #: what a successful `retract` restores: "exact" (the model as if the edit had never been
-    #: made) or "own" (the retracted edit's own prompts behave as before it; the edits made
-    #: with it may keep traces of it)
-    retraction: str = "exact"
+    memory_kind: ClassVar[MemoryKind] = "hooks"
+    #: why a method that is not Retractable cannot retract (the NotSupported message)
+    no_retraction: ClassVar[str] = ""
 
     def __init__(self, config: Any, seed: int = 0):
         self.config = config
         self.seed = seed
 
-    def retract(self, edit_id: str) -> None:
-        raise NotSupported(f"{self.name} cannot retract an edit")
 
-    def consolidate(self) -> dict[str, Any] | None:
-        return None
+# ---- the platform's only way to reach a capability ----------------------------------------
+def retract_edit(method: Memory, edit_id: str) -> None:
+    """Retract through the capability: NotSupported for a method that is not Retractable
+    (saying why), else the method's own `retract` (NotSupported / UnknownEdit as it says)."""
+    if not isinstance(method, Retractable):
+        raise NotSupported(type(method).no_retraction or f"{method.name} cannot retract an edit")
+    method.retract(edit_id)
+
+
+def consolidate_memory(method: Memory) -> dict[str, Any] | None:
+    """`consolidate()` of a Consolidating method; None (nothing merged) for the others."""
+    return method.consolidate() if isinstance(method, Consolidating) else None
+
+
+def edit_batch(method: Memory, requests: Sequence[EditRequest]) -> list[EditReceipt]:
+    """One receipt per request: one `edit_batch` call for a BatchEditing method, else one
+    `edit` call per request, in order."""
+    if not isinstance(method, BatchEditing):
+        return [method.edit([r]) for r in requests]
+    receipts = list(method.edit_batch(requests))
+    if len(receipts) != len(requests):
+        raise RuntimeError(f"{method.name}.edit_batch returned {len(receipts)} receipts for "
+                           f"{len(requests)} requests")
+    return receipts
+
+
+def shared_receipts(receipt: EditReceipt, n: int) -> list[EditReceipt]:
+    """`n` receipts for the `n` requests of one joint update that reports one figure: each
+    carries the joint losses and steps, and says so (`detail["batch"]`)."""
+    if n == 1:
+        return [receipt]
+    return [replace(receipt, detail={**receipt.detail, "batch": n}) for _ in range(n)]
 
 
 def tensor_bytes(*tensors) -> int:
     """Bytes held by tensors (None entries ignored)."""
     return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+__all__ = ["BatchEditing", "Consolidating", "EditReceipt", "EditRequest", "Memory",
+           "MemoryBase", "MemoryKind", "Retractable", "Retraction", "Routing", "UnknownEdit",
+           "consolidate_memory", "edit_batch", "retract_edit", "shared_receipts",
+           "tensor_bytes"]

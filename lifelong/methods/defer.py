@@ -20,6 +20,10 @@ are *not* probed, keyed once at attach; capped at `negatives`). Keys are cached,
 terms cost no forward pass. The value predictor only ever sees the current edit: as in the
 papers, sequential edits overwrite each other through the shared weights (forgetting).
 
+Modes are which `lifelong.nethook` context is open on the projection: serving (opened at
+attach), capturing keys (`Trace`, serving suspended), training (a soft-gated
+`rewrite_output`, serving suspended).
+
 Retraction (`retract` setting): ``"retrain"`` re-initialises the adaptor from the seed and
 re-trains it on the remaining edit log in order: exact (the state equals the one had the edit
 never been made; training is deterministic), but it costs as much as replaying every
@@ -29,19 +33,32 @@ every later edit in the shared weights, and nothing cheaper undoes it.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from .. import layers
 from ..config import setting
-from ..errors import LifelongError, NotSupported
+from ..errors import NotSupported
 from ..model import LM
-from ..scoring import batch_target_loss, encode_pairs, target_loss
-from .base import AttachContext, EditReceipt, EditRequest, MemoryBase, tensor_bytes
-from .grace import key_positions, position_mask
+from ..nethook import Trace, rewrite_output
+from ..scoring import batch_target_loss, encode_pairs, forward_logits
+from ._common.hooks import Hooks, Served
+from ._common.keys import batch_info, key_positions, position_mask
+from ._common.loop import Step, frozen, optimise, receipt
+from .base import (
+    EditReceipt,
+    EditRequest,
+    MemoryBase,
+    Retractable,
+    UnknownEdit,
+    tensor_bytes,
+)
+from .context import AttachContext
 
 
 @dataclass(frozen=True)
@@ -65,31 +82,30 @@ class DeferConfig:
                            choices=("retrain", "unsupported"))
 
 
-class Defer(MemoryBase):
+class Defer(Served, MemoryBase, Retractable):
     """DEFER. Invariants: the adaptor is a deterministic function of (seed, negatives, active
-    edit log); detach leaves the model as it was (only a hook is added)."""
+    edit log); detach leaves the model as it was (only hooks are added)."""
 
     name = "defer"
     Config = DeferConfig
     summary = "DEFER: learned gate + value predictor at one layer (retract by retraining)"
-    #: lifelong export: the memory is served by hooks (no merged model exists)
     memory_kind = "hooks"
+
+    @property
+    def retraction(self) -> str | None:  # type: ignore[override]
+        return None if self.config.retract == "unsupported" else "exact"
 
     def attach(self, lm: LM, ctx: AttachContext) -> None:
         cfg = self.config
         self.lm = lm
         self.layer_name, self.module = layers.edit_target(lm.model, cfg.layer)
         self.key_dim, self.value_dim = layers.in_out_features(self.module)
-        self.mode = "serve"  # serve | capture | train
-        self._captured: torch.Tensor | None = None
-        self._handles = [self.module.register_forward_hook(self._hook)]
+        self.hooks = Hooks(lambda stack: stack.enter_context(
+            rewrite_output(self.module, self._serve)))
+        self.hooks.open()
         self.log: list[dict[str, Any]] = []
         self.negatives = self._keys(list(ctx.unrelated_prompts[:cfg.negatives]))
         self._init_params()
-
-    def detach(self) -> None:
-        while self._handles:
-            self._handles.pop().remove()
 
     def _init_params(self) -> None:
         g = torch.Generator().manual_seed(self.seed)
@@ -109,56 +125,56 @@ class Defer(MemoryBase):
     def _delta(self, x: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self._norm(x) @ self.features.T) @ self.params["B"].T
 
-    def _hook(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        x = args[0]
+    def _gate_and_mask(self, x: torch.Tensor, output: torch.Tensor):
+        """Each row's gate logit (read at its key token) and the positions it may change."""
+        info = self.lm.forward_info
         batch, width = output.shape[0], output.shape[1]
-        kpos = key_positions(self.lm, batch, width, output.device)
+        kpos = key_positions(info, batch, width, output.device)
         keys = x[torch.arange(batch, device=x.device), kpos].float()
-        if self.mode == "capture":
-            self._captured = keys.detach().clone()
-            return output
-        logit = self.gate(keys)
-        mask = position_mask(self.lm, self.config.replace, kpos, width)
-        if self.mode == "train":
-            weight = torch.sigmoid(logit).unsqueeze(1) * mask
-            return output + (weight.unsqueeze(-1) * self._delta(x.float())).to(output.dtype)
+        return self.gate(keys), position_mask(info, self.config.replace, kpos, width)
+
+    def _serve(self, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """Rows whose gate is open get the predicted change; closed rows are untouched."""
+        logit, mask = self._gate_and_mask(x, output)
         open_ = (logit > 0).detach()
         if not bool(open_.any()):
             return output
         new = output + self._delta(x.float()).to(output.dtype)
         return torch.where((mask & open_.unsqueeze(1)).unsqueeze(-1), new, output)
 
+    def _soft(self, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """While training: the change weighted by the soft gate, so the target loss reaches it."""
+        logit, mask = self._gate_and_mask(x, output)
+        weight = torch.sigmoid(logit).unsqueeze(1) * mask
+        return output + (weight.unsqueeze(-1) * self._delta(x.float())).to(output.dtype)
+
     @torch.no_grad()
     def _keys(self, prompts: list[str]) -> torch.Tensor:
-        """Keys (last prompt token) of prompts, computed with the adaptor out of the way."""
+        """Keys (key token) of prompts, computed with the adaptor out of the way; the forward
+        stops at the projection."""
         if not prompts:
             return torch.zeros((0, self.key_dim))
         out = []
-        self.mode = "capture"
-        try:
-            for i in range(0, len(prompts), 128):
-                chunk = prompts[i:i + 128]
-                target_loss(self.lm, chunk, ["x"] * len(chunk))  # any target: keys precede it
-                out.append(self._captured)
-        finally:
-            self.mode, self._captured = "serve", None
+        for i in range(0, len(prompts), 128):
+            chunk = prompts[i:i + 128]
+            batch = encode_pairs(self.lm, chunk, ["x"] * len(chunk))  # any target: keys precede it
+            with self.hooks.suspended(), Trace(self.module, capture="input", stop=True) as t:
+                forward_logits(self.lm, *batch[:3])
+            kpos = key_positions(batch_info(batch), len(chunk), batch[0].shape[1], t.input.device)
+            out.append(t.input[torch.arange(len(chunk), device=t.input.device), kpos]
+                       .float().detach().clone())
         return torch.cat(out)
 
     # ---- editing ------------------------------------------------------------------------
     def edit(self, requests: Sequence[EditRequest]) -> EditReceipt:
-        first = last = None
-        steps = 0
+        results = []
         for r in requests:
             prompts = [r.prompt] + [p for p in self._fact_prompts(r.fact) if p != r.prompt]
             item = {"edit_id": r.edit_id, "fact": r.fact, "target": r.target, "prompts": prompts,
                     "keys": self._keys(prompts)}
             self.log.append(item)
-            lb, la, n = self._train(item)
-            first = lb if first is None else first
-            last, steps = la, steps + n
-        return EditReceipt(applied=True, loss_before=first, loss_after=last, steps=steps,
-                           detail={"layer": self.layer_name},
-                           converged=last is not None and last < self.config.stop_loss)
+            results.append(self._train(item))
+        return receipt(results, self.config.stop_loss, {"layer": self.layer_name})
 
     def _fact_prompts(self, fact: str) -> list[str]:
         for item in reversed(self.log):
@@ -172,7 +188,7 @@ class Defer(MemoryBase):
         keys = [it["keys"] for it in newest.values()]
         return torch.cat(keys) if keys else torch.zeros((0, self.key_dim))
 
-    def _train(self, item: dict[str, Any]) -> tuple[float, float, int]:
+    def _train(self, item: dict[str, Any]):
         cfg, lm = self.config, self.lm
         prompts, targets = item["prompts"], [item["target"]] * len(item["prompts"])
         pos, neg = self._positives(), self.negatives
@@ -181,38 +197,21 @@ class Defer(MemoryBase):
         # balance: positives and negatives weigh the same in total
         gate_w = torch.cat([torch.full((len(pos),), 0.5 / max(len(pos), 1)),
                             torch.full((len(neg),), 0.5 / max(len(neg), 1))])
-        flags = [p.requires_grad for p in lm.model.parameters()]
         leaves = list(self.params.values())
-        for t in leaves:
-            t.requires_grad_(True)
         opt = torch.optim.Adam(leaves, lr=cfg.lr)
-        first = last = None
-        steps = 0
-        try:
-            for p in lm.model.parameters():
-                p.requires_grad_(False)
-            self.mode = "train"
-            batch = encode_pairs(lm, prompts, targets)
-            while True:
-                opt.zero_grad(set_to_none=True)
-                tl = batch_target_loss(lm, batch)
-                logits = self.gate(gate_x)
-                gl = (F.binary_cross_entropy_with_logits(logits, gate_y, reduction="none") * gate_w).sum()
-                last = float(tl.detach())
-                first = last if first is None else first
-                gate_right = bool(((logits > 0) == (gate_y > 0)).all())
-                if steps >= cfg.steps or (last < cfg.stop_loss and gate_right):
-                    break
-                (tl + cfg.gate_weight * gl).backward()
-                opt.step()
-                steps += 1
-        finally:
-            self.mode = "serve"
-            for t in leaves:
-                t.requires_grad_(False)
-            for p, f in zip(lm.model.parameters(), flags):
-                p.requires_grad_(f)
-        return first, last, steps
+        batch = encode_pairs(lm, prompts, targets)
+
+        def step() -> Step:
+            tl = batch_target_loss(lm, batch)
+            logits = self.gate(gate_x)
+            gl = (F.binary_cross_entropy_with_logits(logits, gate_y, reduction="none") * gate_w).sum()
+            last = float(tl.detach())
+            gate_right = bool(((logits > 0) == (gate_y > 0)).all())
+            return Step(tl + cfg.gate_weight * gl, last, last < cfg.stop_loss and gate_right)
+
+        with frozen(lm.model), _trainable(leaves), self.hooks.suspended(), \
+                rewrite_output(self.module, self._soft):
+            return optimise(opt, step, cfg.steps, fresh_last=True)
 
     def retract(self, edit_id: str) -> None:
         if self.config.retract == "unsupported":
@@ -221,7 +220,7 @@ class Defer(MemoryBase):
                                "(set retract = 'retrain' to re-train on the remaining log)")
         kept = [it for it in self.log if it["edit_id"] != edit_id]
         if len(kept) == len(self.log):
-            raise LifelongError(f"defer: no active edit {edit_id!r} to retract")
+            raise UnknownEdit(f"defer: no active edit {edit_id!r} to retract")
         self._init_params()
         self.log = []
         for item in kept:
@@ -243,3 +242,15 @@ class Defer(MemoryBase):
         """Adaptor weights + cached negative keys + the log's keys."""
         return (tensor_bytes(*self.params.values(), self.features, self.negatives)
                 + sum(tensor_bytes(it["keys"]) for it in self.log))
+
+
+@contextlib.contextmanager
+def _trainable(tensors: list[torch.Tensor]):
+    """The adaptor's own tensors require gradients inside the block only."""
+    for t in tensors:
+        t.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for t in tensors:
+            t.requires_grad_(False)

@@ -5,22 +5,34 @@ weight of `layers.{layer}.{module}`; an optional L-infinity bound keeps the weig
 `norm_constraint` of its pre-stream value (Zhu et al. 2020, as used as a baseline by ROME).
 Edits accumulate in the shared weight, so they interfere: this is the field's classic
 forgetting baseline. It cannot retract a single edit: the change is entangled with every
-other edit in the same matrix, so `retract` raises NotSupported.
+other edit in the same matrix, so it is not Retractable (`no_retraction` says why).
+A batch of edits (`BatchEditing`: `schedule.edit_batch` > 1) is learnt jointly: one
+optimisation of the mean target loss of the batch, as batch FT-L does; each receipt reports
+the batch's figures.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from .. import layers
 from ..config import setting
-from ..errors import NotSupported
 from ..model import LM
 from ..scoring import batch_target_loss, encode_pairs
-from .base import AttachContext, EditReceipt, EditRequest, MemoryBase, tensor_bytes
+from ._common.loop import Step, frozen, optimise, receipt
+from .base import (
+    BatchEditing,
+    EditReceipt,
+    EditRequest,
+    MemoryBase,
+    shared_receipts,
+    tensor_bytes,
+)
+from .context import AttachContext
 
 
 @dataclass(frozen=True)
@@ -38,14 +50,15 @@ class FTConfig:
     stop_loss: float = setting(0.05, "stop early once the edit's target loss is below this", min=0.0)
 
 
-class FineTune(MemoryBase):
+class FineTune(MemoryBase, BatchEditing):
     """FT-L. State: the fine-tuned weight. Footprint: the bytes of that weight."""
 
     name = "ft"
     Config = FTConfig
     summary = "FT-L: fine-tune one MLP projection per edit (no retraction)"
-    #: lifelong export: the memory is a weight change (a merged model is written)
     memory_kind = "weights"
+    no_retraction = ("ft cannot retract one edit: its change is entangled with every other "
+                     "edit in the same weight")
 
     def attach(self, lm: LM, ctx: AttachContext) -> None:
         self.lm = lm
@@ -53,35 +66,26 @@ class FineTune(MemoryBase):
                                                           self.config.module)
         self.weight: torch.nn.Parameter = self.module.weight
         self.original = self.weight.detach().clone()
-        # only the edited weight learns; the flags are restored by detach()
-        self.grad_flags = {n: p.requires_grad for n, p in lm.model.named_parameters()}
-        for p in lm.model.parameters():
-            p.requires_grad_(False)
-        self.weight.requires_grad_(True)
         self.n_edits = 0
 
     def edit(self, requests: Sequence[EditRequest]) -> EditReceipt:
-        prompts = [r.prompt for r in requests]
-        targets = [r.target for r in requests]
+        """One optimisation of the requests' mean target loss (only the edited weight learns)."""
+        batch = encode_pairs(self.lm, [r.prompt for r in requests], [r.target for r in requests])
         opt = torch.optim.Adam([self.weight], lr=self.config.lr)
-        first = last = None
-        steps = 0
-        batch = encode_pairs(self.lm, prompts, targets)  # once: the loop only re-runs the model
-        for steps in range(1, self.config.steps + 1):
-            opt.zero_grad(set_to_none=True)
+
+        def step() -> Step:
             loss = batch_target_loss(self.lm, batch)
-            last = float(loss.detach())
-            first = last if first is None else first
-            if last < self.config.stop_loss:
-                steps -= 1
-                break
-            loss.backward()
-            opt.step()
-            self._constrain()
+            value = float(loss.detach())
+            return Step(loss, value, value < self.config.stop_loss)
+
+        with frozen(self.lm.model, trainable=[self.weight]):
+            result = optimise(opt, step, self.config.steps, fresh_last=False,
+                              after_update=self._constrain)
         self.n_edits += len(requests)
-        return EditReceipt(applied=True, loss_before=first, loss_after=last, steps=steps,
-                           detail={"layer": self.layer_name},
-                           converged=last is not None and last < self.config.stop_loss)
+        return receipt([result], self.config.stop_loss, {"layer": self.layer_name})
+
+    def edit_batch(self, requests: Sequence[EditRequest]) -> list[EditReceipt]:
+        return shared_receipts(self.edit(requests), len(requests))
 
     @torch.no_grad()
     def _constrain(self) -> None:
@@ -89,10 +93,6 @@ class FineTune(MemoryBase):
         if eps is not None:
             delta = (self.weight - self.original).clamp_(-eps, eps)
             self.weight.copy_(self.original + delta)
-
-    def retract(self, edit_id: str) -> None:
-        raise NotSupported("ft cannot retract one edit: its change is entangled with every "
-                           "other edit in the same weight")
 
     def state_dict(self) -> dict[str, Any]:
         return {"weight": self.weight.detach().clone(), "n_edits": self.n_edits}
@@ -108,5 +108,3 @@ class FineTune(MemoryBase):
     @torch.no_grad()
     def detach(self) -> None:
         self.weight.copy_(self.original)
-        for n, p in self.lm.model.named_parameters():
-            p.requires_grad_(self.grad_flags[n])

@@ -1,5 +1,8 @@
-"""Methods are found, not listed: every module in `lifelong.methods` that defines a class
-with a non-empty `name` and a `Config` is a method. Adding a method is adding a file."""
+"""Methods are found, not listed: every module under `lifelong.methods` (subpackages
+included) that defines a class with a non-empty `name` and a `Config` is a method. Adding a
+method is adding a file (or a folder). Skipped: the platform's own modules (`base`,
+`context`, `registry`) and every module or folder whose name starts with an underscore
+(`_common/`, `_template.py`)."""
 
 from __future__ import annotations
 
@@ -12,21 +15,37 @@ from typing import Any
 from ..config import from_mapping
 from ..errors import ConfigError
 
-_SKIP = {"base", "registry"}
+_SKIP = {"base", "context", "registry"}
+
+
+def _raise(name: str) -> None:
+    """A method folder that does not import is an error, not a missing method."""
+    raise  # noqa: PLE0704  (walk_packages calls this inside its `except`)
+
+
+def _method_modules() -> list[str]:
+    """Names of the modules that may define methods, in a fixed order."""
+    package = importlib.import_module(__package__)
+    names = []
+    for info in pkgutil.walk_packages(package.__path__, prefix=f"{__package__}.",
+                                      onerror=_raise):
+        parts = info.name[len(__package__) + 1:].split(".")
+        if parts[0] in _SKIP or any(p.startswith("_") for p in parts):
+            continue
+        names.append(info.name)
+    return sorted(names)
 
 
 @functools.lru_cache(maxsize=1)
 def available_methods() -> dict[str, type]:
-    """name -> class, for every method module in this package (imported once)."""
-    package = importlib.import_module(__package__)
+    """name -> class, for every method of this package (imported once)."""
     found: dict[str, type] = {}
-    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
-        if info.name in _SKIP or info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{__package__}.{info.name}")
+    for module_name in _method_modules():
+        module = importlib.import_module(module_name)
         for _, obj in inspect.getmembers(module, inspect.isclass):
             name = getattr(obj, "name", "")
-            if obj.__module__ == module.__name__ and name and hasattr(obj, "Config"):
+            if obj.__module__ == module.__name__ and isinstance(name, str) and name \
+                    and hasattr(obj, "Config"):
                 if name in found:
                     raise RuntimeError(f"two methods are named {name!r}")
                 found[name] = obj

@@ -1,19 +1,18 @@
-"""WISE's side memory and the pure tensor helpers of `wise.py` (not a method: the registry
-skips modules whose name starts with an underscore)."""
+"""WISE's side memories: a merged delta, the shards not merged yet and the open shard, with
+the keys each memory protects; and the pure tensor helpers of sharding and protection."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
-from .base import EditRequest
+from ..base import EditRequest
 
 
 @dataclass
-class Memory:
+class SideMemory:
     """One side memory: a merged delta, closed shards not merged yet, the open shard."""
 
     merged: torch.Tensor
@@ -63,7 +62,7 @@ class Memory:
                 "n_shards": self.n_shards}
 
     @classmethod
-    def from_state(cls, m: dict[str, Any]) -> "Memory":
+    def from_state(cls, m: dict[str, Any]) -> SideMemory:
         return cls(merged=m["merged"], shards=list(m["shards"]), current=m["current"],
                    mask=m["mask"], log=[EditRequest(**r) for r in m["log"]],
                    scores=list(m["scores"]), keys=dict(m["keys"]), basis=m["basis"],
@@ -93,24 +92,6 @@ def activation_score(x: torch.Tensor, mask: torch.Tensor, delta: torch.Tensor) -
     """(B,) the paper's score: mean over each row's masked tokens of ||x_t delta^T||."""
     norms = (x @ delta.T).norm(dim=-1)
     return (norms * mask).sum(-1) / mask.sum(-1).clamp_min(1)
-
-
-def row_keys(x: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
-    """(B, in) float32: each row's key, the mean of its masked tokens' activations."""
-    m = mask.unsqueeze(-1).to(x.dtype)
-    return ((x * m).sum(1) / m.sum(1).clamp_min(1)).detach().float().cpu().numpy()
-
-
-def router_tokens(attention_mask: torch.Tensor, prompt_end: torch.Tensor,
-                  which: str) -> torch.Tensor:
-    """(B, T) bool: the tokens a router reads: every real prompt token ('mean') or only the
-    last one ('last'). Positions at or after `prompt_end` (the target, generated tokens) are
-    never read, so a row's route does not depend on its target."""
-    pos = torch.arange(attention_mask.shape[1], device=attention_mask.device).unsqueeze(0)
-    prompt = (attention_mask > 0) & (pos < prompt_end.unsqueeze(1))
-    if which == "mean":
-        return prompt
-    return pos == (prompt_end.unsqueeze(1) - 1)
 
 
 def masked_step(p: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor | None,

@@ -1,0 +1,9 @@
+"""What several methods share (not methods: the registry skips folders starting with "_"):
+
+* `loop`     - `frozen(model)` and the one edit loop (`optimise`) with its receipt;
+* `hooks`    - `Hooks`: a method's serving hooks, opened at attach and suspended while the
+               method captures keys or trains (modes are which nethook context is open);
+* `keys`     - where a row's key is read (its last prompt token, or the prompt's mean) and
+               which positions a value replaces;
+* `keytable` - a FAISS index of edit keys, each labelled with its memory and its edit.
+"""

@@ -1,0 +1,228 @@
+"""What a method is attached with: `AttachContext`, and the cache it may keep files in.
+
+The runtime (`Runtime._context`) and the Python API (`lifelong.open`) fill it. Everything
+that costs something to produce is named here and read only when a method asks (`corpus_texts`,
+`train_records`, `cache`, `new_model`), so a method that needs none of it pays nothing.
+
+Invariants: an AttachContext is a value (frozen; equal contexts describe the same inputs;
+the model factory and the memo of what was read are not part of equality); the accessors are
+pure functions of the fields (a second call returns the same objects, read once).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import LifelongError
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..model import LM
+    from .base import EditRequest
+
+
+@dataclass(frozen=True)
+class TrainRecord:
+    """One edit of a data set's train split, for methods that learn before the stream (MEND,
+    KE, SERAC): the request plus its rephrases and locality pairs (training data here, never
+    the stream's evaluation data)."""
+
+    request: EditRequest
+    rephrases: tuple[str, ...] = ()
+    locality: tuple[tuple[str, str], ...] = ()
+
+
+def default_cache_dir() -> Path:
+    """$LIFELONG_CACHE, else $XDG_CACHE_HOME/lifelong, else ~/.cache/lifelong."""
+    if os.environ.get("LIFELONG_CACHE"):
+        return Path(os.environ["LIFELONG_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "lifelong"
+
+
+def default_corpus(model_dir: str | Path) -> str:
+    """The model's own pretraining text, by the file that describes it: world.json beside
+    the model (the built-in model), else organism.json (a model organism: its training
+    stream), else "" (none known: a scenario names one with `corpus`)."""
+    for name in ("world.json", "organism.json"):
+        if (Path(model_dir) / name).is_file():
+            return str(Path(model_dir) / name)
+    return ""
+
+
+def read_corpus(source: tuple[str, ...] | str) -> tuple[str, ...]:
+    """The texts of `source`: the texts themselves, or a file: `world.json` (the world's
+    pretraining text), `organism.json` (prompt + answer of every pair the organism learnt),
+    any other file UTF-8 text with one text per line (blank lines skipped)."""
+    if not source:
+        raise LifelongError("no text corpus: this model has no world.json or organism.json "
+                            "beside it; name a text file (one text per line) with the "
+                            "scenario's `corpus` setting")
+    if not isinstance(source, str):
+        return tuple(source)
+    path = Path(source)
+    if not path.is_file():
+        raise LifelongError(f"{source}: no such corpus file")
+    if path.name == "world.json":
+        from ..world import World
+        try:
+            return tuple(World.from_json(path).corpus())
+        except (ValueError, KeyError) as exc:
+            raise LifelongError(f"{source}: not a world this version reads ({exc})") from None
+    if path.name == "organism.json":
+        return _organism_corpus(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LifelongError(f"{source}: cannot read the corpus ({exc})") from None
+    return tuple(line.strip() for line in lines if line.strip())
+
+
+def _organism_corpus(path: Path) -> tuple[str, ...]:
+    """An organism's training text: its stream's (prompt, answer) pairs, as `organism.json`
+    names the stream (relative to the repository root it was made in)."""
+    from ..organism import facts_from_stream
+    name = json.loads(path.read_text(encoding="utf-8")).get("stream", "")
+    root = Path(__file__).resolve().parents[2]
+    for where in (path.parent / name, root / name, Path.cwd() / name):
+        if name and where.is_file():
+            return tuple(f"{p} {a}" for p, a in facts_from_stream(where))
+    raise LifelongError(f"{path}: its training stream {name!r} is not here; name a text "
+                        "file with the scenario's `corpus` setting")
+
+
+def read_train_split(source: tuple[TrainRecord, ...] | str) -> tuple[TrainRecord, ...]:
+    """The records of `source`: the records themselves, or the edits of a stream file."""
+    if not isinstance(source, str):
+        return tuple(source)
+    if not source:
+        return ()
+    from ..stream import Edit, parse_stream
+    from .base import EditRequest
+    events = parse_stream(source).events
+    return tuple(TrainRecord(EditRequest(e.id, e.prompt, e.target, e.fact, e.subject, e.previous),
+                             tuple(e.rephrases), tuple((p.prompt, p.answer) for p in e.locality))
+                 for e in events if isinstance(e, Edit))
+
+
+def _safe(part: str) -> str:
+    """A path component from a free string (layer names, what is cached)."""
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", part).strip("._") or "_"
+
+
+@dataclass(frozen=True)
+class Cache:
+    """Files a method computes once per base model and reuses across runs (key statistics,
+    trained editors): `root/<model fingerprint>/<layer>/<what>`. Saves are atomic (a file
+    is complete or absent)."""
+
+    root: Path
+    fingerprint: str
+
+    def path(self, layer: str, what: str) -> Path:
+        """Where entry (`layer`, `what`) of this model lives (its folder is created)."""
+        where = self.root / _safe(self.fingerprint) / _safe(layer) / _safe(what)
+        where.parent.mkdir(parents=True, exist_ok=True)
+        return where
+
+    def load(self, layer: str, what: str) -> dict[str, torch.Tensor] | None:
+        """The tensors saved under (`layer`, `what`), or None when there are none."""
+        from safetensors.torch import load_file
+        where = self.path(layer, what).with_suffix(".safetensors")
+        return load_file(where) if where.is_file() else None
+
+    def save(self, layer: str, what: str, tensors: dict[str, torch.Tensor]) -> Path:
+        from safetensors.torch import save_file
+        where = self.path(layer, what).with_suffix(".safetensors")
+        tmp = where.with_name(where.name + f".{os.getpid()}.tmp")
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+        os.replace(tmp, where)
+        return where
+
+
+@dataclass(frozen=True)
+class AttachContext:
+    """What the runtime hands a method when attaching it.
+
+    seed: the run's seed. unrelated_prompts: prompts known not to be edited and never probed
+    while the method is attached (the stream's unprobed locality prompts), for methods that
+    train against unrelated inputs (WISE, DEFER). train_split: the data set's train split,
+    as records or a stream file (`train_records()`). corpus: a text corpus for key
+    statistics, as texts or a file (`corpus_texts()`; `default_corpus`). cache_dir: where
+    `cache()` keeps files ("" for `default_cache_dir()`). model_fingerprint: `LM.fingerprint()`
+    of the pristine base model (keys the cache). device: the model's torch device.
+    model_factory: a fresh, pristine `LM` of the same base model per call (`new_model()`),
+    for methods that need a second model (SERAC's counterfactual model).
+    """
+
+    seed: int
+    unrelated_prompts: tuple[str, ...] = ()
+    train_split: tuple[TrainRecord, ...] | str = ()
+    corpus: tuple[str, ...] | str = ()
+    cache_dir: str = ""
+    model_fingerprint: str = ""
+    device: str = "cpu"
+    model_factory: Callable[[], LM] | None = field(default=None, compare=False, repr=False)
+    _memo: dict = field(default_factory=dict, init=False, compare=False, repr=False)
+
+    def train_records(self) -> tuple[TrainRecord, ...]:
+        """The train split (read once; empty when none was given)."""
+        if "train" not in self._memo:
+            self._memo["train"] = read_train_split(self.train_split)
+        return self._memo["train"]
+
+    def corpus_texts(self) -> tuple[str, ...]:
+        """The corpus's texts (read once; LifelongError saying what to set when there is none)."""
+        if "corpus" not in self._memo:
+            self._memo["corpus"] = read_corpus(self.corpus)
+        return self._memo["corpus"]
+
+    def cache(self) -> Cache:
+        """This model's cache (LifelongError when the model's fingerprint is not known)."""
+        if not self.model_fingerprint:
+            raise LifelongError("no cache: the attach context does not know the model's "
+                                "fingerprint")
+        return Cache(Path(self.cache_dir) if self.cache_dir else default_cache_dir(),
+                     self.model_fingerprint)
+
+    def new_model(self) -> LM:
+        """A fresh, pristine copy of the base model."""
+        if self.model_factory is None:
+            raise LifelongError("no model factory: this attach context cannot load a second "
+                                "copy of the model")
+        return self.model_factory()
+
+    def to_meta(self) -> dict[str, Any]:
+        """The JSON-able inputs a saved memory needs to be attached again the same way (the
+        unrelated prompts always; the train split and corpus where they were given as data or
+        as a file other than the model's own)."""
+        meta: dict[str, Any] = {"unrelated_prompts": list(self.unrelated_prompts)}
+        if self.train_split:
+            meta["train_split"] = self.train_split if isinstance(self.train_split, str) else [
+                {"request": vars(r.request), "rephrases": list(r.rephrases),
+                 "locality": [list(p) for p in r.locality]} for r in self.train_split]
+        if self.corpus:
+            meta["corpus"] = self.corpus if isinstance(self.corpus, str) else list(self.corpus)
+        return meta
+
+
+def context_fields(meta: dict[str, Any]) -> dict[str, Any]:
+    """`AttachContext` keyword arguments from `to_meta` output (what memory.json holds)."""
+    from .base import EditRequest
+    out: dict[str, Any] = {"unrelated_prompts": tuple(meta["unrelated_prompts"])}
+    split = meta.get("train_split")
+    if split:
+        out["train_split"] = split if isinstance(split, str) else tuple(
+            TrainRecord(EditRequest(**r["request"]), tuple(r["rephrases"]),
+                        tuple(tuple(p) for p in r["locality"])) for r in split)
+    if meta.get("corpus"):
+        corpus = meta["corpus"]
+        out["corpus"] = corpus if isinstance(corpus, str) else tuple(corpus)
+    return out

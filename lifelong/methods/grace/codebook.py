@@ -1,0 +1,295 @@
+"""GRACE's codebook: keys with deferral radii and values, placed by the conflict rules.
+
+Rows ``0..n-1`` of the buffers are entries (capacity doubles as it fills); a displaced
+entry's row stays, dead (``alive`` False, out of the index), until a replay compacts.
+
+Conflict rules, applied when an entry is placed (invariants, checked by tests/test_grace.py):
+  * radii of keys with different targets (compared by token ids) never overlap:
+    ``|k_i - k_j| >= eps_i + eps_j``; a new key closer than that to a different-target key
+    splits: both radii become at most half their distance;
+  * a new key within reach of a same-target key (``d <= eps_j + eps``) is absorbed by it:
+    ``conflict="coverage"`` expands ``eps_j`` to cover the new key, ``"moving_average"`` moves
+    the key to the running mean of its members and widens its radius to cover both; when the
+    rule above leaves no room, the new key becomes its own entry instead;
+  * a key identical to a stored one displaces it (the newest edit of an input wins);
+  * every key of an active edit stays covered by an entry with its target: an entry keeps its
+    members (the keys it absorbed), and a member a split or a displacement leaves uncovered
+    is placed again, as its own entry if need be.
+
+The codebook is a pure function of its ordered log of items (each an edit with its trained
+keys and values): `retract` removes an item and replays the rest, giving exactly the codebook
+that would exist had the edit never been made. Cost: O(active edits) range searches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...index import KeyIndex
+from ..base import UnknownEdit, tensor_bytes
+from .config import GraceConfig
+
+Member = tuple[int, int]  # (log position, key index)
+
+
+class Codebook:
+    """Invariant: ``self.log`` (the active edits, in order) determines every other field."""
+
+    def __init__(self, config: GraceConfig, key_dim: int, value_dim: int):
+        self.config = config
+        self.key_dim, self.value_dim = key_dim, value_dim
+        self.log: list[dict[str, Any]] = []
+        self.reset()
+
+    def reset(self) -> None:
+        """An empty codebook (the log is kept)."""
+        self.n = 0
+        self.keys = torch.zeros((16, self.key_dim))
+        self.values = torch.zeros((16, self.value_dim))
+        self.radii = torch.zeros(16, dtype=torch.float64)
+        self.alive = torch.zeros(16, dtype=torch.bool)
+        self.targets: list[tuple[int, ...]] = []
+        self.facts: list[str] = []
+        self.owners: list[str] = []
+        self.members: list[list[Member]] = []  # (log position, key index) per entry
+        self.absorbed: dict[str, set[int]] = {}  # fact -> rows whose members include its keys
+        self.fact_rows: dict[str, list[int]] = {}
+        self.fact_prompts: dict[str, list[str]] = {}
+        self.index = KeyIndex(self.key_dim, "l2", approximate_above=self.config.approximate_above)
+
+    # ---- lookups ------------------------------------------------------------------------
+    @torch.no_grad()
+    def lookup(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(entry row, hit) per query: the nearest of the FAISS candidates whose radius covers
+        the query (exact torch distances; ties go to the older entry)."""
+        q = queries.detach().float().cpu()
+        _, cand = self.index.search(q.numpy(), min(self.config.candidates, len(self.index)))
+        cand = torch.from_numpy(cand)
+        valid = cand >= 0
+        c = cand.clamp(min=0)
+        dist = (self.keys[c] - q.unsqueeze(1)).norm(dim=-1).double()
+        covered = valid & (dist <= self.radii[c])
+        dist = torch.where(covered, dist, torch.full_like(dist, float("inf")))
+        # stable tie-break on the entry row: sort candidates by row first
+        order = torch.argsort(c + (~covered).long() * (1 << 40), dim=1, stable=True)
+        dist, c = dist.gather(1, order), c.gather(1, order)
+        best = dist.argmin(dim=1)
+        hit = torch.isfinite(dist.gather(1, best.unsqueeze(1)).squeeze(1))
+        entry = torch.where(hit, c.gather(1, best.unsqueeze(1)).squeeze(1), torch.full_like(best, -1))
+        return entry, hit
+
+    def prompts_of(self, fact: str) -> list[str]:
+        """Prompts of the fact's newest active edit (displaced by a re-edit, so re-trained)."""
+        return list(self.fact_prompts.get(fact, ()))
+
+    # ---- the log --------------------------------------------------------------------------
+    def add(self, item: dict[str, Any]) -> list[str]:
+        """Append an item (``edit_id``, ``fact``, ``target``, ``target_ids``, ``prompts`` and
+        ``keys``/``values`` tensors of shape (len(prompts), dim)) and place it."""
+        self.log.append(item)
+        return self._insert(len(self.log) - 1)
+
+    def retract(self, edit_id: str) -> None:
+        """Remove the edit from the log and replay the rest (exact; module docstring)."""
+        kept = [it for it in self.log if it["edit_id"] != edit_id]
+        if len(kept) == len(self.log):
+            raise UnknownEdit(f"grace: no active edit {edit_id!r} to retract")
+        self.log = kept
+        self.reset()
+        for pos in range(len(self.log)):
+            self._insert(pos)
+
+    # ---- placement (the conflict rules) -------------------------------------------------
+    def _eps0(self, key: torch.Tensor) -> float:
+        return self.config.eps * (float(key.double().norm()) if self.config.eps_relative else 1.0)
+
+    def _neighbours(self, key: torch.Tensor, reach: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Alive entries within `reach` of `key` (exact float64 distances), by row."""
+        if len(self.index) == 0:
+            return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.float64)
+        r2 = (reach * (1 + 1e-4) + 1e-6) ** 2
+        _, ids = self.index.range(key.numpy()[None], r2)[0]
+        rows = torch.from_numpy(np.sort(ids)).long()
+        dist = (self.keys[rows].double() - key.double()).norm(dim=-1)
+        keep = dist <= reach
+        return rows[keep], dist[keep]
+
+    def _room(self, center: torch.Tensor, target: tuple[int, ...], want: float,
+              skip: int = -1) -> float:
+        """Largest radius <= want a key at `center` may take without overlapping a
+        different-target key."""
+        rmax = float(self.radii[self.alive].max()) if bool(self.alive.any()) else 0.0
+        rows, dist = self._neighbours(center, want + rmax)
+        room = want
+        for r, d in zip(rows.tolist(), dist.tolist()):
+            if r != skip and self.targets[r] != target:
+                room = min(room, (d - float(self.radii[r])) * (1 - 1e-9))
+        return room
+
+    def _insert(self, pos: int) -> list[str]:
+        """Place the keys of log item `pos` by the conflict rules (module docstring).
+
+        Invariants kept: different-target radii never overlap; every key of an active edit
+        lies within the radius of an alive entry with its target (a key left uncovered by a
+        split or a displacement is placed again, as its own entry if need be)."""
+        item = self.log[pos]
+        orphans: list[Member] = []
+        for row in self.fact_rows.pop(item["fact"], []):
+            if self.alive[row]:  # re-edit: the fact's older entries are displaced
+                orphans += [m for m in self._kill(row) if self.log[m[0]]["fact"] != item["fact"]]
+        for row in self.absorbed.pop(item["fact"], set()):  # its keys absorbed elsewhere leave
+            self.members[row] = [m for m in self.members[row] if self.log[m[0]]["fact"] != item["fact"]]
+        self.fact_prompts[item["fact"]] = list(item["prompts"])
+        placed = [self._place(pos, k, orphans) for k in range(len(item["keys"]))]
+        tries: dict[Member, int] = {}
+        while orphans:
+            m = orphans.pop(0)
+            tries[m] = tries.get(m, 0) + 1
+            self._place(m[0], m[1], orphans, merge=tries[m] <= 2)
+        return placed
+
+    def _member_key(self, m: Member) -> torch.Tensor:
+        return self.log[m[0]]["keys"][m[1]]
+
+    def _shrink(self, row: int, radius: float, orphans: list[Member]) -> None:
+        """Shrink an entry's radius; members it no longer covers become orphans."""
+        self.radii[row] = min(float(self.radii[row]), radius)
+        keep = []
+        for m in self.members[row]:
+            d = float((self._member_key(m).double() - self.keys[row].double()).norm())
+            (keep if d <= float(self.radii[row]) else orphans).append(m)
+        self.members[row] = keep
+        if not keep:  # a moved key that covers none of its members any more
+            self._kill(row)
+
+    def _place(self, pos: int, k: int, orphans: list[Member], merge: bool = True) -> str:
+        item = self.log[pos]
+        key, value, target = item["keys"][k], item["values"][k], tuple(item["target_ids"])
+        eps0 = self._eps0(key)
+        rmax = float(self.radii[self.alive].max()) if bool(self.alive.any()) else 0.0
+        rows, dist = self._neighbours(key, eps0 + rmax)
+        for r, d in zip(rows.tolist(), dist.tolist()):
+            if d == 0.0:  # identical input: the newest edit wins
+                same_input = [m for m in self.members[r] if torch.equal(self._member_key(m), key)]
+                if any(m[0] > pos for m in same_input):
+                    return "superseded"
+                orphans += [m for m in self._kill(r) if m not in same_input]
+        near = [(d, r) for r, d in zip(rows.tolist(), dist.tolist())
+                if self.alive[r] and d <= float(self.radii[r]) + eps0]
+        same = sorted((d, r) for d, r in near if self.targets[r] == target)
+        if same and merge:
+            absorbed = self._absorb(pos, k, key, target, eps0, *same[0])
+            if absorbed:
+                return absorbed
+        radius = eps0
+        for d, r in near:
+            if self.targets[r] != target:  # split: neither ball reaches past half the distance
+                self._shrink(r, d / 2, orphans)
+                radius = min(radius, d / 2)
+        row = self._append(key, value, radius, target, item, (pos, k))
+        return f"new:{row}" + (":split" if radius < eps0 else "")
+
+    def _absorb(self, pos: int, k: int, key: torch.Tensor, target: tuple[int, ...],
+                eps0: float, d: float, r: int) -> str | None:
+        """Let same-target entry `r` (at distance `d`) take the key (expanded or moved, by
+        `conflict`); None when that would overlap a different-target key."""
+        fact = self.log[pos]["fact"]
+        if self.config.conflict == "coverage":
+            want = max(float(self.radii[r]), d + 0.01 * eps0)
+            room = self._room(self.keys[r], target, want, skip=r)
+            if not room >= d:
+                return None
+            self.radii[r] = room
+            self.members[r].append((pos, k))
+            self.absorbed.setdefault(fact, set()).add(r)
+            return f"expanded:{r}"
+        n = len(self.members[r])
+        center = (self.keys[r].double() * n + key.double()) / (n + 1)
+        shift = float((center - self.keys[r].double()).norm())
+        need = float((center - key.double()).norm())
+        want = max(float(self.radii[r]) + shift, need + 0.01 * eps0)
+        room = self._room(center.float(), target, want, skip=r)
+        if not room >= max(need, float(self.radii[r]) + shift) - 1e-12:
+            return None
+        self.keys[r] = center.float()
+        self.radii[r] = room
+        self.members[r].append((pos, k))
+        self.absorbed.setdefault(fact, set()).add(r)
+        self.index.remove([r])
+        self.index.add(self.keys[r].numpy()[None], [r])
+        return f"moved:{r}"
+
+    def _append(self, key: torch.Tensor, value: torch.Tensor, radius: float,
+                target: tuple[int, ...], item: dict[str, Any], member: Member) -> int:
+        row = self.n
+        if row == self.keys.shape[0]:  # grow the buffers (amortised O(1) appends)
+            grow = max(16, row)
+            self.keys = torch.cat([self.keys, torch.zeros((grow, self.key_dim))])
+            self.values = torch.cat([self.values, torch.zeros((grow, self.value_dim))])
+            self.radii = torch.cat([self.radii, torch.zeros(grow, dtype=torch.float64)])
+            self.alive = torch.cat([self.alive, torch.zeros(grow, dtype=torch.bool)])
+        self.keys[row], self.values[row], self.radii[row], self.alive[row] = key, value, radius, True
+        self.n += 1
+        self.targets.append(target)
+        self.facts.append(item["fact"])
+        self.owners.append(item["edit_id"])
+        self.members.append([member])
+        self.fact_rows.setdefault(item["fact"], []).append(row)
+        self.index.add(key.numpy()[None], [row])
+        return row
+
+    def _kill(self, row: int) -> list[Member]:
+        """Remove an entry from the index; returns its members (the callers re-place them)."""
+        self.alive[row] = False
+        self.index.remove([row])
+        members, self.members[row] = self.members[row], []
+        return members
+
+    # ---- state --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        n = self.n
+        return {"log": [dict(it, keys=it["keys"].clone(), values=it["values"].clone()) for it in self.log],
+                "keys": self.keys[:n].clone(), "values": self.values[:n].clone(),
+                "radii": self.radii[:n].clone(), "alive": self.alive[:n].clone(),
+                "targets": [list(t) for t in self.targets], "facts": list(self.facts),
+                "owners": list(self.owners),
+                "members": [[list(m) for m in ms] for ms in self.members],
+                "fact_prompts": {k: list(v) for k, v in self.fact_prompts.items()},
+                "index": torch.from_numpy(self.index.to_bytes())}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.log = [dict(it, keys=it["keys"].clone(), values=it["values"].clone()) for it in state["log"]]
+        self.n = n = int(state["keys"].shape[0])
+        cap = max(16, n)
+        self.keys = torch.zeros((cap, self.key_dim))
+        self.values = torch.zeros((cap, self.value_dim))
+        self.radii = torch.zeros(cap, dtype=torch.float64)
+        self.alive = torch.zeros(cap, dtype=torch.bool)
+        self.keys[:n], self.values[:n] = state["keys"], state["values"]
+        self.radii[:n], self.alive[:n] = state["radii"], state["alive"]
+        self.targets = [tuple(t) for t in state["targets"]]
+        self.facts, self.owners = list(state["facts"]), list(state["owners"])
+        self.members = [[tuple(m) for m in ms] for ms in state["members"]]
+        self.absorbed = {}
+        for row, ms in enumerate(self.members):
+            for m in ms:
+                fact = self.log[m[0]]["fact"]
+                if fact != self.facts[row]:
+                    self.absorbed.setdefault(fact, set()).add(row)
+        self.fact_rows = {}
+        for row, fact in enumerate(self.facts):
+            if self.alive[row]:
+                self.fact_rows.setdefault(fact, []).append(row)
+        self.fact_prompts = {k: list(v) for k, v in state["fact_prompts"].items()}
+        self.index = KeyIndex.from_bytes(state["index"].numpy())
+
+    def footprint(self) -> int:
+        """Keys + values + radii + the FAISS index, plus the log's keys and values (kept so
+        that retraction can replay without retraining)."""
+        log = sum(tensor_bytes(it["keys"], it["values"]) for it in self.log)
+        n = self.n
+        held = tensor_bytes(self.keys[:n], self.values[:n], self.radii[:n])
+        return held + self.index.nbytes() + log

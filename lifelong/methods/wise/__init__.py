@@ -1,0 +1,38 @@
+"""`wise`: WISE (Wang et al. 2024, arXiv 2405.14768), dual parametric memory.
+
+A side copy of one FFN output projection (`layers.{L}.mlp.out`) holds the edits; the main
+weight is never changed. A routed row is served by a side memory at all its tokens; a row
+routed to the main memory is left bit for bit. Rows are routed one by one (mixed batches
+are fine). Design, measurements and where this departs from the paper: docs/wise.md.
+
+Routers (`router.py`): the paper's activation score, or (default) the nearest edit key in a
+FAISS index. Editing (`trainer.py`) trains a delta of the side memory with SGD on the edit's
+target loss (plus the paper's margin terms when a router reads activation scores); with
+`protect`, every step is projected off the span of the memory's earlier edit keys.
+
+Knowledge sharding (`memory.py`): shards of `shard_size` edits, each under its own random
+gradient mask (`mask_ratio` of the output rows, or of the entries); `consolidate()` folds
+the shards into the memory with TIES (or linear / DARE, `lifelong.merging`), cycle by cycle
+with disjoint row masks: the shards of a cycle touch disjoint rows, so their TIES merge is
+their sum.
+
+WISE-Retrieve (`mode = "retrieve"`) starts a new side memory every `memory_size` edits;
+with `protect`, either mode also starts one when the newest holds `protect_share` x key
+width facts (past that a memory leaves new edits too little null space). A re-edit of a
+fact removes the older edits' keys. Retraction: `unroute` drops the edit's keys (its prompts
+go back to the main memory, bit-identical) and re-applies the fact's previous edit if one is
+left; `rebuild` retrains the memory from its log without the edit (exact: every random
+choice of an edit derives from the seed and the edit id, masks from the seed and the shard's
+position).
+
+Layout: `config.py` (settings), `memory.py` (side memories, masks, protection), `router.py`,
+`trainer.py` (one edit's optimisation), `method.py` (the method: serving, editing, merging,
+retraction, state).
+"""
+
+from .._common.keys import router_tokens, row_keys
+from .config import WiseConfig
+from .memory import SideMemory
+from .method import Wise
+
+__all__ = ["SideMemory", "Wise", "WiseConfig", "router_tokens", "row_keys"]

@@ -1,0 +1,71 @@
+"""WISE's settings (see `wise/__init__.py` for what they mean together, docs/wise.md for why)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ...config import setting
+
+
+@dataclass(frozen=True)
+class WiseConfig:
+    layer: int | None = setting(None, "layer whose mlp.out gets the side memory (negative counts "
+                                      "from the end); default: the late-middle layer")
+    mode: Literal["merge", "retrieve"] = setting("merge", "one merged side memory while it has "
+                                                 "room (WISE-Merge; see protect_share) or a new "
+                                                 "one every memory_size edits (WISE-Retrieve)")
+    router: Literal["activation", "faiss"] = setting("faiss", "pick the memory (or the main one) "
+                                                     "by activation score (the paper) or by the "
+                                                     "nearest edit key in a FAISS index")
+    key_token: Literal["last", "mean"] = setting("last", "tokens the router reads: the last prompt "
+                                                 "token or the mean over the prompt tokens")
+    key_radius: float = setting(0.40, "FAISS router: a query within key_radius x |key| of its "
+                                      "nearest edit key goes to that key's memory", min=0.0)
+    measure_activation_router: bool = setting(False, "FAISS router: also record where the "
+                                                "paper's activation router would send each "
+                                                "probe (the margin terms stay off: they cost "
+                                                "~8x the editing time)")
+    faiss_check: bool = setting(False, "FAISS router: also require the activation score above "
+                                       "the memory's threshold (the paper's test)")
+    steps: int = setting(80, "most optimiser steps per edit", min=1)
+    lr: float = setting(1.0, "learning rate of the side-memory delta", min=0.0)
+    optimizer: Literal["sgd", "adam"] = setting("sgd", "optimiser of the delta: plain gradient "
+                                                "steps (the paper; updates stay in the span of "
+                                                "the edit's activations) or Adam")
+    momentum: float = setting(0.0, "SGD momentum", min=0.0, max=0.999)
+    mask_ratio: float = setting(0.2, "share of weight entries a shard may change", min=0.0, max=1.0)
+    mask_unit: Literal["row", "entry"] = setting("row", "what a mask keeps or drops: whole "
+                                                 "output rows (commutes with `protect`, so a "
+                                                 "masked step stays in the null space) or "
+                                                 "single entries (the paper)")
+    disjoint_masks: bool = setting(True, "shards of a cycle of round(1 / mask_ratio) get "
+                                         "disjoint masks (then a TIES merge of them is their sum)")
+    shard_size: int = setting(50, "edits per knowledge shard", min=1)
+    merge: Literal["ties", "linear", "dare"] = setting("ties", "how shards are merged")
+    density: float = setting(1.0, "TIES: share of each shard kept by magnitude; DARE: 1 - drop",
+                             min=0.0, max=1.0)
+    merge_every: int = setting(0, "merge automatically every N edits (0: when asked)", min=0)
+    memory_size: int = setting(250, "retrieve mode: edits per side memory", min=1)
+    alpha: float = setting(0.5, "margin: unrelated scores below alpha x scale", min=0.0)
+    beta: float = setting(2.0, "margin: edit scores above beta x scale", min=0.0)
+    gamma: float = setting(1.0, "margin: edit minus unrelated score above gamma x scale", min=0.0)
+    margin_weight: float = setting(1.0, "weight of the margin loss against the target loss", min=0.0)
+    act_ratio: float = setting(0.5, "threshold = act_ratio x smallest edit score", min=0.0)
+    negatives: int = setting(4, "unrelated prompts per edit for the margin loss", min=0)
+    replay: int = setting(0, "earlier edits of the same memory whose targets are trained again "
+                             "with each edit (rehearsal against overwriting; 0: the paper)", min=0)
+    protect: bool = setting(True, "train each edit in the null space of the memory's earlier "
+                                  "edit keys (AlphaEdit-style; not in the paper), so an edit "
+                                  "cannot move the outputs of the edits before it")
+    protect_share: float = setting(0.75, "protect: a memory is full once it holds the keys of "
+                                         "protect_share x key width facts, and the next edit "
+                                         "opens a new one (both modes; near 1.0 the last edits "
+                                         "find too little null space to be written)",
+                                   min=0.0, max=1.0)
+    stop_loss: float = setting(0.1, "stop once the target loss is below this", min=0.0)
+    retract: Literal["auto", "unroute", "rebuild", "unsupported"] = setting(
+        "auto", "unroute: drop the edit's keys so its prompts go back to the main memory, and "
+                "re-apply the fact's previous edit if one is left (FAISS router only); rebuild: "
+                "retrain the edit's memory from its log without it (exact, costs one edit per "
+                "edit of that memory); auto: unroute with the FAISS router, else rebuild")
