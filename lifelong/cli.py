@@ -301,17 +301,23 @@ def _pretrain_organism(facts_path, pcfg, out, hold_out, show_config, quiet) -> N
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def methods(as_json):
-    """Registered methods and their settings."""
-    from .methods import available_methods
+    """Registered methods, their optional capabilities and their settings."""
+    from .methods import BatchEditing, Consolidating, Retractable, Routing, available_methods
+    caps = {"retractable": Retractable, "consolidating": Consolidating, "routing": Routing,
+            "batch editing": BatchEditing}
+
+    def capabilities(cls) -> list[str]:
+        return [n for n, c in caps.items() if issubclass(cls, c)]
+
     found = available_methods()
     if as_json:
-        click.echo(json.dumps({n: {"summary": c.summary, "settings": [
+        click.echo(json.dumps({n: {"summary": c.summary, "capabilities": capabilities(c), "settings": [
             {"name": a, "type": b, "default": d, "help": h,
              **({"choices": list(choices_of(c.Config)[a])} if a in choices_of(c.Config) else {})}
             for a, b, d, h in describe(c.Config)]} for n, c in found.items()}, indent=2, default=str))
         return
     for name, cls in found.items():
-        click.echo(f"{name}: {cls.summary}")
+        click.echo(f"{name}: {cls.summary} [{', '.join(capabilities(cls)) or 'no optional capabilities'}]")
         allowed = choices_of(cls.Config)
         for fname, ftype, default, help_text in describe(cls.Config):
             one_of = f"; one of {', '.join(map(repr, allowed[fname]))}" if fname in allowed else ""

@@ -10,9 +10,11 @@ Splits:
   shown in pretraining.
 
 Two protocols, as in `scoring`: teacher-forced token accuracy of the object, and generated
-exact match (greedy decoding must reproduce the object's tokens). `disagree` is the share of
-pairs where the two protocols disagree on whether the object is known (teacher-forced exact
-match against generated exact match).
+exact match (greedy decoding must reproduce the object's tokens). Teacher-forced exact match
+and generated exact match always agree (greedy decoding follows the gold prefix exactly when
+every gold token is the argmax), so where the protocols differ is partial credit: `partial`
+is the share of pairs that teacher forcing credits in part (token accuracy above 0) while
+generation does not produce the object.
 """
 
 from __future__ import annotations
@@ -31,12 +33,12 @@ SPLITS = ("trained", "heldout", "ood", "two_hop")
 def _summarise(scores: list[PairScore]) -> dict:
     n = len(scores)
     if not n:
-        return {"n": 0, "tf_acc": None, "tf_exact": None, "gen_exact": None, "disagree": None}
+        return {"n": 0, "tf_acc": None, "tf_exact": None, "gen_exact": None, "partial": None}
     return {"n": n,
             "tf_acc": round(sum(s.tf_acc for s in scores) / n, 4),
             "tf_exact": round(sum(s.tf_exact for s in scores) / n, 4),
             "gen_exact": round(sum(s.gen_exact for s in scores) / n, 4),
-            "disagree": round(sum(s.tf_exact != s.gen_exact for s in scores) / n, 4)}
+            "partial": round(sum(s.tf_acc > 0 and not s.gen_exact for s in scores) / n, 4)}
 
 
 def check_items(world: World) -> dict[str, list[tuple[str, str, str]]]:
@@ -55,7 +57,7 @@ def check_model(lm: LM, world: World, batch_size: int = 256, sample: int | None 
     """Accuracy of `lm` on the world's initial facts.
 
     Returns {split: S, "per_relation": {group: {split: S}}} for the splits of `SPLITS`,
-    where S = {"n", "tf_acc", "tf_exact", "gen_exact", "disagree"}. With `sample`, each split
+    where S = {"n", "tf_acc", "tf_exact", "gen_exact", "partial"}. With `sample`, each split
     is a seeded random sample of at most that many pairs. `progress(split, done, total)` is
     called after every batch.
     """
@@ -89,7 +91,7 @@ def check_model(lm: LM, world: World, batch_size: int = 256, sample: int | None 
 
 def format_check(result: dict) -> str:
     """A small plain-text table of a `check_model` result."""
-    lines = [f"{'split':<34}{'n':>7}{'tf_acc':>9}{'gen_exact':>11}{'disagree':>10}"]
+    lines = [f"{'split':<34}{'n':>7}{'tf_acc':>9}{'gen_exact':>11}{'partial':>10}"]
     names = {"trained": "trained", "heldout": "held-out", "ood": "ood phrasings",
              "two_hop": "two-hop"}
     rows = [(names[s], result.get(s)) for s in SPLITS]
@@ -98,5 +100,5 @@ def format_check(result: dict) -> str:
     for name, s in rows:
         if s and s["n"]:
             lines.append(f"{name:<34}{s['n']:>7}{s['tf_acc']:>9.3f}{s['gen_exact']:>11.3f}"
-                         f"{s['disagree']:>10.3f}")
+                         f"{s['partial']:>10.3f}")
     return "\n".join(lines)

@@ -318,11 +318,17 @@ def trace_command(model_path, stream_path, facts, samples, noise, seed, out_dir,
 
 
 def edit_layer(result: dict) -> int:
-    """The layer whose MLP output carries most of a fact's recall at the subject's last token
-    (the peak of `effect["mlp"]["last subject"]`): where ROME edits, and the default layer
-    for methods that edit one MLP (written to the model's config as `lifelong_edit_layer`)."""
-    row = result["effect"]["mlp"]["last subject"]
-    return max(range(len(row)), key=lambda L: (row[L] if row[L] is not None else float("-inf"), -L))
+    """The layer whose MLP output carries most of a fact's recall, at whichever token that
+    is (the peak of `effect["mlp"]` over layers and token categories; in GPT-2 XL the
+    subject's last token, where ROME edits; in a model that gathers the subject into the last
+    token first, the last token). The default layer of methods that edit one MLP, written to
+    the model's config as `lifelong_edit_layer`. Ties go to the earlier layer."""
+    best, layer = float("-inf"), 0
+    for row in result["effect"]["mlp"].values():
+        for L, v in enumerate(row):
+            if v is not None and v > best:
+                best, layer = v, L
+    return layer
 
 
 def annotate_model_dir(model_dir: str | Path, lm: LM, candidates: Sequence[TraceFact],
@@ -342,4 +348,6 @@ def annotate_model_dir(model_dir: str | Path, lm: LM, candidates: Sequence[Trace
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     lm.model.config.lifelong_edit_layer = layer
     return {"facts": result["facts"], "config": result["config"], "peak": result["peak"],
-            "mlp_last_subject": result["effect"]["mlp"]["last subject"], "edit_layer": layer}
+            "p_clean": result["p_clean"], "p_corrupt": result["p_corrupt"],
+            "mlp_last_subject": result["effect"]["mlp"]["last subject"],
+            "mlp_last": result["effect"]["mlp"]["last"], "edit_layer": layer}

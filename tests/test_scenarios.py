@@ -12,7 +12,7 @@ from lifelong.methods import get_method
 from lifelong.scenario import load_scenario
 from lifelong.stream import parse_stream
 
-SCENARIOS = sorted((Path(__file__).resolve().parent.parent / "scenarios").glob("*.toml"))
+SCENARIOS = sorted((Path(__file__).resolve().parent.parent / "scenarios").rglob("*.toml"))
 
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])

@@ -86,4 +86,5 @@ def test_annotate_names_the_traced_layer_in_config(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["lifelong_edit_layer"] == record["edit_layer"]
     assert layers.default_edit_layer(load_model(str(tmp_path)).model) == record["edit_layer"]
     assert (tmp_path / "trace" / "trace.png").exists()
-    assert edit_layer({"effect": {"mlp": {"last subject": [0.1, 0.5, None]}}}) == 1
+    assert edit_layer({"effect": {"mlp": {"last subject": [0.1, 0.5, None], "last": [0.2, 0.3, 0.4]}}}) == 1
+    assert edit_layer({"effect": {"mlp": {"last subject": [0.1, 0.0, None], "last": [0.2, 0.3, 0.4]}}}) == 2
