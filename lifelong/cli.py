@@ -194,6 +194,7 @@ def _world(load, path):
 
 
 from .importers import streams_import  # noqa: E402  (`lifelong streams import`)
+
 streams.add_command(streams_import)
 
 
@@ -248,7 +249,8 @@ def pretrain(out, config_path, facts_path, hold_out, seed, steps, show_config, q
     or with --facts a model organism of a real edit stream."""
     import tomllib
 
-    from .pretrain import PretrainConfig, pretrain as run_pretrain
+    from .pretrain import PretrainConfig
+    from .pretrain import pretrain as run_pretrain
     from .world import WorldConfig
     data = tomllib.loads(Path(config_path).read_text(encoding="utf-8")) if config_path else {}
     unknown = set(data) - {"world", "pretrain"}
@@ -331,15 +333,19 @@ cli.add_command(compare)
 
 
 from .bench import bench  # noqa: E402
+
 cli.add_command(bench)
 
 from .export import export  # noqa: E402
+
 cli.add_command(export)
 
 from .trace import trace_command  # noqa: E402
+
 cli.add_command(trace_command)
 
 from .sweep import sweep_command  # noqa: E402
+
 cli.add_command(sweep_command)
 
 

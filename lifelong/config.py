@@ -13,7 +13,8 @@ import dataclasses
 import math
 import types
 import typing
-from typing import Any, Mapping, TypeVar
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from .errors import ConfigError
 

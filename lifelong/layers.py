@@ -35,7 +35,6 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +45,7 @@ from .errors import ConfigError
 # A path is a dotted attribute path, or a tuple of alternatives (the first that exists wins;
 # used where transformers renamed a module between versions). None: the family has no such
 # module.
-_Path = Union[str, tuple[str, ...], None]
+_Path = str | tuple[str, ...] | None
 
 
 @dataclass(frozen=True)

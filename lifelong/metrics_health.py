@@ -15,7 +15,8 @@ then None.
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 def _changes(c: dict) -> dict[str, dict]:

@@ -11,9 +11,9 @@ import contextlib
 import copy
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
@@ -65,7 +65,7 @@ class LM:
         finally:
             self.forward_info = previous
 
-    def clone(self) -> "LM":
+    def clone(self) -> LM:
         """An independent copy (weights deep-copied; the tokenizer is shared, it is read-only)."""
         return LM(copy.deepcopy(self.model), self.tok, self.name, self.path)
 

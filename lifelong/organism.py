@@ -28,15 +28,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from .config import to_dict
 from .errors import LifelongError
 from .modelcheck import _summarise
-from .pretrain import (PretrainConfig, _quiet_transformers, torch_threads, train_on_pairs,
-                       write_model_dir)
+from .pretrain import PretrainConfig, _quiet_transformers, torch_threads, train_on_pairs, write_model_dir
 from .stream import Edit, Event, Query, parse_stream
 from .tokenizer import build_word_tokenizer
 

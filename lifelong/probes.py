@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 from .model import LM
 from .scoring import score_pairs
@@ -51,7 +51,7 @@ class Ledger:
     retracted: set[str]
 
     @classmethod
-    def replay(cls, events: Iterable[Event]) -> "Ledger":
+    def replay(cls, events: Iterable[Event]) -> Ledger:
         led = cls({}, {}, {}, set())
         for ev in events:
             led.add(ev)

@@ -14,8 +14,8 @@ whole sequence at each step (no KV cache) so that hook-based methods see ordinar
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

@@ -20,9 +20,10 @@ import json
 import math
 import os
 import types
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, ClassVar, Iterable
+from typing import Any, ClassVar
 
 from .errors import StreamError
 

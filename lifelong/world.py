@@ -28,9 +28,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from .config import from_mapping, setting, to_dict
 from .worldtext import CHANGING, CITIES, COMPANIES, PERSON, RELATIONS, TWO_HOP, RelationSpec
@@ -167,7 +167,7 @@ class World:
 
     # -- building -------------------------------------------------------------------------
     @classmethod
-    def generate(cls, cfg: WorldConfig) -> "World":
+    def generate(cls, cfg: WorldConfig) -> World:
         """The world of `cfg`. Deterministic: one `random.Random(cfg.seed)` drives everything."""
         rng = random.Random(cfg.seed)
         taken = {w.strip(".,?:").capitalize() for text in static_texts() for w in text.split()}
@@ -304,7 +304,7 @@ class World:
         Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
 
     @classmethod
-    def from_dict(cls, data: dict) -> "World":
+    def from_dict(cls, data: dict) -> World:
         if data.get("format") != FORMAT:
             raise ValueError(f"not a world file (format {data.get('format')!r}, want {FORMAT!r})")
         cfg = from_mapping(WorldConfig, data["config"], "world.config")
@@ -318,7 +318,7 @@ class World:
         return cls(cfg, data["entities"], facts)
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "World":
+    def from_json(cls, path: str | Path) -> World:
         """Load a world saved by `save` (e.g. lifelong/builtin/world.json)."""
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 

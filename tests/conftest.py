@@ -15,9 +15,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import (AutoModelForCausalLM, GPT2Config, GPTJConfig, LlamaConfig,
-                          MistralConfig, PretrainedConfig, PreTrainedModel,
-                          PreTrainedTokenizerFast, Qwen2Config)
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPTJConfig,
+    LlamaConfig,
+    MistralConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
 
 # Test the checkout itself, whether or not the package is installed (pip install -e .).
 _REPO_ROOT = str(Path(__file__).resolve().parent.parent)

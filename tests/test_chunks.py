@@ -9,14 +9,15 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_runtime import metric_values, table_rows
+from tinyrun import PEOPLE, save_tiny_model, stream_events, write_jsonl, write_scenario
 
 from lifelong.runtime import Runtime
 from lifelong.scenario import load_scenario
 from lifelong.store import Store
 from lifelong.stream import parse_stream
-from test_runtime import metric_values, table_rows
-from tinyrun import PEOPLE, save_tiny_model, stream_events, write_jsonl, write_scenario
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 FT = '[[methods]]\nname = "ft"\nsettings = { steps = 4, lr = 0.05 }\n'

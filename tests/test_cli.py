@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from tinyrun import save_tiny_model, stream_events, write_jsonl
 
 from lifelong.model import builtin_dir
-from tinyrun import save_tiny_model, stream_events, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import pytest
 from hypothesis import given, settings
@@ -16,7 +15,7 @@ from hypothesis import strategies as st
 
 from lifelong.config import describe, from_mapping, setting, to_dict
 from lifelong.errors import ConfigError, LifelongError
-from lifelong.scenario import MethodSpec, Scenario, Schedule, StreamSource, load_scenario
+from lifelong.scenario import MethodSpec, Scenario, Schedule, load_scenario
 
 FAST = settings(max_examples=100, deadline=None)
 
@@ -35,7 +34,7 @@ class Sample:
     flag: bool = setting(False, "a switch")
     mode: Literal["fast", "slow"] = setting("fast", "a literal")
     color: str = setting("red", "a choice", choices=("red", "green"))
-    limit: Optional[int] = setting(None, "optional int")
+    limit: int | None = setting(None, "optional int")
     alt: float | None = setting(None, "optional float (PEP 604)")
     tags: tuple[str, ...] = setting((), "a list of strings")
     inner: Inner = setting(Inner(), "a nested table")

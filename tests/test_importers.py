@@ -17,8 +17,14 @@ from pathlib import Path
 import pytest
 
 from lifelong.errors import StreamError
-from lifelong.importers import (FORMATS, ImportOptions, convert_records, detect_format,
-                                import_file, read_records)
+from lifelong.importers import (
+    FORMATS,
+    ImportOptions,
+    convert_records,
+    detect_format,
+    import_file,
+    read_records,
+)
 from lifelong.stream import MAX_CHARS, load_events_from_dicts, parse_time
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -388,7 +394,10 @@ def test_shuffle_is_seeded_and_keeps_record_identity(tmp_path):
     order = [e["meta"]["record"] for e in a.events]
     assert order != sorted(order) and sorted(order) == list(range(1, 41))
     assert [e["t"] for e in a.events] == [e["t"] for e in plain.events]  # times follow output order
-    strip_t = lambda evs: sorted((({k: v for k, v in e.items() if k != "t"}) for e in evs), key=lambda e: e["id"])
+
+    def strip_t(evs):
+        return sorted(({k: v for k, v in e.items() if k != "t"} for e in evs), key=lambda e: e["id"])
+
     assert strip_t(a.events) == strip_t(plain.events)
     assert [e["meta"]["record"] for e in run(recs, tmp_path, shuffle=True, seed=3, edits=5).events] == order[:5]
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import FAMILIES, make_tiny_model
 from torch import nn
 from transformers import AutoModelForCausalLM, GPTNeoXConfig, OPTConfig
 
-from conftest import FAMILIES, make_tiny_model
 from lifelong import layers
 from lifelong.errors import ConfigError
 

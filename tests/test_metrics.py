@@ -13,8 +13,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lifelong.metrics import (
-    backward_transfer, by_role, conflict, edit_counts, forgetting, latency, percentiles, queries,
-    query_overhead, rate, retention, retention_by_age, retention_matrix, retraction, run_metrics,
+    backward_transfer,
+    by_role,
+    conflict,
+    edit_counts,
+    forgetting,
+    latency,
+    percentiles,
+    queries,
+    query_overhead,
+    rate,
+    retention,
+    retention_by_age,
+    retention_matrix,
+    retraction,
+    run_metrics,
 )
 
 FAST = settings(max_examples=100, deadline=None)

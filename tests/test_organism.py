@@ -14,8 +14,14 @@ from safetensors.torch import load_file
 from lifelong.cli import cli
 from lifelong.errors import LifelongError
 from lifelong.model import LM, load_model
-from lifelong.organism import (check_organism, collect_facts, facts_from_stream,
-                               organism_tokenizer, pretrain_organism, resolve_config)
+from lifelong.organism import (
+    check_organism,
+    collect_facts,
+    facts_from_stream,
+    organism_tokenizer,
+    pretrain_organism,
+    resolve_config,
+)
 from lifelong.pretrain import PretrainConfig, build_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -11,8 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lifelong.probes import (Ledger, leaked_rephrases, locality_pool, locality_sample, plan,
-                             retract_probe)
+from lifelong.probes import Ledger, leaked_rephrases, locality_pool, locality_sample, plan, retract_probe
 from lifelong.stream import Edit, Merge, Probe, Query, Retract
 
 FAST = settings(max_examples=150, deadline=None)

@@ -22,6 +22,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
+from tinyrun import save_tiny_model, stream_events, write_jsonl, write_scenario
 
 from lifelong.cli import cli
 from lifelong.errors import StoreError
@@ -31,7 +32,6 @@ from lifelong.runtime import Interrupted, Runtime
 from lifelong.scenario import load_scenario
 from lifelong.store import Store
 from lifelong.stream import parse_stream
-from tinyrun import save_tiny_model, stream_events, write_jsonl, write_scenario
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

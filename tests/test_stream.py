@@ -12,8 +12,19 @@ from hypothesis import strategies as st
 
 from lifelong.errors import StreamError
 from lifelong.stream import (
-    MAX_CHARS, MAX_ITEMS, Edit, Merge, ParsedStream, Probe, Query, Retract, dump_stream,
-    event_to_dict, load_events_from_dicts, parse_stream, validate_stream,
+    MAX_CHARS,
+    MAX_ITEMS,
+    Edit,
+    Merge,
+    ParsedStream,
+    Probe,
+    Query,
+    Retract,
+    dump_stream,
+    event_to_dict,
+    load_events_from_dicts,
+    parse_stream,
+    validate_stream,
 )
 
 FAST = settings(max_examples=25, deadline=None,

@@ -8,7 +8,8 @@ import functools
 from datetime import datetime
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lifelong.config import from_mapping
 from lifelong.errors import ConfigError

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import functools
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lifelong.stream import Edit, Merge, Query, Retract, load_events_from_dicts
 from lifelong.streamgen import StreamSpec, make_stream

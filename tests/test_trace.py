@@ -10,8 +10,16 @@ import torch
 from conftest import make_tiny_model, tiny_tokenizer
 
 from lifelong.model import LM
-from lifelong.trace import (CATEGORIES, TraceConfig, TraceFact, _trace_one, categories,
-                            causal_trace, subject_span, write_trace)
+from lifelong.trace import (
+    CATEGORIES,
+    TraceConfig,
+    TraceFact,
+    _trace_one,
+    categories,
+    causal_trace,
+    subject_span,
+    write_trace,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

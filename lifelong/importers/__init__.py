@@ -45,8 +45,15 @@ from __future__ import annotations
 
 from .cli import streams_import
 from .common import Format, read_records
-from .convert import (FORMATS, ImportOptions, ImportResult, convert_records, detect_format,
-                      import_file, write_events)
+from .convert import (
+                      FORMATS,
+                      ImportOptions,
+                      ImportResult,
+                      convert_records,
+                      detect_format,
+                      import_file,
+                      write_events,
+)
 from .convsent import CONVSENT_PROMPT, CONVSENT_REPHRASES
 
 __all__ = ["CONVSENT_PROMPT", "CONVSENT_REPHRASES", "FORMATS", "Format", "ImportOptions",

@@ -7,7 +7,6 @@ import click
 from ..config import from_mapping
 from .convert import FORMATS, ImportOptions, import_file, write_events
 
-
 _IMPORT_HELP = ("Convert a knowledge-editing data set (JSON array or JSONL) into an edit stream.\n\n"
                 "Formats:\n\n" + "\n\n".join(f"{f.name}: {f.summary}" for f in FORMATS.values()))
 

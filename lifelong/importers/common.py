@@ -14,8 +14,9 @@ import datetime as dt
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from ..errors import StreamError
 from ..stream import MAX_CHARS, MAX_ITEMS, parse_time, read_bytes
