@@ -69,6 +69,10 @@ class PretrainConfig:
                                "in config.json (`lifelong_edit_layer`: methods edit it by "
                                "default); 0: no trace", min=0)
     trace_samples: int = setting(5, "noise samples per traced fact", min=1)
+    edit_layer: int | None = setting(None, "the layer to name in config.json as the methods' "
+                                     "default (a choice made on a dev stream among the layers "
+                                     "the trace shows at work); none: the trace's MLP peak",
+                                     min=0)
     eval_every: int = setting(500, "steps between monitoring evaluations (0: none)", min=0)
     eval_sample: int = setting(2000, "pairs per split in a monitoring evaluation", min=1)
     log_seconds: float = setting(5.0, "seconds between progress lines", min=0.0)
@@ -347,4 +351,5 @@ def trace_model_dir(out_dir: str | Path, world: World, cfg: PretrainConfig, reco
     tcfg = TraceConfig(facts=cfg.trace_facts, samples=cfg.trace_samples, seed=cfg.seed)
     with torch_threads(cfg.threads):
         lm = load_model(str(out_dir))
-        return {**record, "trace": annotate_model_dir(out_dir, lm, world_facts(world, cfg.seed), tcfg)}
+        return {**record, "trace": annotate_model_dir(out_dir, lm, world_facts(world, cfg.seed),
+                                                      tcfg, cfg.edit_layer)}

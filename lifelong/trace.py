@@ -332,16 +332,19 @@ def edit_layer(result: dict) -> int:
 
 
 def annotate_model_dir(model_dir: str | Path, lm: LM, candidates: Sequence[TraceFact],
-                       cfg: TraceConfig) -> dict:
+                       cfg: TraceConfig, layer: int | None = None) -> dict:
     """Trace `lm` (loaded from `model_dir`), write trace.json/png/md into `model_dir`/trace
-    and set `lifelong_edit_layer` in its config.json. Returns a short record for the
-    model's own JSON (facts, peaks, the layer)."""
+    and set `lifelong_edit_layer` in its config.json: `layer` when given (a choice made on
+    a dev stream among the layers the trace shows at work), else the trace's MLP peak
+    (`edit_layer`). Returns a short record for the model's own JSON (facts, peaks, both
+    layers)."""
     chosen = choose_facts(lm, candidates, cfg)
     if not chosen:  # a model that knows none of its facts: nothing to locate
         return {"facts": 0, "edit_layer": None}
     result = causal_trace(lm, chosen, cfg)
     write_trace(result, Path(model_dir) / "trace")
-    layer = edit_layer(result)
+    traced = edit_layer(result)
+    layer = traced if layer is None else layer
     path = Path(model_dir) / "config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
     config["lifelong_edit_layer"] = layer
@@ -350,4 +353,5 @@ def annotate_model_dir(model_dir: str | Path, lm: LM, candidates: Sequence[Trace
     return {"facts": result["facts"], "config": result["config"], "peak": result["peak"],
             "p_clean": result["p_clean"], "p_corrupt": result["p_corrupt"],
             "mlp_last_subject": result["effect"]["mlp"]["last subject"],
-            "mlp_last": result["effect"]["mlp"]["last"], "edit_layer": layer}
+            "mlp_last": result["effect"]["mlp"]["last"], "mlp_peak_layer": traced,
+            "edit_layer": layer}
