@@ -210,16 +210,32 @@ def model() -> None:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write the result as JSON")
 @click.option("--sample", type=click.IntRange(min=1),
               help="score a seeded sample of this many pairs per split (>= 1)")
-def model_check(model_path, world, json_path, sample):
-    """How well a model knows its world (trained and held-out phrasings, both protocols)."""
+@click.option("--quiet", is_flag=True, help="no progress display")
+def model_check(model_path, world, json_path, sample, quiet):
+    """How well a model knows its world: trained and held-out phrasings, the phrasing family
+    it never saw, two-hop questions; both protocols."""
     from .model import load_model
     from .modelcheck import check_model, format_check
+    from .progress import Reporter
     from .world import World
     lm = load_model(model_path)
     wpath = Path(world) if world else Path(lm.path) / "world.json"
     if not wpath.exists():
         raise LifelongError(f"{wpath}: no world.json; give --world")
-    result = check_model(lm, _world(World.from_json, wpath), sample=sample)
+    reporter = Reporter(quiet=quiet)
+    current = [""]
+
+    def progress(split: str, done: int, total: int) -> None:
+        if split != current[0]:
+            reporter.stop()
+            reporter.start(f"check {split}", total, 0, unit="pairs")
+            current[0] = split
+        reporter.update(done)
+
+    try:
+        result = check_model(lm, _world(World.from_json, wpath), sample=sample, progress=progress)
+    finally:
+        reporter.stop()
     result["model"] = lm.name
     click.echo(format_check(result))
     if json_path:

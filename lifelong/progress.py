@@ -25,9 +25,10 @@ class Reporter:
         self._last = 0.0
         self._label = ""
         self._total = 0
+        self._unit = "events"
 
-    def start(self, label: str, total: int, done: int = 0) -> None:
-        self._label, self._total, self._last = label, total, 0.0
+    def start(self, label: str, total: int, done: int = 0, unit: str = "events") -> None:
+        self._label, self._total, self._last, self._unit = label, total, 0.0, unit
         if self.live:
             self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                                  MofNCompleteColumn(), TimeElapsedColumn(),
@@ -45,7 +46,8 @@ class Reporter:
         now = time.monotonic()
         if force or now - self._last >= self.every:
             self._last = now
-            print(f"[{self._label}] {done}/{self._total} events  {status}", file=sys.stderr, flush=True)
+            print(f"[{self._label}] {done}/{self._total} {self._unit}  {status}", file=sys.stderr,
+                  flush=True)
 
     def note(self, text: str) -> None:
         if not self.quiet:

@@ -306,8 +306,8 @@ def trace_command(model_path, stream_path, facts, samples, noise, seed, out_dir,
     if not chosen:
         raise LifelongError("the model answers none of the candidate facts: nothing to trace")
     reporter = Reporter(quiet=quiet)
-    reporter.start("trace", len(chosen), 0)
-    result = causal_trace(lm, chosen, cfg, lambda k, n: reporter.update(k, f"{k}/{n} facts"))
+    reporter.start("trace", len(chosen), 0, unit="facts")
+    result = causal_trace(lm, chosen, cfg, lambda k, n: reporter.update(k))
     reporter.stop()
     result["model"] = lm.name
     files = write_trace(result, out_dir)

@@ -15,7 +15,7 @@ from lifelong.scoring import encode_pairs, forward_logits, score_pairs
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-FAST = {"steps": 15, "lr": 1.0}
+FAST = {"steps": 15, "lr": 1.0, "eps": 0.02}  # a small radius: the tests place keys by hand
 PROMPTS = ["Aldric works for", "The employer of Aldric is", "Brenna was born in",
            "Caspar speaks", "Who employs Delphine ? Answer :", "Evander plays the"]
 
@@ -214,7 +214,7 @@ def test_relative_eps_and_state_round_trip_are_exact():
     g = grace(lm)
     g.edit([EditRequest("e1", "Aldric works for", "Zentro", "a")])
     g.edit([EditRequest("e2", "Brenna was born in", "Kyoto", "b")])
-    assert g.book.radii[0] == pytest.approx(0.1 * g.book.log[0]["keys"][0].norm().item(), rel=1e-3) or g.book.radii[0] < 0.1 * g.book.log[0]["keys"][0].norm()
+    assert g.book.radii[0] <= 0.02 * g.book.log[0]["keys"][0].norm().item() * (1 + 1e-3)
     state = g.state_dict()
     expected = logits(lm)
     lm2 = fresh_lm()

@@ -17,7 +17,11 @@ class GraceConfig:
     key_token: str = setting("last", "where a row's key is read: its last prompt token ('last', "
                                       "the paper's choice) or the mean over its prompt tokens "
                                       "('mean')", choices=("last", "mean"))
-    eps: float = setting(0.02, "initial deferral radius of a new key (see eps_relative)", min=0.0)
+    eps: float = setting(0.5, "initial deferral radius of a new key (see eps_relative). 0.5: "
+                              "chosen on the built-in model's dev stream at its default layer "
+                              "(scenarios/dev/grace-eps.toml: generalization flat from 0.5 to "
+                              "1.5 with locality 0.998; the smallest of those); the paper "
+                              "tunes it per data set", min=0.0)
     eps_relative: bool = setting(True, "eps is a share of the new key's norm (true) or an "
                                        "absolute Euclidean distance (false)")
     conflict: str = setting("coverage", "same-target key within reach: expand its radius "

@@ -20,8 +20,11 @@ class WiseConfig:
                                                      "nearest edit key in a FAISS index")
     key_token: Literal["last", "mean"] = setting("last", "tokens the router reads: the last prompt "
                                                  "token or the mean over the prompt tokens")
-    key_radius: float = setting(0.40, "FAISS router: a query within key_radius x |key| of its "
-                                      "nearest edit key goes to that key's memory", min=0.0)
+    key_radius: float = setting(0.5, "FAISS router: a query within key_radius x |key| of its "
+                                     "nearest edit key goes to that key's memory. 0.5: chosen on "
+                                     "the built-in model's dev stream at its default layer "
+                                     "(scenarios/dev/wise-radius.toml: the largest radius tried "
+                                     "keeping locality >= 0.98)", min=0.0)
     measure_activation_router: bool = setting(False, "FAISS router: also record where the "
                                                 "paper's activation router would send each "
                                                 "probe (the margin terms stay off: they cost "
@@ -29,7 +32,10 @@ class WiseConfig:
     faiss_check: bool = setting(False, "FAISS router: also require the activation score above "
                                        "the memory's threshold (the paper's test)")
     steps: int = setting(80, "most optimiser steps per edit", min=1)
-    lr: float = setting(1.0, "learning rate of the side-memory delta", min=0.0)
+    lr: float = setting(4.0, "learning rate of the side-memory delta. 4.0: chosen on the built-in "
+                             "model's dev stream (1.0 left 0.92 of edits unlearned right after "
+                             "the edit at its default layer; scale it to a model's key norms, "
+                             "see docs/wise.md)", min=0.0)
     optimizer: Literal["sgd", "adam"] = setting("sgd", "optimiser of the delta: plain gradient "
                                                 "steps (the paper; updates stay in the span of "
                                                 "the edit's activations) or Adam")
