@@ -188,13 +188,16 @@ def entities(runs: Sequence[RunData]) -> list[Any]:
     return out
 
 
-def load_runs(paths: Sequence[str | Path]) -> list[RunData]:
-    """Every run of every store, in store order then run order (rowid)."""
+def load_runs(paths: Sequence[str | Path], scenarios: Sequence[str] = ()) -> list[RunData]:
+    """Every run of every store, in store order then run order (rowid); with `scenarios`,
+    only the runs of those scenarios (by name: a sweep's store holds several)."""
     out: list[RunData] = []
     for p in map(Path, paths):
         con, tables = _connect(p)
         try:
             for run in [dict(r) for r in con.execute("select * from runs order by rowid")]:
+                if scenarios and run.get("scenario") not in scenarios:
+                    continue
                 out.append(_load_run(p, con, tables, run))
         finally:
             con.close()
@@ -321,13 +324,14 @@ def render_markdown(runs: Sequence[RunData], plot_files: Sequence[tuple[Any, str
     return "\n".join(out + [""])
 
 
-def write_report(paths: Sequence[str | Path], output: str | Path) -> dict[str, Any]:
+def write_report(paths: Sequence[str | Path], output: str | Path,
+                 scenarios: Sequence[str] = ()) -> dict[str, Any]:
     """Write OUTPUT (HTML) and its Markdown twin with PNGs beside it. Returns what was
     written: `html`, `markdown`, `pngs`, `plots` (names, in page order), `runs` (labels).
     Raises OSError where the output cannot be written (the CLI says so in one line)."""
     from .plots import render_all  # matplotlib only when a report is drawn
     paths = [Path(p) for p in paths]
-    runs = load_runs(paths)
+    runs = load_runs(paths, scenarios)
     plots = render_all(entities(runs)) if runs else []
     cmp = comparison(runs)
     out = Path(output)
@@ -351,10 +355,12 @@ def _cannot_write(exc: OSError, path: Any) -> LifelongError:
 @click.argument("stores", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("-o", "--output", default="report.html", show_default=True,
               type=click.Path(dir_okay=False), help="HTML file to write (Markdown twin: same name, .md)")
-def report(stores, output):
+@click.option("--scenario", "scenarios", multiple=True,
+              help="only the runs of this scenario (repeatable; a sweep's store holds several)")
+def report(stores, output, scenarios):
     """One HTML page (and a Markdown twin) comparing every run of the STORE files."""
     try:
-        done = write_report(stores, output)
+        done = write_report(stores, output, scenarios)
     except OSError as exc:
         raise _cannot_write(exc, output) from None
     click.echo(f"{done['html']}: {len(done['runs'])} run(s), {len(done['plots'])} figure(s)")
@@ -404,12 +410,14 @@ def print_comparison(runs: Sequence[RunData], console: Any) -> Comparison:
 @click.argument("stores", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="write the table as CSV")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write the table as JSON")
-def compare(stores, csv_path, json_path):
+@click.option("--scenario", "scenarios", multiple=True,
+              help="only the runs of this scenario (repeatable; a sweep's store holds several)")
+def compare(stores, csv_path, json_path, scenarios):
     """The comparison table of every run of the STORE files (terminal, CSV, JSON)."""
     import sys
 
     from rich.console import Console
-    runs = load_runs(stores)
+    runs = load_runs(stores, scenarios)
     cmp = print_comparison(runs, Console(width=None if sys.stdout.isatty() else 200))
     if not runs:
         print(f"no runs in {', '.join(stores)}")
