@@ -14,6 +14,7 @@ import math
 import types
 import typing
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import ConfigError
@@ -203,3 +204,17 @@ def describe(cls: type) -> list[tuple[str, str, Any, str]]:
         default = f.default if f.default is not dataclasses.MISSING else "(required)"
         rows.append((f.name, _type_name(hints[f.name]), default, f.metadata.get("help", "")))
     return rows
+
+
+def read_toml(path: str | Path, what: str) -> dict[str, Any]:
+    """The TOML table of a config file (`what`: "scenario", "sweep file", ...), or a one-line
+    ConfigError naming the file: missing, unreadable, not UTF-8 or not valid TOML."""
+    import tomllib
+    try:
+        return tomllib.loads(Path(path).read_bytes().decode("utf-8"))
+    except (FileNotFoundError, IsADirectoryError):
+        raise ConfigError(f"{path}: no such {what}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None

@@ -24,9 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
-from .config import from_mapping, setting, to_dict
+from .config import from_mapping, read_toml, setting, to_dict
 from .errors import ConfigError
 
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes 0 <= seed < 2**63
@@ -171,14 +169,7 @@ def load_scenario(path: str | Path | None, overrides: dict[str, Any] | None = No
     base = Path.cwd()
     if path is not None:
         p = Path(path)
-        try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
-        except (FileNotFoundError, IsADirectoryError):
-            raise ConfigError(f"{path}: no such scenario file") from None
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read the scenario ({exc.strerror or exc})") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        data = read_toml(p, "scenario file")
         base = p.resolve().parent
         data.setdefault("name", p.stem)
     scenario = from_mapping(Scenario, data, where=str(path or "scenario"))

@@ -187,3 +187,15 @@ def single_thread():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def single_thread_module():
+    """`single_thread` for a whole module (module-scoped fixtures that build stores run
+    before function-scoped ones). Opt in with an autouse fixture or `usefixtures`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

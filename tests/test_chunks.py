@@ -12,7 +12,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_runtime import metric_values, table_rows
-from tinyrun import PEOPLE, save_tiny_model, stream_events, write_jsonl, write_scenario
+from tinyrun import (
+    PEOPLE,
+    SimulatedCrash,
+    run_store,
+    save_tiny_model,
+    stream_events,
+    write_jsonl,
+    write_scenario,
+)
 
 from lifelong.runtime import Runtime
 from lifelong.scenario import load_scenario
@@ -21,10 +29,6 @@ from lifelong.stream import parse_stream
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 FT = '[[methods]]\nname = "ft"\nsettings = { steps = 4, lr = 0.05 }\n'
-
-
-class SimulatedCrash(Exception):
-    pass
 
 
 @pytest.fixture(scope="module")
@@ -40,19 +44,7 @@ def chunked(tmp_path_factory) -> Path:
 
 
 def run(path: Path, db: Path, resume: bool = False, crash_at: int = 0) -> Store:
-    sc = load_scenario(path)
-    store = Store(db)
-    runtime = Runtime(sc, parse_stream(sc.stream.file), store)
-    if crash_at:
-        seen = [0]
-
-        def crash():
-            seen[0] += 1
-            if seen[0] == crash_at:
-                raise SimulatedCrash
-        runtime._maybe_crash = crash
-    runtime.run_all(resume=resume)
-    return store
+    return run_store(path, db, resume=resume, crash_at=crash_at)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 from test_report import copy_store, markdown_tables, parse_html
 from tinyrun import save_tiny_model, stream_events, write_jsonl, write_scenario
@@ -37,11 +36,8 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def module_single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def module_single_thread(single_thread_module):
+    """Every module-scoped store here is built on one thread."""
 
 
 def _run(scenario: Path, db: Path, skip_bad: bool = False) -> Path:

@@ -14,7 +14,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 from test_report import find_chromium
 from test_report_honest import cells
@@ -33,11 +32,8 @@ SEEDS = ("ft@seed0", "ft@seed1", "ft@seed2")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def module_single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def module_single_thread(single_thread_module):
+    """Every module-scoped store here is built on one thread."""
 
 
 def _run(scenario: Path, db: Path) -> Path:

@@ -70,10 +70,6 @@ def test_seeds_give_different_orders_and_glue_factless_events():
 
 
 # ---------------------------------------------------------------- through the runtime
-class _Crash(BaseException):
-    """Raised where a kill -9 would strike."""
-
-
 def _seeded_scenario(tmp_path, seeds: str = "[0, 1]"):
     from tinyrun import save_tiny_model, stream_events, write_jsonl, write_scenario
     model = save_tiny_model(tmp_path / "tiny")
@@ -87,23 +83,8 @@ def _seeded_scenario(tmp_path, seeds: str = "[0, 1]"):
 
 
 def _run(scenario, db, resume=False, crash_at=0):
-    from lifelong.runtime import Runtime
-    from lifelong.scenario import load_scenario
-    from lifelong.store import Store
-    from lifelong.stream import parse_stream
-    sc = load_scenario(scenario)
-    store = Store(db)
-    runtime = Runtime(sc, parse_stream(sc.stream.file), store)
-    if crash_at:
-        seen = [0]
-
-        def crash():
-            seen[0] += 1
-            if seen[0] == crash_at:
-                raise _Crash
-        runtime._maybe_crash = crash
-    runtime.run_all(resume=resume)
-    return store
+    from tinyrun import run_store
+    return run_store(scenario, db, resume=resume, crash_at=crash_at)
 
 
 def _order(store, run_id):
@@ -127,7 +108,8 @@ def test_runtime_replays_each_seed_in_its_order_and_resumes_at_every_event(tmp_p
 
     for crash_at in range(1, len(order) + 1):  # every event position
         db = tmp_path / f"c{crash_at}.db"
-        with pytest.raises(_Crash):
+        from tinyrun import SimulatedCrash
+        with pytest.raises(SimulatedCrash):
             _run(scenario, db, crash_at=crash_at)
         resumed = _run(scenario, db, resume=True)
         for table in ("events", "probes", "checkpoints"):

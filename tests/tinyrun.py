@@ -68,3 +68,29 @@ def write_scenario(path: Path, model_dir: Path, stream: Path, methods: str = "",
     path.write_text(f'name = "tiny"\nmodel = "{model_dir}"\n{extra}\n[stream]\nfile = "{stream}"\n\n'
                     f'[schedule]\n{schedule}\nlatency_queries = 4\n\n{methods}', encoding="utf-8")
     return path
+
+
+class SimulatedCrash(Exception):
+    """Raised where a kill -9 would strike (uncommitted rows are lost, as they would be)."""
+
+
+def run_store(scenario: Path, db: Path, resume: bool = False, crash_at: int = 0):
+    """Run a scenario file into the store `db` in this process; with `crash_at`, die like
+    kill -9 after that many events (SimulatedCrash). Returns the Store."""
+    from lifelong.runtime import Runtime
+    from lifelong.scenario import load_scenario
+    from lifelong.store import Store
+    from lifelong.stream import parse_stream
+    sc = load_scenario(scenario)
+    store = Store(db)
+    runtime = Runtime(sc, parse_stream(sc.stream.file), store)
+    if crash_at:
+        seen = [0]
+
+        def crash():
+            seen[0] += 1
+            if seen[0] == crash_at:
+                raise SimulatedCrash
+        runtime._maybe_crash = crash
+    runtime.run_all(resume=resume)
+    return store

@@ -38,9 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
-from ..config import from_mapping, setting, to_dict
+from ..config import from_mapping, read_toml, setting, to_dict
 from ..errors import ConfigError
 from ..scenario import MAX_SEED, MethodSpec, Scenario, load_scenario
 
@@ -167,15 +165,8 @@ class Sweep:
 def load_sweep(path: str | Path) -> Sweep:
     """Read, validate and expand a sweep file (one-line ConfigError on any problem)."""
     p = Path(path)
-    try:
-        raw = p.read_bytes()
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (FileNotFoundError, IsADirectoryError):
-        raise ConfigError(f"{path}: no such sweep file") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the sweep file ({exc.strerror or exc})") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    data = read_toml(p, "sweep file")
+    raw = p.read_bytes()
     cfg = from_mapping(SweepConfig, _axes_as_lists(data), where=str(path))
     base = p.resolve().parent
     scenarios = [(f, load_scenario(_under(base, f))) for f in cfg.scenario_files]
