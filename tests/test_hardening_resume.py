@@ -19,7 +19,7 @@ from lifelong.scenario import CRASH_POINTS, load_scenario
 from lifelong.store import Store
 from lifelong.stream import parse_stream
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = pytest.mark.usefixtures("single_thread_module", "single_thread")
 VOLATILE = {"ms", "probe_ms", "saved_at", "started_at", "finished_at", "blob"}
 TIMING_METRICS = ("latency_ms", "edits_per_second")
 FT = '[[methods]]\nname = "ft"\nsettings = { steps = 4, lr = 0.01 }\n'
@@ -92,7 +92,8 @@ def snapshot(db: Path) -> dict[str, list]:
 
 
 @pytest.fixture(scope="module")
-def references(scenarios, tmp_path_factory) -> dict[str, dict]:
+def references(scenarios, tmp_path_factory, single_thread_module) -> dict[str, dict]:
+    """Made under the same thread count as the killed runs: the run row records it."""
     d = tmp_path_factory.mktemp("ref")
     out = {}
     for name, path in scenarios.items():
