@@ -272,7 +272,8 @@ def bench_grace_cmd(model, sizes, edits, queries, seed, json_path):
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="also write the results as JSON")
 def bench_wise_cmd(model, edits, memories, queries, mode, seed, json_path):
-    """WISE per-edit time, merge time, and query latency against the bare model."""
+    """wise-faiss (the FAISS-routed WISE variant): per-edit time, merge time, and query latency
+    against the bare model."""
     from .bench_wise import bench_wise
     out = bench_wise(model, edits, tuple(_ints(memories)), queries, seed, {"mode": mode},
                      echo=click.echo)

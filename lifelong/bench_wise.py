@@ -1,4 +1,4 @@
-"""`lifelong bench wise`: WISE's editing, merging and query cost on 2 cores.
+"""`lifelong bench wise`: `wise-faiss`'s editing, merging and query cost on 2 cores.
 
 Three measurements on a model with a world (default: the built-in one), each edit a real
 fact of the world set to another object of its relation:
@@ -50,7 +50,7 @@ def bench_wise(model: str | None, edits: int = 50, memories: tuple[int, ...] = (
     pool = _world_edits(world, edits + queries + 4 * max(memories), seed)
     probe = [p for p, _, _, _ in pool[edits:edits + queries]]
     unrelated = tuple(p for p, _, _, _ in pool[edits + queries:])
-    w = build_method("wise", settings or {}, seed)
+    w = build_method("wise-faiss", settings or {}, seed)
     w.attach(lm, AttachContext(seed=seed, unrelated_prompts=unrelated))
     ms, steps = [], []
     for k, (prompt, new, fact, subject) in enumerate(pool[:edits]):
@@ -74,7 +74,7 @@ def bench_wise(model: str | None, edits: int = 50, memories: tuple[int, ...] = (
     echo(_query_line("queries", served))
     for m in memories:
         for router in ("faiss", "activation"):
-            r = build_method("wise", {"mode": "retrieve", "memory_size": 4, "steps": 3,
+            r = build_method("wise-faiss", {"mode": "retrieve", "memory_size": 4, "steps": 3,
                                       "router": router, "negatives": 0}, seed)
             r.attach(lm, AttachContext(seed=seed))
             for k, (prompt, new, fact, subject) in enumerate(pool[edits + queries:][:4 * m]):

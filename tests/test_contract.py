@@ -41,7 +41,7 @@ from lifelong.scoring import encode_pairs, forward_logits, score_pairs
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 #: cheaper settings for the tiny model; a method not listed runs with its defaults
-FAST_SETTINGS: dict[str, dict] = {"ft": {"steps": 8, "lr": 0.02}, "wise": {"steps": 8, "shard_size": 1},
+FAST_SETTINGS: dict[str, dict] = {"ft": {"steps": 8, "lr": 0.02}, "wise-faiss": {"steps": 8, "shard_size": 1},
                                    "grace": {"steps": 10}, "defer": {"steps": 10},
                                    "template": {"steps": 10}}
 CLASSES = {**available_methods(), "template": TemplateMethod}
@@ -73,7 +73,7 @@ def declaring(capability: type) -> list[str]:
 
 
 def test_registry_finds_the_methods_in_files_and_folders():
-    assert {"none", "ft", "grace", "defer", "wise"} <= set(available_methods())
+    assert {"none", "ft", "grace", "defer", "wise-faiss"} <= set(available_methods())
     assert "template" not in available_methods()  # `_template.py` is skipped
 
 

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = {"none": "{}", "ft": "{ steps = 4 }", "grace": "{ steps = 5 }",
-        "defer": "{ steps = 4, negatives = 8 }", "wise": "{ steps = 5 }"}
+        "defer": "{ steps = 4, negatives = 8 }", "wise-faiss": "{ steps = 5 }"}
 METHODS = sorted(available_methods())
 
 
@@ -96,7 +96,7 @@ def test_export_reproduces_the_final_outputs(runs, method, tmp_path):
     merged = (res.out / MERGED).is_dir()
     assert merged == (method == "ft") and (res.merged is not None) == merged
     assert res.notes[-1].startswith("merged model:") == merged
-    if method in ("grace", "defer", "wise"):
+    if method in ("grace", "defer", "wise-faiss"):
         assert "not a weight change" in res.notes[-1]
 
 
@@ -141,9 +141,9 @@ def test_refusals_are_one_line(runs, tmp_path):
 
 
 def test_cli_command(runs, tmp_path):
-    res = CliRunner().invoke(export, [str(runs), "--run", "wise@seed0", "-o", str(tmp_path / "o")])
+    res = CliRunner().invoke(export, [str(runs), "--run", "wise-faiss@seed0", "-o", str(tmp_path / "o")])
     assert res.exit_code == 0, res.output
-    assert res.output.splitlines()[0].startswith(f"memory: {tmp_path / 'o'} (wise, ")
+    assert res.output.splitlines()[0].startswith(f"memory: {tmp_path / 'o'} (wise-faiss, ")
     assert "no merged model" in res.output
     bad = CliRunner().invoke(export, [str(runs), "--run", "nope", "-o", str(tmp_path / "p")])
     assert isinstance(bad.exception, StoreError)
@@ -173,15 +173,15 @@ def test_chunked_run_exports_its_last_chunk(tmp_path):
 
 
 def test_without_the_stream_the_log_has_ids_and_facts(tmp_path):
-    store = simulate(tmp_path, ["wise"], "checkpoint_every = 4")
+    store = simulate(tmp_path, ["wise-faiss"], "checkpoint_every = 4")
     (tmp_path / "stream.jsonl").unlink()
-    res = export_run(store, "wise@seed0", tmp_path / "out")
+    res = export_run(store, "wise-faiss@seed0", tmp_path / "out")
     assert any(n.startswith("stream not used") for n in res.notes)
     ed = lifelong.load(res.out)
     edits = [op for op in ed.log if op["op"] == "edit"]
     assert len(edits) == 8 and all(op["fact"] and "prompt" not in op for op in edits)
     assert ed.context.unrelated_prompts == ()
-    assert_serves_final_probes(ed, final_probes(store, "wise@seed0"))
+    assert_serves_final_probes(ed, final_probes(store, "wise-faiss@seed0"))
 
 
 def test_unfinished_run_needs_allow_incomplete(tmp_path):

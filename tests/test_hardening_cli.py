@@ -226,7 +226,7 @@ def test_methods_lists_the_allowed_values_of_choice_settings():
     wise_router = [line for line in res.stdout.splitlines() if line.strip().startswith("router (")]
     assert wise_router and "one of 'activation', 'faiss'" in wise_router[0]
     doc = json.loads(cli("methods", "--json").stdout)
-    settings = {s["name"]: s for s in doc["wise"]["settings"]}
+    settings = {s["name"]: s for s in doc["wise-faiss"]["settings"]}
     assert settings["mode"]["choices"] == ["merge", "retrieve"]
     assert "choices" not in settings["steps"]
 

@@ -161,7 +161,7 @@ def test_the_edit_loop_counts_updates_and_reports_first_and_last(fresh_last):
 def test_the_registry_finds_methods_in_folders():
     methods = available_methods()
     assert methods["grace"].__module__ == "lifelong.methods.grace.method"
-    assert methods["wise"].__module__ == "lifelong.methods.wise.method"
+    assert methods["wise-faiss"].__module__ == "lifelong.methods.wise_faiss.method"
 
 
 def test_a_run_stored_before_a_setting_existed_resumes(tiny, tmp_path):
@@ -178,7 +178,7 @@ def test_a_run_stored_before_a_setting_existed_resumes(tiny, tmp_path):
     assert not same_config(old, changed)
 
 
-@pytest.mark.parametrize("name", ["grace", "defer", "wise"])
+@pytest.mark.parametrize("name", ["grace", "defer", "wise-faiss"])
 def test_benchmarks_time_the_memory_against_the_bare_model(name, tiny):
     """`lifelong bench`: the bare model is the method's hooks suspended (`bypassed()`), and
     the memory serves again afterwards."""

@@ -37,7 +37,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 #: the cheapest settings that still train (every variant starts from these)
 FAST = {"ft": {"steps": 2}, "grace": {"steps": 2}, "defer": {"steps": 2, "negatives": 4},
-        "wise": {"steps": 2, "shard_size": 2, "negatives": 2}}
+        "wise-faiss": {"steps": 2, "shard_size": 2, "negatives": 2}}
 PROBES = ["Aldric works for", "Brenna was born in", "Caspar speaks"]
 
 
@@ -141,5 +141,5 @@ def test_every_choice_keeps_the_core_contract(name, field, value):
 
 
 def test_the_matrix_covers_every_method_and_choice():
-    assert {m for m, _, _ in VARIANTS} >= {"ft", "grace", "defer", "wise"}
-    assert ("grace", "key", "mlp") in VARIANTS and ("wise", "router", "activation") in VARIANTS
+    assert {m for m, _, _ in VARIANTS} >= {"ft", "grace", "defer", "wise-faiss"}
+    assert ("grace", "key", "mlp") in VARIANTS and ("wise-faiss", "router", "activation") in VARIANTS

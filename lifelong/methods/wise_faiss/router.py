@@ -18,7 +18,7 @@ import torch
 
 from .._common.keys import row_keys
 from .._common.keytable import KeyTable
-from .config import WiseConfig
+from .config import WiseFaissConfig
 from .memory import SideMemory, activation_score
 
 
@@ -58,7 +58,7 @@ def check_scores(route: torch.Tensor, x: torch.Tensor, mask: torch.Tensor,
     return route
 
 
-def route_rows(cfg: WiseConfig, router: str, table: KeyTable, memories: list[SideMemory],
+def route_rows(cfg: WiseFaissConfig, router: str, table: KeyTable, memories: list[SideMemory],
                deltas: list[torch.Tensor], x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(B,) memory index per row (-1: the main memory) by `router` ("faiss"/"activation")."""
     if router != "faiss":

@@ -1,4 +1,10 @@
-"""`wise`: WISE (Wang et al. 2024, arXiv 2405.14768), dual parametric memory.
+"""`wise-faiss`: a key-routed side memory after WISE (Wang et al. 2024, arXiv 2405.14768).
+
+Not the paper's method (that is `wise`, `lifelong/methods/wise/`): its default router is the
+nearest edit key in a FAISS index within a radius (GRACE's key and rule), and with its
+default disjoint row masks (density 1.0) the shards of a cycle touch disjoint rows, so a
+TIES merge of them is their sum: `consolidate()` is bookkeeping and leaves the served
+weights unchanged. Kept as a named variant: its results are reported (docs/wise.md).
 
 A side copy of one FFN output projection (`layers.{L}.mlp.out`) holds the edits; the main
 weight is never changed. A routed row is served by a side memory at all its tokens; a row
@@ -31,8 +37,8 @@ retraction, state).
 """
 
 from .._common.keys import router_tokens, row_keys
-from .config import WiseConfig
+from .config import WiseFaissConfig
 from .memory import SideMemory
-from .method import Wise
+from .method import WiseFaiss
 
-__all__ = ["SideMemory", "Wise", "WiseConfig", "router_tokens", "row_keys"]
+__all__ = ["SideMemory", "WiseFaiss", "WiseFaissConfig", "router_tokens", "row_keys"]

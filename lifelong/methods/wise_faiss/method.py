@@ -1,4 +1,4 @@
-"""WISE the method: serving (routing rows to side memories), editing, merging, retraction.
+"""`wise-faiss` the method: serving (routing rows to side memories), editing, merging, retraction.
 
 Modes are which `lifelong.nethook` context is open on the projection: serving
 (`rewrite_output` routing each row, opened at attach), capturing activations (`Trace`,
@@ -21,6 +21,7 @@ from ...merging import merge as merge_deltas
 from ...model import LM
 from ...nethook import Trace, rewrite_output
 from ...scoring import encode_pairs, forward_logits
+from .._common.activations import output_scale
 from .._common.hooks import Hooks, Served
 from .._common.keys import router_tokens, row_keys
 from .._common.keytable import KeyTable
@@ -36,20 +37,21 @@ from ..base import (
     tensor_bytes,
 )
 from ..context import AttachContext
-from .config import WiseConfig
+from .config import WiseFaissConfig
 from .memory import SideMemory, activation_score, by_cycle, cycle_length, shard_mask
 from .router import route_rows
 from .trainer import Inputs, train_delta
 
 
-class Wise(Served, MemoryBase, Retractable, Consolidating, Routing):
+class WiseFaiss(Served, MemoryBase, Retractable, Consolidating, Routing):
     """WISE. Invariants: the main weight is never changed; a row routed to the main memory is
     bit-identical to the base model's; every random choice of an edit derives from the seed
     and the edit id, masks from the seed and the shard's position."""
 
-    name = "wise"
-    Config = WiseConfig
-    summary = "WISE: side memory + router, sharded masks, TIES merges (merge/retrieve modes)"
+    name = "wise-faiss"
+    Config = WiseFaissConfig
+    summary = ("key-routed side memory (FAISS nearest edit key + radius), WISE-style sharded side "
+               "memory; with its default disjoint row masks a merge is a sum (bookkeeping)")
     memory_kind = "hooks"
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -148,14 +150,7 @@ class Wise(Served, MemoryBase, Retractable, Consolidating, Routing):
     # ---- editing --------------------------------------------------------------------------
     def _measure_scale(self) -> float:
         """Median norm of the main projection's output over unrelated prompts (or 1.0)."""
-        prompts = self.unrelated[:64]
-        if not prompts:
-            return 1.0
-        with torch.no_grad(), Trace(self.module, capture="output", stop=True) as tr:
-            ids, mask, end, _, _ = encode_pairs(self.lm, prompts, ["x"] * len(prompts))
-            forward_logits(self.lm, ids, mask, end)
-        norms = tr.output.norm(dim=-1)[mask.bool()]
-        return float(norms.median()) or 1.0
+        return output_scale(self.lm, self.module, self.unrelated[:64])
 
     def _activations(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """The projection's input for `prompts` (it does not depend on the side memory) and
@@ -285,12 +280,12 @@ class Wise(Served, MemoryBase, Retractable, Consolidating, Routing):
     def retract(self, edit_id: str) -> None:
         how = self._retract_mode()
         if how == "unsupported":
-            raise NotSupported("wise is configured with retract = 'unsupported'")
+            raise NotSupported("wise-faiss is configured with retract = 'unsupported'")
         if how == "unroute" and self.config.router != "faiss":
             raise NotSupported("retract = 'unroute' needs the FAISS router")
         k = self.memory_of(edit_id)
         if k is None:
-            raise UnknownEdit(f"wise: no active edit {edit_id!r} to retract")
+            raise UnknownEdit(f"wise-faiss: no active edit {edit_id!r} to retract")
         if how == "unroute":
             return self._unroute(k, edit_id)
         keep = [r for r in self.memories[k].log if r.edit_id != edit_id]

@@ -1,4 +1,4 @@
-"""WISE's settings (see `wise/__init__.py` for what they mean together, docs/wise.md for why)."""
+"""`wise-faiss`'s settings (see `wise_faiss/__init__.py` for what they mean together, docs/wise.md for why)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from ...config import setting
 
 
 @dataclass(frozen=True)
-class WiseConfig:
+class WiseFaissConfig:
     layer: int | None = setting(None, "layer whose mlp.out gets the side memory (negative counts "
                                       "from the end); default: the late-middle layer")
     mode: Literal["merge", "retrieve"] = setting("merge", "one merged side memory while it has "
@@ -46,10 +46,14 @@ class WiseConfig:
                                                  "masked step stays in the null space) or "
                                                  "single entries (the paper)")
     disjoint_masks: bool = setting(True, "shards of a cycle of round(1 / mask_ratio) get "
-                                         "disjoint masks (then a TIES merge of them is their sum)")
+                                         "disjoint masks (then a TIES merge of them is their sum: with "
+                                         "the defaults a merge changes no served weight, it is "
+                                         "bookkeeping; each shard also trains on top of the "
+                                         "memory's current delta, unlike the paper)")
     shard_size: int = setting(50, "edits per knowledge shard", min=1)
     merge: Literal["ties", "linear", "dare"] = setting("ties", "how shards are merged")
-    density: float = setting(1.0, "TIES: share of each shard kept by magnitude; DARE: 1 - drop",
+    density: float = setting(1.0, "TIES: share of each shard kept by magnitude; DARE: 1 - drop "
+                                  "(1.0 with disjoint masks: the merge is their sum; paper 0.53)",
                              min=0.0, max=1.0)
     merge_every: int = setting(0, "merge automatically every N edits (0: when asked)", min=0)
     memory_size: int = setting(250, "retrieve mode: edits per side memory", min=1)

@@ -19,7 +19,7 @@ from ...nethook import rewrite_output
 from ...scoring import batch_target_loss
 from .._common.hooks import Hooks
 from .._common.loop import LoopResult, Step, frozen, optimise
-from .config import WiseConfig
+from .config import WiseFaissConfig
 from .memory import SideMemory, activation_score, masked_step
 
 
@@ -36,7 +36,7 @@ class Inputs:
     basis: torch.Tensor | None
 
 
-def train_delta(lm: LM, module: torch.nn.Module, hooks: Hooks, cfg: WiseConfig, scale: float,
+def train_delta(lm: LM, module: torch.nn.Module, hooks: Hooks, cfg: WiseFaissConfig, scale: float,
                 mem: SideMemory, inp: Inputs) -> tuple[LoopResult, torch.Tensor]:
     """Optimise a step of `mem`'s open shard; returns the loop's result and the step (full
     size, masked and projected). While training, every row goes to the delta being trained

@@ -28,7 +28,7 @@ def lm() -> LM:
 
 def wise(model: LM, **settings_):
     base = {"steps": 12, "lr": 0.05, "negatives": 3}
-    method = build_method("wise", base | settings_, seed=0)
+    method = build_method("wise-faiss", base | settings_, seed=0)
     method.attach(model, AttachContext(seed=0, unrelated_prompts=UNRELATED))
     return method
 
