@@ -1,0 +1,182 @@
+"""`wise` (the paper's method) on a tiny GPT-2: merges that change the served weights,
+order-free merges of shards trained from one start, routing, the norm constraint, exact
+retraction across a merge; and, for `wise` and `wise-faiss` alike, a frozen base model.
+(The contract suites cover the common protocol of both.)"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from conftest import make_tiny_model, tiny_tokenizer
+
+from lifelong import layers
+from lifelong.methods import AttachContext, EditRequest, build_method
+from lifelong.methods.wise.memory import merge_shards
+from lifelong.model import LM
+from lifelong.nethook import Trace
+from lifelong.scoring import encode_pairs, forward_logits
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+UNRELATED = ("Caspar speaks", "Delphine plays", "Hestia plays", "Gideon speaks")
+EDITS = [EditRequest(f"e{i}", p, t, f"f{i}") for i, (p, t) in enumerate([
+    ("Aldric works for", "Zentro"), ("Brenna was born in", "Kyoto"),
+    ("Juniper speaks", "Welsh"), ("Kaspar plays", "rugby")])]
+#: cheap settings that still train on the tiny model
+FAST = {"steps": 12, "lr": 4.0, "prefixes": 1, "negatives": 4}
+
+
+def lm() -> LM:
+    return LM(make_tiny_model("gpt2", seed=0, n_layer=2, width=32), tiny_tokenizer(), "tiny", "")
+
+
+def attached(model: LM, name: str = "wise", **settings):
+    method = build_method(name, (FAST if name == "wise" else {"steps": 8}) | settings, seed=0)
+    method.attach(model, AttachContext(seed=0, unrelated_prompts=UNRELATED))
+    return method
+
+
+@torch.no_grad()
+def served_output(model: LM, prompts) -> torch.Tensor:
+    """The edited projection's output (with the method's hooks) for `prompts`."""
+    _, module = layers.edit_target(model.model, None)
+    ids, mask, end, _, _ = encode_pairs(model, list(prompts), ["x"] * len(prompts))
+    with Trace(module, capture="output") as tr:
+        forward_logits(model, ids, mask, end)
+    return tr.output.clone()
+
+
+# ---- merging ------------------------------------------------------------------------------
+def merge_effect(name: str, **settings) -> float:
+    """max |change| of the served projection output on the edits' prompts made by
+    `consolidate()` after two one-edit shards whose masks overlap."""
+    model = lm()
+    method = attached(model, name, shard_size=1, **settings)
+    for r in EDITS[:2]:
+        method.edit([r])
+    prompts = [r.prompt for r in EDITS[:2]]
+    before = served_output(model, prompts)
+    assert method.consolidate() == {"shards_merged": 2}
+    return float((served_output(model, prompts) - before).abs().max())
+
+
+def test_a_merge_of_overlapping_shards_changes_the_served_weights():
+    """TIES over two shards that share entries (masks of rho = 0.5) resolves their conflicts:
+    the merged memory differs from either shard and from their sum, and what the memory
+    serves changes; a merge that were a plain sum or a no-op fails this."""
+    model = lm()
+    method = attached(model, shard_size=1, mask_ratio=0.5)
+    for r in EDITS[:2]:
+        method.edit([r])
+    a, b = (s.delta.clone() for s in method.memories[0].shards)
+    assert bool((a != 0).logical_and(b != 0).any())  # the shards overlap
+    method.consolidate()
+    merged = method.memories[0].merged
+    assert float((merged - (a + b)).abs().max()) > 0
+    assert min(float((merged - d).abs().max()) for d in (a, b)) > 0
+    assert merge_effect("wise", mask_ratio=0.5) > 0
+
+
+def test_the_faiss_variant_merge_is_bookkeeping_with_its_defaults():
+    """What docs/wise.md says of `wise-faiss`: disjoint row masks and density 1.0 make the
+    merge a sum, so consolidate() leaves the served outputs bit for bit (the test above,
+    run on this method, fails)."""
+    assert merge_effect("wise-faiss") == 0.0
+
+
+def test_merging_shards_trained_from_one_start_is_order_independent():
+    """Every shard starts from the same weights (here the main ones) under its own mask, so
+    a shard holds only its own edits; TIES of them is the same in any order, bit for bit,
+    also weighted against an already merged memory."""
+    method = attached(lm(), shard_size=1, mask_ratio=0.5)
+    for r in EDITS[:3]:
+        method.edit([r])
+    shards = method.memories[0].shards
+    for s in shards:  # nothing outside its own mask: not trained on top of the others
+        assert bool((s.delta[~s.mask] == 0).all())
+    deltas = [s.delta for s in shards]
+    first = merge_shards(deltas, None, "ties", 0.53, 0.6, 0)
+    prior = merge_shards(deltas[:1], None, "ties", 0.53, 0.6, 0)
+    for order in itertools.permutations(deltas):
+        assert torch.equal(merge_shards(list(order), None, "ties", 0.53, 0.6, 0), first)
+        assert torch.equal(merge_shards(list(order), prior, "ties", 0.53, 0.6, 0),
+                           merge_shards(deltas, prior, "ties", 0.53, 0.6, 0))
+
+
+def test_shards_can_start_from_the_merged_memory():
+    method = attached(lm(), shard_size=1, shard_start="merged")
+    method.edit([EDITS[0]])
+    method.consolidate()
+    merged = method.memories[0].merged.clone()
+    method.edit([EDITS[1]])
+    shard = method.memories[0].shards[0]
+    assert torch.equal(shard.delta[~shard.mask], merged[~shard.mask])
+
+
+# ---- routing, constraint, retraction ----------------------------------------------------------
+def test_a_merged_edit_routes_to_the_side_memory_and_unrelated_prompts_to_the_main():
+    """Trained with the margin loss against the unrelated prompts, after a merge: each
+    edit's prompt passes the memory's threshold, the unrelated prompts do not."""
+    method = attached(lm(), steps=60, shard_size=1)
+    for r in EDITS[:2]:
+        method.edit([r])
+    method.consolidate()
+    assert method.route([r.prompt for r in EDITS[:2]]) == [0, 0]
+    assert method.route(list(UNRELATED)) == [None] * len(UNRELATED)
+
+
+def test_the_side_memory_stays_within_the_norm_constraint():
+    method = attached(lm(), norm_constraint=1e-3, shard_size=1)
+    for r in EDITS[:2]:
+        method.edit([r])
+    shards = method.memories[0].shards
+    assert max(float(s.delta.abs().max()) for s in shards) == pytest.approx(1e-3)
+    method.consolidate()
+    assert float(method.memories[0].merged.abs().max()) <= float(torch.tensor(1e-3))
+
+
+def test_retraction_across_a_merge_equals_never_editing():
+    """Rebuild replays the memory's log without the edit, merging where it was merged."""
+    a, b = attached(lm(), shard_size=2), attached(lm(), shard_size=2)
+    for r in EDITS[:3]:
+        a.edit([r])
+    a.consolidate()
+    a.edit([EDITS[3]])
+    a.retract("e1")
+    for r in (EDITS[0], EDITS[2]):
+        b.edit([r])
+    b.consolidate()
+    b.edit([EDITS[3]])
+    sa, sb = a.state_dict(), b.state_dict()
+    assert torch.equal(sa["memories"][0]["merged"], sb["memories"][0]["merged"])
+    assert [torch.equal(x["delta"], y["delta"]) for x, y in
+            zip(sa["memories"][0]["shards"], sb["memories"][0]["shards"])] == [True]
+
+
+def test_retrieve_mode_opens_a_memory_every_memory_size_edits():
+    method = attached(lm(), mode="retrieve", memory_size=2)
+    for r in EDITS:
+        method.edit([r])
+    assert len(method.memories) == 2
+    assert [method.memory_of(r.edit_id) for r in EDITS] == [0, 0, 1, 1]
+
+
+# ---- both WISE methods: the base model is frozen ---------------------------------------------
+@pytest.mark.parametrize("name", ["wise", "wise-faiss"])
+def test_no_base_parameter_gets_a_gradient(name):
+    """Editing trains the side memory only: no parameter of the model gets a .grad, and
+    every requires_grad flag is as before attach after detach."""
+    model = lm()
+    params = list(model.model.parameters())
+    for i, p in enumerate(params):
+        p.requires_grad_(i % 2 == 0)  # a mixed pattern, to see it restored
+    flags = [p.requires_grad for p in params]
+    method = attached(model, name, shard_size=1)
+    for r in EDITS[:2]:
+        method.edit([r])
+    method.consolidate()
+    assert all(p.grad is None for p in params)
+    method.detach()
+    assert [p.requires_grad for p in params] == flags
