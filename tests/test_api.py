@@ -40,11 +40,13 @@ UNRELATED = ["Fapougu Drasi was born in", "Q: What sport is Zebol Roukroum known
 PROBES = [p for p, _, _ in EDITS] + [REPHRASE] + UNRELATED
 #: small settings keep every method fast; a method added later runs with its defaults
 FAST = {"none": {}, "ft": {"steps": 5}, "grace": {"steps": 10},
-        "defer": {"steps": 5, "negatives": 8}, "wise-faiss": {"steps": 10}}
+        "defer": {"steps": 5, "negatives": 8}, "wise-faiss": {"steps": 10},
+        "wise": {"steps": 5, "prefixes": 1, "negatives": 2}}
 #: further configurations whose state differs in shape (several memories, activation router
 #: with margin terms trained on the unrelated prompts, moved keys, no retraction)
 VARIANTS = [("wise-faiss", {"steps": 5, "mode": "retrieve", "memory_size": 1}),
             ("wise-faiss", {"steps": 5, "router": "activation", "negatives": 2}),
+            ("wise", {"steps": 4, "mode": "retrieve", "memory_size": 1, "prefixes": 0}),
             ("grace", {"steps": 5, "conflict": "moving_average", "eps": 0.5}),
             ("defer", {"steps": 3, "negatives": 4, "retract": "unsupported"})]
 CASES = [(m, FAST.get(m, {})) for m in sorted(available_methods())] + VARIANTS

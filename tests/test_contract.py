@@ -42,6 +42,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 #: cheaper settings for the tiny model; a method not listed runs with its defaults
 FAST_SETTINGS: dict[str, dict] = {"ft": {"steps": 8, "lr": 0.02}, "wise-faiss": {"steps": 8, "shard_size": 1},
+                                   "wise": {"steps": 8, "shard_size": 1, "prefixes": 1, "lr": 4.0},
                                    "grace": {"steps": 10}, "defer": {"steps": 10},
                                    "template": {"steps": 10}}
 CLASSES = {**available_methods(), "template": TemplateMethod}

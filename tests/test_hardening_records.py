@@ -144,7 +144,7 @@ def test_a_word_level_model_refuses_a_real_stream_and_names_the_organism(tmp_pat
     assert "lifelong/organisms/counterfact" in str(exc.value)
 
 
-@pytest.mark.parametrize("name", ["none", "ft", "grace", "defer", "wise-faiss"])
+@pytest.mark.parametrize("name", ["none", "ft", "grace", "defer", "wise-faiss", "wise"])
 def test_every_method_reports_whether_its_edit_converged(name):
     """The receipt's flag is the method's own stop criterion: the loss it ended on is below
     its own threshold (None for a method that does not train)."""

@@ -178,7 +178,7 @@ def test_a_run_stored_before_a_setting_existed_resumes(tiny, tmp_path):
     assert not same_config(old, changed)
 
 
-@pytest.mark.parametrize("name", ["grace", "defer", "wise-faiss"])
+@pytest.mark.parametrize("name", ["grace", "defer", "wise-faiss", "wise"])
 def test_benchmarks_time_the_memory_against_the_bare_model(name, tiny):
     """`lifelong bench`: the bare model is the method's hooks suspended (`bypassed()`), and
     the memory serves again afterwards."""
