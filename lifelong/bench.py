@@ -269,14 +269,18 @@ def bench_grace_cmd(model, sizes, edits, queries, seed, json_path):
               help="numbers of side memories for the routing-cost measurement")
 @click.option("--queries", default=64, show_default=True, type=click.IntRange(min=32), help="prompts timed")
 @click.option("--mode", type=click.Choice(["merge", "retrieve"]), default="merge", show_default=True)
+@click.option("--method", "methods", type=click.Choice(["both", "wise", "wise-faiss"]),
+              default="both", show_default=True,
+              help="wise: the paper's method; wise-faiss: the FAISS-routed variant")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="also write the results as JSON")
-def bench_wise_cmd(model, edits, memories, queries, mode, seed, json_path):
-    """wise-faiss (the FAISS-routed WISE variant): per-edit time, merge time, and query latency
-    against the bare model."""
+def bench_wise_cmd(model, edits, memories, queries, mode, seed, methods, json_path):
+    """`wise` (the paper's method) and `wise-faiss` (the FAISS-routed variant): per-edit
+    time, merge time, and query latency against the bare model, each under its name."""
     from .bench_wise import bench_wise
-    out = bench_wise(model, edits, tuple(_ints(memories)), queries, seed, {"mode": mode},
-                     echo=click.echo)
+    names = ("wise", "wise-faiss") if methods == "both" else (methods,)
+    out = {name: bench_wise(model, edits, tuple(_ints(memories)), queries, seed,
+                            {"mode": mode}, echo=click.echo, method=name) for name in names}
     if json_path:
         Path(json_path).write_text(json.dumps(out, indent=2, default=str) + "\n", encoding="utf-8")
         click.echo(f"json: {json_path}")

@@ -1,17 +1,18 @@
-"""`lifelong bench wise`: `wise-faiss`'s editing, merging and query cost on 2 cores.
+"""`lifelong bench wise`: the editing, merging and query cost of `wise` (the paper's
+method) and `wise-faiss` (the FAISS-routed variant) on 2 cores; each result names its method.
 
-Three measurements on a model with a world (default: the built-in one), each edit a real
-fact of the world set to another object of its relation:
+Three measurements per method on a model with a world (default: the built-in one), each
+edit a real fact of the world set to another object of its relation:
 
-1. editing: `edits` edits with the given settings (default: WISE's defaults, merge mode),
+1. editing: `edits` edits with the given settings (default: the method's defaults, merge mode),
    wall time per edit (mean, p50, p95) and optimiser steps; then one merge of the shards
    (`consolidate`), timed;
 2. queries with that memory against the bare model (the hook bypassed), batch 1 and
    batch 32, interleaved so that machine load hits both alike;
 3. routing cost against the number of side memories: retrieve mode with `memories` side
    memories of a few cheap edits each (quality is not the point here), query latency with
-   the FAISS router (one index search) and with the activation router (one score per
-   memory).
+   `wise-faiss`'s FAISS router (one index search) and activation router, and with `wise`'s
+   activation router (one score per memory, and per shard not merged yet).
 """
 
 from __future__ import annotations
@@ -41,16 +42,23 @@ def _time_queries(lm, method, prompts: list[str]) -> dict[str, Any]:
     return time_bare_vs_memory(lm, prompts, ["x"] * len(prompts), method.bypassed)
 
 
+#: cheap retrieve-mode settings for the routing-cost measurement, per method and router
+ROUTING = {"wise-faiss": {"faiss": {"router": "faiss", "negatives": 0},
+                          "activation": {"router": "activation", "negatives": 0}},
+           "wise": {"activation": {"negatives": 1, "prefixes": 0}}}
+
+
 def bench_wise(model: str | None, edits: int = 50, memories: tuple[int, ...] = (1, 8, 32),
                queries: int = 64, seed: int = 0, settings: dict | None = None,
-               echo=print) -> dict[str, Any]:
-    """The three measurements of the module docstring."""
+               echo=print, method: str = "wise-faiss") -> dict[str, Any]:
+    """The three measurements of the module docstring, for `method`."""
     from .methods import AttachContext, EditRequest, build_method
     lm, world = model_world(model, "wise")
     pool = _world_edits(world, edits + queries + 4 * max(memories), seed)
     probe = [p for p, _, _, _ in pool[edits:edits + queries]]
     unrelated = tuple(p for p, _, _, _ in pool[edits + queries:])
-    w = build_method("wise-faiss", settings or {}, seed)
+    echo(f"method: {method}")
+    w = build_method(method, settings or {}, seed)
     w.attach(lm, AttachContext(seed=seed, unrelated_prompts=unrelated))
     ms, steps = [], []
     for k, (prompt, new, fact, subject) in enumerate(pool[:edits]):
@@ -58,13 +66,12 @@ def bench_wise(model: str | None, edits: int = 50, memories: tuple[int, ...] = (
         rc = w.edit([EditRequest(f"b{k}", prompt, new, fact, subject)])
         ms.append((time.perf_counter() - t0) * 1e3)
         steps.append(rc.steps)
-    shards = sum(len(m.shards) + (m.current is not None) for m in w.memories)
     t0 = time.perf_counter()
-    w.consolidate()
+    shards = (w.consolidate() or {}).get("shards_merged", 0)
     merge_ms = (time.perf_counter() - t0) * 1e3
     served = _time_queries(lm, w, [p for p, _, _, _ in pool[:edits]][:queries] + probe)
     w.detach()
-    out = {"model": lm.name, "threads": torch.get_num_threads(), "settings": dict(w.config.__dict__),
+    out = {"method": method, "model": lm.name, "threads": torch.get_num_threads(), "settings": dict(w.config.__dict__),
            "edits": edits, "edit_ms": _pct(ms), "edit_ms_mean": float(np.mean(ms)),
            "steps_mean": float(np.mean(steps)), "merge": {"shards": shards, "ms": merge_ms},
            "queries": served, "routing": []}
@@ -73,9 +80,9 @@ def bench_wise(model: str | None, edits: int = 50, memories: tuple[int, ...] = (
          f"{merge_ms:.1f} ms")
     echo(_query_line("queries", served))
     for m in memories:
-        for router in ("faiss", "activation"):
-            r = build_method("wise-faiss", {"mode": "retrieve", "memory_size": 4, "steps": 3,
-                                      "router": router, "negatives": 0}, seed)
+        for router, extra in ROUTING[method].items():
+            r = build_method(method, {"mode": "retrieve", "memory_size": 4, "steps": 3, **extra},
+                             seed)
             r.attach(lm, AttachContext(seed=seed))
             for k, (prompt, new, fact, subject) in enumerate(pool[edits + queries:][:4 * m]):
                 r.edit([EditRequest(f"r{k}", prompt, new, fact, subject)])

@@ -180,3 +180,26 @@ def test_no_base_parameter_gets_a_gradient(name):
     assert all(p.grad is None for p in params)
     method.detach()
     assert [p.requires_grad for p in params] == flags
+
+
+def test_bench_wise_runs_small_and_names_its_method():
+    from lifelong.bench_wise import bench_wise
+    out = bench_wise(None, edits=3, memories=(1, 2), queries=32, echo=lambda *_: None,
+                     settings={"steps": 3, "prefixes": 1}, method="wise")
+    assert out["method"] == "wise" and out["edits"] == 3 and out["merge"]["shards"] == 1
+    assert [(r["memories"], r["router"]) for r in out["routing"]] == [
+        (1, "activation"), (2, "activation")]
+
+
+def test_bench_wise_command_benches_both_methods(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from lifelong.bench import bench
+    path = tmp_path / "b.json"
+    res = CliRunner().invoke(bench, ["wise", "--edits", "2", "--memories", "1", "--queries",
+                                     "32", "--json", str(path)])
+    assert res.exit_code == 0, res.output
+    assert "method: wise\n" in res.output and "method: wise-faiss\n" in res.output
+    assert set(json.loads(path.read_text())) == {"wise", "wise-faiss"}
