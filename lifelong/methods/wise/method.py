@@ -190,7 +190,8 @@ class Wise(Served, MemoryBase, Retractable, Consolidating, Routing):
         start = mem.merged if c.shard_start == "merged" and mem.merged is not None \
             else torch.zeros_like(self.w_main)
         seed = (self.seed * 1_000_003 + k) * 10_007 + mem.n_shards
-        mem.shards.append(Shard(start.clone(), entry_mask(self.w_main.shape, c.mask_ratio, seed)))
+        mask = entry_mask(self.w_main.shape, c.mask_ratio, seed).to(self.w_main.device)
+        mem.shards.append(Shard(start.clone(), mask))
         mem.n_shards += 1
         return mem.shards[-1]
 
