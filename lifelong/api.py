@@ -34,6 +34,7 @@ from .methods import (
     TrainRecord,
     build_method,
     consolidate_memory,
+    current_name,
     edit_batch,
     retract_edit,
 )
@@ -353,7 +354,8 @@ def load(path: str | Path, *, model: str | None = None, device: str = "cpu") -> 
     fingerprint is not the one the memory was made on."""
     meta, state = memoryfile.read(path, device)
     try:
-        name, config, seed = meta["method"], meta["config"], meta["seed"]
+        config, seed = meta["config"], meta["seed"]
+        name = current_name(meta["method"], config)
         ref, want = meta["model"]["ref"], meta["model"]["fingerprint"]
         fields = context_fields(meta["context"])
         log = list(meta["log"])

@@ -25,7 +25,7 @@ from typing import Any
 import click
 
 from .errors import LifelongError, StoreError
-from .methods import AttachContext
+from .methods import AttachContext, current_name
 
 MERGED = "merged-model"
 
@@ -102,7 +102,8 @@ def _export(store, run: dict, out: Path, allow_incomplete: bool, model: str | No
     source = {"store": str(store.path.resolve()), "run_id": run_id, "status": run["status"],
               "position": position, "events_total": run["events_total"],
               "chunk_start": chunk_start}
-    editor = attach(lm, run["method"], config["method"]["settings"], seed, context,
+    settings = config["method"]["settings"]
+    editor = attach(lm, current_name(run["method"], settings), settings, seed, context,
                     state["method"], log, source, base=base)
     if (out / MERGED).is_dir():  # --overwrite: a stale merged model must not outlive its memory
         shutil.rmtree(out / MERGED)

@@ -30,6 +30,7 @@ from typing import Any
 import click
 
 from .errors import LifelongError, StoreError
+from .methods.registry import current_name
 from .metrics import (
     checkpoint_curves,
     edit_latency_windows,
@@ -188,6 +189,15 @@ def entities(runs: Sequence[RunData]) -> list[Any]:
     return out
 
 
+def _method_name(run: dict) -> str | None:
+    """The run's method under today's name (see `methods.current_name`)."""
+    try:
+        settings = json.loads(run.get("config") or "{}").get("method", {}).get("settings")
+    except (ValueError, AttributeError):
+        settings = None
+    return current_name(run["method"], settings) if run.get("method") else run.get("method")
+
+
 def load_runs(paths: Sequence[str | Path], scenarios: Sequence[str] = ()) -> list[RunData]:
     """Every run of every store, in store order then run order (rowid); with `scenarios`,
     only the runs of those scenarios (by name: a sweep's store holds several)."""
@@ -198,6 +208,7 @@ def load_runs(paths: Sequence[str | Path], scenarios: Sequence[str] = ()) -> lis
             for run in [dict(r) for r in con.execute("select * from runs order by rowid")]:
                 if scenarios and run.get("scenario") not in scenarios:
                     continue
+                run["method"] = _method_name(run)
                 out.append(_load_run(p, con, tables, run))
         finally:
             con.close()

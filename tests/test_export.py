@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from lifelong.errors import LifelongError, StoreError
 from lifelong.export import MERGED, export, export_run
 from lifelong.methods import available_methods
 from lifelong.model import load_model
+from lifelong.report import load_runs
 from lifelong.runtime import Runtime
 from lifelong.scenario import load_scenario
 from lifelong.scoring import encode_pairs, forward_logits
@@ -99,6 +101,27 @@ def test_export_reproduces_the_final_outputs(runs, method, tmp_path):
     assert res.notes[-1].startswith("merged model:") == merged
     if method in ("grace", "defer", "wise-faiss", "wise"):
         assert "not a weight change" in res.notes[-1]
+
+
+def test_store_recorded_before_the_rename_still_means_wise_faiss(runs, tmp_path):
+    """Stores made before the paper's WISE was added call the FAISS-routed variant `wise`;
+    export and reports read them as `wise-faiss` (its settings say which), never as the
+    paper's method."""
+    old = tmp_path / "old.db"
+    src, con = sqlite3.connect(runs), sqlite3.connect(old)
+    src.backup(con)  # the store is in WAL mode: a file copy could miss rows
+    src.close()
+    with con:
+        con.execute("update runs set method = 'wise', config = replace(config, "
+                    "'\"name\": \"wise-faiss\"', '\"name\": \"wise\"') "
+                    "where run_id = 'wise-faiss@seed0'")
+    con.close()
+    res = export_run(old, "wise-faiss@seed0", tmp_path / "out")
+    ed = lifelong.load(res.out)
+    assert ed.method == "wise-faiss"
+    assert_serves_final_probes(ed, final_probes(runs, "wise-faiss@seed0"))
+    methods = {r.run["run_id"]: r.run["method"] for r in load_runs([old])}
+    assert methods["wise-faiss@seed0"] == "wise-faiss" and methods["wise@seed0"] == "wise"
 
 
 def test_ft_merged_model_loads_with_transformers(runs, tmp_path):

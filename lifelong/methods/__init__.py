@@ -19,9 +19,9 @@ from .base import (
                    tensor_bytes,
 )
 from .context import AttachContext, Cache, TrainRecord
-from .registry import available_methods, build_method, get_method
+from .registry import available_methods, build_method, current_name, get_method
 
 __all__ = ["AttachContext", "BatchEditing", "Cache", "Consolidating", "EditReceipt",
            "EditRequest", "Memory", "MemoryBase", "Retractable", "Routing", "TrainRecord",
-           "UnknownEdit", "available_methods", "build_method", "consolidate_memory",
+           "UnknownEdit", "available_methods", "build_method", "current_name", "consolidate_memory",
            "edit_batch", "get_method", "retract_edit", "tensor_bytes"]

@@ -10,6 +10,7 @@ import functools
 import importlib
 import inspect
 import pkgutil
+from collections.abc import Mapping
 from typing import Any
 
 from ..config import from_mapping
@@ -64,3 +65,12 @@ def build_method(name: str, settings: dict[str, Any] | None, seed: int, where: s
     cls = get_method(name)
     config = from_mapping(cls.Config, settings or {}, where=f"{where}.{name}")
     return cls(config, seed=seed)
+
+
+def current_name(name: str, settings: Mapping[str, Any] | None) -> str:
+    """The name a recorded method has today. Runs and memories recorded before the paper's
+    WISE was added named the FAISS-routed variant `wise`; their resolved settings (stored in
+    full with every run) hold `key_radius`, which the paper's `wise` does not have."""
+    if name == "wise" and settings and "key_radius" in settings:
+        return "wise-faiss"
+    return name
