@@ -44,7 +44,8 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 FAST_SETTINGS: dict[str, dict] = {"ft": {"steps": 8, "lr": 0.02}, "wise-faiss": {"steps": 8, "shard_size": 1},
                                    "wise": {"steps": 8, "shard_size": 1, "prefixes": 1, "lr": 4.0},
                                    "grace": {"steps": 10}, "defer": {"steps": 10},
-                                   "template": {"steps": 10}}
+                                   "template": {"steps": 10},
+                                   "kn": {"ig_steps": 4}}
 CLASSES = {**available_methods(), "template": TemplateMethod}
 METHODS = sorted(CLASSES)
 PROBES = ["Aldric works for", "The employer of Aldric is", "Brenna was born in", "Caspar speaks"]

@@ -38,7 +38,8 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 #: the cheapest settings that still train (every variant starts from these)
 FAST = {"ft": {"steps": 2}, "grace": {"steps": 2}, "defer": {"steps": 2, "negatives": 4},
         "wise-faiss": {"steps": 2, "shard_size": 2, "negatives": 2},
-        "wise": {"steps": 2, "shard_size": 2, "negatives": 2, "prefixes": 1}}
+        "wise": {"steps": 2, "shard_size": 2, "negatives": 2, "prefixes": 1},
+        "kn": {"ig_steps": 2}}
 PROBES = ["Aldric works for", "Brenna was born in", "Caspar speaks"]
 
 
