@@ -44,7 +44,8 @@ FAST = {"none": {}, "ft": {"steps": 5}, "grace": {"steps": 10},
         "wise": {"steps": 5, "prefixes": 1, "negatives": 2},
         "kn": {"ig_steps": 4},
         "rome": {"stats_texts": 2000, "prefixes": 2, "steps": 5},
-        "memit": {"stats_texts": 2000, "prefixes": 2, "steps": 5}}
+        "memit": {"stats_texts": 2000, "prefixes": 2, "steps": 5},
+        "alphaedit": {"stats_texts": 2000, "prefixes": 2, "steps": 5}}
 #: further configurations whose state differs in shape (several memories, activation router
 #: with margin terms trained on the unrelated prompts, moved keys, no retraction)
 VARIANTS = [("wise-faiss", {"steps": 5, "mode": "retrieve", "memory_size": 1}),

@@ -47,7 +47,8 @@ FAST_SETTINGS: dict[str, dict] = {"ft": {"steps": 8, "lr": 0.02}, "wise-faiss": 
                                    "template": {"steps": 10},
                                    "kn": {"ig_steps": 4},
                                    "rome": {"stats_fallback": True, "prefixes": 2, "steps": 5},
-                                   "memit": {"stats_fallback": True, "prefixes": 2, "steps": 5}}
+                                   "memit": {"stats_fallback": True, "prefixes": 2, "steps": 5},
+                                   "alphaedit": {"stats_fallback": True, "prefixes": 2, "steps": 5}}
 CLASSES = {**available_methods(), "template": TemplateMethod}
 METHODS = sorted(CLASSES)
 PROBES = ["Aldric works for", "The employer of Aldric is", "Brenna was born in", "Caspar speaks"]

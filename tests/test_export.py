@@ -38,7 +38,8 @@ FAST = {"none": "{}", "ft": "{ steps = 4 }", "grace": "{ steps = 5 }",
         "wise": "{ steps = 4, prefixes = 1, negatives = 2 }",
         "kn": "{ ig_steps = 4 }",
         "rome": "{ stats_fallback = true, prefixes = 2, steps = 4 }",
-        "memit": "{ stats_fallback = true, prefixes = 2, steps = 4 }"}
+        "memit": "{ stats_fallback = true, prefixes = 2, steps = 4 }",
+        "alphaedit": "{ stats_fallback = true, prefixes = 2, steps = 4 }"}
 METHODS = sorted(available_methods())
 
 

@@ -41,7 +41,8 @@ FAST = {"ft": {"steps": 2}, "grace": {"steps": 2}, "defer": {"steps": 2, "negati
         "wise": {"steps": 2, "shard_size": 2, "negatives": 2, "prefixes": 1},
         "kn": {"ig_steps": 2},
         "rome": {"stats_fallback": True, "prefixes": 2, "steps": 2},
-        "memit": {"stats_fallback": True, "prefixes": 2, "steps": 2}}
+        "memit": {"stats_fallback": True, "prefixes": 2, "steps": 2},
+        "alphaedit": {"stats_fallback": True, "prefixes": 2, "steps": 2}}
 PROBES = ["Aldric works for", "Brenna was born in", "Caspar speaks"]
 
 

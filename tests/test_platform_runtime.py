@@ -38,7 +38,8 @@ FAST = {"ft": {"steps": 3, "lr": 0.02}, "grace": {"steps": 4}, "defer": {"steps"
         "wise": {"steps": 3, "shard_size": 2, "prefixes": 1, "negatives": 2},
         "kn": {"ig_steps": 3},
         "rome": {"stats_fallback": True, "prefixes": 2, "steps": 3},
-        "memit": {"stats_fallback": True, "prefixes": 2, "steps": 3}}
+        "memit": {"stats_fallback": True, "prefixes": 2, "steps": 3},
+        "alphaedit": {"stats_fallback": True, "prefixes": 2, "steps": 3}}
 METHODS = sorted(available_methods())
 CASES = [(m, 1) for m in METHODS] + [(m, 2) for m in METHODS
                                       if issubclass(available_methods()[m], BatchEditing)]
