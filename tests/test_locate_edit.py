@@ -101,6 +101,22 @@ def test_key_statistics_are_computed_once_then_read_from_the_cache(tmp_path, mon
     assert len(calls) == 2
 
 
+def test_a_corpus_file_is_not_read_again_once_its_statistics_and_prefixes_are_cached(
+        tmp_path, monkeypatch):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(LARGE), encoding="utf-8")
+    first = make("alphaedit", tiny(), corpus=str(corpus), tmp=tmp_path)
+    assert first.info["entry"].startswith("mom2-file-") and first.prefixes
+
+    def unread(self):
+        raise AssertionError("the corpus was read")
+    monkeypatch.setattr(AttachContext, "corpus_texts", unread)
+    second = make("alphaedit", tiny(), corpus=str(corpus), tmp=tmp_path)
+    assert second.prefixes == first.prefixes and second.info["texts"] == len(LARGE)
+    assert all(torch.equal(first.cov[n], second.cov[n]) for n in first.names)
+    assert all(torch.equal(a, b) for a, b in zip(first.projections, second.projections))
+
+
 def test_no_corpus_is_refused_unless_the_fallback_is_asked_for():
     with pytest.raises(LifelongError, match="corpus"):
         make("rome", tiny(), corpus=())

@@ -27,9 +27,10 @@ from ..base import EditRequest
 
 
 @torch.no_grad()
-def make_prefixes(lm: LM, starts: Sequence[str], n: int, length: int, seed: int) -> list[str]:
-    """`n` texts of `length` tokens the model writes, each from the first word of a text
-    drawn from `starts` (top-5 sampling, deterministic from `seed`)."""
+def make_prefixes(lm: LM, starts: Sequence[str], n: int, length: int,
+                  seed: int) -> list[list[int]]:
+    """The token ids of `n` texts of `length` tokens the model writes, each from the first
+    word of a text drawn from `starts` (top-5 sampling, deterministic from `seed`)."""
     words = [s.split()[0] for s in starts if s.split()]
     if not words or n == 0:
         return []
@@ -44,7 +45,7 @@ def make_prefixes(lm: LM, starts: Sequence[str], n: int, length: int, seed: int)
             top = logits.topk(5)
             pick = torch.multinomial(top.values.softmax(-1), 1, generator=gen)
             ids.append(int(top.indices[pick]))
-        out.append(lm.tok.decode(ids, skip_special_tokens=True).strip())
+        out.append(ids)
     return out
 
 

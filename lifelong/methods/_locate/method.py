@@ -30,7 +30,7 @@ from ..base import (
 )
 from ..context import AttachContext
 from .lookup import Site, make_prefixes, sites
-from .stats import key_covariances, sample_texts
+from .stats import corpus_key, key_covariances, sample_texts
 from .values import ValueSettings
 
 
@@ -93,15 +93,34 @@ class LocateEdit(MemoryBase, BatchEditing, Retractable):
             how = "read from the cache" if cost["read"] else "computed"
             Reporter().note(f"{self.name}: key statistics of {name} {how} ({cost['tokens']} "
                             f"tokens, {cost['seconds']:.1f} s to compute)")
-        try:
-            starts = ctx.corpus_texts()
-        except LifelongError:
-            starts = ctx.unrelated_prompts
-        self.prefixes = make_prefixes(lm, sample_texts(starts, 1000), cfg.prefixes,
-                                      cfg.prefix_tokens, self.seed)
+        self.prefixes = self._prefixes(ctx)
         self.log: list[list[EditRequest]] = []
         self._prepare()
         self._reset()
+
+    def _prefixes(self, ctx: AttachContext) -> list[str]:
+        """The prefix contexts (`lookup.make_prefixes`) from corpus texts (else the unrelated
+        prompts), kept in the cache beside the statistics when the corpus is a file."""
+        cfg = self.config
+        key = corpus_key(ctx)
+        try:
+            cache = ctx.cache() if key is not None and cfg.prefixes else None
+        except LifelongError:
+            cache = None
+        what = f"prefixes-{key}-seed{self.seed}-{cfg.prefixes}x{cfg.prefix_tokens}"
+        saved = cache.load("prefixes", what) if cache is not None else None
+        if saved is not None:
+            ids = saved["ids"].tolist()
+        else:
+            try:
+                starts = ctx.corpus_texts()
+            except LifelongError:
+                starts = ctx.unrelated_prompts
+            ids = make_prefixes(self.lm, sample_texts(starts, 1000), cfg.prefixes,
+                                cfg.prefix_tokens, self.seed)
+            if cache is not None and ids:
+                cache.save("prefixes", what, {"ids": torch.tensor(ids)})
+        return [self.lm.tok.decode(row, skip_special_tokens=True).strip() for row in ids]
 
     def value_settings(self) -> ValueSettings:
         c = self.config

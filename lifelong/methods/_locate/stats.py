@@ -8,9 +8,11 @@ drawn with a fixed generator (seed 0, never the run's seed: every run of a model
 statistic), each text truncated to the model's context length, and every real token's key
 counts once.
 
-Cache: one file per (model fingerprint, layer, corpus sample): the entry's name carries a
-hash of the sampled texts and the count, so a different corpus or sample size is another
-entry. Several layers missing from the cache are computed in one pass over the corpus. The
+Cache: one file per (model fingerprint, layer, corpus sample): the entry's name carries the
+corpus file's identity (path, size, modification time: read without parsing the corpus) or,
+for texts given as data, a hash of the sampled texts, and the sample size, so a different
+corpus or sample size is another entry. The layers are computed together, in one pass over
+the corpus, whenever one of them is missing. The
 cost (seconds, tokens) is saved beside the statistic and reported whether it was computed
 now or read back.
 """
@@ -21,6 +23,7 @@ import hashlib
 import random
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,7 +33,7 @@ from ...errors import LifelongError
 from ...model import LM
 from ...nethook import TraceDict
 from ...progress import Reporter
-from ..context import AttachContext
+from ..context import AttachContext, Cache
 
 BATCH = 32
 
@@ -98,11 +101,49 @@ def _measure(lm: LM, names: list[str], texts: list[str], label: str
     return sums, tokens
 
 
+def corpus_key(ctx: AttachContext) -> str | None:
+    """A name for the context's corpus that needs no reading: for a corpus file its resolved
+    path, size and modification time (the built-in model's world.json is 2-3 s to parse, once
+    per attach of a chunked run); None for texts given as data or no corpus."""
+    src = ctx.corpus
+    if not (isinstance(src, str) and src and Path(src).is_file()):
+        return None
+    st = Path(src).stat()
+    name = f"{Path(src).resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    return "file-" + hashlib.sha256(name.encode()).hexdigest()[:12]
+
+
+def _read(lm: LM, cache: Cache, names: Sequence[str], what: str
+          ) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    saved = {n: cache.load(n, what) for n in names}
+    if not all(v is not None for v in saved.values()):
+        return None
+    first = next(iter(saved.values()))
+    texts = int(first["texts"]) if "texts" in first else None  # saved before it was kept
+    info: dict[str, Any] = {"source": "corpus", "texts": texts, "entry": what,
+                            "cached": True, "layers": {}}
+    for n, v in saved.items():
+        info["layers"][n] = {"read": True, "tokens": int(v["tokens"]),
+                             "seconds": float(v["seconds"])}
+    return {n: v["mom2"].to(lm.device) for n, v in saved.items()}, info
+
+
 def key_covariances(lm: LM, ctx: AttachContext, names: Sequence[str], n_texts: int,
                     fallback: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """C = E[k kᵀ] (float32, on the model's device) of the input of each module in `names`
     (family-independent names, in forward order), read from the cache or computed (then
-    saved); the identity when `fallback` found no text at all. Info: source, texts, tokens, seconds of the computation, whether it was cached."""
+    saved); the identity when `fallback` found no text at all. Info: source, texts, tokens,
+    seconds of the computation, whether it was cached. The cache entry is named by the
+    corpus file (`corpus_key`) and the sample size, or else by a hash of the sampled texts."""
+    try:
+        cache = ctx.cache()
+    except LifelongError:
+        cache = None  # no fingerprint (a bare context): computed every time, never saved
+    key = corpus_key(ctx)
+    if cache is not None and key is not None:
+        found = _read(lm, cache, names, f"mom2-{key}-n{n_texts}")
+        if found is not None:
+            return found
     texts, source = stats_texts(ctx, n_texts, fallback)
     if not texts and not fallback:
         raise LifelongError("key statistics: the corpus has no texts")
@@ -111,30 +152,24 @@ def key_covariances(lm: LM, ctx: AttachContext, names: Sequence[str], n_texts: i
                             device=lm.device) for n in names}
         return eye, {"source": source}
     digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12]
-    what = f"mom2-{digest}-n{len(texts)}"
-    try:
-        cache = ctx.cache()
-    except LifelongError:
-        cache = None  # no fingerprint (a bare context): computed every time, never saved
+    what = (f"mom2-{key}-n{n_texts}" if key is not None and source == "corpus"
+            else f"mom2-{digest}-n{len(texts)}")
+    if cache is not None:
+        found = _read(lm, cache, names, what)
+        if found is not None:
+            return found[0], {**found[1], "source": source}
     out: dict[str, torch.Tensor] = {}
     info: dict[str, Any] = {"source": source, "texts": len(texts), "entry": what,
                             "cached": cache is not None, "layers": {}}
+    began = time.perf_counter()
+    sums, tokens = _measure(lm, list(names), texts, f"{', '.join(names)} ({len(texts)} texts)")
+    seconds = time.perf_counter() - began
     for name in names:
-        saved = cache.load(name, what) if cache is not None else None
-        if saved is not None:
-            out[name] = saved["mom2"].to(lm.device)
-            info["layers"][name] = {"read": True, "tokens": int(saved["tokens"]),
-                                    "seconds": float(saved["seconds"])}
-    missing = [n for n in names if n not in out]
-    if missing:
-        began = time.perf_counter()
-        sums, tokens = _measure(lm, missing, texts, f"{', '.join(missing)} ({len(texts)} texts)")
-        seconds = time.perf_counter() - began
-        for name in missing:
-            mom2 = (sums[name] / max(tokens, 1)).float().cpu()
-            if cache is not None:
-                cache.save(name, what, {"mom2": mom2, "tokens": torch.tensor(tokens),
-                                        "seconds": torch.tensor(seconds)})
-            out[name] = mom2.to(lm.device)
-            info["layers"][name] = {"read": False, "tokens": tokens, "seconds": seconds}
+        mom2 = (sums[name] / max(tokens, 1)).float().cpu()
+        if cache is not None:
+            cache.save(name, what, {"mom2": mom2, "tokens": torch.tensor(tokens),
+                                    "seconds": torch.tensor(seconds),
+                                    "texts": torch.tensor(len(texts))})
+        out[name] = mom2.to(lm.device)
+        info["layers"][name] = {"read": False, "tokens": tokens, "seconds": seconds}
     return out, info
