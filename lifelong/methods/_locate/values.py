@@ -36,13 +36,11 @@ class ValueSettings:
     stop_loss: float
 
 
-def kl_prompt(site: Site) -> tuple[str, int | None] | None:
-    """ROME's essence prompt "{subject} is a" and its lookup index (None: its last token);
-    None for a request without a subject."""
+def kl_prompt(site: Site) -> str | None:
+    """ROME's essence prompt "{subject} is a"; None for a request without a subject (no KL
+    term then)."""
     subject = site.request.subject
-    if not subject:
-        return None
-    return f"{subject} is a", None
+    return f"{subject} is a" if subject else None
 
 
 def optimise_value(lm: LM, name: str, site: Site, s: ValueSettings
@@ -52,11 +50,10 @@ def optimise_value(lm: LM, name: str, site: Site, s: ValueSettings
     prompts = list(site.prompts)
     where: list[int | None] = [site.from_end] * len(prompts)
     essence = kl_prompt(site)
-    if essence is not None:
-        text, _ = essence
-        where.append(subject_last(lm, text, site.request.subject)
+    if essence is not None:  # its lookup: the subject's last token, or its own last token
+        where.append(subject_last(lm, essence, site.request.subject)
                      if site.from_end is not None else None)
-        prompts.append(text)
+        prompts.append(essence)
     rows = encode_rows(lm, prompts, [site.request.target] * len(prompts), where)
     ids, mask, end, tlens, _ = rows.batch
     n = len(site.prompts)
