@@ -49,7 +49,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
+        # TOML has no null: an optional setting takes the string "none" for None
+        if type(None) in args and (value is None or value == "none") and str not in args:
             return None
         errors = []
         for arg in args:

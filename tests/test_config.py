@@ -69,6 +69,15 @@ def test_defaults_and_none():
     assert from_mapping(Sample, None) == Sample() == from_mapping(Sample, {})
 
 
+def test_optional_setting_takes_none_as_a_string():
+    """TOML has no null, so an optional setting is unset with "none" (only optionals)."""
+    assert from_mapping(Sample, {"limit": "none", "alt": "none"}) == Sample(limit=None, alt=None)
+    assert from_mapping(Sample, {"alt": 0.5}).alt == 0.5
+    assert "count" in err(Sample, {"count": "none"})
+    from lifelong.methods import build_method
+    assert build_method("ft", {"norm_constraint": "none"}, 0).config.norm_constraint is None
+
+
 def test_unknown_key_named_and_known_listed():
     msg = err(Sample, {"nme": "y", "count": 2})
     assert "nme" in msg and "unknown" in msg
