@@ -199,3 +199,13 @@ def single_thread_module():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Methods' caches (key statistics, prefixes) go to a session temp dir, never the user's
+    ~/.cache/lifelong: a test run leaves nothing behind and never reads a stale entry."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LIFELONG_CACHE", str(tmp_path_factory.mktemp("lifelong-cache")))
+    yield
+    mp.undo()
