@@ -75,3 +75,26 @@ def row_keys(x: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
     """(B, in) float32: each row's key, the mean of its masked tokens' activations."""
     m = mask.unsqueeze(-1).to(x.dtype)
     return ((x * m).sum(1) / m.sum(1).clamp_min(1)).detach().float().cpu().numpy()
+
+
+def forward_router_tokens(info: ForwardInfo | None, x: torch.Tensor, which: str) -> torch.Tensor:
+    """(B, T) bool: `router_tokens` of the batch being served (`lm.forward_info` inside a
+    hook); every token a prompt token when `info` describes another batch."""
+    if info is None or info.attention_mask.shape != x.shape[:2]:
+        return router_tokens(torch.ones(x.shape[:2], dtype=torch.long, device=x.device),
+                             torch.full((x.shape[0],), x.shape[1], device=x.device), which)
+    return router_tokens(info.attention_mask.to(x.device), info.prompt_end.to(x.device), which)
+
+
+def serve_routed(x: torch.Tensor, y: torch.Tensor, route: torch.Tensor,
+                 deltas: list[torch.Tensor]) -> torch.Tensor:
+    """`y` with each row routed to memory m >= 0 (`route`, (B,)) given its delta's output
+    ``x @ deltas[m].T`` at every token; rows routed to -1 are returned bit for bit."""
+    if (route < 0).all():
+        return y
+    out = y.clone()
+    for m in route.unique().tolist():
+        if m >= 0:
+            rows = (route == m).to(y.device)
+            out[rows] = y[rows] + x[rows] @ deltas[m].T
+    return out

@@ -21,7 +21,7 @@ from ...nethook import Trace, rewrite_output
 from ...scoring import encode_pairs, forward_logits
 from .._common.activations import output_scale
 from .._common.hooks import Hooks, Served
-from .._common.keys import router_tokens
+from .._common.keys import forward_router_tokens, router_tokens, serve_routed
 from .._common.loop import LoopResult, receipt
 from ..base import (
     Consolidating,
@@ -109,24 +109,11 @@ class Wise(Served, MemoryBase, Retractable, Consolidating, Routing):
         if not self.memories:
             return y
         route = self._route(x, self._score_mask(x))
-        if (route < 0).all():
-            return y
-        out, cands = y.clone(), self._candidates()
-        for c in route.unique().tolist():
-            if c >= 0:
-                rows = (route == c).to(y.device)
-                out[rows] = y[rows] + x[rows] @ cands[c][1].T
-        return out
+        return serve_routed(x, y, route, [d for _, d, _ in self._candidates()])
 
     def _score_mask(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T) bool: the tokens a row's score reads (see `router_tokens`)."""
-        info = self.lm.forward_info
-        if info is None or info.attention_mask.shape != x.shape[:2]:
-            return router_tokens(torch.ones(x.shape[:2], dtype=torch.long, device=x.device),
-                                 torch.full((x.shape[0],), x.shape[1], device=x.device),
-                                 self.config.score_tokens)
-        return router_tokens(info.attention_mask.to(x.device), info.prompt_end.to(x.device),
-                             self.config.score_tokens)
+        return forward_router_tokens(self.lm.forward_info, x, self.config.score_tokens)
 
     @torch.no_grad()
     def route(self, prompts: Sequence[str], router: str | None = None) -> list[int | None]:

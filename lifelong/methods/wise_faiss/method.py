@@ -23,7 +23,7 @@ from ...nethook import Trace, rewrite_output
 from ...scoring import encode_pairs, forward_logits
 from .._common.activations import output_scale
 from .._common.hooks import Hooks, Served
-from .._common.keys import router_tokens, row_keys
+from .._common.keys import forward_router_tokens, router_tokens, row_keys, serve_routed
 from .._common.keytable import KeyTable
 from .._common.loop import LoopResult, receipt
 from ..base import (
@@ -81,24 +81,11 @@ class WiseFaiss(Served, MemoryBase, Retractable, Consolidating, Routing):
         if not self.memories:
             return y
         route = self._route(x, self._router_mask(x))
-        if (route < 0).all():
-            return y
-        out, deltas = y.clone(), self._served_deltas()
-        for m in route.unique().tolist():
-            if m >= 0:
-                rows = (route == m).to(y.device)
-                out[rows] = y[rows] + x[rows] @ deltas[m].T
-        return out
+        return serve_routed(x, y, route, self._served_deltas())
 
     def _router_mask(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T) bool: the tokens the router reads in each row (see `router_tokens`)."""
-        info = self.lm.forward_info
-        if info is None or info.attention_mask.shape != x.shape[:2]:
-            return router_tokens(torch.ones(x.shape[:2], dtype=torch.long, device=x.device),
-                                 torch.full((x.shape[0],), x.shape[1], device=x.device),
-                                 self.config.key_token)
-        return router_tokens(info.attention_mask.to(x.device), info.prompt_end.to(x.device),
-                             self.config.key_token)
+        return forward_router_tokens(self.lm.forward_info, x, self.config.key_token)
 
     def _route(self, x: torch.Tensor, mask: torch.Tensor, router: str | None = None) -> torch.Tensor:
         return route_rows(self.config, router or self.config.router, self.table, self.memories,
