@@ -145,7 +145,7 @@ def test_edit_ids_requests_and_errors(tmp_path):
     with pytest.raises(LifelongError, match="not a saved memory"):
         lifelong.load(tmp_path / "full")
     with pytest.raises(ConfigError, match="unknown method"):
-        lifelong.open("builtin", method="rome")
+        lifelong.open("builtin", method="no-such-method")
     with pytest.raises(ConfigError, match="unknown key"):
         lifelong.open("builtin", method="ft", settings={"stepz": 1})
     ed.close()
