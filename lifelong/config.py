@@ -49,7 +49,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        # TOML has no null: an optional setting takes the string "none" for None
+        # TOML has no null: an optional setting takes the string "none" for None (an
+        # optional string setting keeps "none" as the string)
         if type(None) in args and (value is None or value == "none") and str not in args:
             return None
         errors = []
