@@ -8,8 +8,6 @@ serving suspended), training (`trainer.train_shard`), the bare model (`bypassed(
 
 from __future__ import annotations
 
-import hashlib
-import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +21,7 @@ from .._common.activations import output_scale
 from .._common.hooks import Hooks, Served
 from .._common.keys import forward_router_tokens, router_tokens, serve_routed
 from .._common.loop import LoopResult, receipt
+from .._common.rng import seeded_rng
 from ..base import (
     Consolidating,
     EditReceipt,
@@ -38,11 +37,6 @@ from ..wise_faiss.memory import activation_score
 from .config import WiseConfig
 from .memory import Shard, SideMemory, clamp, entry_mask, merge_shards, threshold
 from .trainer import Inputs, train_shard
-
-
-def _rng(*parts: object) -> random.Random:
-    """A generator seeded by `parts` alone (seed, purpose, edit id)."""
-    return random.Random(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest())
 
 
 def top1(scores: torch.Tensor, limits: torch.Tensor) -> torch.Tensor:
@@ -144,7 +138,7 @@ class Wise(Served, MemoryBase, Retractable, Consolidating, Routing):
 
     def _negatives(self, edit_id: str) -> list[str]:
         n = min(self.config.negatives, len(self.unrelated))
-        return _rng(self.seed, "neg", edit_id).sample(self.unrelated, n)
+        return seeded_rng(self.seed, "neg", edit_id).sample(self.unrelated, n)
 
     def _prefixed(self, req: EditRequest) -> list[str]:
         """The edit prompt and its random-prefix copies (prefix tokens drawn from the seed and
@@ -154,7 +148,7 @@ class Wise(Served, MemoryBase, Retractable, Consolidating, Routing):
             return [req.prompt]
         special = set(tok.all_special_ids)
         pool = [i for i in range(len(tok)) if i not in special]
-        rng = _rng(self.seed, "prefix", req.edit_id)
+        rng = seeded_rng(self.seed, "prefix", req.edit_id)
         heads = [tok.decode([rng.choice(pool) for _ in range(c.prefix_tokens)]).strip()
                  for _ in range(c.prefixes)]
         return [req.prompt, *(f"{h}. {req.prompt}" for h in heads)]

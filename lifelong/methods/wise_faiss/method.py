@@ -8,8 +8,6 @@ trained, serving suspended), the bare model (`bypassed()`).
 
 from __future__ import annotations
 
-import hashlib
-import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +24,7 @@ from .._common.hooks import Hooks, Served
 from .._common.keys import forward_router_tokens, router_tokens, row_keys, serve_routed
 from .._common.keytable import KeyTable
 from .._common.loop import LoopResult, receipt
+from .._common.rng import seeded_rng
 from ..base import (
     Consolidating,
     EditReceipt,
@@ -151,7 +150,7 @@ class WiseFaiss(Served, MemoryBase, Retractable, Consolidating, Routing):
     def _negatives(self, edit_id: str) -> list[str]:
         if not self.unrelated or not self.config.negatives:
             return []
-        rng = random.Random(hashlib.sha256(f"{self.seed}:{edit_id}".encode()).hexdigest())
+        rng = seeded_rng(self.seed, edit_id)
         return rng.sample(self.unrelated, min(self.config.negatives, len(self.unrelated)))
 
     def _rehearsal(self, mem: SideMemory, req: EditRequest) -> list[EditRequest]:
@@ -161,7 +160,7 @@ class WiseFaiss(Served, MemoryBase, Retractable, Consolidating, Routing):
             return []
         newest = {r.fact: r for r in mem.log if r.fact != req.fact}
         pool = list(newest.values())
-        rng = random.Random(hashlib.sha256(f"{self.seed}:replay:{req.edit_id}".encode()).hexdigest())
+        rng = seeded_rng(self.seed, "replay", req.edit_id)
         return rng.sample(pool, min(self.config.replay, len(pool)))
 
     def _new_mask(self, memory: int, shard: int) -> torch.Tensor:
