@@ -72,7 +72,7 @@ def test_retract_can_be_refused():
 
 def test_re_edit_trains_the_old_prompt_too():
     lm = fresh_lm()
-    d = defer(lm, steps=60)
+    d = defer(lm, steps=60, use_fact_identity=True)
     d.edit([EditRequest("e1", "Aldric works for", "Zentro", "Aldric|employer")])
     d.edit([EditRequest("e2", "The employer of Aldric is", "Vantex", "Aldric|employer")])
     assert d.log[-1]["prompts"] == ["The employer of Aldric is", "Aldric works for"]

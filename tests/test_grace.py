@@ -197,8 +197,10 @@ def test_retract_restores_outputs_exactly(order, data):
 
 
 def test_re_edit_newest_value_wins_on_old_and_new_prompts():
+    """With the fact oracle on, a re-edit displaces the fact's older entry and re-trains its
+    prompt: the newest value answers both prompts, and retracting it brings the old back."""
     lm = fresh_lm()
-    g = grace(lm)
+    g = grace(lm, use_fact_identity=True)
     base = score_pairs(lm, ["The employer of Aldric is"], ["Vantex"])[0]
     g.edit([EditRequest("e1", "Aldric works for", "Zentro", "Aldric|employer")])
     g.edit([EditRequest("e2", "The employer of Aldric is", "Vantex", "Aldric|employer")])
@@ -254,3 +256,25 @@ def test_key_at_the_mlp_input_edits_and_retracts(family):
     assert torch.equal(logits(lm), before)
     g.detach()
     assert torch.equal(logits(lm), before)
+
+
+@pytest.mark.parametrize("name", ["grace", "defer", "wise-faiss"])
+def test_without_the_fact_oracle_fact_labels_change_nothing(name):
+    """`use_fact_identity=False`: the method never reads the stream's `fact` field, so the
+    same edits under other fact labels serve bit-identical logits; with it on, a re-edit of
+    one fact (same label) differs from two unrelated edits (labels differ)."""
+    a = EditRequest("e1", "Aldric works for", "Zentro", "Aldric|employer")
+    b = EditRequest("e2", "The employer of Aldric is", "Vantex", "Aldric|employer")
+    b_other = EditRequest("e2", "The employer of Aldric is", "Vantex", "something|else")
+    fast = {"steps": 15, "lr": 1.0} if name != "grace" else FAST
+
+    def served(use: bool, second: EditRequest) -> torch.Tensor:
+        lm = fresh_lm()
+        m = build_method(name, {**fast, "use_fact_identity": use}, 0)
+        m.attach(lm, AttachContext(seed=0, unrelated_prompts=("Caspar speaks", "Evander plays the")))
+        m.edit([a])
+        m.edit([second])
+        return logits(lm)
+
+    assert torch.equal(served(False, b), served(False, b_other))
+    assert not torch.equal(served(True, b), served(True, b_other))

@@ -147,24 +147,37 @@ def test_one_late_merge_equals_a_merge_at_every_cycle_end():
     assert all(predicts(late.lm, r.prompt, r.target) for r in EDITS)
 
 
-def test_protect_keeps_earlier_keys_outputs():
+@torch.no_grad()
+def served(model: LM, req: EditRequest) -> torch.Tensor:
+    """Logits at every position of the edit's prompt and target, as served."""
+    ids, mask, end, _, _ = encode_pairs(model, [req.prompt], [req.target])
+    return forward_logits(model, ids, mask, end)[0, mask[0].bool()]
+
+
+@pytest.mark.parametrize("positions", ["all", "last"])
+def test_protect_keeps_earlier_keys_outputs(positions):
     """With `protect`, a later edit's step is orthogonal to the earlier edits' keys: the
-    memory answers an earlier edit's key exactly as before (the null-space invariant)."""
+    memory's output at those keys stays as it was (the null-space invariant). With every
+    position protected ("all") the earlier edit is served identically at every token of its
+    prompt and target; with the last prompt token only, the other tokens move."""
     model = lm()
-    w = wise(model, shard_size=10, mask_ratio=1.0)
+    w = wise(model, shard_size=10, mask_ratio=1.0, protect_positions=positions)
     w.edit([EDITS[0]])
     mem = w.memories[0]
-    key = mem.keys[EDITS[0].fact]
-    first, before = mem.delta().clone(), mem.delta() @ key
+    keys = mem.keys[EDITS[0].fact]
+    assert keys.shape[0] == (1 if positions == "last" else len(served(model, EDITS[0])))
+    first, before, tokens = mem.delta().clone(), mem.delta() @ keys.T, served(model, EDITS[0])
     w.edit([EDITS[1]])
     w.edit([EDITS[2]])
+    assert w.memory_of(EDITS[2].edit_id) == 0
     assert not torch.allclose(mem.delta(), first, atol=1e-4)  # the later edits did change it
-    assert torch.allclose(mem.delta() @ key, before, atol=1e-4)
+    assert torch.allclose(mem.delta() @ keys.T, before, atol=1e-4)
+    assert torch.allclose(served(model, EDITS[0]), tokens, atol=1e-3) == (positions == "all")
     unprotected = wise(lm(), shard_size=10, mask_ratio=1.0, protect=False)
     for r in EDITS[:3]:
         unprotected.edit([r])
     um = unprotected.memories[0]
-    assert not torch.allclose(um.delta() @ um.keys[EDITS[0].fact], before, atol=1e-4)
+    assert not torch.allclose(um.delta() @ keys.T, before, atol=1e-4)
 
 
 def test_a_memory_full_of_keys_hands_new_edits_to_a_new_memory():
@@ -178,7 +191,7 @@ def test_a_memory_full_of_keys_hands_new_edits_to_a_new_memory():
     width = mem.merged.shape[1]
     g = torch.Generator().manual_seed(0)
     for i in range(width):  # earlier facts whose keys span the key width
-        mem.remember_key(f"filler{i}", torch.randn(width, generator=g))
+        mem.remember_key(f"filler{i}", torch.randn(1, width, generator=g))
     before = mem.delta().clone()
     w.edit([EDITS[1]])
     assert torch.equal(mem.delta(), before)
@@ -189,13 +202,20 @@ def test_a_memory_full_of_keys_hands_new_edits_to_a_new_memory():
 def test_merge_mode_opens_a_new_memory_when_protect_share_is_reached():
     model = lm()
     w = wise(model, mode="merge", protect_share=2 / 128, mask_ratio=1.0, shard_size=10,
-             steps=30, lr=0.5)  # full after 2 facts
+             steps=30, lr=0.5, protect_positions="last")  # full after 2 one-key facts
     assert w.w_main.shape[1] == 128
     for r in EDITS:
         w.edit([r])
     assert [len(m.keys) for m in w.memories] == [2, 2]
     assert w.route([r.prompt for r in EDITS]) == [0, 0, 1, 1]
     assert all(predicts(model, r.prompt, r.target) for r in EDITS)
+    # every position protected: each fact's keys span several dimensions, a memory per fact
+    w = wise(lm(), mode="merge", protect_share=2 / 128, mask_ratio=1.0, shard_size=10,
+             steps=30, lr=0.5)
+    for r in EDITS:
+        w.edit([r])
+    assert [len(m.keys) for m in w.memories] == [1, 1, 1, 1]
+    assert all(m.protected_rank() >= 2 for m in w.memories)
 
 
 def test_faiss_router_sends_far_prompts_to_main():

@@ -47,6 +47,7 @@ from ..errors import NotSupported
 from ..model import LM
 from ..nethook import Trace, rewrite_output
 from ..scoring import batch_target_loss, encode_pairs, forward_logits
+from ._common.facts import FACT_IDENTITY_HELP, as_seen
 from ._common.hooks import Hooks, Served
 from ._common.keys import batch_info, key_positions, position_mask
 from ._common.loop import Step, frozen, optimise, receipt
@@ -80,6 +81,7 @@ class DeferConfig:
     retract: str = setting("retrain", "'retrain': exact, re-trains on the remaining edit log "
                                       "(cost of every remaining edit); 'unsupported': refuse",
                            choices=("retrain", "unsupported"))
+    use_fact_identity: bool = setting(False, FACT_IDENTITY_HELP)
 
 
 class Defer(Served, MemoryBase, Retractable):
@@ -168,7 +170,7 @@ class Defer(Served, MemoryBase, Retractable):
     # ---- editing ------------------------------------------------------------------------
     def edit(self, requests: Sequence[EditRequest]) -> EditReceipt:
         results = []
-        for r in requests:
+        for r in (as_seen(r, self.config.use_fact_identity) for r in requests):
             prompts = [r.prompt] + [p for p in self._fact_prompts(r.fact) if p != r.prompt]
             item = {"edit_id": r.edit_id, "fact": r.fact, "target": r.target, "prompts": prompts,
                     "keys": self._keys(prompts)}

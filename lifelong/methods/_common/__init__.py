@@ -5,5 +5,6 @@
                method captures keys or trains (modes are which nethook context is open);
 * `keys`     - where a row's key is read (its last prompt token, or the prompt's mean) and
                which positions a value replaces;
-* `keytable` - a FAISS index of edit keys, each labelled with its memory and its edit.
+* `keytable` - a FAISS index of edit keys, each labelled with its memory and its edit;
+* `facts`    - `as_seen`: a request without the stream's fact oracle (`use_fact_identity`).
 """

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...config import setting
+from .._common.facts import FACT_IDENTITY_HELP
 
 
 @dataclass(frozen=True)
@@ -40,3 +41,4 @@ class GraceConfig:
                               min=1, max=256)
     approximate_above: int = setting(100_000, "codebook size above which the key index is "
                                               "approximate (HNSW); 0: always exact", min=0)
+    use_fact_identity: bool = setting(False, FACT_IDENTITY_HELP)

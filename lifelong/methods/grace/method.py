@@ -18,6 +18,7 @@ from ... import layers
 from ...model import LM
 from ...nethook import Trace, replace_output, rewrite_output
 from ...scoring import batch_target_loss, encode_pairs
+from .._common.facts import as_seen
 from .._common.hooks import Hooks, Served
 from .._common.keys import batch_info, key_positions, position_mask, read_keys
 from .._common.loop import LoopResult, Step, frozen, optimise, receipt
@@ -123,7 +124,7 @@ class Grace(Served, MemoryBase, Retractable):
     # ---- editing ------------------------------------------------------------------------
     def edit(self, requests: Sequence[EditRequest]) -> EditReceipt:
         results, placed = [], []
-        for r in requests:
+        for r in (as_seen(r, self.config.use_fact_identity) for r in requests):
             prompts = [r.prompt] + [p for p in self.book.prompts_of(r.fact) if p != r.prompt]
             keys, values, targets, result = self._train(prompts, [r.target] * len(prompts))
             placed.append(self.book.add({

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ...config import setting
+from .._common.facts import FACT_IDENTITY_HELP
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,13 @@ class WiseFaissConfig:
     protect: bool = setting(True, "train each edit in the null space of the memory's earlier "
                                   "edit keys (AlphaEdit-style; not in the paper), so an edit "
                                   "cannot move the outputs of the edits before it")
-    protect_share: float = setting(0.75, "protect: a memory is full once it holds the keys of "
-                                         "protect_share x key width facts, and the next edit "
+    protect_positions: Literal["all", "last"] = setting(
+        "all", "protect: the positions whose inputs are protected, every real token of the "
+               "edit's prompt and target ('all': where the delta applies on the edit's own "
+               "rows) or its last prompt token only ('last', the variant before v0.2: exact only "
+               "for one-token rows)")
+    protect_share: float = setting(0.75, "protect: a memory is full once its protected keys "
+                                         "span protect_share x the key width, and the next edit "
                                          "opens a new one (both modes; near 1.0 the last edits "
                                          "find too little null space to be written)",
                                    min=0.0, max=1.0)
@@ -79,3 +85,5 @@ class WiseFaissConfig:
                 "re-apply the fact's previous edit if one is left (FAISS router only); rebuild: "
                 "retrain the edit's memory from its log without it (exact, costs one edit per "
                 "edit of that memory); auto: unroute with the FAISS router, else rebuild")
+    use_fact_identity: bool = setting(True, FACT_IDENTITY_HELP + "; ours: on, so a re-edit "
+                                            "replaces the fact's older key")

@@ -21,7 +21,7 @@ class SideMemory:
     mask: torch.Tensor | None = None
     log: list[EditRequest] = field(default_factory=list)   # edits in order
     scores: list[float] = field(default_factory=list)      # edit scores when made
-    keys: dict[str, torch.Tensor] = field(default_factory=dict)  # fact -> last-token key
+    keys: dict[str, torch.Tensor] = field(default_factory=dict)  # fact -> (n, in) keys
     basis: torch.Tensor | None = None  # orthonormal basis of `keys` (None: to recompute)
     in_shard: int = 0
     n_shards: int = 0
@@ -40,15 +40,26 @@ class SideMemory:
         if not any(f != fact for f in self.keys):
             return None
         if fact in self.keys:
-            return orthonormal([k for f, k in self.keys.items() if f != fact])
+            return orthonormal([k for f, ks in self.keys.items() if f != fact for k in ks])
         if self.basis is None:
-            self.basis = orthonormal(list(self.keys.values()))
+            self.basis = orthonormal([k for ks in self.keys.values() for k in ks])
         return self.basis
 
-    def remember_key(self, fact: str, key: torch.Tensor) -> None:
+    def protected_rank(self) -> int:
+        """Dimension of the span protection keeps (what fills a memory's null space)."""
+        basis = self.protected_basis("")
+        return 0 if basis is None else basis.shape[1]
+
+    def remember_key(self, fact: str, keys: torch.Tensor) -> None:
+        """Protect `keys` ((n, in): the fact's activations at the positions its delta
+        applies) from later edits; a re-edit's keys replace the fact's older ones."""
         new = fact not in self.keys
-        self.keys[fact] = key
-        self.basis = extend_basis(self.basis, key) if new and self.basis is not None else None
+        self.keys[fact] = keys
+        if new and self.basis is not None:
+            for k in keys:
+                self.basis = extend_basis(self.basis, k)
+        else:
+            self.basis = None
 
     def forget_key(self, fact: str) -> None:
         del self.keys[fact]
@@ -65,7 +76,8 @@ class SideMemory:
     def from_state(cls, m: dict[str, Any]) -> SideMemory:
         return cls(merged=m["merged"], shards=list(m["shards"]), current=m["current"],
                    mask=m["mask"], log=[EditRequest(**r) for r in m["log"]],
-                   scores=list(m["scores"]), keys=dict(m["keys"]), basis=m["basis"],
+                   scores=list(m["scores"]), basis=m["basis"],
+                   keys={f: k.reshape(-1, k.shape[-1]) for f, k in m["keys"].items()},
                    in_shard=m["in_shard"], n_shards=m["n_shards"])
 
 

@@ -20,6 +20,7 @@ from ...model import LM
 from ...nethook import Trace, rewrite_output
 from ...scoring import encode_pairs, forward_logits
 from .._common.activations import output_scale
+from .._common.facts import as_seen
 from .._common.hooks import Hooks, Served
 from .._common.keys import forward_router_tokens, router_tokens, row_keys, serve_routed
 from .._common.keytable import KeyTable
@@ -170,11 +171,12 @@ class WiseFaiss(Served, MemoryBase, Retractable, Consolidating, Routing):
 
     def _memory_for_edit(self) -> int:
         """The newest memory, or a new one if there is none or the newest is full (retrieve
-        mode: `memory_size` edits; with `protect`: `protect_share` x key width facts' keys)."""
+        mode: `memory_size` edits; with `protect`: its protected keys span `protect_share` x
+        the key width)."""
         last = self.memories[-1] if self.memories else None
         if last is None or (self.config.mode == "retrieve"
                             and len(last.log) >= self.config.memory_size) \
-                or (self.config.protect and len(last.keys) >= self._limit):
+                or (self.config.protect and last.protected_rank() >= self._limit):
             self.memories.append(SideMemory(merged=torch.zeros_like(self.w_main)))
         return len(self.memories) - 1
 
@@ -190,7 +192,7 @@ class WiseFaiss(Served, MemoryBase, Retractable, Consolidating, Routing):
         return mem
 
     def edit(self, requests: Sequence[EditRequest]) -> EditReceipt:
-        results = [self._edit_one(r) for r in requests]
+        results = [self._edit_one(as_seen(r, self.config.use_fact_identity)) for r in requests]
         self.since_merge += len(requests)
         if self.config.merge_every and self.since_merge >= self.config.merge_every:
             self.consolidate()
@@ -211,7 +213,7 @@ class WiseFaiss(Served, MemoryBase, Retractable, Consolidating, Routing):
                         mem.protected_basis(req.fact) if c.protect else None)
         result, step = train_delta(self.lm, self.module, self.hooks, c, self.scale, mem, inputs)
         mem.current = mem.current + step
-        mem.remember_key(req.fact, x_edit[0, int(m_edit[0].nonzero()[-1])].detach().clone())
+        mem.remember_key(req.fact, self._protected_keys(req, x_edit, m_edit))
         mem.in_shard += 1
         mem.log.append(req)
         self._changed()
@@ -219,6 +221,19 @@ class WiseFaiss(Served, MemoryBase, Retractable, Consolidating, Routing):
             mem.scores.append(float(activation_score(x_edit, m_edit, mem.delta())[0]))
         self._add_key(req, x_edit, m_edit, k)
         return result
+
+    @torch.no_grad()
+    def _protected_keys(self, req: EditRequest, x_edit: torch.Tensor,
+                        m_edit: torch.Tensor) -> torch.Tensor:
+        """(n, in) the activations `protect` keeps this edit's outputs at: every real token
+        of its prompt and target (a routed row gets the delta at every token; "all"), or its
+        last prompt token ("last": exact only for a one-token row)."""
+        if self.config.protect_positions == "last":
+            return x_edit[0, int(m_edit[0].nonzero()[-1])].detach().clone().unsqueeze(0)
+        ids, mask, end, _, _ = encode_pairs(self.lm, [req.prompt], [req.target])
+        with self.hooks.suspended(), Trace(self.module, capture="input", stop=True) as tr:
+            forward_logits(self.lm, ids, mask, end)
+        return tr.input[0, mask[0].bool()].detach().clone()
 
     def _add_key(self, req: EditRequest, x: torch.Tensor, mask: torch.Tensor, k: int) -> None:
         """The edit's key goes to the router; a re-edit's key replaces the fact's older ones."""
