@@ -9,6 +9,12 @@ other edit in the same matrix, so it is not Retractable (`no_retraction` says wh
 A batch of edits (`BatchEditing`: `schedule.edit_batch` > 1) is learnt jointly: one
 optimisation of the mean target loss of the batch, as batch FT-L does; each receipt reports
 the batch's figures.
+
+Deviation, named: the loss is the teacher-forced NLL of the target tokens with the prompt
+masked (`scoring.batch_target_loss`), which is FT-M's objective (EasyEdit's ``target_new``;
+`ft-m` is that objective unbounded, with EasyEdit's defaults). ROME's and EasyEdit's FT-L
+(``prompt_last``) score every target token against the logits of the last prompt position
+instead; that objective is not implemented yet. The two agree for one-token targets.
 """
 
 from __future__ import annotations
@@ -55,7 +61,8 @@ class FineTune(MemoryBase, BatchEditing):
 
     name = "ft"
     Config = FTConfig
-    summary = "FT-L: fine-tune one MLP projection per edit (no retraction)"
+    summary = ("FT-L's bounded fine-tuning of one MLP projection per edit, on the masked "
+               "target loss (no retraction)")
     memory_kind = "weights"
     no_retraction = ("ft cannot retract one edit: its change is entangled with every other "
                      "edit in the same weight")
