@@ -12,6 +12,7 @@ import torch
 from conftest import make_tiny_model, tiny_tokenizer
 
 from lifelong import layers
+from lifelong.errors import NotSupported
 from lifelong.methods import AttachContext, EditRequest, build_method
 from lifelong.methods.wise.memory import merge_shards
 from lifelong.model import LM
@@ -153,6 +154,19 @@ def test_retraction_across_a_merge_equals_never_editing():
     assert torch.equal(sa["memories"][0]["merged"], sb["memories"][0]["merged"])
     assert [torch.equal(x["delta"], y["delta"]) for x, y in
             zip(sa["memories"][0]["shards"], sb["memories"][0]["shards"])] == [True]
+
+
+def test_retraction_can_be_refused_and_says_so():
+    """retract = 'unsupported': the method declares no retraction and refuses one, leaving
+    its memories as they were."""
+    a = attached(lm(), shard_size=2, retract="unsupported")
+    assert a.retraction is None and attached(lm(), shard_size=2).retraction == "exact"
+    for r in EDITS[:2]:
+        a.edit([r])
+    before = a.state_dict()["memories"][0]["shards"][0]["delta"].clone()
+    with pytest.raises(NotSupported, match="unsupported"):
+        a.retract("e1")
+    assert torch.equal(a.state_dict()["memories"][0]["shards"][0]["delta"], before)
 
 
 def test_retrieve_mode_opens_a_memory_every_memory_size_edits():

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ... import layers
+from ...errors import NotSupported
 from ...model import LM
 from ...nethook import Trace, rewrite_output
 from ...scoring import encode_pairs, forward_logits
@@ -58,7 +59,10 @@ class Wise(Served, MemoryBase, Retractable, Consolidating, Routing):
     summary = ("WISE (the paper): side FFN memory, activation-score router with margin loss, "
                "shards from one start under random masks, TIES merges (merge/retrieve)")
     memory_kind = "hooks"
-    retraction = "exact"
+
+    @property
+    def retraction(self) -> str | None:  # type: ignore[override]
+        return None if self.config.retract == "unsupported" else "exact"
 
     # ---- lifecycle ----------------------------------------------------------------------
     def attach(self, lm: LM, ctx: AttachContext) -> None:
@@ -224,6 +228,9 @@ class Wise(Served, MemoryBase, Retractable, Consolidating, Routing):
     def retract(self, edit_id: str) -> None:
         """Rebuild the edit's memory from its log without it, merging where it was merged:
         the memory a stream without the edit would have built (exact)."""
+        if self.config.retract == "unsupported":
+            raise NotSupported("wise is configured with retract = 'unsupported' (a rebuild "
+                               "retrains every edit of the memory)")
         k = self.memory_of(edit_id)
         if k is None:
             raise UnknownEdit(f"wise: no active edit {edit_id!r} to retract")
