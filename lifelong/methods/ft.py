@@ -83,13 +83,25 @@ class FineTune(MemoryBase, BatchEditing):
         def step() -> Step:
             loss = batch_target_loss(self.lm, batch)
             value = float(loss.detach())
-            return Step(loss, value, value < self.config.stop_loss)
+            penalty = self._penalty()
+            return Step(loss if penalty is None else loss + penalty, value,
+                        value < self.config.stop_loss)
 
         with frozen(self.lm.model, trainable=[self.weight]):
             result = optimise(opt, step, self.config.steps, fresh_last=False,
                               after_update=self._constrain)
         self.n_edits += len(requests)
-        return receipt([result], self.config.stop_loss, {"layer": self.layer_name})
+        return receipt([result], self.config.stop_loss,
+                       {"layer": self.layer_name, **self._after_edit(requests)})
+
+    def _penalty(self) -> torch.Tensor | None:
+        """A term added to the target loss at every step (none here; `ft-ewc`: EWC). The
+        receipt and the stop rule read the target loss alone."""
+        return None
+
+    def _after_edit(self, requests: Sequence[EditRequest]) -> dict[str, Any]:
+        """Bookkeeping after an edit's optimisation; returns extra receipt detail."""
+        return {}
 
     def edit_batch(self, requests: Sequence[EditRequest]) -> list[EditReceipt]:
         return shared_receipts(self.edit(requests), len(requests))

@@ -42,9 +42,9 @@ import torch
 from ..config import setting
 from ..model import LM
 from ..scoring import batch_target_loss, encode_pairs, forward_logits, next_token_logp
-from ._common.loop import Step, frozen, optimise, receipt
+from ._common.loop import frozen
 from ._locate.stats import context_length, stats_texts
-from .base import EditReceipt, EditRequest, tensor_bytes
+from .base import EditRequest, tensor_bytes
 from .context import AttachContext
 from .ft import FineTune
 
@@ -131,29 +131,15 @@ class FineTuneEWC(FineTune):
         """sum F (w - w*)^2 over the edited weight (float32; gradients flow to `w`)."""
         return (self.fisher * (self.weight.float() - self.anchor.float()).pow(2)).sum()
 
-    # ---- editing --------------------------------------------------------------------------
-    def edit(self, requests: Sequence[EditRequest]) -> EditReceipt:
-        """`ft`'s joint optimisation of the requests' mean target loss plus the EWC penalty
-        (the receipt reports the target loss alone); then F grows by the requests' Fisher and
-        the anchor moves to the new weights."""
-        batch = encode_pairs(self.lm, [r.prompt for r in requests], [r.target for r in requests])
-        opt = torch.optim.Adam([self.weight], lr=self.config.lr)
-        half_lambda = self.config.ewc_lambda / 2
+    # ---- editing: `ft`'s loop, with the penalty added and F and the anchor updated after ----
+    def _penalty(self) -> torch.Tensor:
+        return self.config.ewc_lambda / 2 * self.penalty()
 
-        def step() -> Step:
-            nll = batch_target_loss(self.lm, batch)
-            value = float(nll.detach())
-            return Step(nll + half_lambda * self.penalty(), value, value < self.config.stop_loss)
-
-        with frozen(self.lm.model, trainable=[self.weight]):
-            result = optimise(opt, step, self.config.steps, fresh_last=False,
-                              after_update=self._constrain)
-        self.n_edits += len(requests)
+    def _after_edit(self, requests: Sequence[EditRequest]) -> dict[str, Any]:
+        """F grows by the requests' Fisher and the anchor moves to the new weights."""
         self.fisher = self.fisher + self._edit_fisher(requests)
         self.anchor = self.weight.detach().clone()
-        return receipt([result], self.config.stop_loss,
-                       {"layer": self.layer_name, "fisher_sum": float(self.fisher.sum()),
-                        "fisher_source": self.fisher_source})
+        return {"fisher_sum": float(self.fisher.sum()), "fisher_source": self.fisher_source}
 
     # ---- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -41,13 +41,17 @@ class SideMemory:
             return None
         if fact in self.keys:
             return orthonormal([k for f, ks in self.keys.items() if f != fact for k in ks])
-        if self.basis is None:
+        return self._all_keys_basis()
+
+    def _all_keys_basis(self) -> torch.Tensor | None:
+        """Orthonormal basis of every protected key, cached until the keys change."""
+        if self.basis is None and self.keys:
             self.basis = orthonormal([k for ks in self.keys.values() for k in ks])
         return self.basis
 
     def protected_rank(self) -> int:
         """Dimension of the span protection keeps (what fills a memory's null space)."""
-        basis = self.protected_basis("")
+        basis = self._all_keys_basis()
         return 0 if basis is None else basis.shape[1]
 
     def remember_key(self, fact: str, keys: torch.Tensor) -> None:
