@@ -15,6 +15,15 @@ Roles (the `role` column of the probes table):
     retract   a retracted fact with no active edit left: its prompt, compared with the
               pre-stream model                                          (retraction restores)
     loc       a locality prompt, compared with the pre-stream model    (locality)
+
+A portability probe with aliases (`Probe.aliases`) is one item with several acceptable
+answers (`ProbeItem.answers`): teacher-forced it scores as its best answer, generated it
+matches when the greedy output reproduces any of them (`lifelong.scoring.score_answers`). Its
+row keeps `target` = the canonical answer and adds `tf_answer` (the answer whose teacher-
+forced figures the row holds) and `gen_answer` (the answer generated, NULL if none); rows of
+items with one answer leave both NULL. Items compared with the pre-stream model (loc,
+retract) have one answer: a locality probe's aliases are not used, since what is compared is
+the model's output over the canonical answer's positions, not the answer itself.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .model import LM
-from .scoring import score_pairs
+from .scoring import score_answers, score_pairs
 from .stream import Edit, Event, Probe, Retract
 
 
@@ -39,6 +48,12 @@ class ProbeItem:
     fact: str = ""
     edit_index: int = -1
     against_base: bool = False
+    aliases: tuple[str, ...] = ()  # further acceptable answers (portability probes)
+
+    @property
+    def answers(self) -> tuple[str, ...]:
+        """Every acceptable answer, `target` first; just `target` for items against the base."""
+        return (self.target,) if self.against_base else (self.target, *self.aliases)
 
 
 @dataclass
@@ -151,8 +166,8 @@ def _fact_items(led: Ledger, fact: str) -> list[ProbeItem]:
               for k, p in enumerate(new.rephrases) if p not in trained]
     items += [ProbeItem(f"gen_ood:{new.id}:{k}", "gen_ood", p, new.target, new.id, fact, n)
               for k, p in enumerate(getattr(new, "ood_rephrases", ())) if p not in trained]
-    items += [ProbeItem(f"port:{new.id}:{k}", "port", p.prompt, p.answer, new.id, fact, n)
-              for k, p in enumerate(new.portability)]
+    items += [ProbeItem(f"port:{new.id}:{k}", "port", p.prompt, p.answer, new.id, fact, n,
+                        aliases=p.aliases) for k, p in enumerate(new.portability)]
     older = [led.edits[i] for i in ids if i != new.id and led.order[i] < n]
     for old in older:
         if old.id not in led.retracted:
@@ -200,8 +215,9 @@ def reference_rows(lm: LM, model_key: str, pairs: Sequence[tuple[str, str]],
 
 def run_probes(lm: LM, items: Sequence[ProbeItem], reference: dict, batch_size: int) -> list[dict]:
     """Score `items`. Items against the base compare token for token with `reference`:
-    tf_acc = share of argmax tokens equal to the base's, gen_exact = same greedy output."""
-    scores = score_pairs(lm, [i.prompt for i in items], [i.target for i in items], batch_size)
+    tf_acc = share of argmax tokens equal to the base's, gen_exact = same greedy output.
+    Items with aliases score against every answer (see the module docstring)."""
+    scores = score_answers(lm, [i.prompt for i in items], [i.answers for i in items], batch_size)
     rows = []
     for it, s in zip(items, scores):
         row = {"item": it.item, "role": it.role, "edit_id": it.edit_id, "fact": it.fact,
@@ -215,6 +231,9 @@ def run_probes(lm: LM, items: Sequence[ProbeItem], reference: dict, batch_size: 
                        gen_exact=int(s.gen_ids == base_gen))
         else:
             row.update(tf_acc=s.tf_acc, tf_exact=int(s.tf_exact), gen_exact=int(s.gen_exact))
+        if len(it.answers) > 1:
+            row.update(tf_answer=it.answers[s.tf_alias],
+                       gen_answer=None if s.gen_alias is None else it.answers[s.gen_alias])
         rows.append(row)
     return rows
 

@@ -6,6 +6,10 @@ that editing methods optimise.
 - generated: greedy decoding from the prompt must reproduce the target's tokens exactly
   (the stricter protocol).
 
+An item may have several acceptable answers (aliases, `score_answers`): teacher-forced it
+scores as its best answer, generated it matches when the greedy continuation reproduces any
+of them; `score_pairs` is the case of one answer each.
+
 Batches are left padded with explicit position ids, so every row's last position is a real
 token and results do not depend on which other rows share the batch (up to float rounding
 of padded matmuls, which argmax comparisons absorb in practice). Generation recomputes the
@@ -26,7 +30,10 @@ from .model import LM, ForwardInfo
 class PairScore:
     """One scored pair. `tf_pred` are the argmax tokens at the target positions (teacher-
     forced); `gen_ids` the greedily generated tokens (as many as the target has); `nll` the
-    mean negative log-likelihood of the target tokens, teacher-forced (exp(nll): perplexity)."""
+    mean negative log-likelihood of the target tokens, teacher-forced (exp(nll): perplexity).
+    With several answers (`score_answers`), `tf_alias` is the index of the answer whose
+    teacher-forced figures these are, `gen_alias` that of the first answer the generation
+    reproduced (None: none did)."""
 
     tf_acc: float
     tf_exact: bool
@@ -36,6 +43,8 @@ class PairScore:
     gen_ids: tuple[int, ...]
     target_ids: tuple[int, ...]
     nll: float = float("nan")
+    tf_alias: int = 0
+    gen_alias: int | None = None
 
 
 def tokenize_pair(lm: LM, prompt: str, target: str) -> tuple[list[int], list[int]]:
@@ -151,17 +160,57 @@ def score_pairs(lm: LM, prompts: Sequence[str], targets: Sequence[str],
     """
     if len(prompts) != len(targets):
         raise ValueError("prompts and targets differ in length")
-    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]) + len(targets[i]), i))
-    results: list[PairScore | None] = [None] * len(prompts)
+    return score_answers(lm, prompts, [(t,) for t in targets], batch_size)
+
+
+def score_answers(lm: LM, prompts: Sequence[str], answers: Sequence[Sequence[str]],
+                  batch_size: int = 128) -> list[PairScore]:
+    """Score every prompt against its acceptable answers (at least one each), in input order.
+
+    Teacher-forced: every (prompt, answer) pair is scored as a single target is, all of them
+    in the same length-sorted batches; a prompt's figures (tf_acc, tf_exact, nll, tf_pred,
+    target_ids) are those of its best answer: highest token accuracy, then lowest nll, then
+    the first (`tf_alias`). Generated: one greedy continuation per prompt, as long as its
+    longest answer; it matches when it begins with any answer's tokens (`gen_alias`: the
+    first such answer). gen_ids / gen_text are the continuation cut to the length of the
+    matched answer (of the first answer when none matched).
+    """
+    if len(prompts) != len(answers):
+        raise ValueError("prompts and answers differ in length")
+    if any(not a for a in answers):
+        raise ValueError("every prompt needs at least one answer")
+    flat = [(i, a) for i, al in enumerate(answers) for a in al]
+    toks = [tokenize_pair(lm, prompts[i], a) for i, a in flat]  # tokenized once
+    tf: list = [None] * len(flat)
+    order = sorted(range(len(flat)), key=lambda k: (len(prompts[flat[k][0]]) + len(flat[k][1]), k))
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        pairs = [tokenize_pair(lm, prompts[i], targets[i]) for i in idx]  # tokenized once
-        tf = _teacher_forced(lm, pairs)
-        gens = _generate(lm, [p for p, _ in pairs], [len(t) for _, t, _ in tf])
-        for i, (pred, gold, nll), gen in zip(idx, tf, gens):
-            hits = sum(a == b for a, b in zip(pred, gold))
-            results[i] = PairScore(
-                tf_acc=hits / max(len(gold), 1), tf_exact=pred == gold, gen_exact=gen == gold,
-                gen_text=lm.tok.decode(list(gen)).strip(), tf_pred=pred, gen_ids=gen,
-                target_ids=gold, nll=nll)
-    return results  # type: ignore[return-value]
+        for k, got in zip(idx, _teacher_forced(lm, [toks[k] for k in idx])):
+            tf[k] = got
+    rows: list[list[int]] = [[] for _ in prompts]  # prompt -> its indices into flat
+    for k, (i, _) in enumerate(flat):
+        rows[i].append(k)
+    gens: list = [None] * len(prompts)
+    order = sorted(range(len(prompts)),
+                   key=lambda i: (len(prompts[i]) + max(len(a) for a in answers[i]), i))
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        lengths = [max(len(tf[k][1]) for k in rows[i]) for i in idx]
+        for i, gen in zip(idx, _generate(lm, [toks[rows[i][0]][0] for i in idx], lengths)):
+            gens[i] = gen
+    return [_best(lm, [tf[k] for k in ks], gens[i]) for i, ks in enumerate(rows)]
+
+
+def _best(lm: LM, tf: list[tuple], gen: tuple[int, ...]) -> PairScore:
+    """One prompt's score from its answers' teacher-forced results (pred, gold, nll) and its
+    greedy continuation."""
+    acc = [sum(a == b for a, b in zip(pred, gold)) / max(len(gold), 1) for pred, gold, _ in tf]
+    nan_last = [nll if nll == nll else float("inf") for _, _, nll in tf]  # nan: no target token
+    best = min(range(len(tf)), key=lambda j: (-acc[j], nan_last[j], j))
+    match = next((j for j, (_, gold, _) in enumerate(tf) if gen[:len(gold)] == gold), None)
+    cut = gen[:len(tf[0 if match is None else match][1])]
+    pred, gold, nll = tf[best]
+    return PairScore(
+        tf_acc=acc[best], tf_exact=pred == gold, gen_exact=match is not None,
+        gen_text=lm.tok.decode(list(cut)).strip(), tf_pred=pred, gen_ids=cut, target_ids=gold,
+        nll=nll, tf_alias=best, gen_alias=match)

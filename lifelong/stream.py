@@ -1,4 +1,5 @@
-"""Edit streams: event types, a strict and friendly JSONL parser/validator, and a serializer.
+"""Edit streams: a strict and friendly JSONL parser/validator, and a serializer (the event
+types are in `lifelong.events`, re-exported here).
 
 A stream is UTF-8 JSONL, one event object per line; blank lines are ignored. Every problem is
 reported as one line `FILE:LINE: field: what is wrong` (LINE is 1-based, 0 for whole-file
@@ -21,11 +22,16 @@ import math
 import os
 import types
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, ClassVar
+from typing import Any
 
 from .errors import StreamError
+from .events import Edit, Event, Merge, Probe, Query, Retract, event_to_dict
+
+__all__ = ["KINDS", "MAX_CHARS", "MAX_ITEMS", "Edit", "Event", "Merge", "ParsedStream", "Probe",
+           "Query", "Retract", "dump_stream", "event_to_dict", "load_events_from_dicts",
+           "parse_stream", "parse_time", "read_bytes", "validate_stream"]
 
 MAX_CHARS = 4096  # per string
 MAX_ITEMS = 256  # per list
@@ -44,78 +50,6 @@ _JSON_TYPES = types.MappingProxyType({
     list: "array", tuple: "array", dict: "object"})
 _REQUIRED = types.MappingProxyType({
     "edit": ("prompt", "target"), "retract": ("edit_id",), "query": ("prompt",), "merge": ()})
-
-
-# ----------------------------------------------------------------------------- event types
-
-@dataclass(frozen=True)
-class Probe:
-    """A prompt and the answer expected for it (locality / portability checks)."""
-    prompt: str
-    answer: str
-
-
-@dataclass(frozen=True)
-class _EventBase:
-    """Fields every event has: `t` is UTC epoch seconds; `line` is the 1-based source line
-    (0 when built in code) and is not part of equality."""
-    kind: ClassVar[str] = ""
-    id: str
-    t: float
-    line: int = field(default=0, compare=False, kw_only=True)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "t", float(self.t))
-
-
-@dataclass(frozen=True)
-class Edit(_EventBase):
-    """Set `fact` to `target` given `prompt`. `fact` defaults to `id`; two edits with the same
-    fact are a re-edit and the later one wins. `meta` is free-form (compared by value)."""
-    kind: ClassVar[str] = "edit"
-    prompt: str
-    target: str
-    subject: str | None = None
-    fact: str = ""
-    rephrases: tuple[str, ...] = ()
-    locality: tuple[Probe, ...] = ()
-    ood_rephrases: tuple[str, ...] = ()
-    portability: tuple[Probe, ...] = ()
-    previous: str | None = None
-    meta: dict = field(default_factory=dict, hash=False)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for name in ("rephrases", "ood_rephrases", "locality", "portability"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-        object.__setattr__(self, "fact", self.fact or self.id)
-        object.__setattr__(self, "meta", dict(self.meta or {}))
-
-
-@dataclass(frozen=True)
-class Retract(_EventBase):
-    """Undo the edit `edit_id` (which precedes this event in replay order)."""
-    kind: ClassVar[str] = "retract"
-    edit_id: str
-
-
-@dataclass(frozen=True)
-class Query(_EventBase):
-    """A probe asked by the stream itself; `answer` is the expected answer, if known, and
-    `fact` the fact it asks about, if known (a seeded replay order keeps it with that fact)."""
-    kind: ClassVar[str] = "query"
-    prompt: str
-    answer: str | None = None
-    fact: str | None = None
-
-
-@dataclass(frozen=True)
-class Merge(_EventBase):
-    """Force a consolidation of the memory subsystem."""
-    kind: ClassVar[str] = "merge"
-
-
-Event = Edit | Retract | Query | Merge
 
 
 @dataclass(frozen=True)
@@ -182,15 +116,40 @@ def _item_text(errs: list, where: str, v: Any) -> Any:
 
 
 def _item_probe(errs: list, where: str, v: Any) -> Probe | None:
-    """A probe is an object with exactly a non-empty `prompt` and `answer`."""
+    """A probe is an object with exactly a non-empty `prompt` and `answer`; the answer is a
+    string or a list of distinct strings (aliases, the canonical one first)."""
     if not isinstance(v, dict):
         errs.append((where, f"must be an object with prompt and answer (got {_json_type(v)})"))
         return None
     errs.extend((f"{where}.{k}", "unknown field") for k in v if k not in ("prompt", "answer"))
-    for k in ("prompt", "answer"):
-        why = "missing" if k not in v else _text_problem(v[k])
-        errs.extend([(f"{where}.{k}", why)] if why else [])
-    return Probe(v.get("prompt"), v.get("answer"))
+    why = "missing" if "prompt" not in v else _text_problem(v["prompt"])
+    errs.extend([(f"{where}.prompt", why)] if why else [])
+    answers = _answers(errs, f"{where}.answer", v.get("answer", _ABSENT))
+    return Probe(v.get("prompt"), answers[0], answers[1:]) if answers else None
+
+
+_ABSENT = object()
+
+
+def _answers(errs: list, where: str, v: Any) -> tuple[str, ...]:
+    """A probe's answer: a string, or a non-empty list of distinct strings -> all answers
+    (empty when there is a problem)."""
+    if v is _ABSENT or isinstance(v, str):
+        why = "missing" if v is _ABSENT else _text_problem(v)
+        errs.extend([(where, why)] if why else [])
+        return () if why else (v,)
+    if not isinstance(v, (list, tuple)) or not v:
+        got = "an empty list" if isinstance(v, (list, tuple)) else _json_type(v)
+        errs.append((where, f"must be a non-empty string or a non-empty list of strings (got {got})"))
+        return ()
+    if len(v) > MAX_ITEMS:
+        errs.append((where, f"more than {MAX_ITEMS} items ({len(v)})"))
+        return ()
+    before, name = len(errs), where.rsplit(".", 1)[-1]
+    for i, x in enumerate(v):
+        why = _text_problem(x) or (f"duplicate of {name}[{v.index(x)}]" if v.index(x) < i else None)
+        errs.extend([(f"{where}[{i}]", why)] if why else [])
+    return tuple(v) if len(errs) == before else ()
 
 
 def _meta(errs: list, obj: dict) -> dict:
@@ -460,35 +419,6 @@ def load_events_from_dicts(rows: Iterable[Any], source: str = "<memory>", *,
     """Same validation as `parse_stream`, from dicts; row i (0-based) is reported as line i+1."""
     return _finish(source, [_row_from_obj(obj, i) for i, obj in enumerate(rows, start=1)],
                    skip_bad, sort)
-
-
-def _num(t: float) -> int | float:
-    return int(t) if t.is_integer() and abs(t) < 2 ** 53 else t
-
-
-def event_to_dict(ev: Event) -> dict:
-    """The JSON object for `ev`: `t` in seconds; empty/None optional fields and a `fact` equal
-    to the id are omitted."""
-    d: dict[str, Any] = {"kind": ev.kind, "id": ev.id, "t": _num(float(ev.t))}
-    if isinstance(ev, Edit):
-        d.update(prompt=ev.prompt, target=ev.target)
-        opt = {"subject": ev.subject, "fact": ev.fact if ev.fact != ev.id else None,
-               "rephrases": list(ev.rephrases), "ood_rephrases": list(ev.ood_rephrases),
-               "locality": [{"prompt": p.prompt, "answer": p.answer} for p in ev.locality],
-               "portability": [{"prompt": p.prompt, "answer": p.answer} for p in ev.portability],
-               "previous": ev.previous, "meta": dict(ev.meta)}
-        d.update((k, v) for k, v in opt.items() if v)
-    elif isinstance(ev, Retract):
-        d["edit_id"] = ev.edit_id
-    elif isinstance(ev, Query):
-        d["prompt"] = ev.prompt
-        if ev.answer is not None:
-            d["answer"] = ev.answer
-        if ev.fact is not None:
-            d["fact"] = ev.fact
-    elif not isinstance(ev, Merge):
-        raise TypeError(f"not a stream event: {type(ev).__name__}")
-    return d
 
 
 def dump_stream(events: Iterable[Event], path: str | os.PathLike) -> None:

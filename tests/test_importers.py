@@ -164,9 +164,9 @@ def test_knowedit_layouts(tmp_path):
     assert cf["meta"]["locality_groups"] == {"Relation_Specificity": 1, "Forgetfulness": 1}
     assert [p["answer"] for p in cf["locality"]] == ["male", "mayor of Vienna"]
     assert "previous" not in recent and recent["rephrases"] == ["Leo Arons died in"]
-    assert [p["answer"] for p in recent["portability"]] == ["no", "Europe"]
-    assert recent["meta"]["portability_aliases"] == {
-        "0": ["no", "incorrect", "false"], "1": ["Europe", "European continent", "Old Continent"]}
+    assert [p["answer"] for p in recent["portability"]] == [  # aliases on the probe itself
+        ["no", "incorrect", "false"], ["Europe", "European continent", "Old Continent"]]
+    assert "portability_aliases" not in recent["meta"]
     assert recent["locality"] == [{"prompt": "The name of the father of Leo Arons is", "answer": "Albert Arons"}]
 
 
@@ -264,11 +264,11 @@ def test_lists_and_strings_are_interchangeable_where_the_formats_allow(tmp_path)
     (ev,) = run([as_lists], tmp_path, format="counterfact").events
     assert ev["previous"] == "basketball" and ev["meta"]["previous_aliases"] == ["basketball", "hoops"]
     assert ev["rephrases"] == ["a is", "b is"] and ev["target"] == "baseball"
-    assert [p["answer"] for p in ev["locality"]] == ["basketball", "basketball"]
-    assert ev["meta"]["locality_aliases"] == {"0": ["basketball", "hoops"]}
+    assert [p["answer"] for p in ev["locality"]] == [["basketball", "hoops"], "basketball"]
+    assert "locality_aliases" not in ev["meta"]
     one = dict(ZSRE[0], answers="uniform", loc_ans=["Mike Myers", "Michael Myers"])
     (ev,) = run([one], tmp_path, format="zsre").events
-    assert ev["previous"] == "uniform" and ev["locality"][0]["answer"] == "Mike Myers"
+    assert ev["previous"] == "uniform" and ev["locality"][0]["answer"] == ["Mike Myers", "Michael Myers"]
     kn = copy.deepcopy(KNOWEDIT[0])
     kn["ground_truth"] = "Aspidoceratidae"
     kn["locality"] = [{"prompt": ["p one", "p two"], "ground_truth": "genus"}]  # bare list, prompt list

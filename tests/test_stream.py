@@ -48,7 +48,8 @@ scalars = (st.none() | st.booleans() | st.integers(-2 ** 60, 2 ** 60)
 metas = st.dictionaries(st.text(max_size=6), st.recursive(
     scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=4), c, max_size=3),
     max_leaves=6), max_size=3)
-probes = st.builds(Probe, text, text)
+probes = st.builds(lambda p, answers: Probe(p, answers[0], tuple(answers[1:])),  # answers: aliases
+                   text, st.lists(text, min_size=1, max_size=3, unique=True))
 
 
 @st.composite

@@ -35,10 +35,18 @@ Text: every string is taken with surrounding whitespace removed (the stream join
 and target with one space), never truncated: a string longer than the stream format's
 MAX_CHARS is a problem of its record. Tolerated: extra keys, missing optional fields, a
 string where a list is allowed and the other way round, answers as strings, lists or lists
-of alias lists, empty optional strings (treated as absent). A locality/portability probe
-whose answer is empty is dropped with a note (the record's edit stays). Required fields that
-are missing, empty or of the wrong type are problems `FILE:RECORD: FIELD: what is wrong`;
-every bad record is listed in one `StreamError`, or skipped and counted with `skip_bad`.
+of alias lists, empty optional strings (treated as absent). A locality/portability answer
+with several aliases keeps them all on the probe (the stream's list form of `answer`, first
+alias canonical, duplicates removed); a probe whose answer is empty is dropped with a note
+(the record's edit stays). Required fields that are missing, empty or of the wrong type are
+problems `FILE:RECORD: FIELD: what is wrong`; every bad record is listed in one
+`StreamError`, or skipped and counted with `skip_bad`.
+
+Nothing is dropped silently: the summary line of `lifelong streams import` counts invalid
+records skipped, probes dropped (empty answers, probe fields the format does not read) and
+the input keys not carried over into the stream, with the number of records that had each
+(`ImportResult.left_out`: top-level keys the format does not map, such as zsRE's `cond`, and
+keys of KnowEdit probe objects besides prompt and answer).
 """
 
 from __future__ import annotations

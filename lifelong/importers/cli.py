@@ -43,10 +43,15 @@ def streams_import(input_file, output, fmt, spacing, start, shuffle, seed, edits
                    f"that format {result.format} reads, but {unread['probes']} under field(s) "
                    f"it does not read ({', '.join(unread['fields'])}); another --format may "
                    "read them", err=True)
+    why = f" ({len(result.notes)} with an empty answer, {unread['probes']} under fields the " \
+        "format does not read)" if result.dropped else ""
+    left = result.left_out
+    keys = " (" + ", ".join(f"{k} in {_count(n, 'record')}" for k, n in left.items()) + ")" if left else ""
     click.echo(f"{output}: {len(result.events)} edits from {result.records} records of "
                f"{input_file} (format {result.format}, {order}); "
                f"{_count(len(result.skipped), 'invalid record')} skipped, "
-               f"{_count(result.dropped, 'probe')} dropped")
+               f"{_count(result.dropped, 'probe')} dropped{why}, "
+               f"{_count(len(left), 'input key')} not carried over{keys}")
 
 
 def _count(n: int, what: str) -> str:

@@ -4,8 +4,9 @@ timestamps, and the `Format` descriptor that every format module fills in.
 A converter gets a `_Rec` (one record: its object, number, problems and notes) and builds
 the stream fields with `_text` / `_texts` / `_answer` / `_target` (strings stripped, never
 truncated; a wrong type, a missing required field or a string longer than MAX_CHARS is a
-problem of the record) and `_Probes` (locality / portability probes with their groups and
-aliases; a probe whose answer is empty is dropped with a note).
+problem of the record) and `_Probes` (locality / portability probes with their groups; an
+answer with several aliases becomes the probe's list of answers, the first alias canonical; a
+probe whose answer is empty is dropped with a note).
 """
 
 from __future__ import annotations
@@ -76,13 +77,21 @@ def _jtype(v: Any) -> str:
 
 class _Rec:
     """One record being converted: its object, number, problems and notes; `read` holds the
-    top-level keys the converter asked for (so fields it never looked at can be told)."""
+    top-level keys the converter asked for (so fields it never looked at can be told) and
+    `left_out` the nested keys it saw and did not carry over (`locality.NAME[].KEY`)."""
 
     def __init__(self, obj: dict, n: int):
         self.obj, self.n = obj, n
         self.errs: list[tuple[str, str]] = []
         self.notes: list[tuple[str, str]] = []
         self.read: set[str] = set()
+        self.left_out: set[str] = set()
+
+    def not_carried(self) -> list[str]:
+        """Keys of the record that are not in its edit: top-level keys never read (`case_id`
+        goes to meta) and the nested keys in `left_out`, sorted."""
+        top = {k for k in self.obj if k not in self.read and k != "case_id"}
+        return sorted(top | self.left_out)
 
     def get(self, path: str, obj: Any = _MISSING) -> Any:
         """The value at a dotted path (`_MISSING` where any step is absent or null)."""
@@ -202,13 +211,13 @@ def _target(rec: _Rec, where: str, v: Any) -> str | None:
 
 
 class _Probes:
-    """Probes being collected for one stream field, with their groups and aliases."""
+    """Probes being collected for one stream field, with their groups. A probe's `answer`
+    is its one answer, or the list of its aliases when it has several (first: canonical)."""
 
     def __init__(self, rec: _Rec, field_name: str):
         self.rec, self.field = rec, field_name
         self.items: list[dict] = []
         self.groups: dict[str, int] = {}
-        self.aliases: dict[str, list[str]] = {}
 
     def add(self, where_p: str, prompts: list[str], where_a: str, answer: str | None,
             aliases: list[str], group: str = "") -> None:
@@ -216,10 +225,12 @@ class _Probes:
             for _ in prompts:
                 self.rec.notes.append((where_a, f"empty answer; {self.field} probe dropped"))
             return
+        if len(aliases) > MAX_ITEMS:
+            self.rec.problem(where_a, f"{len(aliases)} aliases, more than the stream format's "
+                                      f"limit of {MAX_ITEMS}")
+            return
         for p in prompts:
-            if len(aliases) > 1:
-                self.aliases[str(len(self.items))] = list(aliases)
-            self.items.append({"prompt": p, "answer": answer})
+            self.items.append({"prompt": p, "answer": list(aliases) if len(aliases) > 1 else answer})
             if group:
                 self.groups[group] = self.groups.get(group, 0) + 1
 
@@ -274,6 +285,7 @@ class _Probes:
                     rec.problem(w, f"must be an object with prompt and ground_truth (got {_jtype(it)})")
                     continue
                 akey = "ground_truth" if "ground_truth" in it or "answer" not in it else "answer"
+                self.rec.left_out.update(f"{key}.{name}[].{k}" for k in it if k not in ("prompt", akey))
                 prompts = _texts(rec, f"{w}.prompt", rec.get("prompt", it), required=True)
                 if rec.get(akey, it) is _MISSING:
                     rec.problem(f"{w}.ground_truth", "missing (required)")
@@ -290,8 +302,6 @@ class _Probes:
             out[self.field] = self.items
         if groups and self.groups:
             meta[f"{self.field}_groups"] = self.groups
-        if self.aliases:
-            meta[f"{self.field}_aliases"] = self.aliases
 
 
 def _previous(rec: _Rec, where: str, v: Any, out: dict, meta: dict) -> None:

@@ -51,7 +51,9 @@ class ImportResult:
     `skipped` has one problem line per skipped record, `notes` one line per dropped probe.
     `unread` counts what the format never looked at although it looks like probes: records
     with locality/portability under fields of other names (and no probe read), the probes
-    in them, and those fields' names. Probes dropped in all: `len(notes) + unread probes`."""
+    in them, and those fields' names. Probes dropped in all: `len(notes) + unread probes`.
+    `left_out`: input key -> how many of the records in `events` have it and did not carry it
+    over (top-level keys the format does not map, nested probe keys as `FIELD.NAME[].KEY`)."""
 
     source: str
     format: str
@@ -60,6 +62,7 @@ class ImportResult:
     skipped: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     unread: dict = field(default_factory=lambda: {"records": 0, "probes": 0, "fields": ()})
+    left_out: dict = field(default_factory=dict)
 
     @property
     def dropped(self) -> int:
@@ -161,6 +164,7 @@ def convert_records(records: list[tuple[int, Any]], source: str,
             problems += lines
             firsts.append(lines[0])
         else:
+            ev["_left_out"] = rec.not_carried()
             events.append(ev)
             missed = {} if ev.get("locality") or ev.get("portability") else _unread_probes(rec)
             unread_records += bool(missed)
@@ -181,6 +185,9 @@ def convert_records(records: list[tuple[int, Any]], source: str,
     if opts.edits is not None:
         events = events[:opts.edits]
     probes = sum(len(ev.get("locality", ())) + len(ev.get("portability", ())) for ev in events)
+    left_out: dict[str, int] = {}
+    for key in (k for ev in events for k in ev["_left_out"]):
+        left_out[key] = left_out.get(key, 0) + 1
     info = {"records": unread_records, "probes": sum(unread.values()), "fields": tuple(sorted(unread))}
     if unread_records and not probes:
         raise StreamError(_unread_message(source, name, detected, len(events), info), [])
@@ -194,7 +201,7 @@ def convert_records(records: list[tuple[int, Any]], source: str,
     events = [{key: ev[key] for key in _ORDER if key in ev} for ev in events]
     load_events_from_dicts(events, source=f"{source} (converted)")  # raises on a bug
     return ImportResult(source, name, len(records), tuple(events), tuple(firsts), tuple(notes),
-                        info)
+                        info, dict(sorted(left_out.items())))
 
 
 #: top-level keys that hold locality or portability probes in one format or another

@@ -10,7 +10,8 @@ format             mapping
 counterfact        EasyEdit CounterFact. prompt, target <- target_new, previous <-
                    ground_truth, rephrases <- rephrase_prompt, locality <- (locality_prompt,
                    locality_ground_truth), portability <- (portability_prompt,
-                   portability_ground_truth) where present; meta.case_id <- case_id.
+                   portability_ground_truth) where present (an answer given as a list of
+                   aliases: the probe's answer list); meta.case_id <- case_id.
 rome-counterfact   ROME CounterFact. prompt <- requested_rewrite.prompt with the subject in
                    its "{}", target <- target_new.str, previous <- target_true.str, fact <-
                    subject|relation_id, rephrases <- paraphrase_prompts, locality <-
@@ -93,6 +94,7 @@ def _rome_counterfact(rec: _Rec, opts: ImportOptions) -> dict:
         loc.add(key, prompts, needs, answer, [answer] if answer else [], kind)
     loc.into(out, meta)
     if "pararel_idx" in rec.obj:
+        rec.read.add("pararel_idx")
         meta["pararel_idx"] = rec.obj["pararel_idx"]
     return {**out, "meta": meta}
 

@@ -12,9 +12,10 @@ knowedit           KnowEdit ZsRE / WikiData-CounterFact / WikiData-Recent (and W
                    locality{name: [{prompt, ground_truth}]}, portability <- every probe of
                    portability{name: [...]}, in the file's order; meta.locality_groups /
                    portability_groups give each name's count in that order (so probe i's
-                   kind is recoverable); answers that are lists (of lists) of aliases use
-                   the first alias, all aliases in meta.locality_aliases /
-                   portability_aliases {index: [...]}.
+                   kind is recoverable); an answer that is a list (of lists) of aliases
+                   keeps them all on the probe (its `answer` list, the first alias
+                   canonical); previous keeps the first of several ground_truth values,
+                   all of them in meta.previous_aliases.
 =================  ========================================================================
 """
 

@@ -8,7 +8,10 @@ format             mapping
 zsre               MEND/ROME zsRE. prompt <- src, target <- alt, previous <- answers[0]
                    (all answers in meta.previous_aliases when there are several),
                    rephrases <- rephrase (string or list), locality <- (loc, loc_ans),
-                   kept verbatim including the "nq question:" prefix; meta.pred <- pred.
+                   kept verbatim including the "nq question:" prefix (several loc_ans
+                   aliases: the probe's answer list); meta.pred <- pred. Not carried
+                   over: cond (the old value, new value and prompt again), counted in the
+                   import's summary line.
 =================  ========================================================================
 """
 
