@@ -37,13 +37,21 @@ Where it differs from the paper (`setting` help says "paper: ..."):
   negation does) with step 1 scaled so its delta is the size of `ft`'s L-infinity box
   (Adam moves each entry about `forget_lr` per step: 10 x 2e-3 = 2e-2).
 
-Left out: the LoRA variants (LoRA-forget with LoRA or full learning); they wait for the LoRA
-method. Not retractable: forgetting and learning both land in the shared weight.
+`tuner = "lora"` is the paper's LoRA variant (LoRA forgetting, then LoRA learning), on the
+same projection, with `lora`'s `LoraAdapter` (peft, an optional extra; rank 8, alpha 32,
+dropout 0.1: the `lora` method's defaults): step 1 trains a fresh adapter on the old values
+(`forget_steps`, `forget_lr`) and step 2 subtracts lam times its delta from the weight the
+learning adapter is added to; step 3 trains the learning adapter, one for the whole stream
+(as `lora`), merged into the weight after every edit. `norm_constraint` does not apply
+(the rank bounds the change). State: also the adapter and its shifted base weight.
+Left out: LoRA forgetting with full learning. Not retractable: forgetting and learning both
+land in the shared weight.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -52,10 +60,11 @@ import torch
 from ..config import setting
 from ..model import LM
 from ..scoring import batch_target_loss, encode_pairs
-from ._common.loop import Step, frozen, optimise
+from ._common.loop import LoopResult, Step, frozen, optimise
 from .base import EditReceipt, EditRequest
 from .context import AttachContext
 from .ft import FineTune
+from .lora import LoraAdapter, LoRAConfig
 
 
 @dataclass(frozen=True)
@@ -65,9 +74,13 @@ class FLearningConfig:
     module: str = setting("mlp.out", "which projection of the layer to fine-tune (paper: every "
                                      "weight of the model)",
                           choices=("mlp.out", "mlp.in", "attn.out"))
+    tuner: str = setting("full", "what forgets and learns: full, the projection's weight itself; "
+                                 "lora, a LoRA adapter on it (rank 8, alpha 32, dropout 0.1, as "
+                                 "the `lora` method; needs peft) (paper: both)",
+                         choices=("full", "lora"))
     forget: bool = setting(True, "forget the previous value before learning the new one; false: "
                                  "the learning step alone (`ft` with the same settings, the "
-                                 "control)")
+                                 "control; tuner lora: LoRA learning alone)")
     forget_steps: int = setting(10, "Adam steps fine-tuning on (prompt -> previous value), all "
                                     "of them: no early stop (paper: fine-tunes on the whole "
                                     "old-knowledge set)", min=1, max=10_000)
@@ -84,15 +97,16 @@ class FLearningConfig:
                                                   "after every learning update as in ft (none: "
                                                   "unbounded, as in the paper; unbounded "
                                                   "fine-tuning wrecks the built-in model within "
-                                                  "a few edits)")
+                                                  "a few edits; tuner lora: not applied)")
     stop_loss: float = setting(0.05, "stop the learning fine-tune once the edit's target loss is "
                                      "below this (as ft)", min=0.0)
 
 
 class FLearning(FineTune):
     """F-Learning (module docstring). State: the edited weight, the number of edits, of
-    requests whose old value was forgotten and of those whose forgetting was skipped.
-    Footprint: the bytes of the weight (the forgetting fine-tune's copies are transient)."""
+    requests whose old value was forgotten and of those whose forgetting was skipped (tuner
+    lora: also the adapter). Footprint: the bytes of the weight, and the adapter's (the
+    forgetting fine-tune's copies are transient)."""
 
     name = "f-learning"
     Config = FLearningConfig
@@ -105,6 +119,12 @@ class FLearning(FineTune):
         super().attach(lm, ctx)
         self.n_forgotten = 0
         self.n_forget_skipped = 0
+        self.adapter = None
+        if self.config.tuner == "lora":
+            d = LoRAConfig()
+            self.adapter = LoraAdapter(lm.model, [self.layer_name], rank=d.rank, alpha=d.alpha,
+                                       dropout=d.dropout, seed=self.seed,
+                                       who='f-learning with tuner = "lora"')
 
     def edit(self, requests: Sequence[EditRequest]) -> EditReceipt:
         """Forget the previous values the requests carry, then learn the targets as `ft`
@@ -123,17 +143,30 @@ class FLearning(FineTune):
         return replace(learnt, detail={**learnt.detail, **detail})
 
     def _forget(self, old: Sequence[EditRequest]) -> dict[str, Any]:
-        """Steps 1 and 2: W <- W - lam * (W fine-tuned on the old values - W). Whatever
-        happens in the fine-tune, W is reset before the subtraction (or the error)."""
+        """Steps 1 and 2: W <- W - lam * (W fine-tuned on the old values - W); with LoRA,
+        the learning adapter's base weight <- itself - lam * (a fresh adapter's delta)."""
         batch = encode_pairs(self.lm, [r.prompt for r in old], [r.previous for r in old])
-        weight = self.weight
-        before = weight.detach().clone()
-        opt = torch.optim.Adam([weight], lr=self.config.forget_lr)
 
         def step() -> Step:
             loss = batch_target_loss(self.lm, batch)
             return Step(loss, float(loss.detach()))  # a fixed number of steps: no stop
 
+        cfg = self.config
+        if self.adapter is not None:
+            fit = self.adapter.subtract_fitted(step, cfg.forget_steps, cfg.forget_lr, cfg.lam,
+                                               "forget:" + ",".join(r.edit_id for r in old))
+        else:
+            fit = self._forget_full(step)
+        with torch.no_grad():
+            old_loss = float(batch_target_loss(self.lm, batch))
+        return {"forget_steps": fit.steps, "old_loss_before": fit.first,
+                "old_loss_after_forget": old_loss}
+
+    def _forget_full(self, step: Callable[[], Step]) -> LoopResult:
+        """Whatever happens in the fine-tune, W is reset before the subtraction (or the error)."""
+        weight = self.weight
+        before = weight.detach().clone()
+        opt = torch.optim.Adam([weight], lr=self.config.forget_lr)
         try:
             with frozen(self.lm.model, trainable=[weight]):
                 fit = optimise(opt, step, self.config.forget_steps, fresh_last=False)
@@ -144,15 +177,29 @@ class FLearning(FineTune):
             weight.grad = None
         with torch.no_grad():
             weight.copy_(before - self.config.lam * delta_old)
-            old_loss = float(batch_target_loss(self.lm, batch))
-        return {"forget_steps": fit.steps, "old_loss_before": fit.first,
-                "old_loss_after_forget": old_loss}
+        return fit
+
+    def _tuning(self, requests: Sequence[EditRequest]
+                ) -> contextlib.AbstractContextManager[list[torch.nn.Parameter]]:
+        if self.adapter is None:
+            return super()._tuning(requests)
+        return self.adapter.tuning("learn:" + ",".join(r.edit_id for r in requests))
+
+    def _constrain(self) -> None:
+        if self.adapter is None:
+            super()._constrain()
 
     def state_dict(self) -> dict[str, Any]:
+        adapter = {} if self.adapter is None else {"adapter": self.adapter.state_dict()}
         return {**super().state_dict(), "n_forgotten": self.n_forgotten,
-                "n_forget_skipped": self.n_forget_skipped}
+                "n_forget_skipped": self.n_forget_skipped, **adapter}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
+        if self.adapter is not None:
+            self.adapter.load_state_dict(state["adapter"])
         self.n_forgotten = int(state["n_forgotten"])
         self.n_forget_skipped = int(state["n_forget_skipped"])
+
+    def footprint(self) -> int:
+        return super().footprint() + (0 if self.adapter is None else self.adapter.nbytes())

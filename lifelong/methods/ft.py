@@ -19,7 +19,8 @@ instead; that objective is not implemented yet. The two agree for one-token targ
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,7 +79,6 @@ class FineTune(MemoryBase, BatchEditing):
     def edit(self, requests: Sequence[EditRequest]) -> EditReceipt:
         """One optimisation of the requests' mean target loss (only the edited weight learns)."""
         batch = encode_pairs(self.lm, [r.prompt for r in requests], [r.target for r in requests])
-        opt = torch.optim.Adam([self.weight], lr=self.config.lr)
 
         def step() -> Step:
             loss = batch_target_loss(self.lm, batch)
@@ -87,12 +87,21 @@ class FineTune(MemoryBase, BatchEditing):
             return Step(loss if penalty is None else loss + penalty, value,
                         value < self.config.stop_loss)
 
-        with frozen(self.lm.model, trainable=[self.weight]):
-            result = optimise(opt, step, self.config.steps, fresh_last=False,
-                              after_update=self._constrain)
+        with self._tuning(requests) as params:
+            opt = torch.optim.Adam(params, lr=self.config.lr)
+            with frozen(self.lm.model, trainable=params):
+                result = optimise(opt, step, self.config.steps, fresh_last=False,
+                                  after_update=self._constrain)
         self.n_edits += len(requests)
         return receipt([result], self.config.stop_loss,
                        {"layer": self.layer_name, **self._after_edit(requests)})
+
+    @contextlib.contextmanager
+    def _tuning(self, requests: Sequence[EditRequest]) -> Iterator[list[torch.nn.Parameter]]:
+        """The parameters one edit optimises, for the span of its optimisation: here the
+        edited weight itself; `lora`: an adapter's, injected for the span and merged into the
+        weights when it ends."""
+        yield [self.weight]
 
     def _penalty(self) -> torch.Tensor | None:
         """A term added to the target loss at every step (none here; `ft-ewc`: EWC). The
