@@ -42,7 +42,9 @@ FAST = {"ft": {"steps": 2}, "grace": {"steps": 2}, "defer": {"steps": 2, "negati
         "kn": {"ig_steps": 2},
         "rome": {"stats_fallback": True, "prefixes": 2, "steps": 2},
         "memit": {"stats_fallback": True, "prefixes": 2, "steps": 2},
-        "alphaedit": {"stats_fallback": True, "prefixes": 2, "steps": 2}}
+        "alphaedit": {"stats_fallback": True, "prefixes": 2, "steps": 2},
+        "calinet": {"steps": 5}, "t-patcher": {"steps": 5}, "lora": {"steps": 3},
+        "ft-m": {"steps": 3}, "ft-ewc": {"steps": 3}, "f-learning": {"steps": 3}}
 PROBES = ["Aldric works for", "Brenna was born in", "Caspar speaks"]
 
 

@@ -39,7 +39,9 @@ FAST = {"ft": {"steps": 3, "lr": 0.02}, "grace": {"steps": 4}, "defer": {"steps"
         "kn": {"ig_steps": 3},
         "rome": {"stats_fallback": True, "prefixes": 2, "steps": 3},
         "memit": {"stats_fallback": True, "prefixes": 2, "steps": 3},
-        "alphaedit": {"stats_fallback": True, "prefixes": 2, "steps": 3}}
+        "alphaedit": {"stats_fallback": True, "prefixes": 2, "steps": 3},
+        "calinet": {"steps": 10}, "t-patcher": {"steps": 10}, "lora": {"steps": 5},
+        "ft-m": {"steps": 5}, "ft-ewc": {"steps": 5}, "f-learning": {"steps": 5}}
 METHODS = sorted(available_methods())
 CASES = [(m, 1) for m in METHODS] + [(m, 2) for m in METHODS
                                       if issubclass(available_methods()[m], BatchEditing)]

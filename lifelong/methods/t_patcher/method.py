@@ -18,14 +18,15 @@ import torch
 from ... import layers
 from ...errors import NotSupported
 from ...model import LM
-from ...nethook import Trace, replace_output
+from ...nethook import Trace
 from ...scoring import encode_pairs, forward_logits, next_token_logp
+from .._common.ffn import open_ffn_side, side_output
 from .._common.hooks import Hooks, Served
 from .._common.loop import LoopResult, Step, frozen, optimise
 from ..base import EditReceipt, EditRequest, MemoryBase, Retractable, UnknownEdit, tensor_bytes
 from ..context import AttachContext
 from .config import TPatcherConfig
-from .patches import Edit, PatchLog, activation_loss, memory_loss, patch_output
+from .patches import Edit, PatchLog, activation_loss, memory_loss
 
 #: a memory row this close to one of the edit's own keyed inputs (relative to the input's norm)
 #: is that input (e.g. the same prompt edited before) and is left out of the edit's memory
@@ -66,15 +67,14 @@ class TPatcher(Served, MemoryBase, Retractable):
     def _enter(self, stack: contextlib.ExitStack,
                fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
         """Open a Trace of the FFN input and a rewrite of the FFN output by ``fn(x, y)``."""
-        src = stack.enter_context(Trace(self.source, capture="input"))
-        stack.enter_context(replace_output(self.target, lambda y: fn(src.input, y)))
+        open_ffn_side(stack, self.source, self.target, fn)
 
     def _serve(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Every patch at every position (a neuron of the FFN); none: `y` itself."""
         if not self.log.neurons():
             return y
         k, b, v = self.log.stacked(y.device)
-        return y + patch_output(x, k, b, v, self.config.activation).to(y.dtype)
+        return y + side_output(x, k, v, self.config.activation, b).to(y.dtype)
 
     # ---- the memory ---------------------------------------------------------------------
     @torch.no_grad()
@@ -153,7 +153,7 @@ class TPatcher(Served, MemoryBase, Retractable):
         def trained(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             k = torch.cat([old_k, key])
             v = torch.cat([old_v, weight * cfg.value_scale])
-            return y + patch_output(x, k, torch.cat([old_b, bias]), v, cfg.activation).to(y.dtype)
+            return y + side_output(x, k, v, cfg.activation, torch.cat([old_b, bias])).to(y.dtype)
 
         def step() -> Step:
             out = forward_logits(lm, ids, mask, end)

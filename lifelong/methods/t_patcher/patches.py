@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..base import tensor_bytes
 
@@ -117,19 +116,6 @@ class PatchLog:
 
 
 # ---- the patch function ---------------------------------------------------------------------
-def activate(a: torch.Tensor, kind: str) -> torch.Tensor:
-    """The neuron's activation of pre-activations `a`: GELU (erf form) or ReLU."""
-    return F.relu(a) if kind == "relu" else F.gelu(a)
-
-
-def patch_output(x: torch.Tensor, keys: torch.Tensor, bias: torch.Tensor,
-                 values: torch.Tensor, kind: str) -> torch.Tensor:
-    """What the patches add to the FFN output at every position: act(x K^T + b) V, float32;
-    `x` (..., d_in). No neuron: zeros."""
-    a = x.float() @ keys.T + bias
-    return activate(a, kind) @ values
-
-
 # ---- the losses (paper section 3) -----------------------------------------------------------
 def exp_capped(z: torch.Tensor, cap: float = EXP_CAP) -> torch.Tensor:
     """exp(z) up to `cap`, continued by its tangent above (equal value and slope at `cap`), so
