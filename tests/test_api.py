@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 import lifelong
 from lifelong import memoryfile
 from lifelong.errors import ConfigError, LifelongError, NotSupported
-from lifelong.methods import EditRequest, available_methods
+from lifelong.methods import EditRequest, TrainRecord, available_methods
 from lifelong.model import builtin_dir, load_model
 from lifelong.scoring import encode_pairs, forward_logits
 
@@ -38,11 +38,15 @@ REPHRASE = "The city of birth of Dudre Kekrain is"
 UNRELATED = ["Fapougu Drasi was born in", "Q: What sport is Zebol Roukroum known for? A:",
              "Shigok Drousheiso was born in", "The employer of Zebol Roukroum is"]
 PROBES = [p for p, _, _ in EDITS] + [REPHRASE] + UNRELATED
+#: a train split for methods that learn before the stream (MEND)
+TRAIN = (TrainRecord(EditRequest("t0", UNRELATED[0], "Lima", "t0"), (UNRELATED[2],),
+                     ((UNRELATED[3], "Oslo"),)),
+         TrainRecord(EditRequest("t1", UNRELATED[1], "tennis", "t1"), (), ((UNRELATED[0], "Hanoi"),)))
 #: small settings keep every method fast; a method added later runs with its defaults
 FAST = {"none": {}, "ft": {"steps": 5}, "grace": {"steps": 10},
         "defer": {"steps": 5, "negatives": 8}, "wise-faiss": {"steps": 10},
         "wise": {"steps": 5, "prefixes": 1, "negatives": 2},
-        "kn": {"ig_steps": 4},
+        "kn": {"ig_steps": 4}, "mend": {"steps": 2, "accumulate": 2},
         "rome": {"stats_texts": 2000, "prefixes": 2, "steps": 5},
         "memit": {"stats_texts": 2000, "prefixes": 2, "steps": 5},
         "alphaedit": {"stats_texts": 2000, "prefixes": 2, "steps": 5}}
@@ -78,7 +82,7 @@ def work(ed: lifelong.Editor) -> None:
                          ids=[f"{m}-{i}" for i, (m, _) in enumerate(CASES)])
 def test_save_then_load_is_bit_identical(method, settings_, tmp_path):
     ed = lifelong.open("builtin", method=method, settings=settings_, seed=3,
-                       unrelated_prompts=UNRELATED)
+                       unrelated_prompts=UNRELATED, train_split=TRAIN)
     before = logits(ed)
     work(ed)
     ed.save(tmp_path / "mem")

@@ -35,6 +35,7 @@ from lifelong.methods import (
     retract_edit,
 )
 from lifelong.methods._template import TemplateMethod
+from lifelong.methods.context import TrainRecord
 from lifelong.model import LM
 from lifelong.scoring import encode_pairs, forward_logits, score_pairs
 
@@ -44,7 +45,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 FAST_SETTINGS: dict[str, dict] = {"ft": {"steps": 8, "lr": 0.02}, "wise-faiss": {"steps": 8, "shard_size": 1},
                                    "wise": {"steps": 8, "shard_size": 1, "prefixes": 1, "lr": 4.0},
                                    "grace": {"steps": 10}, "defer": {"steps": 10},
-                                   "template": {"steps": 10},
+                                   "template": {"steps": 10}, "mend": {"steps": 2, "accumulate": 2},
                                    "kn": {"ig_steps": 4},
                                    "rome": {"stats_fallback": True, "prefixes": 2, "steps": 5},
                                    "memit": {"stats_fallback": True, "prefixes": 2, "steps": 5},
@@ -54,6 +55,13 @@ METHODS = sorted(CLASSES)
 PROBES = ["Aldric works for", "The employer of Aldric is", "Brenna was born in", "Caspar speaks"]
 EDITS = [EditRequest("e1", "Aldric works for", "Zentro", "Aldric|employer", "Aldric"),
          EditRequest("e2", "Brenna was born in", "Kyoto", "Brenna|city", "Brenna")]
+
+
+#: a train split for methods that learn before the stream (MEND); people never probed here
+TRAIN_SPLIT = tuple(TrainRecord(EditRequest(f"t{i}", f"{p} works for", c, f"{p}|employer", p),
+                                (f"The employer of {p} is",), ((f"{p} was born in", "Oslo"),))
+                    for i, (p, c) in enumerate(zip(["Delphine", "Evander", "Fenella", "Gideon"],
+                                                   ["Vantex", "Orbica", "Halvik", "Lumora"])))
 
 
 def fresh_lm(seed: int = 0) -> LM:
@@ -69,7 +77,8 @@ def logits(lm: LM) -> torch.Tensor:
 def attached(name: str, lm: LM, seed: int = 0, **settings):
     cls = CLASSES[name]
     method = cls(from_mapping(cls.Config, {**FAST_SETTINGS.get(name, {}), **settings}), seed=seed)
-    method.attach(lm, AttachContext(seed=seed, unrelated_prompts=tuple(PROBES[2:])))
+    method.attach(lm, AttachContext(seed=seed, unrelated_prompts=tuple(PROBES[2:]),
+                                    train_split=TRAIN_SPLIT))
     return method
 
 

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FAST = {"none": "{}", "ft": "{ steps = 4 }", "grace": "{ steps = 5 }",
         "defer": "{ steps = 4, negatives = 8 }", "wise-faiss": "{ steps = 5 }",
         "wise": "{ steps = 4, prefixes = 1, negatives = 2 }",
-        "kn": "{ ig_steps = 4 }",
+        "kn": "{ ig_steps = 4 }", "mend": "{ steps = 2, accumulate = 2 }",
         "rome": "{ stats_fallback = true, prefixes = 2, steps = 4 }",
         "memit": "{ stats_fallback = true, prefixes = 2, steps = 4 }",
         "alphaedit": "{ stats_fallback = true, prefixes = 2, steps = 4 }"}
@@ -47,10 +47,13 @@ def simulate(d: Path, methods: list[str], schedule: str, extra: str = "") -> Pat
     """Run the runtime over a tiny stream into d/runs.db (every method with FAST settings)."""
     model = d / "model" if (d / "model").exists() else save_tiny_model(d / "model")
     stream = write_jsonl(stream_events(n_edits=8, retracts=2), d / "stream.jsonl")
+    train = write_jsonl(stream_events(n_edits=4, seed=1, reedits=0, retracts=0, queries=0),
+                        d / "train.jsonl")
     toml = "".join(f'[[methods]]\nname = "{m}"\nsettings = {FAST.get(m, "{}")}\n\n'
                    for m in methods)
     sc = load_scenario(write_scenario(d / "sc.toml", model, stream, methods=toml,
-                                      schedule=schedule, extra=extra))
+                                      schedule=schedule, extra=extra,
+                                      stream_extra=f'train_file = "{train}"'))
     Runtime(sc, parse_stream(sc.stream.file), Store(d / "runs.db")).run_all()
     return d / "runs.db"
 

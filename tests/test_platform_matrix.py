@@ -26,6 +26,7 @@ from lifelong.methods import (
     consolidate_memory,
     retract_edit,
 )
+from lifelong.methods.context import TrainRecord
 from lifelong.model import LM
 from lifelong.runtime import Runtime
 from lifelong.scenario import load_scenario
@@ -39,7 +40,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 FAST = {"ft": {"steps": 2}, "grace": {"steps": 2}, "defer": {"steps": 2, "negatives": 4},
         "wise-faiss": {"steps": 2, "shard_size": 2, "negatives": 2},
         "wise": {"steps": 2, "shard_size": 2, "negatives": 2, "prefixes": 1},
-        "kn": {"ig_steps": 2},
+        "kn": {"ig_steps": 2}, "mend": {"steps": 2, "accumulate": 2},
         "rome": {"stats_fallback": True, "prefixes": 2, "steps": 2},
         "memit": {"stats_fallback": True, "prefixes": 2, "steps": 2},
         "alphaedit": {"stats_fallback": True, "prefixes": 2, "steps": 2},
@@ -82,6 +83,8 @@ def runs(tmp_path_factory) -> dict[str, dict]:
     d = tmp_path_factory.mktemp("matrix")
     model = save_tiny_model(d / "tiny")
     stream = write_jsonl(stream_events(n_edits=5, reedits=1, retracts=1, queries=1), d / "s.jsonl")
+    train = write_jsonl(stream_events(n_edits=4, seed=1, reedits=0, retracts=0, queries=0),
+                        d / "train.jsonl")
     out: dict[str, dict] = {}
     for name in sorted({m for m, _, _ in VARIANTS}):
         tables = "".join(f'[[methods]]\nname = "{m}"\nlabel = "{m}-{f}={v}"\n'
@@ -89,6 +92,7 @@ def runs(tmp_path_factory) -> dict[str, dict]:
                          for m, f, v in VARIANTS if m == name)
         toml = d / f"{name}.toml"
         toml.write_text(f'name = "matrix"\nmodel = "{model}"\nthreads = 1\n[stream]\nfile = "{stream}"\n'
+                        f'train_file = "{train}"\n'
                         f'[schedule]\ncheckpoint_every = 3\nmerge_every = 2\nlocality_sample = 1\n'
                         f'latency_queries = 2\nlatency_rounds = 1\nhealth_texts = 0\n{tables}',
                         encoding="utf-8")
@@ -122,7 +126,9 @@ def lm() -> LM:
 
 def attached(name: str, settings: dict, model: LM):
     method = build_method(name, settings, 0)
-    method.attach(model, AttachContext(seed=0, unrelated_prompts=tuple(PROBES[1:])))
+    method.attach(model, AttachContext(seed=0, unrelated_prompts=tuple(PROBES[1:]), train_split=(
+        TrainRecord(EditRequest("t0", "Delphine works for", "Vantex", "f"),
+                    ("The employer of Delphine is",), (("Evander was born in", "Oslo"),)),)))
     return method
 
 

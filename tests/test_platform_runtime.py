@@ -36,7 +36,7 @@ VOLATILE = {"ms", "probe_ms", "saved_at", "started_at", "finished_at"}
 FAST = {"ft": {"steps": 3, "lr": 0.02}, "grace": {"steps": 4}, "defer": {"steps": 3, "negatives": 4},
         "wise-faiss": {"steps": 3, "shard_size": 2},
         "wise": {"steps": 3, "shard_size": 2, "prefixes": 1, "negatives": 2},
-        "kn": {"ig_steps": 3},
+        "kn": {"ig_steps": 3}, "mend": {"steps": 2, "accumulate": 2},
         "rome": {"stats_fallback": True, "prefixes": 2, "steps": 3},
         "memit": {"stats_fallback": True, "prefixes": 2, "steps": 3},
         "alphaedit": {"stats_fallback": True, "prefixes": 2, "steps": 3},
@@ -67,6 +67,7 @@ def tiny_stream() -> list[dict]:
 @pytest.fixture(scope="module")
 def setup_dir(tmp_path_factory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("platform")
+    write_jsonl(stream_events(n_edits=4, seed=1, reedits=0, retracts=0, queries=0), d / "train.jsonl")
     return save_tiny_model(d / "tiny"), write_jsonl(tiny_stream(), d / "s.jsonl")
 
 
@@ -74,6 +75,7 @@ def scenario(d: Path, model: Path, stream: Path, name: str, batch: int) -> Path:
     settings = ", ".join(f"{k} = {json.dumps(v)}" for k, v in FAST.get(name, {}).items())
     path = d / f"{name}-{batch}.toml"
     path.write_text(f'name = "p"\nmodel = "{model}"\nthreads = 1\n[stream]\nfile = "{stream}"\n'
+                    f'train_file = "{stream.parent / "train.jsonl"}"\n'
                     f'[schedule]\ncheckpoint_every = 2\nmerge_every = 3\nedit_batch = {batch}\n'
                     f'locality_sample = 1\nlatency_queries = 2\nlatency_rounds = 1\n'
                     f'[[methods]]\nname = "{name}"\nsettings = {{ {settings} }}\n', encoding="utf-8")
@@ -147,7 +149,7 @@ def test_an_unknown_edit_id_is_recorded_the_same_way_for_every_method(name, setu
     every method that can retract; "unsupported" for one that cannot."""
     lm = load_model(str(setup_dir[0]))
     method = build_method(name, FAST.get(name), 0)
-    method.attach(lm, AttachContext(seed=0))
+    method.attach(lm, AttachContext(seed=0, train_split=str(setup_dir[1].parent / "train.jsonl")))
     ev = Retract(id="r", t=0, edit_id="never-made")
     row = base_row("run", ev, 0, 0)
     apply_event(lm, method, ev, row, eval_after=False)

@@ -61,11 +61,12 @@ def write_jsonl(events: list[dict], path: Path) -> Path:
 
 
 def write_scenario(path: Path, model_dir: Path, stream: Path, methods: str = "",
-                   schedule: str = "checkpoint_every = 4", extra: str = "") -> Path:
+                   schedule: str = "checkpoint_every = 4", extra: str = "",
+                   stream_extra: str = "") -> Path:
     """A scenario TOML; `methods` is TOML for [[methods]] tables (default: none and ft)."""
     methods = methods or ('[[methods]]\nname = "none"\n\n[[methods]]\nname = "ft"\n'
                           'settings = { steps = 4, lr = 0.01 }\n')
-    path.write_text(f'name = "tiny"\nmodel = "{model_dir}"\n{extra}\n[stream]\nfile = "{stream}"\n\n'
+    path.write_text(f'name = "tiny"\nmodel = "{model_dir}"\n{extra}\n[stream]\nfile = "{stream}"\n{stream_extra}\n'
                     f'[schedule]\n{schedule}\nlatency_queries = 4\n\n{methods}', encoding="utf-8")
     return path
 
