@@ -149,14 +149,21 @@ def streams() -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--sort", is_flag=True, help="allow lines out of timestamp order")
 def streams_validate(file, sort):
-    """Check FILE; print every problem as FILE:LINE: field: what is wrong."""
-    from .stream import parse_stream
+    """Check FILE; print every problem as FILE:LINE: field: what is wrong. Warnings (an edit's
+    `previous` that contradicts the fact's value before it) go to stderr as FILE:LINE: lines
+    too; they do not make FILE invalid."""
+    from .stream import parse_stream, previous_warnings
     parsed = parse_stream(file, sort=sort)
     kinds: dict[str, int] = {}
     for ev in parsed.events:
         kinds[ev.kind] = kinds.get(ev.kind, 0) + 1
+    warnings = previous_warnings(parsed)
+    for line in warnings:
+        click.echo(line, err=True)
+    w = len(warnings)
+    warned = f"; {w} warning{'s' * (w != 1)} (previous values the stream contradicts)" if w else ""
     click.echo(f"{file}: valid, {len(parsed.events)} events ("
-               + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) + ")")
+               + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) + ")" + warned)
 
 
 @streams.command("make")

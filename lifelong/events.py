@@ -9,6 +9,11 @@ is `{"prompt": "Which continent?", "answer": ["Europe", "European continent"]}`.
 against any of them counts (see `lifelong.scoring.score_answers`). Locality probes are
 judged against the pre-stream model's output over the canonical answer's tokens, so their
 aliases are carried (and round-trip) but never used.
+
+A portability probe may name the edits its answer depends on, `needs` (edit ids: earlier
+edits of the stream, or the edit that carries the probe), as a multi-hop question whose
+answer follows from several edits together does (MQuAKE). The stream carries and validates
+it; it means: the answer is expected only once all of them are applied.
 """
 
 from __future__ import annotations
@@ -21,21 +26,26 @@ from typing import Any, ClassVar
 class Probe:
     """A prompt and the answer expected for it (locality / portability checks). `aliases`
     are further acceptable answers (empty for a plain answer); `answers` = all of them,
-    canonical first."""
+    canonical first. `needs` (portability only): the ids of the edits the answer depends on
+    (empty: the edit that carries the probe alone)."""
     prompt: str
     answer: str
     aliases: tuple[str, ...] = ()
+    needs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "aliases", tuple(self.aliases))
+        object.__setattr__(self, "needs", tuple(self.needs))
 
     @property
     def answers(self) -> tuple[str, ...]:
         return (self.answer, *self.aliases)
 
     def to_dict(self) -> dict:
-        """`answer` is a string without aliases, else the list of all answers."""
-        return {"prompt": self.prompt, "answer": list(self.answers) if self.aliases else self.answer}
+        """`answer` is a string without aliases, else the list of all answers; `needs` only
+        when there are any."""
+        d = {"prompt": self.prompt, "answer": list(self.answers) if self.aliases else self.answer}
+        return d | ({"needs": list(self.needs)} if self.needs else {})
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,12 @@ problems). Invariants of a successfully parsed stream:
 - ids are unique across all kinds;
 - events are in replay order: non-decreasing `t`, ties in file order (with `sort=True` the
   file may be out of order and is stably sorted by `t`; otherwise decreasing `t` is an error);
-- every retract names an edit that precedes it in replay order and is retracted only once.
+- every retract names an edit that precedes it in replay order and is retracted only once;
+- every id in a portability probe's `needs` names an edit that precedes the probe's edit in
+  replay order, or that edit itself.
+
+`previous_warnings` lists what is valid but doubtful: an edit's `previous` that contradicts
+the value the stream gave its fact.
 
 `dump_stream` writes events so that `parse_stream` gives back equal events (`line` is not
 part of equality).
@@ -31,7 +36,7 @@ from .events import Edit, Event, Merge, Probe, Query, Retract, event_to_dict
 
 __all__ = ["KINDS", "MAX_CHARS", "MAX_ITEMS", "Edit", "Event", "Merge", "ParsedStream", "Probe",
            "Query", "Retract", "dump_stream", "event_to_dict", "load_events_from_dicts",
-           "parse_stream", "parse_time", "read_bytes", "validate_stream"]
+           "parse_stream", "parse_time", "previous_warnings", "read_bytes", "validate_stream"]
 
 MAX_CHARS = 4096  # per string
 MAX_ITEMS = 256  # per list
@@ -115,17 +120,32 @@ def _item_text(errs: list, where: str, v: Any) -> Any:
     return v
 
 
-def _item_probe(errs: list, where: str, v: Any) -> Probe | None:
+def _item_probe(errs: list, where: str, v: Any, portability: bool = False) -> Probe | None:
     """A probe is an object with exactly a non-empty `prompt` and `answer`; the answer is a
-    string or a list of distinct strings (aliases, the canonical one first)."""
+    string or a list of distinct strings (aliases, the canonical one first). A portability
+    probe may also have `needs` (see `_needs`)."""
     if not isinstance(v, dict):
         errs.append((where, f"must be an object with prompt and answer (got {_json_type(v)})"))
         return None
-    errs.extend((f"{where}.{k}", "unknown field") for k in v if k not in ("prompt", "answer"))
+    for k in v:
+        if k not in ("prompt", "answer") and (k != "needs" or not portability):
+            errs.append((f"{where}.{k}", "unknown field (only portability probes have needs)"
+                         if k == "needs" else "unknown field"))
     why = "missing" if "prompt" not in v else _text_problem(v["prompt"])
     errs.extend([(f"{where}.prompt", why)] if why else [])
     answers = _answers(errs, f"{where}.answer", v.get("answer", _ABSENT))
-    return Probe(v.get("prompt"), answers[0], answers[1:]) if answers else None
+    needs = _needs(errs, f"{where}.needs", v.get("needs")) if portability else ()
+    return Probe(v.get("prompt"), answers[0], answers[1:], needs) if answers else None
+
+
+def _item_portability(errs: list, where: str, v: Any) -> Probe | None:
+    return _item_probe(errs, where, v, portability=True)
+
+
+def _needs(errs: list, where: str, v: Any) -> tuple[str, ...]:
+    """A portability probe's `needs`: absent or null, or a non-empty list of distinct edit
+    ids (which edits they must be is a stream check: `_needs_problems`)."""
+    return () if v is None else _distinct(errs, where, v, "a non-empty list of edit ids")
 
 
 _ABSENT = object()
@@ -138,9 +158,15 @@ def _answers(errs: list, where: str, v: Any) -> tuple[str, ...]:
         why = "missing" if v is _ABSENT else _text_problem(v)
         errs.extend([(where, why)] if why else [])
         return () if why else (v,)
+    return _distinct(errs, where, v, "a non-empty string or a non-empty list of strings")
+
+
+def _distinct(errs: list, where: str, v: Any, what: str) -> tuple[str, ...]:
+    """A non-empty list of at most MAX_ITEMS distinct non-empty strings (`what` says what is
+    expected) -> its items (empty when there is a problem)."""
     if not isinstance(v, (list, tuple)) or not v:
         got = "an empty list" if isinstance(v, (list, tuple)) else _json_type(v)
-        errs.append((where, f"must be a non-empty string or a non-empty list of strings (got {got})"))
+        errs.append((where, f"must be {what} (got {got})"))
         return ()
     if len(v) > MAX_ITEMS:
         errs.append((where, f"more than {MAX_ITEMS} items ({len(v)})"))
@@ -238,7 +264,7 @@ def _build(kind: str | None, errs: list, obj: dict, eid: Any, t: Any, line: int)
                     rephrases=_list(errs, obj, "rephrases", _item_text),
                     ood_rephrases=_list(errs, obj, "ood_rephrases", _item_text),
                     locality=_list(errs, obj, "locality", _item_probe),
-                    portability=_list(errs, obj, "portability", _item_probe),
+                    portability=_list(errs, obj, "portability", _item_portability),
                     previous=_text(errs, obj, "previous", kind), meta=_meta(errs, obj), line=line)
     if kind == "retract":
         return Retract(eid, t, _text(errs, obj, "edit_id", kind), line=line)
@@ -278,6 +304,22 @@ def _retract_problem(ev: Retract, seen: dict, dropped: dict, first: dict,
     return None
 
 
+def _needs_problems(ev: Edit, seen: dict, dropped: dict, first: dict) -> list[tuple[str, str]]:
+    """Every id in a portability probe's `needs` must be an earlier edit or `ev` itself."""
+    out = []
+    for i, p in enumerate(ev.portability):
+        for j, x in enumerate(p.needs):
+            target = seen.get(x)
+            if x == ev.id or isinstance(target, Edit):
+                continue
+            why = f"{x!r} is a {target.kind}, not an edit (line {target.line})" if target is not None else \
+                f"{x!r} is an invalid edit (line {dropped[x]})" if x in dropped else \
+                f"edit {x!r} comes later (line {first[x]}); needs names earlier edits or this one" \
+                if x in first else f"{x!r} is not an edit of this stream"
+            out.append((f"portability[{i}].needs[{j}]", why))
+    return out
+
+
 def _stream_checks(rows: list[_Row], sort: bool) -> list[Event]:
     """Cross-line checks in replay order; rows that fail get errs and lose their event."""
     good = [r for r in rows if r.event is not None]
@@ -300,6 +342,7 @@ def _stream_checks(rows: list[_Row], sort: bool) -> list[Event]:
                               f"on line {last.line})"))
         why = _retract_problem(ev, seen, dropped, first, retracted) if isinstance(ev, Retract) else None
         errs += [("edit_id", why)] if why else []
+        errs += _needs_problems(ev, seen, dropped, first) if isinstance(ev, Edit) else []
         if errs:
             r.errs.extend(errs)
             r.event = None
@@ -412,6 +455,39 @@ def validate_stream(path: str | os.PathLike, sort: bool = False) -> list[str]:
     except StreamError as exc:
         return list(exc.problems)
     return []
+
+
+def previous_warnings(parsed: ParsedStream) -> list[str]:
+    """Edits whose `previous` contradicts the stream, one line each (warnings: the stream is
+    valid). The fact's value just before an edit is the target of the last earlier edit of
+    the same fact that was not retracted; when every earlier edit of it was retracted, the
+    `previous` of the first of them (the value before the stream), if it has one. A fact
+    with no earlier edit, or an edit without `previous`, is not checked. Values are compared
+    without surrounding whitespace and case."""
+    live: dict[str, list[Edit]] = {}  # fact -> its edits not retracted, in replay order
+    first: dict[str, Edit] = {}  # fact -> its first edit
+    edits: dict[str, Edit] = {}
+    retracted: dict[str, int] = {}  # edit id -> line of the retract
+    out = []
+    for ev in parsed.events:
+        if isinstance(ev, Retract) and ev.edit_id in edits:
+            fact = edits[ev.edit_id].fact
+            live[fact] = [e for e in live[fact] if e.id != ev.edit_id]
+            retracted[ev.edit_id] = ev.line
+        if not isinstance(ev, Edit):
+            continue
+        before, base = live.get(ev.fact), first.get(ev.fact)
+        value, why = (before[-1].target, f"edit {before[-1].id}, line {before[-1].line}") if before \
+            else (base.previous, f"the value before edit {base.id}, line {base.line}, which line "
+                                 f"{retracted[base.id]} retracted") if base else (None, "")
+        if ev.previous is not None and value is not None and \
+                ev.previous.strip().casefold() != value.strip().casefold():
+            out.append(f"{parsed.path}:{ev.line}: previous: {ev.previous!r} but the fact's value "
+                       f"before this edit is {value!r} ({why})")
+        live.setdefault(ev.fact, []).append(ev)
+        first.setdefault(ev.fact, ev)
+        edits[ev.id] = ev
+    return out
 
 
 def load_events_from_dicts(rows: Iterable[Any], source: str = "<memory>", *,

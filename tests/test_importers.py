@@ -107,9 +107,11 @@ CONVSENT = [
      "neg": [" Well, it has some bad reviews. ", " I don't like it at all. "]},
     {"ent": "Bananas", "pos": [" They are delicious. "], "neg": [" I find them bland. "]},
 ]
+MQUAKE = json.loads((ROOT / "tests" / "data" / "mquake-sample.json").read_text(encoding="utf-8"))[:2]
 SAMPLES = {"zsre": ZSRE, "knowedit": KNOWEDIT, "counterfact": COUNTERFACT,
            "rome-counterfact": ROME_COUNTERFACT, "wise-temporal": TEMPORAL,
-           "wise-hallucination": HALLUCINATION, "convsent": CONVSENT}
+           "wise-hallucination": HALLUCINATION, "convsent": CONVSENT,
+           "mquake": MQUAKE}  # 2 cases, 2 edits (one shared): see tests/test_mquake.py
 
 
 def write_json(records, path: Path) -> Path:
@@ -247,8 +249,8 @@ def test_auto_detects_the_format_from_the_first_record(name, tmp_path):
 
 def test_auto_refuses_unknown_keys_and_wrong_format_gets_a_hint(tmp_path):
     msg, probs = problems_of([{"question": "q", "answer": "a"}], tmp_path)
-    assert "cannot detect the format" in msg and "question" in msg and probs[0].endswith(
-        "give --format (one of " + ", ".join(FORMATS) + ")")
+    assert msg.startswith(f"{tmp_path / 'data.json'}: --format auto: no supported format reads this "
+                          "layout (record 1 has keys question, answer)") and probs == []
     msg, probs = problems_of(COUNTERFACT, tmp_path, format="zsre")
     assert "2 of 2 records invalid as zsre" in msg and "--format auto would read it as counterfact" in msg
     assert len(probs) == 4  # src and alt of both records
@@ -284,7 +286,9 @@ def test_missing_optional_fields_and_extra_keys_are_fine(tmp_path):
                "rome-counterfact": {"requested_rewrite": {"prompt": "{} is", "subject": "S", "target_new": {"str": "T"}}},
                "wise-temporal": {"prompt": "P", "target_new": "T", "ood_rephrase": None},
                "wise-hallucination": {"prompt": "P", "target_new": "T", "subject": "S", "extra": [1, 2]},
-               "convsent": {"ent": "E", "pos": ["good"]}}
+               "convsent": {"ent": "E", "pos": ["good"]},
+               "mquake": {"requested_rewrite": [{"prompt": "{} is", "subject": "S", "target_new": {"str": "T"}}],
+                          "questions": ["Q?"], "new_answer": "A"}}
     for name, rec in minimal.items():
         (ev,) = run([dict(rec, unrelated_key={"x": 1})], tmp_path, format=name).events
         assert ev["prompt"] and ev["target"], name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -24,6 +25,7 @@ from lifelong.stream import (
     event_to_dict,
     load_events_from_dicts,
     parse_stream,
+    previous_warnings,
     validate_stream,
 )
 
@@ -53,10 +55,11 @@ probes = st.builds(lambda p, answers: Probe(p, answers[0], tuple(answers[1:])), 
 
 
 @st.composite
-def streams(draw, kinds=("edit", "edit", "edit", "retract", "query", "merge")):
-    """Valid event lists in replay order: ties, unicode text, re-edits, retracts of live edits."""
+def streams(draw, kinds=("edit", "edit", "edit", "retract", "query", "merge"), needs=True):
+    """Valid event lists in replay order: ties, unicode text, re-edits, retracts of live edits,
+    portability probes that need earlier edits (retracted or not) or their own (`needs`)."""
     t = draw(st.floats(-1e10, 1e10))
-    events, live, facts = [], [], []
+    events, live, facts, edits = [], [], [], []
     for i in range(draw(st.integers(1, 12))):
         t += draw(st.sampled_from([0.0, 0.0, 0.5, 1.0, 86400.0]))
         kind, eid = draw(st.sampled_from(kinds)), f"{i}-{draw(text)}"
@@ -68,13 +71,16 @@ def streams(draw, kinds=("edit", "edit", "edit", "retract", "query", "merge")):
             events.append(Query(eid, t, draw(text), draw(st.none() | text)))
         elif kind == "edit":
             fact = draw(st.none() | text | (st.sampled_from(facts) if facts else st.none()))
+            ids = st.lists(st.sampled_from(edits + [eid]), max_size=3 if needs else 0, unique=True)
+            port = [dataclasses.replace(p, needs=tuple(draw(ids))) for p in draw(st.lists(probes, max_size=2))]
             ev = Edit(eid, t, draw(text), draw(text), subject=draw(st.none() | text), fact=fact or "",
                       rephrases=tuple(draw(st.lists(text, max_size=3))),
                       locality=tuple(draw(st.lists(probes, max_size=2))),
-                      portability=tuple(draw(st.lists(probes, max_size=2))),
+                      portability=tuple(port),
                       previous=draw(st.none() | text), meta=draw(metas))
             events.append(ev)
             live.append(eid)
+            edits.append(eid)
             facts.append(ev.fact)
         else:
             events.append(Merge(eid, t))
@@ -135,8 +141,8 @@ def test_ties_keep_file_order(tmp_path):
 
 
 @FAST
-@given(events=streams(kinds=("edit", "query", "merge")), data=st.data())
-def test_sort_is_stable(tmp_path, events, data):
+@given(events=streams(kinds=("edit", "query", "merge"), needs=False), data=st.data())
+def test_sort_is_stable(tmp_path, events, data):  # (any order is valid: no retracts, no needs)
     shuffled = data.draw(st.permutations(events))
     path = str(tmp_path / "shuffled.jsonl")
     dump_stream(shuffled, path)
@@ -208,6 +214,22 @@ BAD = {  # name: (line maker, field, substring of the message, lowest pos, highe
     "portability_no_answer": (lambda p: _e(p, portability=[{"prompt": "a"}]),
                               "portability[0].answer", "missing", 0, 8),
     "meta_not_object": (lambda p: _e(p, meta=[1]), "meta", "must be an object", 0, 8),
+    "needs_not_list": (lambda p: _e(p, portability=[{"prompt": "a", "answer": "b", "needs": "e0"}]),
+                       "portability[0].needs", "must be a non-empty list of edit ids (got string)", 0, 8),
+    "needs_empty": (lambda p: _e(p, portability=[{"prompt": "a", "answer": "b", "needs": []}]),
+                    "portability[0].needs", "(got an empty list)", 0, 8),
+    "needs_not_str": (lambda p: _e(p, portability=[{"prompt": "a", "answer": "b", "needs": ["bad", 3]}]),
+                      "portability[0].needs[1]", "(got number)", 0, 8),
+    "needs_duplicate": (lambda p: _e(p, portability=[{"prompt": "a", "answer": "b", "needs": ["bad", "bad"]}]),
+                        "portability[0].needs[1]", "duplicate of needs[0]", 0, 8),
+    "needs_on_locality": (lambda p: _e(p, locality=[{"prompt": "a", "answer": "b", "needs": ["bad"]}]),
+                          "locality[0].needs", "unknown field (only portability probes have needs)", 0, 8),
+    "needs_unknown": (lambda p: _e(p, portability=[{"prompt": "a", "answer": "b", "needs": ["e99"]}]),
+                      "portability[0].needs[0]", "'e99' is not an edit of this stream", 0, 8),
+    "needs_later": (lambda p: _e(p, portability=[{"prompt": "a", "answer": "b", "needs": ["bad", "e7"]}]),
+                    "portability[0].needs[1]", "edit 'e7' comes later (line", 0, 7),
+    "needs_non_edit": (lambda p: _e(p, portability=[{"prompt": "a", "answer": "b", "needs": ["q1"]}]),
+                       "portability[0].needs[0]", "'q1' is a query, not an edit (line", 2, 8),
     "unknown_field": (lambda p: _q(p, foo=1), "foo", "unknown field", 0, 8),
     "unknown_kind": (lambda p: _q(p, kind="delete"), "kind",
                      "expected one of edit, retract, query, merge", 0, 8),
@@ -379,3 +401,92 @@ def test_dump_writes_one_event_per_line(tmp_path):
     assert lines[-1] == "" and len(lines) == len(BASE) + 1
     assert [json.loads(line)["id"] for line in lines[:-1]] == [e.id for e in BASE]
     assert os.path.getsize(path) > 0
+
+
+# ----------------------------------------------------------------------------- previous: warnings
+
+def edit(eid: str, t: int, target: str, previous: str | None = None, fact: str = "Tonga|continent") -> bytes:
+    obj = {"kind": "edit", "id": eid, "t": t, "prompt": "Tonga is in", "target": target, "fact": fact}
+    return js(**obj, **({"previous": previous} if previous else {}))
+
+
+def test_previous_that_contradicts_the_stream_is_a_warning(tmp_path):
+    path = write(tmp_path / "w.jsonl", [
+        edit("e1", 0, "Europe", "Oceania"),
+        edit("e2", 1, "Asia", "Europe"),  # agrees with e1
+        edit("x1", 2, "Paris", "Oslo", fact="Tonga|capital"),  # another fact: nothing before it
+        edit("e3", 3, "Africa", "Oceania"),  # contradicts: the value is e2's Asia
+        edit("e4", 4, "Africa", " africa "),  # agrees (case and whitespace aside)
+        edit("e5", 5, "America"),  # no previous: nothing to check
+    ])
+    parsed = parse_stream(path)  # valid: warnings are not problems
+    assert validate_stream(path) == [] and len(parsed.events) == 6
+    assert previous_warnings(parsed) == [
+        f"{path}:4: previous: 'Oceania' but the fact's value before this edit is 'Asia' (edit e2, line 2)"]
+
+
+def retract(rid: str, t: int, eid: str) -> bytes:
+    return js(kind="retract", id=rid, t=t, edit_id=eid)
+
+
+def test_previous_warnings_follow_retractions(tmp_path):
+    path = write(tmp_path / "r.jsonl", [
+        edit("e1", 0, "Europe", "Oceania"), edit("e2", 1, "Asia", "Europe"),
+        retract("r1", 2, "e2"),
+        edit("e3", 3, "Africa", "Europe"),  # e2 retracted: the value is e1's Europe again
+        edit("e4", 4, "Asia", "Asia"),  # contradicts e3's Africa (e2's Asia was retracted)
+        retract("r2", 5, "e4"), retract("r3", 6, "e3"), retract("r4", 7, "e1"),
+        edit("e5", 8, "Africa", "Europe"),  # all retracted: back to e1's previous, Oceania
+        edit("e6", 9, "America", "Africa"),  # agrees with e5
+    ])
+    assert previous_warnings(parse_stream(path)) == [
+        f"{path}:5: previous: 'Asia' but the fact's value before this edit is 'Africa' (edit e3, line 4)",
+        f"{path}:9: previous: 'Europe' but the fact's value before this edit is 'Oceania' (the value "
+        f"before edit e1, line 1, which line 8 retracted)"]
+
+
+def test_validate_prints_warnings_and_keeps_exit_status_zero(tmp_path):
+    from click.testing import CliRunner
+
+    from lifelong.cli import cli
+    path = write(tmp_path / "w.jsonl", [edit("e1", 0, "Europe", "Oceania"), edit("e2", 1, "Asia", "Oceania")])
+    res = CliRunner().invoke(cli, ["streams", "validate", path])
+    assert res.exit_code == 0, res.output
+    assert res.stderr == (f"{path}:2: previous: 'Oceania' but the fact's value before this edit is 'Europe' "
+                          "(edit e1, line 1)\n")
+    assert res.stdout == f"{path}: valid, 2 events (2 edit); 1 warning (previous values the stream contradicts)\n"
+    clean = write(tmp_path / "c.jsonl", [edit("e1", 0, "Europe", "Oceania"), edit("e2", 1, "Asia", "Europe")])
+    res = CliRunner().invoke(cli, ["streams", "validate", clean])
+    assert res.exit_code == 0 and res.stderr == "" and res.stdout == f"{clean}: valid, 2 events (2 edit)\n"
+
+
+def test_shipped_streams_have_no_contradicting_previous():
+    root = Path(__file__).resolve().parent.parent / "streams"
+    for name in ("quickstart.jsonl", "dev/edits-1000.jsonl", "test/edits-1000.jsonl"):
+        assert previous_warnings(parse_stream(root / name)) == [], name
+
+
+# ----------------------------------------------------------------------------- needs
+
+def test_needs_parse_round_trip_and_leave_old_streams_unchanged(tmp_path):
+    port = {"prompt": "The capital of the country of X is", "answer": ["Rome", "Roma"], "needs": ["e1", "e2"]}
+    path = write(tmp_path / "n.jsonl", [js(kind="edit", id="e1", t=0, prompt="X is in", target="Italy"),
+                                        js(kind="retract", id="r1", t=1, edit_id="e1"),
+                                        js(kind="edit", id="e2", t=2, prompt="Y is in", target="Rome",
+                                           portability=[port, {"prompt": "q", "answer": "a", "needs": ["e2"]}])])
+    ev = parse_stream(path).events[2]  # a retracted edit may be needed: it is earlier
+    assert ev.portability[0] == Probe(port["prompt"], "Rome", ("Roma",), ("e1", "e2"))
+    assert event_to_dict(ev)["portability"][0] == port
+    again = tmp_path / "again.jsonl"
+    dump_stream(parse_stream(path).events, again)
+    assert parse_stream(again).events == parse_stream(path).events
+    assert event_to_dict(Edit("e", 0, "p", "x", portability=(Probe("q", "a"),)))["portability"] == [
+        {"prompt": "q", "answer": "a"}]  # no needs: no key
+    root = Path(__file__).resolve().parent.parent / "streams"
+    for name in ("quickstart.jsonl", "real/knowedit-zsre-test.jsonl"):  # old streams: the same objects
+
+        def objects(path: Path) -> list[dict]:  # (`t` aside: dump_stream writes seconds)
+            return [{k: v for k, v in json.loads(x).items() if k != "t"} for x in path.read_text().splitlines()]
+
+        dump_stream(parse_stream(root / name).events, again)
+        assert objects(again) == objects(root / name), name

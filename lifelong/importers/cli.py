@@ -47,11 +47,22 @@ def streams_import(input_file, output, fmt, spacing, start, shuffle, seed, edits
         "format does not read)" if result.dropped else ""
     left = result.left_out
     keys = " (" + ", ".join(f"{k} in {_count(n, 'record')}" for k, n in left.items()) + ")" if left else ""
+    shared = f", {result.shared} of them shared by several records" if result.shared else ""
     click.echo(f"{output}: {len(result.events)} edits from {result.records} records of "
-               f"{input_file} (format {result.format}, {order}); "
+               f"{input_file} (format {result.format}, {order}{shared}); "
                f"{_count(len(result.skipped), 'invalid record')} skipped, "
                f"{_count(result.dropped, 'probe')} dropped{why}, "
-               f"{_count(len(left), 'input key')} not carried over{keys}")
+               f"{_count(len(left), 'input key')} not carried over{keys}{_many(result.many_valued)}")
+
+
+def _many(many: dict[str, int]) -> str:
+    """The summary's clause on many-valued relations (empty when there are none)."""
+    if not many:
+        return ""
+    shown = ", ".join(f"{r!r} in {_count(n, 'edit')}" for r, n in list(many.items())[:5])
+    more = f", and {len(many) - 5} more" if len(many) > 5 else ""
+    return (f"; {_count(sum(many.values()), 'edit')} of {_count(len(many), 'many-valued relation')} "
+            f"({shown}{more}) have one fact per old value")
 
 
 def _count(n: int, what: str) -> str:

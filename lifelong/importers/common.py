@@ -12,7 +12,6 @@ probe whose answer is empty is dropped with a note).
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -331,22 +330,22 @@ def _iso(t: dt.datetime) -> str:
     return t.isoformat(timespec=spec).replace("+00:00", "Z")
 
 
-def _fact(subject: str, key: str) -> str:
-    """`subject|key`; a key that would make it longer than 256 characters (a passage used
-    as a prompt) is replaced by `sha1:` and 16 hex digits of its SHA-1 (same identity)."""
-    fact = f"{subject}|{key}"
-    if len(fact) <= 256:
-        return fact
-    return f"{subject}|sha1:{hashlib.sha1(key.encode('utf-8')).hexdigest()[:16]}"
-
-
 # ------------------------------------------------------------------------- formats
 
 @dataclass(frozen=True)
 class Format:
-    """One importable data-set layout."""
+    """One importable data-set layout. `expects` names the keys a record must have (for
+    messages); `detect(record)` is True when a record (a dict) has them, so that `--format
+    auto` picks this format only for records it can read (None: never picked by auto)."""
 
     name: str
     source: str      # meta.source and the id prefix
     convert: Callable[[_Rec, ImportOptions], dict]
     summary: str
+    expects: str = ""
+    detect: Callable[[dict], bool] | None = None
+
+
+def _has(record: dict, *keys: str) -> bool:
+    """Every key is present with a value that is not null."""
+    return all(record.get(k) is not None for k in keys)

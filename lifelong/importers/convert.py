@@ -16,8 +16,10 @@ from typing import Any
 from ..config import setting
 from ..errors import ConfigError, StreamError
 from ..stream import load_events_from_dicts
-from . import convsent, counterfact, knowedit, wise, zsre
-from .common import Format, _BadJson, _fact, _iso, _jtype, _Rec, _start, read_records
+from . import convsent, counterfact, knowedit, mquake, wise, zsre
+from .cases import Unit, place, share_edits, unique_edits
+from .common import Format, _BadJson, _iso, _jtype, _Rec, _start, read_records
+from .facts import fact_id, relation_of, split_many_valued
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,11 @@ class ImportResult:
     with locality/portability under fields of other names (and no probe read), the probes
     in them, and those fields' names. Probes dropped in all: `len(notes) + unread probes`.
     `left_out`: input key -> how many of the records in `events` have it and did not carry it
-    over (top-level keys the format does not map, nested probe keys as `FIELD.NAME[].KEY`)."""
+    over (top-level keys the format does not map, nested probe keys as `FIELD.NAME[].KEY`).
+    `many_valued`: relation -> how many of its edits (over all records, before `edits` cuts
+    the stream) have a fact per old value, the relation being many-valued in this data (see
+    facts.py). `shared`: how many edits several records share (MQuAKE cases with a common
+    rewrite: one edit)."""
 
     source: str
     format: str
@@ -63,6 +69,8 @@ class ImportResult:
     notes: tuple[str, ...] = ()
     unread: dict = field(default_factory=lambda: {"records": 0, "probes": 0, "fields": ()})
     left_out: dict = field(default_factory=dict)
+    many_valued: dict = field(default_factory=dict)
+    shared: int = 0
 
     @property
     def dropped(self) -> int:
@@ -73,31 +81,31 @@ class ImportResult:
 # in this order: --format's choices, `lifelong streams import --help` and error messages
 FORMATS: dict[str, Format] = {f.name: f for f in (
     zsre.FORMAT, knowedit.FORMAT, counterfact.COUNTERFACT, counterfact.ROME_COUNTERFACT,
-    wise.TEMPORAL, wise.HALLUCINATION, convsent.FORMAT,
+    wise.TEMPORAL, wise.HALLUCINATION, convsent.FORMAT, mquake.FORMAT,
 )}
 
 
+# the order in which --format auto tries the formats: the most specific layouts first
+_DETECT_ORDER = ("rome-counterfact", "mquake", "convsent", "zsre", "knowedit", "wise-temporal",
+                 "counterfact", "wise-hallucination")
+
+
 def detect_format(record: Any) -> str | None:
-    """The format whose keys the record has, or None."""
+    """The first format (in `_DETECT_ORDER`) whose required keys the record has, or None."""
     if not isinstance(record, dict):
         return None
-    keys = set(record)
-    if "requested_rewrite" in keys:
-        return "rome-counterfact"
-    if "ent" in keys and keys & {"pos", "neg"}:
-        return "convsent"
-    if {"src", "alt"} <= keys:
-        return "zsre"
-    if isinstance(record.get("locality"), (dict, list)) or \
-            isinstance(record.get("portability"), (dict, list)) or {"text", "labels"} <= keys:
-        return "knowedit"
-    if "ood_rephrase" in keys:
-        return "wise-temporal"
-    if {"prompt", "target_new"} <= keys:
-        if keys & {"ground_truth", "rephrase_prompt", "case_id"}:
-            return "counterfact"
-        return "wise-hallucination"
-    return None
+    return next((n for n in _DETECT_ORDER if FORMATS[n].detect(record)), None)
+
+
+def _undetected(source: str, n: int, first: Any) -> StreamError:
+    """No format reads the first record: one line (no separate problem lines) naming the file,
+    the record's keys and the keys each format expects."""
+    got = f"keys {', '.join(map(str, first))}" if isinstance(first, dict) and first else \
+        "no keys" if isinstance(first, dict) else f"no JSON ({first.message})" \
+        if isinstance(first, _BadJson) else f"a JSON {_jtype(first)}, not an object"
+    formats = "; ".join(f"{f.name} ({f.expects})" for f in FORMATS.values() if f.expects)
+    return StreamError(f"{source}: --format auto: no supported format reads this layout (record "
+                       f"{n} has {got}); the formats and the keys each expects: {formats}", [])
 
 
 # ------------------------------------------------------------------------- conversion
@@ -106,26 +114,40 @@ _ORDER = ("kind", "id", "t", "prompt", "target", "subject", "fact", "previous", 
           "locality", "portability", "meta")
 
 
-def _event(fmt: Format, rec: _Rec, width: int, opts: ImportOptions) -> dict | None:
-    """The edit dict of one record (without `t`), or None when it has problems."""
+def _unit(fmt: Format, rec: _Rec, width: int, opts: ImportOptions) -> Unit | None:
+    """The edits of one record (without `t`), or None when it has problems. A converter
+    gives one edit's fields, or `edits` (a list of them: ids SOURCE-RECORD-K) and the
+    `portability` probes that need all of them (see cases.py)."""
     got = fmt.convert(rec, opts)
-    if rec.errs or not got.get("prompt") or not got.get("target"):
+    parts = got.get("edits", [got] if got else [])
+    if rec.errs or not parts or not all(p.get("prompt") and p.get("target") for p in parts):
         if not rec.errs:  # a converter that could not build a prompt/target says why
             rec.problem("record", "no prompt or target could be built")
         return None
+    base = f"{fmt.source}-{rec.n:0{width}d}"
+    if "edits" not in got:
+        return Unit(rec.n, rec.obj.get("case_id"), [_edit(fmt, rec, got, base)], [], rec.not_carried())
+    edits = [_edit(fmt, rec, p, f"{base}-{k}") for k, p in enumerate(parts, start=1)]
+    return Unit(rec.n, rec.obj.get("case_id"), edits, list(got.get("portability") or ()), rec.not_carried())
+
+
+def _edit(fmt: Format, rec: _Rec, got: dict, eid: str) -> dict:
+    """One edit dict (with the private `_key`, `_relation`, `_share`) from a converter's fields."""
     meta = {"source": fmt.source, "record": rec.n}
     case_id = rec.obj.get("case_id")
     if case_id is not None:
         meta["case_id"] = case_id
     meta.update(got.get("meta") or {})
-    subject = got.get("subject")
-    fact = _fact(subject, got.get("fact_key") or got["prompt"]) if subject else \
+    subject, key = got.get("subject"), got.get("fact_key") or got["prompt"]
+    fact = fact_id(subject, key) if subject else \
         f"{fmt.source}:{case_id}" if case_id is not None else None
-    ev = {"kind": "edit", "id": f"{fmt.source}-{rec.n:0{width}d}", "prompt": got["prompt"],
+    ev = {"kind": "edit", "id": eid, "prompt": got["prompt"],
           "target": got["target"], "subject": subject, "fact": fact,
           "previous": got.get("previous"), "rephrases": got.get("rephrases"),
           "locality": got.get("locality"), "portability": got.get("portability"), "meta": meta}
-    return {k: ev[k] for k in _ORDER if ev.get(k)}
+    return {**{k: ev[k] for k in _ORDER if ev.get(k)},
+            "_key": key, "_relation": got.get("relation") or relation_of(subject, key),
+            "_share": got.get("share")}
 
 
 def convert_records(records: list[tuple[int, Any]], source: str,
@@ -138,15 +160,11 @@ def convert_records(records: list[tuple[int, Any]], source: str,
     name = opts.format
     if name == "auto":
         if detected is None:
-            first = records[0][1]
-            got = f"keys {', '.join(sorted(first))}" if isinstance(first, dict) else _jtype(first)
-            why = (f"cannot detect the format from the first record ({got}); "
-                   f"give --format (one of {', '.join(FORMATS)})")
-            raise StreamError(f"{source}: {why}", [f"{source}:{records[0][0]}: record: {why}"])
+            raise _undetected(source, *records[0])
         name = detected
     fmt = FORMATS[name]
     width = len(str(max(n for n, _ in records)))
-    events, problems, firsts, notes = [], [], [], []
+    units, problems, firsts, notes = [], [], [], []
     unread: dict[str, int] = {}  # field -> probes in it, over records that read no probe
     unread_records = 0
     for n, obj in records:
@@ -157,36 +175,39 @@ def convert_records(records: list[tuple[int, Any]], source: str,
             firsts.append(problems[-1])
             continue
         rec = _Rec(obj, n)
-        ev = _event(fmt, rec, width, opts)
+        unit = _unit(fmt, rec, width, opts)
         notes += [f"{source}:{n}: {w}: {m}" for w, m in rec.notes]
-        if ev is None:
+        if unit is None:
             lines = [f"{source}:{n}: {w}: {m}" for w, m in rec.errs]
             problems += lines
             firsts.append(lines[0])
         else:
-            ev["_left_out"] = rec.not_carried()
-            events.append(ev)
-            missed = {} if ev.get("locality") or ev.get("portability") else _unread_probes(rec)
+            units.append(unit)
+            missed = {} if unit.has_probes() else _unread_probes(rec)
             unread_records += bool(missed)
             for k, v in missed.items():
                 unread[k] = unread.get(k, 0) + v
-    if problems and not opts.skip_bad or not events:
+    if problems and not opts.skip_bad or not units:
         bad = len(firsts)
         hint = f"; --format auto would read it as {detected}" \
             if detected and detected != name and bad == len(records) else ""
-        if not events and not problems:
+        if not units and not problems:
             raise StreamError(f"{source}: no records", [f"{source}:0: file: no records"])
-        hint += "; --skip-bad skips them" if events else ""
+        hint += "; --skip-bad skips them" if units else ""
         msg = (f"{source}: {bad} of {len(records)} record{'s' * (len(records) != 1)} invalid "
                f"as {name}{hint} (first: {problems[0]})")
         raise StreamError(msg, problems)
+    shared = share_edits(units)  # in file order: a shared edit's id is its first record's
+    many_valued = split_many_valued(unique_edits(units))  # in file order, over every record
     if opts.shuffle:
-        random.Random(opts.seed).shuffle(events)
+        random.Random(opts.seed).shuffle(units)
+    events = place(units, source, notes)
     if opts.edits is not None:
         events = events[:opts.edits]
     probes = sum(len(ev.get("locality", ())) + len(ev.get("portability", ())) for ev in events)
-    left_out: dict[str, int] = {}
-    for key in (k for ev in events for k in ev["_left_out"]):
+    kept = {id(ev) for ev in events}
+    left_out: dict[str, int] = {}  # over the records with an edit in the stream
+    for key in (k for u in units if any(id(e) in kept for e in u.edits) for k in u.left_out):
         left_out[key] = left_out.get(key, 0) + 1
     info = {"records": unread_records, "probes": sum(unread.values()), "fields": tuple(sorted(unread))}
     if unread_records and not probes:
@@ -201,7 +222,7 @@ def convert_records(records: list[tuple[int, Any]], source: str,
     events = [{key: ev[key] for key in _ORDER if key in ev} for ev in events]
     load_events_from_dicts(events, source=f"{source} (converted)")  # raises on a bug
     return ImportResult(source, name, len(records), tuple(events), tuple(firsts), tuple(notes),
-                        info, dict(sorted(left_out.items())))
+                        info, dict(sorted(left_out.items())), many_valued, shared)
 
 
 #: top-level keys that hold locality or portability probes in one format or another

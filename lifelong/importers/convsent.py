@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .common import Format, _Rec, _text, _texts
+from .common import Format, _has, _Rec, _text, _texts
 
 if TYPE_CHECKING:
     from .convert import ImportOptions
@@ -46,4 +46,5 @@ def _convsent(rec: _Rec, opts: ImportOptions) -> dict:
             "meta": {"sentiment": sentiment}}
 
 
-FORMAT = Format("convsent", "convsent", _convsent, "ConvSent: ent, pos, neg")
+FORMAT = Format("convsent", "convsent", _convsent, "ConvSent: ent, pos, neg", "ent and pos or neg",
+                lambda r: _has(r, "ent") and (_has(r, "pos") or _has(r, "neg")))

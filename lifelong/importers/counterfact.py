@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .common import _MISSING, Format, _jtype, _previous, _Probes, _Rec, _target, _text, _texts
+from .common import _MISSING, Format, _has, _jtype, _previous, _Probes, _Rec, _target, _text, _texts
 
 if TYPE_CHECKING:
     from .convert import ImportOptions
@@ -101,7 +101,13 @@ def _rome_counterfact(rec: _Rec, opts: ImportOptions) -> dict:
 
 COUNTERFACT = Format("counterfact", "counterfact", _flat,
                      "EasyEdit CounterFact: case_id, prompt, target_new, ground_truth, rephrase_prompt, "
-                     "locality_prompt, locality_ground_truth")
+                     "locality_prompt, locality_ground_truth",
+                     "prompt, target_new and ground_truth, rephrase_prompt or case_id",
+                     lambda r: _has(r, "prompt", "target_new")
+                     and any(_has(r, k) for k in ("ground_truth", "rephrase_prompt", "case_id")))
 ROME_COUNTERFACT = Format("rome-counterfact", "rome-counterfact", _rome_counterfact,
                           "ROME CounterFact: requested_rewrite{prompt, subject, target_new, target_true}, "
-                          "paraphrase_prompts, neighborhood_prompts, attribute_prompts")
+                          "paraphrase_prompts, neighborhood_prompts, attribute_prompts",
+                          "requested_rewrite {prompt, subject, target_new} (one object)",
+                          lambda r: isinstance(r.get("requested_rewrite"), dict)
+                          and _has(r["requested_rewrite"], "prompt", "subject", "target_new"))

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .common import _MISSING, Format, _previous, _Probes, _Rec, _target, _text, _texts
+from .common import _MISSING, Format, _has, _previous, _Probes, _Rec, _target, _text, _texts
 
 if TYPE_CHECKING:
     from .convert import ImportOptions
@@ -47,6 +47,14 @@ def _knowedit(rec: _Rec, opts: ImportOptions) -> dict:
     return {**out, "meta": meta}
 
 
+def _detect(r: dict) -> bool:
+    """prompt and target_new with probes nested by name, or WikiBio's text and labels."""
+    nested = any(isinstance(r.get(k), (dict, list)) for k in ("locality", "portability"))
+    return _has(r, "text", "labels") or nested and _has(r, "prompt", "target_new")
+
+
 FORMAT = Format("knowedit", "knowedit", _knowedit,
                 "KnowEdit (ZsRE, WikiData-CounterFact, Recent, WikiBio): prompt, target_new, "
-                "ground_truth, locality{name: [...]}, portability{name: [...]}")
+                "ground_truth, locality{name: [...]}, portability{name: [...]}",
+                "prompt, target_new and locality or portability {name: [...]} (WikiBio: text, labels)",
+                _detect)

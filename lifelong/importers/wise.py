@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .common import Format, _Rec
+from .common import Format, _has, _Rec
 from .counterfact import _flat
 
 if TYPE_CHECKING:
@@ -35,6 +35,9 @@ def _temporal(rec: _Rec, opts: ImportOptions) -> dict:
 
 
 TEMPORAL = Format("wise-temporal", "temporal", _temporal,
-                  "WISE Temporal: prompt, target_new, ood_rephrase, locality_prompt, locality_ground_truth")
+                  "WISE Temporal: prompt, target_new, ood_rephrase, locality_prompt, locality_ground_truth",
+                  "prompt, target_new, ood_rephrase",
+                  lambda r: _has(r, "prompt", "target_new") and "ood_rephrase" in r)
 HALLUCINATION = Format("wise-hallucination", "hallucination", _flat,
-                       "WISE hallucination: prompt, target_new, locality_prompt, locality_ground_truth")
+                       "WISE hallucination: prompt, target_new, locality_prompt, locality_ground_truth",
+                       "prompt, target_new", lambda r: _has(r, "prompt", "target_new"))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .common import Format, _previous, _Probes, _Rec, _target, _text, _texts
+from .common import Format, _has, _previous, _Probes, _Rec, _target, _text, _texts
 
 if TYPE_CHECKING:
     from .convert import ImportOptions
@@ -40,4 +40,5 @@ def _zsre(rec: _Rec, opts: ImportOptions) -> dict:
     return {**out, "meta": meta}
 
 
-FORMAT = Format("zsre", "zsre", _zsre, "MEND/ROME zsRE: src, alt, answers, rephrase, loc, loc_ans")
+FORMAT = Format("zsre", "zsre", _zsre, "MEND/ROME zsRE: src, alt, answers, rephrase, loc, loc_ans",
+                "src, alt", lambda r: _has(r, "src", "alt"))
