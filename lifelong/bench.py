@@ -15,6 +15,9 @@ each size with keys and values of the model's own world prompts (untrained value
 measures lookup and placement cost, not editing quality), then times real edits (per-edit
 wall time, steps) and query forwards with the codebook against the bare model (the hook
 short-circuited), interleaved so that machine load hits both alike.
+
+``lifelong bench edit`` (`lifelong.bench_edit`) times any registered method: attach (with
+what it says it computed or read), per-edit time, footprint, and query overhead.
 """
 
 from __future__ import annotations
@@ -223,7 +226,8 @@ def bench_grace(model: str | None, sizes: list[int], edits: int = 20, queries: i
 
 @click.group()
 def bench() -> None:
-    """Micro-benchmarks: the FAISS key index; GRACE's and WISE's edit and query cost."""
+    """Micro-benchmarks: the FAISS key index; GRACE's and WISE's edit and query cost; any
+    method's attach, edit and query cost (`edit`)."""
 
 
 @bench.command("index")
@@ -283,4 +287,35 @@ def bench_wise_cmd(model, edits, memories, queries, mode, seed, methods, json_pa
                             {"mode": mode}, echo=click.echo, method=name) for name in names}
     if json_path:
         Path(json_path).write_text(json.dumps(out, indent=2, default=str) + "\n", encoding="utf-8")
+        click.echo(f"json: {json_path}")
+
+
+@bench.command("edit")
+@click.option("--method", "methods", multiple=True, required=True,
+              help="a registered method (repeat for several; `lifelong methods` lists them)")
+@click.option("--model", default=None, help="'builtin' (default) or a model directory with a world.json")
+@click.option("--edits", default=20, show_default=True, type=click.IntRange(min=1), help="edits timed")
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1),
+              help="edits per call (one joint update for a batch-editing method)")
+@click.option("--queries", default=64, show_default=True, type=click.IntRange(min=32),
+              help="prompts timed against the bare model (hook-based methods)")
+@click.option("--settings", default=None, help='JSON settings for every method, or per method: '
+              '{"rome": {...}, "ft": {...}} (default: each method\'s defaults)')
+@click.option("--train-file", type=click.Path(exists=True, dir_okay=False),
+              help="a stream file: the train split for methods that learn before the stream (mend)")
+@click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
+              help="the statistics / editor cache (default: $LIFELONG_CACHE or ~/.cache/lifelong)")
+@click.option("--fresh-cache", is_flag=True,
+              help="a temporary cache per method: statistics and editors are computed, not read")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="also write the results as JSON")
+def bench_edit_cmd(methods, model, edits, batch, queries, settings, train_file, cache_dir,
+                   fresh_cache, seed, json_path):
+    """Attach cost (statistics, editors), per-edit time, footprint and query overhead of
+    each method, on a model's own world facts."""
+    from .bench_edit import bench_edit, write_json
+    out = bench_edit(methods, model, edits, batch, queries, settings, train_file, fresh_cache,
+                     cache_dir, seed, echo=click.echo)
+    if json_path:
+        write_json(out, json_path)
         click.echo(f"json: {json_path}")
