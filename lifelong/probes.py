@@ -16,7 +16,10 @@ Roles (the `role` column of the probes table):
               pre-stream model                                          (retraction restores)
     loc       a locality prompt, compared with the pre-stream model    (locality)
 
-A portability probe with aliases (`Probe.aliases`) is one item with several acceptable
+A portability probe that names the edits it depends on (`Probe.needs`: MQuAKE's multi-hop
+questions) is asked only while all of them are applied and current (`needs_met`); in the
+chunked protocol, only in a chunk that holds them all. A portability probe with aliases
+(`Probe.aliases`) is one item with several acceptable
 answers (`ProbeItem.answers`): teacher-forced it scores as its best answer, generated it
 matches when the greedy output reproduces any of them (`lifelong.scoring.score_answers`). Its
 row keeps `target` = the canonical answer and adds `tf_answer` (the answer whose teacher-
@@ -151,6 +154,18 @@ def leaked_rephrases(led: Ledger) -> int:
     return n
 
 
+def needs_met(led: Ledger, needs: Sequence[str]) -> bool:
+    """Whether a portability probe that depends on the edits `needs` (a multi-hop question
+    over several rewrites) can be asked now: every one of them is in the ledger (in the
+    chunked protocol: in this chunk), not retracted, and still its fact's newest edit (a
+    later re-edit changes the answer the probe expects). A probe without `needs` always can."""
+    for edit_id in needs:
+        edit = led.edits.get(edit_id)
+        if edit is None or edit_id in led.retracted or led.newest(edit.fact) is not edit:
+            return False
+    return True
+
+
 def _fact_items(led: Ledger, fact: str) -> list[ProbeItem]:
     ids = led.by_fact[fact]
     new = led.newest(fact)
@@ -167,7 +182,8 @@ def _fact_items(led: Ledger, fact: str) -> list[ProbeItem]:
     items += [ProbeItem(f"gen_ood:{new.id}:{k}", "gen_ood", p, new.target, new.id, fact, n)
               for k, p in enumerate(getattr(new, "ood_rephrases", ())) if p not in trained]
     items += [ProbeItem(f"port:{new.id}:{k}", "port", p.prompt, p.answer, new.id, fact, n,
-                        aliases=p.aliases) for k, p in enumerate(new.portability)]
+                        aliases=p.aliases) for k, p in enumerate(new.portability)
+              if needs_met(led, p.needs)]
     older = [led.edits[i] for i in ids if i != new.id and led.order[i] < n]
     for old in older:
         if old.id not in led.retracted:

@@ -331,3 +331,24 @@ def test_locality_sample_depends_on_seed():
     a = locality_sample(pool, 5, 7)
     random.seed(2)
     assert locality_sample(pool, 5, 7) == a
+
+
+def test_a_probe_that_needs_other_edits_is_asked_only_while_they_all_hold():
+    """MQuAKE-style: a multi-hop question on e2 needs e1 and e2; it is planned only once both
+    are applied, not after e1 is retracted, not after e1's fact is re-edited, and not in a
+    ledger (a chunk) that lacks e1."""
+    from lifelong.probes import Ledger, plan
+    from lifelong.stream import Edit, Probe, Retract
+    hop = Probe("Where was the head of state of X born?", "Naples", needs=("e1", "e2"))
+    e1 = Edit("e1", 0, prompt="The head of state of X is", target="Umberto", fact="X|head")
+    e2 = Edit("e2", 1, prompt="Umberto was born in", target="Naples", fact="U|born",
+              portability=(hop, Probe("Umberto's birthplace is", "Naples")))
+    e3 = Edit("e3", 2, prompt="The head of state of X is", target="Sergio", fact="X|head")
+
+    def ports(events):
+        return sorted(i.prompt for i in plan(Ledger.replay(events), []) if i.role == "port")
+
+    assert ports([e1, e2]) == sorted([hop.prompt, "Umberto's birthplace is"])
+    assert ports([e2]) == ["Umberto's birthplace is"]                      # a chunk without e1
+    assert ports([e1, e2, Retract("r", 3, edit_id="e1")]) == ["Umberto's birthplace is"]
+    assert ports([e1, e2, e3]) == ["Umberto's birthplace is"]              # e1 superseded
