@@ -427,6 +427,7 @@ REAL = [  # (file under ../shared/data, format, records, importer options of the
     ("wise/hallucination-edit.json", "wise-hallucination", 600, {}),
     ("wise/hallucination-train.json", "wise-hallucination", 306, {}),
     ("convsent/convsent-test.json", "convsent", 800, {}),
+    ("knowedit/recent-train.json", "knowedit", 570, {}),
 ]
 
 
