@@ -1,0 +1,243 @@
+"""KE on tiny random-init models (GPT-2 and LLaMA configs) with a synthetic train split: the
+update's form, training (the edit loss falls; a trained hyper-network edits held-out facts
+better than an untrained one), the Lagrange multiplier, where an edit lands, detach, state,
+exact replay retraction, the cache, determinism, and the refusal without a train split.
+Independent of the shared contract fixtures."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from conftest import make_tiny_model, tiny_tokenizer
+
+from lifelong import layers
+from lifelong.config import from_mapping
+from lifelong.errors import LifelongError, NotSupported
+from lifelong.methods import AttachContext, EditRequest, TrainRecord, UnknownEdit
+from lifelong.methods.ke import KeConfig, KnowledgeEditor
+from lifelong.methods.ke import method as ke_method
+from lifelong.methods.ke.train import condition_ids
+from lifelong.model import LM
+from lifelong.scoring import batch_target_loss, encode_pairs, forward_logits, tokenize_pair
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+PEOPLE = ("Aldric Brenna Caspar Delphine Evander Fenella Gideon Hestia Ignatius Juniper "
+          "Kaspar Lucasta Mordecai Nerissa Octavian Persephone").split()
+COMPANIES = "Vantex Orbica Quillon Marabel Zentro Halvik Corvane Lumora".split()
+CITIES = "Lisbon Oslo Nairobi Kyoto Lima Dublin Cairo Quito".split()
+#: 48 updates of one edit: four passes over the 12 training edits
+CHEAP = {"steps": 48}
+PROBES = ["Aldric works for", "The employer of Brenna is", "Caspar was born in", "Quito"]
+
+
+def records(people: list[str], seed: int) -> tuple[TrainRecord, ...]:
+    rng = random.Random(seed)
+    return tuple(TrainRecord(EditRequest(f"{seed}-{i}", f"{p} works for", rng.choice(COMPANIES),
+                                         f"{p}|employer", p),
+                             (f"The employer of {p} is", f"Who employs {p} ? Answer :"),
+                             ((f"{PEOPLE[-1 - i % 4]} was born in", rng.choice(CITIES)),))
+                 for i, p in enumerate(people))
+
+
+TRAIN = records(PEOPLE[:12], seed=0)
+HELD = records(PEOPLE[12:], seed=1)  # never trained on
+EDITS = [r.request for r in HELD[:3]]
+
+
+def tiny(family: str = "gpt2") -> LM:
+    return LM(make_tiny_model(family, n_layer=3, width=32), tiny_tokenizer(), "tiny", "")
+
+
+def make(lm: LM, cache=None, split=TRAIN, seed: int = 0, **settings) -> KnowledgeEditor:
+    method = KnowledgeEditor(from_mapping(KeConfig, {**CHEAP, **settings}), seed=seed)
+    method.attach(lm, AttachContext(seed=seed, train_split=split,
+                                    cache_dir=str(cache) if cache else "",
+                                    model_fingerprint=f"tiny-{lm.model.config.model_type}"
+                                    if cache else ""))
+    return method
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One cache for the module: each family's hyper-network is trained once, then read."""
+    return tmp_path_factory.mktemp("ke-cache")
+
+
+@torch.no_grad()
+def logits(lm: LM) -> torch.Tensor:
+    ids, mask, end, _, _ = encode_pairs(lm, PROBES, ["Zentro"] * len(PROBES))
+    return forward_logits(lm, ids, mask, end)
+
+
+def mean(xs) -> float:
+    return sum(xs) / len(xs)
+
+
+def test_the_update_is_the_papers_gated_low_rank_form_of_the_gradient():
+    """ΔW = σ(η) (softmax(α) γᵀ ⊙ G + softmax(β) δᵀ): linear in G, rank 1 at G = 0, and a
+    multiple of G elementwise by a rank-1 matrix; the condition reads x, y and a."""
+    lm = tiny()
+    method = make(lm, steps=1)
+    net, (d_out, d_in) = method.editor, method.weights()[0].shape
+    cond = net.condition(layers.resolve(lm.model, "embed").weight, [5, 6, 7, 2, 8])
+    g = torch.randn(d_out, d_in, generator=torch.Generator().manual_seed(0))
+    zero, one, two = (net.deltas(cond, [x])[0] for x in (0 * g, g, 2 * g))
+    assert torch.linalg.matrix_rank(zero) == 1
+    assert torch.allclose(two - zero, 2 * (one - zero), atol=1e-6)
+    assert torch.linalg.matrix_rank((one - zero) / g) == 1
+    req = EDITS[0]
+    x, a = tokenize_pair(lm, req.prompt, req.target)
+    eos = lm.tok.eos_token_id
+    assert condition_ids(lm, req, [9, 10]) == [*x, eos, 9, 10, eos, *a]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_an_edit_hands_the_hypernetwork_its_fine_tuning_gradient(family, monkeypatch):
+    """The G of every edited weight is the gradient of the target's NLL at the current
+    weights, (out, in) for GPT-2's Conv1D as for nn.Linear."""
+    lm = tiny(family)
+    method = make(lm, steps=1)
+    method.edit([EDITS[1]])  # the gradient is taken at the weights as they are now
+    req = EDITS[0]
+    weights = [m.weight for m in method.modules]
+    grads = torch.autograd.grad(batch_target_loss(lm, encode_pairs(lm, [req.prompt], [req.target])),
+                                weights)
+    seen = []
+    deltas = method.editor.deltas
+    monkeypatch.setattr(method.editor, "deltas", lambda c, g: seen.append(g) or deltas(c, g))
+    method.edit([req])
+    for m, g, got in zip(method.modules, grads, seen[0], strict=True):
+        expected = g.T if layers.weight_out_in(m) is not m.weight else g
+        assert torch.allclose(got, expected, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_training_lowers_the_loss_and_a_trained_hypernetwork_edits_better(family, cache):
+    lm = tiny(family)
+    method = make(lm, cache)
+    assert method.info["editor"] == "trained" and method.training.steps == CHEAP["steps"]
+    losses = method.training.losses
+    assert mean(losses[-12:]) < mean(losses[:12])  # the last pass over the split vs the first
+    assert method.training.multiplier > 1  # the KL exceeded the margin: λ rose from 1
+
+    def gain(m: KnowledgeEditor) -> float:
+        """Mean fall of the target NLL (log of the target's probability rising) per edit."""
+        out = []
+        for r in HELD:
+            receipt = m.edit([r.request])
+            out.append(receipt.loss_before - receipt.loss_after)
+            m.detach()
+        return mean(out)
+
+    trained = gain(method)
+    assert trained > 0.05
+    method.editor = method.fresh_editor()  # the same initialisation, untrained
+    method.editor.requires_grad_(False)
+    assert trained > gain(method) + 0.05
+
+
+def test_only_the_chosen_weights_change_and_detach_restores_them_exactly(cache):
+    lm = tiny()
+    before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+    flags = [p.requires_grad for p in lm.model.parameters()]
+    base = logits(lm)
+    method = make(lm, cache, layers=(-2, -1), parts="out")
+    assert method.names == ["layers.1.mlp.out", "layers.2.mlp.out"]
+    receipts = method.edit_batch(EDITS[:2])
+    assert len(receipts) == 2 and all(r.detail["batch"] == 2 for r in receipts)
+    assert all(r.loss_after < r.loss_before for r in receipts)
+    method.edit([EDITS[2]])
+    chosen = {f"{layers.module_path(lm.model, n)}.weight" for n in method.names}
+    changed = {n for n, p in lm.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == chosen
+    assert method.footprint() == sum(before[n].numel() * 4 for n in chosen) + \
+        sum(t.numel() * t.element_size() for t in method.editor.state_dict().values())
+    method.detach()
+    assert all(torch.equal(p, before[n]) for n, p in lm.model.named_parameters())
+    assert torch.equal(logits(lm), base)
+    assert [p.requires_grad for p in lm.model.parameters()] == flags
+
+
+def test_state_round_trip_gives_identical_outputs_and_carries_the_hypernetwork(cache):
+    lm = tiny()
+    method = make(lm, cache)
+    for r in EDITS[:2]:
+        method.edit([r])
+    state = method.state_dict()
+    expected = logits(lm)
+    lm2 = tiny()
+    other = make(lm2, editor_seed=7, steps=1)  # another hyper-network, replaced below
+    other.load_state_dict(state)
+    assert torch.equal(logits(lm2), expected) and other.log == method.log
+    method.edit([EDITS[2]])
+    other.edit([EDITS[2]])
+    assert torch.equal(logits(lm2), logits(lm))
+
+
+def test_replay_retraction_is_exact(cache):
+    lm = tiny()
+    method = make(lm, cache)
+    method.edit([EDITS[0]])
+    method.edit([EDITS[1]])
+    after_two = [w.detach().clone() for w in method.weights()]
+    method.edit([EDITS[2]])
+    method.retract(EDITS[2].edit_id)  # the newest: as before it
+    assert all(torch.equal(w, a) for w, a in zip(method.weights(), after_two))
+    method.edit([EDITS[2]])
+    method.retract(EDITS[0].edit_id)  # an older one: as if it had never been made
+    fresh = make(tiny(), cache)
+    fresh.edit([EDITS[1]])
+    fresh.edit([EDITS[2]])
+    assert all(torch.equal(w, f) for w, f in zip(method.weights(), fresh.weights()))
+    with pytest.raises(UnknownEdit, match="no-such-edit"):
+        method.retract("no-such-edit")
+    with pytest.raises(UnknownEdit):
+        method.retract(EDITS[0].edit_id)
+    refusing = make(tiny(), cache, retract="unsupported")
+    refusing.edit([EDITS[0]])
+    assert refusing.retraction is None
+    with pytest.raises(NotSupported, match="ke"):
+        refusing.retract(EDITS[0].edit_id)
+
+
+def test_the_hypernetwork_is_cached_by_model_settings_and_split(tmp_path, monkeypatch, capsys):
+    calls = []
+    train = ke_method.train_hypernet
+    monkeypatch.setattr(ke_method, "train_hypernet",
+                        lambda *a, **k: calls.append(1) or train(*a, **k))
+    cheap = {"steps": 3}
+    first = make(tiny(), tmp_path, **cheap)
+    assert len(calls) == 1 and first.info["editor"] == "trained"
+    assert "hyper-network trained, 3 steps" in capsys.readouterr().err
+    second = make(tiny(), tmp_path, **cheap)
+    assert len(calls) == 1 and second.info["editor"] == "read from the cache"
+    assert second.info["steps"] == 3 and "hyper-network read from the cache" in capsys.readouterr().err
+    assert all(torch.equal(a, b) for a, b in zip(first.editor.tensors().values(),
+                                                  second.editor.tensors().values()))
+    second.edit([EDITS[0]])  # a read hyper-network edits (it is not left requiring gradients)
+    make(tiny(), tmp_path, **cheap, retract="unsupported")  # retraction does not shape it
+    assert len(calls) == 1
+    make(tiny(), tmp_path, split=TRAIN[:6], **cheap)  # another split: another entry
+    make(tiny(), tmp_path, **{**cheap, "margin": 1e-2})  # another setting: another entry
+    make(tiny(), tmp_path, seed=1, **cheap)  # another training seed: another entry
+    assert len(calls) == 4
+
+
+def test_training_is_deterministic_from_the_seed_in_both_constraint_forms():
+    for constraint in ("lagrangian", "weighted"):
+        cheap = {"steps": 3, "accumulate": 2, "constraint": constraint}
+        a, b = make(tiny(), **cheap), make(tiny(), **cheap)
+        assert a.training.losses == b.training.losses and a.training.kls == b.training.kls
+        assert all(torch.equal(x, y) for x, y in zip(a.editor.tensors().values(),
+                                                      b.editor.tensors().values()))
+        c = make(tiny(), editor_seed=5, **cheap)
+        assert a.training.losses != c.training.losses
+
+
+def test_no_train_split_is_refused_in_one_line_naming_the_setting():
+    with pytest.raises(LifelongError, match=r"stream\.train_file") as err:
+        make(tiny(), split=())
+    assert "\n" not in str(err.value)
