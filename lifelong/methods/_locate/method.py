@@ -1,11 +1,9 @@
-"""The base ROME, MEMIT and AlphaEdit share: weights edited in place, statistics at attach,
-a log of edits, exact retraction by replay, state and detach.
+"""The base ROME, MEMIT and AlphaEdit share: statistics and prefixes at attach, on top of
+`_common.replayed.ReplayedWeights` (weights edited in place, a log, exact retraction by
+replay, state, detach).
 
-Invariants: the edited weights are a pure function of the base weights, the attach context
-(statistics, prefixes from the seed) and the log (the edit batches, in order): every edit is
-deterministic, so `retract` (restore the base weights and replay the log without the edit)
-gives exactly the weights a stream without that edit would have made. It costs one replay
-of every remaining edit; `retract = "unsupported"` refuses instead (long sequential runs).
+Invariant: the edited weights are a pure function of the base weights, the attach context
+(statistics, prefixes from the seed) and the log (the edit batches, in order).
 """
 
 from __future__ import annotations
@@ -16,18 +14,11 @@ from typing import Any
 import torch
 
 from ... import layers
-from ...errors import LifelongError, NotSupported
+from ...errors import LifelongError
 from ...model import LM
 from ...progress import Reporter
-from ..base import (
-    BatchEditing,
-    EditReceipt,
-    EditRequest,
-    MemoryBase,
-    Retractable,
-    UnknownEdit,
-    tensor_bytes,
-)
+from .._common.replayed import ReplayedWeights
+from ..base import EditReceipt, EditRequest, tensor_bytes
 from ..context import AttachContext
 from .lookup import Site, make_prefixes, sites
 from .stats import corpus_key, key_covariances, sample_texts
@@ -43,16 +34,12 @@ def edit_layers(model: torch.nn.Module, chosen: tuple[int, ...] | None, span: in
     return list(range(max(0, last - span + 1), last + 1))
 
 
-class LocateEdit(MemoryBase, BatchEditing, Retractable):
+class LocateEdit(ReplayedWeights):
     """Subclasses set `name`, `Config`, `summary`, `_layers(model)` and `_apply(requests)`
     (edit the weights; one receipt per request); `_extra_state` / `_load_extra` / `_reset`
     for state of their own (AlphaEdit's accumulated keys)."""
 
-    memory_kind = "weights"
-
-    def __init__(self, config: Any, seed: int = 0):
-        super().__init__(config, seed)
-        self.retraction = "exact" if config.retract == "replay" else None
+    entangled = "its rank-one updates share the edited weights"
 
     # ---- what a subclass says -------------------------------------------------------------
     def _layers(self, model: torch.nn.Module) -> list[int]:
@@ -63,15 +50,6 @@ class LocateEdit(MemoryBase, BatchEditing, Retractable):
 
     def _prepare(self) -> None:
         """After the statistics are known (AlphaEdit: its projections)."""
-
-    def _reset(self) -> None:
-        """Forget what edits accumulated besides the weights (before a replay)."""
-
-    def _extra_state(self) -> dict[str, Any]:
-        return {}
-
-    def _load_extra(self, state: dict[str, Any]) -> None:
-        """Restore `_extra_state` output."""
 
     # ---- lifecycle --------------------------------------------------------------------------
     def attach(self, lm: LM, ctx: AttachContext) -> None:
@@ -129,10 +107,6 @@ class LocateEdit(MemoryBase, BatchEditing, Retractable):
     def sites(self, requests: Sequence[EditRequest]) -> list[Site]:
         return sites(self.lm, requests, self.prefixes, self.config.key_position)
 
-    def weights(self) -> list[torch.Tensor]:
-        """The edited weights, (out, in), views of the modules' parameters."""
-        return [layers.weight_out_in(m) for m in self.modules]
-
     def detail(self, site: Site, **more: Any) -> dict[str, Any]:
         stats = {k: self.info[k] for k in ("source", "texts", "entry") if k in self.info}
         return {"layers": list(self.names), "lookup": site.how, "statistics": stats, **more}
@@ -143,57 +117,16 @@ class LocateEdit(MemoryBase, BatchEditing, Retractable):
         self.log.append(list(requests))
         return receipts
 
-    def edit(self, requests: Sequence[EditRequest]) -> EditReceipt:
-        receipts = self.edit_batch(requests)
-        if len(receipts) == 1:
-            return receipts[0]
-        return EditReceipt(applied=all(r.applied for r in receipts),
-                           loss_before=receipts[0].loss_before,
-                           loss_after=receipts[-1].loss_after,
-                           steps=sum(r.steps for r in receipts),
-                           detail={**receipts[0].detail, "batch": len(receipts)},
-                           converged=all(bool(r.converged) for r in receipts))
-
-    # ---- retraction -----------------------------------------------------------------------------
-    def retract(self, edit_id: str) -> None:
-        """Restore the base weights and replay the log without the edit (exact)."""
-        if self.retraction is None:
-            raise NotSupported(f"{self.name} with retract = \"unsupported\" cannot retract: "
-                               "its rank-one updates share the edited weights")
-        if not any(r.edit_id == edit_id for batch in self.log for r in batch):
-            raise UnknownEdit(f"{self.name}: no active edit {edit_id!r} to retract")
-        kept = [[r for r in batch if r.edit_id != edit_id] for batch in self.log]
-        self._restore_base()
-        self.log = []
-        for batch in kept:
-            if batch:
-                self.edit_batch(batch)
-
-    @torch.no_grad()
-    def _restore_base(self) -> None:
-        for w, b in zip(self.weights(), self.base):
-            w.copy_(b)
-        self._reset()
-
-    # ---- state ------------------------------------------------------------------------------------
+    # ---- state: the prefixes besides the weights and the log ------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"weights": [w.detach().clone() for w in self.weights()],
-                "log": [[vars(r).copy() for r in batch] for batch in self.log],
-                "prefixes": list(self.prefixes), **self._extra_state()}
+        return {**super().state_dict(), "prefixes": list(self.prefixes)}
 
-    @torch.no_grad()
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for w, saved in zip(self.weights(), state["weights"]):
-            w.copy_(saved)
-        self.log = [[EditRequest(**r) for r in batch] for batch in state["log"]]
+        super().load_state_dict(state)
         self.prefixes = list(state["prefixes"])
-        self._load_extra(state)
 
-    def footprint(self) -> int:
-        """Bytes of the edited weights (what a merged export writes) and accumulated state."""
+    def _extra_bytes(self) -> int:
+        """Accumulated state's tensors (AlphaEdit's keys)."""
         extra = [t for v in self._extra_state().values()
                  for t in (v if isinstance(v, list) else [v]) if isinstance(t, torch.Tensor)]
-        return tensor_bytes(*self.weights(), *extra)
-
-    def detach(self) -> None:
-        self._restore_base()
+        return tensor_bytes(*extra)

@@ -1,17 +1,13 @@
-"""The `ke` method: attach (train or read the hyper-network), edit in place, log, replay, state.
+"""The `ke` method: attach (train or read the hyper-network), then `TrainedUpdates`' edits in
+place, log, exact retraction by replay, state (weights, log, hyper-network) and detach, as
+MEND's; KE brings its hyper-network (`fresh_editor`), its training (`_train_or_read`) and its
+update (`edit_batch`).
 
-What KE shares with MEND is taken from `Mend` itself (this class derives from it): the edited
-weights and their base copies (`attach`: the last 3 blocks' MLP projections), the log, the
-exact retraction by replay, the state (weights, log, hyper-network), `footprint` (edited
-weights + hyper-network) and `detach`. KE brings its own hyper-network (`fresh_editor`), its
-training and cache entry (`_train_or_read`) and its update (`edit_batch`).
-
-Invariants (MEND's): the edited weights are a pure function of the base weights, the
-hyper-network (a pure function of the base model, the settings, the training seed and the
-train split) and the log: an edit draws nothing at random (its prediction ``y`` is the model's
-greedy one at the current weights), so `retract` (restore the base weights, re-apply the log
-without the edit) gives bit for bit the weights of a stream that never made it. Only the
-weights named in `names` ever change; `detach` copies the base weights back.
+Invariants: the edited weights are a pure function of the base weights, the hyper-network (a
+pure function of the base model, the settings, the training seed and the train split) and
+the log: an edit draws nothing at random (its prediction ``y`` is the model's greedy one at
+the current weights), so `retract` gives bit for bit the weights of a stream that never made
+it. Only the weights named in `names` ever change; `detach` copies the base weights back.
 """
 
 from __future__ import annotations
@@ -23,11 +19,10 @@ import torch
 
 from ... import layers
 from ...errors import LifelongError
-from ...progress import Reporter
 from .._common.rng import seeded_rng
+from .._common.trained import TrainedUpdates, train_or_read
 from ..base import EditReceipt, EditRequest
 from ..context import AttachContext, TrainRecord
-from ..mend.method import Mend
 from ..mend.train import cache_entry, split_digest
 from .config import KeConfig
 from .hypernet import HyperNetwork
@@ -40,7 +35,13 @@ NO_SPLIT = ("ke trains its hyper-network on a train split before the stream, and
             "train_split=)")
 
 
-class KnowledgeEditor(Mend):
+def _describe(t: Training) -> str:
+    """The end of KE's training, for the note: the last KL, the margin and the multiplier."""
+    return (f"KL {t.kls[-1] if t.kls else float('nan'):.2e}, margin {t.margin:.1e}, "
+            f"λ {t.multiplier:.3g}")
+
+
+class KnowledgeEditor(TrainedUpdates):
     """KE (`ke/__init__.py`). State: the edited weights, the log and the hyper-network.
     Footprint: the edited weights' bytes plus the hyper-network's."""
 
@@ -48,7 +49,6 @@ class KnowledgeEditor(Mend):
     Config = KeConfig
     summary = ("KE (KnowledgeEditor): a hyper-network conditioned on the edit's text turns its "
                "fine-tuning gradient into an update of the last MLPs")
-    memory_kind = "weights"
     no_retraction = "ke with retract = \"unsupported\" cannot retract"
 
     def fresh_editor(self) -> HyperNetwork:  # type: ignore[override]
@@ -71,33 +71,12 @@ class KnowledgeEditor(Mend):
         # MEND's entry name (every shaping setting, layers, seed, split), KE's format in it
         entry = cache_entry(self.config, self.layer_ids, self.train_seed,
                             f"{split_digest(records)}:ke-format-{FORMAT}")
-        try:
-            cache = ctx.cache()
-        except LifelongError:
-            cache = None
-        saved = cache.load(CACHE_FOLDER, entry) if cache is not None else None
-        if saved is not None:
-            meta = {k: float(saved.pop(k)) for k in ("steps", "seconds", "first", "last")}
-            self.editor.load_tensors(saved)
-            Reporter().note(f"{self.name}: hyper-network read from the cache ({entry}; trained "
-                            f"{meta['steps']:.0f} steps, {meta['seconds']:.1f} s)")
-            return {"editor": "read from the cache", "entry": entry, **meta}
-        t: Training = train_hypernet(self.lm, self.modules, self.editor, self.config, records,
-                                     self.train_seed, self.name)
-        self.training = t
-        meta = {"steps": float(t.steps), "seconds": t.seconds,
-                "first": t.losses[0] if t.losses else float("nan"),
-                "last": t.losses[-1] if t.losses else float("nan")}
-        if cache is not None:
-            cache.save(CACHE_FOLDER, entry, {**{k: v.cpu() for k, v in self.editor.tensors().items()},
-                                             **{k: torch.tensor(v, dtype=torch.float64)
-                                                for k, v in meta.items()}})
-        where = f"cached as {entry}" if cache is not None else "not cached: no model fingerprint"
-        Reporter().note(f"{self.name}: hyper-network trained, {t.steps} steps, {t.seconds:.1f} s "
-                        f"(edit loss {meta['first']:.4f} -> {meta['last']:.4f}, KL "
-                        f"{t.kls[-1] if t.kls else float('nan'):.2e}, margin {t.margin:.1e}, "
-                        f"λ {t.multiplier:.3g}; {where})")
-        return {"editor": "trained", "entry": entry, **meta}
+        info, self.training = train_or_read(
+            ctx, CACHE_FOLDER, entry, self.editor,
+            lambda: train_hypernet(self.lm, self.modules, self.editor, self.config, records,
+                                   self.train_seed, self.name),
+            f"{self.name}: hyper-network", _describe)
+        return info
 
     def edit_batch(self, requests: Sequence[EditRequest]) -> list[EditReceipt]:
         """Each request's update at the current weights (its own gradient and condition), the
