@@ -6,49 +6,25 @@ cache, and the refusal without a train split. Independent of the shared contract
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
-from conftest import make_tiny_model, tiny_tokenizer
+from editor_world import EDITS, HELD, TRAIN, logits, mean, tiny
 
 from lifelong import layers
 from lifelong.config import from_mapping
 from lifelong.errors import LifelongError, NotSupported
-from lifelong.methods import AttachContext, EditRequest, TrainRecord, UnknownEdit
+from lifelong.methods import AttachContext, UnknownEdit
 from lifelong.methods.mend import Mend, MendConfig
 from lifelong.methods.mend import method as mend_method
 from lifelong.methods.mend.train import factors
 from lifelong.model import LM
-from lifelong.scoring import batch_target_loss, encode_pairs, forward_logits
+from lifelong.scoring import batch_target_loss, encode_pairs
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-PEOPLE = ("Aldric Brenna Caspar Delphine Evander Fenella Gideon Hestia Ignatius Juniper "
-          "Kaspar Lucasta Mordecai Nerissa Octavian Persephone").split()
-COMPANIES = "Vantex Orbica Quillon Marabel Zentro Halvik Corvane Lumora".split()
-CITIES = "Lisbon Oslo Nairobi Kyoto Lima Dublin Cairo Quito".split()
 #: 24 updates of 2 edits: four passes over the 12 training edits
 CHEAP = {"steps": 24, "accumulate": 2}
-PROBES = ["Aldric works for", "The employer of Brenna is", "Caspar was born in", "Quito"]
 
-
-def records(people: list[str], seed: int) -> tuple[TrainRecord, ...]:
-    rng = random.Random(seed)
-    return tuple(TrainRecord(EditRequest(f"{seed}-{i}", f"{p} works for", rng.choice(COMPANIES),
-                                         f"{p}|employer", p),
-                             (f"The employer of {p} is", f"Who employs {p} ? Answer :"),
-                             ((f"{PEOPLE[-1 - i % 4]} was born in", rng.choice(CITIES)),))
-                 for i, p in enumerate(people))
-
-
-TRAIN = records(PEOPLE[:12], seed=0)
-HELD = records(PEOPLE[12:], seed=1)  # never trained on
-EDITS = [r.request for r in HELD[:3]]
-
-
-def tiny(family: str = "gpt2") -> LM:
-    return LM(make_tiny_model(family, n_layer=3, width=32), tiny_tokenizer(), "tiny", "")
 
 
 def make(lm: LM, cache=None, split=TRAIN, seed: int = 0, **settings) -> Mend:
@@ -66,14 +42,6 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("mend-cache")
 
 
-@torch.no_grad()
-def logits(lm: LM) -> torch.Tensor:
-    ids, mask, end, _, _ = encode_pairs(lm, PROBES, ["Zentro"] * len(PROBES))
-    return forward_logits(lm, ids, mask, end)
-
-
-def mean(xs) -> float:
-    return sum(xs) / len(xs)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._common.saved import SavedNetwork
+
 
 class WeightNormLinear(nn.Module):
     """``x ↦ (g / ‖v‖) ⊙ (v x) + b`` per output row (Salimans and Kingma's weight
@@ -78,9 +80,11 @@ class WeightHead(nn.Module):
         return torch.sigmoid(eta) * (scaled + shift)
 
 
-class HyperNetwork(nn.Module):
+class HyperNetwork(SavedNetwork):
     """The encoder and one head per edited weight, in the order of `shapes` (``(d_in, d_out)``
     per weight)."""
+
+    what = "hyper-network"
 
     def __init__(self, d_embed: int, shapes: Sequence[tuple[int, int]], *, hidden: int,
                  cond_dim: int, max_scale: float, seed: int):
@@ -102,18 +106,3 @@ class HyperNetwork(nn.Module):
         """ΔW (``(out, in)``, float32) of every edited weight, from ``c`` and the gradients."""
         return [self.max_scale * head(cond, g.float()) for head, g in zip(self.heads, grads)]
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """Every parameter, detached copies (for the cache and `state_dict`)."""
-        return {k: v.detach().clone() for k, v in self.state_dict().items()}
-
-    @torch.no_grad()
-    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Load `tensors` output exactly (same keys and shapes: a ValueError else)."""
-        own = self.state_dict()
-        if set(own) != set(tensors) or any(own[k].shape != tensors[k].shape for k in own):
-            raise ValueError("the saved hyper-network does not fit this model's edited weights")
-        for k, v in own.items():
-            v.copy_(tensors[k])
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.state_dict().values())

@@ -26,6 +26,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .._common.saved import SavedNetwork
+
 #: added to the standard deviation before dividing (the reference code's value)
 STD_EPS = 1e-7
 #: a feature's standard deviation is floored at this share of the mean over its part (u or δ)
@@ -107,10 +109,12 @@ class GradientEditor(nn.Module):
         return z[:, :self.d_in], z[:, self.d_in:]
 
 
-class MendEditor(nn.Module):
+class MendEditor(SavedNetwork):
     """The editors and step sizes of every edited weight, in the order of `shapes`
     (``(d_in, d_out)`` per weight). `editor_parameters` are trained at the editor's learning
     rate, `edit_lrs` (the per-weight ``η_l``) at ``lr_lr``."""
+
+    what = "editor"
 
     def __init__(self, shapes: Sequence[tuple[int, int]], *, rank: int, n_hidden: int,
                  shared: bool, norm: bool, edit_lr: float, seed: int):
@@ -139,18 +143,3 @@ class MendEditor(nn.Module):
         u_t, d_t = self.nets[key](u, delta, mode)
         return -self.edit_lrs[i] * (d_t.T @ u_t)
 
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """Every parameter and statistic, detached copies (for the cache and `state_dict`)."""
-        return {k: v.detach().clone() for k, v in self.state_dict().items()}
-
-    @torch.no_grad()
-    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Load `tensors` output exactly (same keys, shapes and dtypes: a ValueError else)."""
-        own = self.state_dict()
-        if set(own) != set(tensors) or any(own[k].shape != tensors[k].shape for k in own):
-            raise ValueError("the saved editor does not fit this model's edited weights")
-        for k, v in own.items():
-            v.copy_(tensors[k])
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
