@@ -130,10 +130,20 @@ class Memory(Protocol):
 
 
 class Retractable(abc.ABC):
-    """Undo one edit by id (module docstring: what `retraction` means, unknown ids)."""
+    """Undo one edit by id (module docstring: what `retraction` means, unknown ids).
 
-    #: "exact", "own", or None when this configuration refuses to retract
-    retraction: Retraction | None = "exact"
+    `retraction` is the class's `exact_retraction` ("exact" or "own"), or None when the
+    method's config has a `retract` setting set to "unsupported" (the one way a
+    configuration refuses); a method whose kind depends on more overrides the property."""
+
+    #: what this method's retraction is when its configuration allows one
+    exact_retraction: Retraction = "exact"
+
+    @property
+    def retraction(self) -> Retraction | None:
+        config = getattr(self, "config", None)
+        return None if getattr(config, "retract", None) == "unsupported" \
+            else self.exact_retraction
 
     @abc.abstractmethod
     def retract(self, edit_id: str) -> None:

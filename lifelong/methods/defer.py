@@ -93,10 +93,6 @@ class Defer(Served, MemoryBase, Retractable):
     summary = "DEFER: learned gate + value predictor at one layer (retract by retraining)"
     memory_kind = "hooks"
 
-    @property
-    def retraction(self) -> str | None:  # type: ignore[override]
-        return None if self.config.retract == "unsupported" else "exact"
-
     def attach(self, lm: LM, ctx: AttachContext) -> None:
         cfg = self.config
         self.lm = lm

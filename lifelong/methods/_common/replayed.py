@@ -36,7 +36,6 @@ class ReplayedWeights(MemoryBase, BatchEditing, Retractable):
 
     def __init__(self, config: Any, seed: int = 0):
         super().__init__(config, seed)
-        self.retraction = "exact" if config.retract == "replay" else None
         self.log: list[list[EditRequest]] = []
 
     # ---- what a subclass may add ------------------------------------------------------------

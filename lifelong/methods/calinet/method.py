@@ -67,10 +67,6 @@ class CaliNet(Served, MemoryBase, Retractable, BatchEditing):
                "memory trained further per edit (exact retraction by replay)")
     memory_kind = "hooks"
 
-    @property
-    def retraction(self) -> str | None:  # type: ignore[override]
-        return None if self.config.retract == "unsupported" else "exact"
-
     # ---- lifecycle ----------------------------------------------------------------------
     def attach(self, lm: LM, ctx: AttachContext) -> None:
         """Resolve the calibrated FFNs and open the serving hooks (an empty memory serves

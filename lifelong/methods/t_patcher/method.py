@@ -44,10 +44,6 @@ class TPatcher(Served, MemoryBase, Retractable):
     summary = "T-Patcher: one trained FFN neuron per mistaken token in the last layer (exact retraction by replay)"
     memory_kind = "hooks"
 
-    @property
-    def retraction(self) -> str | None:  # type: ignore[override]
-        return None if self.config.retract == "unsupported" else "exact"
-
     # ---- lifecycle ----------------------------------------------------------------------
     def attach(self, lm: LM, ctx: AttachContext) -> None:
         cfg = self.config

@@ -60,10 +60,6 @@ class Wise(Served, MemoryBase, Retractable, Consolidating, Routing):
                "shards from one start under random masks, TIES merges (merge/retrieve)")
     memory_kind = "hooks"
 
-    @property
-    def retraction(self) -> str | None:  # type: ignore[override]
-        return None if self.config.retract == "unsupported" else "exact"
-
     # ---- lifecycle ----------------------------------------------------------------------
     def attach(self, lm: LM, ctx: AttachContext) -> None:
         self.lm = lm
