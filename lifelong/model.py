@@ -14,12 +14,14 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
-from transformers.utils import logging as hf_logging
 
 from .errors import ModelError
+
+if TYPE_CHECKING:  # transformers' model classes take seconds to import: only where a model loads
+    from transformers import PreTrainedModel
 
 BUILTIN = "builtin"
 
@@ -131,6 +133,8 @@ def check_model_dir(where: Path, label: str) -> dict:
 
 
 def _load_tokenizer(where: Path, label: str):
+    from transformers import AutoTokenizer
+
     try:
         tok = AutoTokenizer.from_pretrained(str(where), local_files_only=True)
         ids = tok("a b", add_special_tokens=False)["input_ids"]
@@ -168,6 +172,9 @@ def load_model(path: str | None = None, device: str = "cpu") -> LM:
     check_model_dir(where, name)
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ModelError(f"device {device!r}: torch sees no CUDA device here; use device = \"cpu\"")
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
     hf_logging.disable_progress_bar()  # loading a few-MB model needs no progress bar
     tok = _load_tokenizer(where, name)
     try:

@@ -67,10 +67,12 @@ class LocateEdit(ReplayedWeights):
                         for i, n in enumerate(self.names)}
             info = {"source": "identity (no statistics)"}
         self.info = info
+        # said when computed (a cost worth seeing once); a read from the cache is silent, or a
+        # chunked run would print it for every chunk (`info` still says which it was)
         for name, cost in info.get("layers", {}).items():
-            how = "read from the cache" if cost["read"] else "computed"
-            Reporter().note(f"{self.name}: key statistics of {name} {how} ({cost['tokens']} "
-                            f"tokens, {cost['seconds']:.1f} s to compute)")
+            if not cost["read"]:
+                Reporter().note(f"{self.name}: key statistics of {name} computed "
+                                f"({cost['tokens']} tokens, {cost['seconds']:.1f} s)")
         self.prefixes = self._prefixes(ctx)
         self.log: list[list[EditRequest]] = []
         self._prepare()
