@@ -17,10 +17,10 @@ from lifelong.bench_edit import attach_costs
 from lifelong.config import from_mapping
 from lifelong.errors import LifelongError
 from lifelong.methods import AttachContext, EditRequest, UnknownEdit
+from lifelong.methods._common.conditioning import conditioned, max_positions
 from lifelong.methods.context import TrainRecord
 from lifelong.methods.serac import Serac, SeracConfig
 from lifelong.methods.serac import method as serac_method
-from lifelong.methods.serac.counterfactual import conditioned, max_positions
 from lifelong.model import LM
 from lifelong.scoring import encode_pairs, forward_logits, score_pairs, tokenize_pair
 

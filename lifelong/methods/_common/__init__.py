@@ -6,5 +6,9 @@
 * `keys`     - where a row's key is read (its last prompt token, or the prompt's mean) and
                which positions a value replaces;
 * `keytable` - a FAISS index of edit keys, each labelled with its memory and its edit;
-* `facts`    - `as_seen`: a request without the stream's fact oracle (`use_fact_identity`).
+* `facts`    - `as_seen`: a request without the stream's fact oracle (`use_fact_identity`);
+* `conditioning` - an edit written before an input as token ids, and a batch's rows served by
+               a model on such conditioned inputs (SERAC's counterfactual model, IKE);
+* `replayed`, `trained`, `saved`, `ffn` - weights edited in place with exact retraction by
+               replay; editors trained at attach and cached; a saved network; side FFN units.
 """

@@ -1,5 +1,6 @@
 """SERAC's counterfactual model: a copy of the base model fine-tuned to answer an input given
-an edit, and the logits it serves in place of the base model's.
+an edit, and the logits it serves in place of the base model's. The conditioning and the
+serving of rows are method-neutral and live in `_common/conditioning.py` (also IKE's).
 
 Conditioned input (`conditioned`): the edit's tokens ``prompt + target`` (as
 `scoring.tokenize_pair` splits them) and the separator's tokens (`separator`, "." by
@@ -30,75 +31,11 @@ import torch
 from torch import nn
 
 from ...model import LM
-from ...scoring import batch_target_loss, forward_logits, tokenize_pair
+from ...scoring import batch_target_loss, tokenize_pair
+from .._common.conditioning import conditioned, edit_prefix, left_pad, max_positions
 from .._common.loop import Step, optimise
 from .._common.rng import seeded_rng
 from ..context import TrainRecord
-
-
-def max_positions(model: nn.Module) -> int | None:
-    """The model's context length (GPT-2 ``n_positions``, LLaMA-like
-    ``max_position_embeddings``), or None when its config names none."""
-    cfg = getattr(model, "config", None)
-    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
-        value = getattr(cfg, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
-def edit_prefix(lm: LM, prompt: str, target: str, separator: str) -> list[int]:
-    """The token ids an edit is written as before an input: prompt, target, separator."""
-    p_ids, t_ids = tokenize_pair(lm, prompt, target)
-    sep = lm.tok(separator, add_special_tokens=False)["input_ids"] if separator else []
-    return list(p_ids) + list(t_ids) + list(sep)
-
-
-def conditioned(prefix: Sequence[int], row: Sequence[int], limit: int | None) -> list[int]:
-    """`prefix` + `row`, the prefix cut from the left to fit `limit` positions (the row is
-    never cut)."""
-    keep = len(prefix) if limit is None else max(0, min(len(prefix), limit - len(row)))
-    return list(prefix[len(prefix) - keep:]) + list(row)
-
-
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded ids and attention mask of `rows`."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, width - len(r):] = torch.tensor(list(r), dtype=torch.long)
-            mask[i, width - len(r):] = 1
-    return ids, mask
-
-
-@torch.no_grad()
-def replace_rows(cf: LM, logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
-                 prompt_end: torch.Tensor, prefixes: dict[int, Sequence[int]],
-                 limit: int | None) -> torch.Tensor:
-    """`logits` (B, W_out, V) of a batch of `ids` (B, W) with rows ``i in prefixes`` served by
-    the counterfactual model conditioned on ``prefixes[i]`` (module docstring). W_out < W
-    (a forward that keeps only the last logits) is aligned on the right."""
-    if not prefixes:
-        return logits
-    rows = sorted(prefixes)
-    real = mask.bool()
-    tokens = [ids[i][real[i]].tolist() for i in rows]
-    conts = [int((real[i] & (torch.arange(ids.shape[1], device=ids.device)
-                             >= prompt_end[i])).sum()) for i in rows]
-    cond = [conditioned(prefixes[i], t, limit) for i, t in zip(rows, tokens)]
-    c_ids, c_mask = left_pad(cond, int(cf.tok.pad_token_id or 0))
-    c_end = torch.tensor([c_ids.shape[1] - n for n in conts])
-    c_logits = forward_logits(cf, c_ids, c_mask, c_end)
-    out = logits.clone()
-    offset = ids.shape[1] - logits.shape[1]
-    for j, (i, t) in enumerate(zip(rows, tokens)):
-        pos = real[i].nonzero().squeeze(1)
-        vals = c_logits[j, c_ids.shape[1] - len(t):].to(out.device, out.dtype)
-        keep = pos >= offset
-        out[i, pos[keep] - offset] = vals[keep.to(vals.device)]
-    return out
 
 
 def train_counterfactual(cf: LM, lm: LM, records: Sequence[TrainRecord], separator: str,

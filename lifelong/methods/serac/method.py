@@ -25,6 +25,7 @@ from ...model import LM
 from ...nethook import Trace, replace_output
 from ...progress import Reporter
 from ...scoring import batch_target_loss, encode_pairs
+from .._common.conditioning import edit_prefix, max_positions, replace_rows
 from .._common.facts import as_seen
 from .._common.hooks import Hooks, Served
 from .._common.keys import router_tokens
@@ -40,13 +41,7 @@ from ..base import (
 from ..context import AttachContext, TrainRecord
 from .classifier import ScopeClassifier, features, pooled, train_classifier
 from .config import SeracConfig
-from .counterfactual import (
-    edit_prefix,
-    max_positions,
-    parameters_of,
-    replace_rows,
-    train_counterfactual,
-)
+from .counterfactual import parameters_of, train_counterfactual
 from .memory import EditMemory
 
 #: the cache's folder for trained parts (`Cache.load(layer, what)`'s `layer`)
@@ -228,7 +223,7 @@ class Serac(Served, MemoryBase, Retractable, Routing):
 
     def _serve(self, ids: Any, hidden: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """The logits with every row in an edit's scope replaced by the counterfactual model's
-        (`counterfactual.replace_rows`); other rows bit for bit as they were."""
+        (`_common.conditioning.replace_rows`); other rows bit for bit as they were."""
         if not len(self.memory):
             return logits
         if not isinstance(ids, torch.Tensor):

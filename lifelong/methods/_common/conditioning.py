@@ -1,0 +1,95 @@
+"""Serving a row from a model conditioned on text written before it (SERAC's counterfactual
+model given an edit, IKE's base model given demonstrations): the conditioned input and the
+logits it serves in place of the served model's.
+
+Conditioned input (`conditioned`): a prefix of token ids (an edit as `edit_prefix` writes it:
+``prompt + target`` as `scoring.tokenize_pair` splits them, then the separator's tokens),
+then the row's own token ids, unchanged. The row is appended as ids, never re-tokenised with
+the prefix, so its tokens are the ones the served model sees and position j of a served row
+is position ``len(prefix) + j`` of its conditioned input. When the two do not fit the model's
+context (`max_positions`), the prefix is cut from the left (its last tokens are kept
+longest); the row is never cut.
+
+Serving (`replace_rows`): for every row given a prefix, the row's real tokens (left padding
+skipped: the attention mask says which) are conditioned on it, the conditioned rows run
+through the answering model as one left-padded batch, and the row's logits at every real
+position are replaced by that model's at the same token (rows are right aligned in both
+batches: a row's k-th token from the end is the conditioned input's k-th from the end). Rows
+without a prefix are returned bit for bit; padding positions are left as they were.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ...model import LM
+from ...scoring import forward_logits, tokenize_pair
+
+
+def max_positions(model: nn.Module) -> int | None:
+    """The model's context length (GPT-2 ``n_positions``, LLaMA-like
+    ``max_position_embeddings``), or None when its config names none."""
+    cfg = getattr(model, "config", None)
+    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def edit_prefix(lm: LM, prompt: str, target: str, separator: str) -> list[int]:
+    """The token ids an edit is written as before an input: prompt, target, separator."""
+    p_ids, t_ids = tokenize_pair(lm, prompt, target)
+    sep = lm.tok(separator, add_special_tokens=False)["input_ids"] if separator else []
+    return list(p_ids) + list(t_ids) + list(sep)
+
+
+def conditioned(prefix: Sequence[int], row: Sequence[int], limit: int | None) -> list[int]:
+    """`prefix` + `row`, the prefix cut from the left to fit `limit` positions (the row is
+    never cut)."""
+    keep = len(prefix) if limit is None else max(0, min(len(prefix), limit - len(row)))
+    return list(prefix[len(prefix) - keep:]) + list(row)
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids and attention mask of `rows`."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r):] = torch.tensor(list(r), dtype=torch.long)
+            mask[i, width - len(r):] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def replace_rows(model: LM, logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
+                 prompt_end: torch.Tensor, prefixes: dict[int, Sequence[int]],
+                 limit: int | None) -> torch.Tensor:
+    """`logits` (B, W_out, V) of a batch of `ids` (B, W) with rows ``i in prefixes`` served by
+    `model` conditioned on ``prefixes[i]`` (module docstring). W_out < W (a forward that
+    keeps only the last logits) is aligned on the right. The caller makes sure `model` runs
+    bare (a method serving through hooks on `model` itself suspends them around this call)."""
+    if not prefixes:
+        return logits
+    rows = sorted(prefixes)
+    real = mask.bool()
+    tokens = [ids[i][real[i]].tolist() for i in rows]
+    conts = [int((real[i] & (torch.arange(ids.shape[1], device=ids.device)
+                             >= prompt_end[i])).sum()) for i in rows]
+    cond = [conditioned(prefixes[i], t, limit) for i, t in zip(rows, tokens)]
+    c_ids, c_mask = left_pad(cond, int(model.tok.pad_token_id or 0))
+    c_end = torch.tensor([c_ids.shape[1] - n for n in conts])
+    c_logits = forward_logits(model, c_ids, c_mask, c_end)
+    out = logits.clone()
+    offset = ids.shape[1] - logits.shape[1]
+    for j, (i, t) in enumerate(zip(rows, tokens)):
+        pos = real[i].nonzero().squeeze(1)
+        vals = c_logits[j, c_ids.shape[1] - len(t):].to(out.device, out.dtype)
+        keep = pos >= offset
+        out[i, pos[keep] - offset] = vals[keep.to(vals.device)]
+    return out
