@@ -62,13 +62,14 @@ def tokenize_pair(lm: LM, prompt: str, target: str) -> tuple[list[int], list[int
     return p_ids, tok(" " + target, add_special_tokens=False)["input_ids"]
 
 
-def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids and attention mask of `rows` (the padding is `pad_id`, masked 0)."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
         if r:
-            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            ids[i, width - len(r):] = torch.tensor(list(r), dtype=torch.long)
             mask[i, width - len(r):] = 1
     return ids, mask
 
@@ -90,7 +91,7 @@ def encode_pairs(lm: LM, prompts: Sequence[str], targets: Sequence[str]):
 
 
 def _encode(pairs: list[tuple[list[int], list[int]]], pad_id: int):
-    ids, mask = _left_pad([p + t for p, t in pairs], pad_id)
+    ids, mask = left_pad([p + t for p, t in pairs], pad_id)
     tlens = torch.tensor([len(t) for _, t in pairs])
     return ids, mask, ids.shape[1] - tlens, tlens, [t for _, t in pairs]
 
@@ -140,7 +141,7 @@ def _teacher_forced(lm: LM, pairs: list[tuple[list[int], list[int]]]):
 
 @torch.no_grad()
 def _generate(lm: LM, p_rows: list[list[int]], lengths: Sequence[int]) -> list[tuple[int, ...]]:
-    ids, mask = _left_pad(p_rows, lm.tok.pad_token_id)
+    ids, mask = left_pad(p_rows, lm.tok.pad_token_id)
     prompt_end = torch.full((len(p_rows),), ids.shape[1])
     steps = max(lengths)
     for _ in range(steps):

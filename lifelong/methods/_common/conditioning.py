@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ...model import LM
-from ...scoring import forward_logits, tokenize_pair
+from ...scoring import forward_logits, left_pad, tokenize_pair
 
 
 def max_positions(model: nn.Module) -> int | None:
@@ -54,16 +54,16 @@ def conditioned(prefix: Sequence[int], row: Sequence[int], limit: int | None) ->
     return list(prefix[len(prefix) - keep:]) + list(row)
 
 
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded ids and attention mask of `rows`."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, width - len(r):] = torch.tensor(list(r), dtype=torch.long)
-            mask[i, width - len(r):] = 1
-    return ids, mask
+def forward_rows(lm: LM, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(attention mask, prompt end) of a forward's batch of `ids`: the scoring batch's own
+    (`LM.forward_info`) when it describes this batch, else every token a real prompt token
+    (a bare forward)."""
+    batch, width = ids.shape
+    info = lm.forward_info
+    if info is not None and tuple(info.attention_mask.shape) == (batch, width):
+        return info.attention_mask.to(ids.device), info.prompt_end.to(ids.device).long()
+    return (torch.ones_like(ids),
+            torch.full((batch,), width, device=ids.device, dtype=torch.long))
 
 
 @torch.no_grad()

@@ -1,127 +1,48 @@
-"""IKE's store of demonstrations: the edits, verbatim, in the order they were made, and a
-FAISS index of the served ones' keys.
+"""IKE's store of demonstrations: the shared edit log (`_common.editlog.EditLog`: the edits,
+verbatim, in order, which of them are served, a re-edit of the same prompt displacing the
+older one) with a FAISS index of the served keys.
 
-Each log entry holds the request as the method saw it (`_common.facts.as_seen`), its key
-(`keys.py`: its prompt's standardised feature) and its demonstration tokens
-(`edit_prefix`). What is served is a pure function of the log, as SERAC's memory: an entry is
-served unless a later entry displaces it, by sharing its fact (only ever true with
-`use_fact_identity`: otherwise every edit is its own fact) or by having an identical key (the
-same prompt: the newest edit of an input wins, without the oracle; keys are compared by a
-128-bit digest of their bytes). Served entries are
-numbered 0..n-1 in log order; that number is the memory a prompt is routed to and the id of
-the entry's key in the index.
+Each entry's key is its prompt's standardised feature (`keys.py`), its prefix its
+demonstration tokens (`edit_prefix`). A served entry's number is the memory a prompt is routed
+to and the id of its key in the index.
 
 Lookups (`nearest`): an exact FAISS search (flat L2, `lifelong.index.KeyIndex`, never the
 approximate regime) returns each query's k nearest served keys; their distances are then
 recomputed in float64 from the stored keys and the k sorted by (distance, newest first), so
 the order does not depend on FAISS's rounding or on the other queries of a batch.
 
-Invariants: removing an entry from the log leaves exactly the memory of a log that never had
-it (the view and the index are rebuilt from the log when anything but a plain append
-happened: keys with the same ids in the same order, hence identical searches); keys and
-demonstration tokens are never recomputed, so a loaded state serves what the saved one did.
+Invariant: the index holds exactly the served keys under their served numbers (the log
+rebuilds it with its view: keys with the same ids in the same order, hence identical
+searches after a retraction as in a log that never had the edit).
 """
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, field
-from typing import Any
-
 import torch
 
 from ...index import KeyIndex
-from ..base import EditRequest
+from .._common.editlog import EditLog
 
 
-@dataclass
-class _View:
-    """The served entries: their log positions (in order), the served index answering each
-    edit id and holding each key, their FAISS index; and every fact and key of the log (an
-    edit repeating one may displace another: the view is then rebuilt)."""
-
-    index: KeyIndex
-    served: list[int] = field(default_factory=list)
-    answering: dict[str, int] = field(default_factory=dict)
-    keys: dict[bytes, int] = field(default_factory=dict)
-    logged: set[tuple[str, Any]] = field(default_factory=set)
-
-
-class DemoMemory:
+class DemoMemory(EditLog):
     def __init__(self, dim: int):
-        self.dim = dim
-        self.log: list[dict[str, Any]] = []  # {"request", "key", "prefix"}
-        self._view: _View | None = None
+        self.index = KeyIndex(dim, "l2", approximate_above=0)
+        super().__init__(dim)
 
-    def __len__(self) -> int:
-        return len(self._served().served)
+    def _reset_index(self) -> None:
+        self.index = KeyIndex(self.dim, "l2", approximate_above=0)
 
-    # ---- changes --------------------------------------------------------------------------
-    def add(self, request: EditRequest, key: torch.Tensor, prefix: list[int]) -> None:
-        entry = {"request": vars(request).copy(), "key": key.detach().float().cpu().clone(),
-                 "prefix": [int(t) for t in prefix]}
-        self.log.append(entry)
-        view = self._view
-        if view is None or {("fact", request.fact), ("key", _bytes(entry["key"]))} & view.logged:
-            self._view = None  # maybe a displacement: rebuilt from the log when next needed
-            return
-        self._append(view, len(self.log) - 1)
-
-    def remove(self, edit_id: str) -> bool:
-        """Drop the edit from the log; False when the log does not hold it."""
-        kept = [e for e in self.log if e["request"]["edit_id"] != edit_id]
-        found, self.log = len(kept) != len(self.log), kept
-        if found:
-            self._view = None
-        return found
-
-    # ---- the served view --------------------------------------------------------------------
-    def _append(self, view: _View, pos: int) -> None:
-        """Serve log entry `pos` as the newest served entry (it displaces nothing)."""
-        e, i = self.log[pos], len(view.served)
-        view.served.append(pos)
-        view.logged |= {("fact", e["request"]["fact"]), ("key", _bytes(e["key"]))}
-        view.keys[_bytes(e["key"])] = i
-        view.answering[e["request"]["edit_id"]] = i
-        view.index.add(e["key"].numpy()[None, :], [i])
-
-    def _served(self) -> _View:
-        if self._view is None:
-            newest_fact = {e["request"]["fact"]: p for p, e in enumerate(self.log)}
-            alive = [p for p, e in enumerate(self.log) if newest_fact[e["request"]["fact"]] == p]
-            newest_key = {_bytes(self.log[p]["key"]): p for p in alive}
-            view = _View(KeyIndex(self.dim, "l2", approximate_above=0))
-            for p in alive:
-                if newest_key[_bytes(self.log[p]["key"])] == p:
-                    self._append(view, p)
-            for e in self.log:  # a displaced edit is answered by the entry displacing it
-                view.logged |= {("fact", e["request"]["fact"]), ("key", _bytes(e["key"]))}
-                fact = newest_fact[e["request"]["fact"]]
-                view.answering[e["request"]["edit_id"]] = view.keys[_bytes(self.log[fact]["key"])]
-            self._view = view
-        return self._view
-
-    def key(self, index: int) -> torch.Tensor:
-        """The key of served entry `index`."""
-        return self.log[self._served().served[index]]["key"]
-
-    def prefix(self, index: int) -> list[int]:
-        """The demonstration tokens of served entry `index`."""
-        return self.log[self._served().served[index]]["prefix"]
-
-    def serving(self, edit_id: str) -> int | None:
-        """The served index of the entry that answers the edit's prompt: its own, or the one
-        displacing it; None for an edit the log does not hold."""
-        return self._served().answering.get(edit_id)
+    def _index_key(self, key: torch.Tensor, index: int) -> None:
+        self.index.add(key.numpy()[None, :], [index])
 
     def nearest(self, queries: torch.Tensor, k: int) -> list[list[tuple[float, int]]]:
         """Per query (rows of (m, dim) float32 keys): its min(k, len) nearest served entries
         as (Euclidean distance, served index), nearest first, newest first among equally
         near ones (module docstring)."""
-        view = self._served()
-        if not view.served or queries.shape[0] == 0:
+        n = len(self)  # builds the view, and with it the index
+        if not n or queries.shape[0] == 0:
             return [[] for _ in range(queries.shape[0])]
-        _, ids = view.index.search(queries.numpy(), min(k, len(view.served)))
+        _, ids = self.index.search(queries.numpy(), min(k, n))
         out = []
         for q, row in zip(queries.double(), ids.tolist()):
             found = [i for i in row if i >= 0]
@@ -130,28 +51,7 @@ class DemoMemory:
             out.append(sorted(zip(dist, found), key=lambda t: (t[0], -t[1])))
         return out
 
-    # ---- state --------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {"entries": [{"request": dict(e["request"]), "prefix": list(e["prefix"])}
-                            for e in self.log],
-                "keys": (torch.stack([e["key"] for e in self.log]) if self.log
-                         else torch.zeros((0, self.dim))).clone()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.log = [{"request": dict(e["request"]), "key": k.detach().float().clone(),
-                     "prefix": [int(t) for t in e["prefix"]]}
-                    for e, k in zip(state["entries"], state["keys"], strict=True)]
-        self._view = None
-
     def nbytes(self) -> int:
-        """Texts (UTF-8), demonstration tokens (8 bytes each) and keys of every logged edit,
-        and the FAISS index of the served keys."""
-        text = sum(len(str(v).encode()) for e in self.log for v in e["request"].values()
-                   if v is not None)
-        return (text + sum(8 * len(e["prefix"]) + e["key"].numel() * 4 for e in self.log)
-                + self._served().index.nbytes())
-
-
-def _bytes(key: torch.Tensor) -> bytes:
-    """A key's identity: a 128-bit digest of its bytes (identical keys, identical digests)."""
-    return hashlib.blake2b(key.numpy().tobytes(), digest_size=16).digest()
+        """The log's texts, demonstration tokens and keys, and the FAISS index."""
+        len(self)  # the index as the view has it
+        return super().nbytes() + self.index.nbytes()

@@ -21,7 +21,7 @@ from ...errors import LifelongError
 from ...model import LM
 from ...nethook import Trace, replace_output
 from ...scoring import batch_target_loss, encode_pairs, tokenize_pair
-from .._common.conditioning import edit_prefix, max_positions, replace_rows
+from .._common.conditioning import edit_prefix, forward_rows, max_positions, replace_rows
 from .._common.facts import as_seen
 from .._common.hooks import Hooks, Served
 from .._common.keys import read_keys
@@ -133,13 +133,7 @@ class Ike(Served, MemoryBase, Retractable, Routing):
         if not isinstance(ids, torch.Tensor):
             raise LifelongError(f"{self.name} serves forwards given input_ids")
         batch, width = ids.shape
-        info = self.lm.forward_info
-        if info is not None and tuple(info.attention_mask.shape) == (batch, width):
-            mask = info.attention_mask.to(ids.device)
-            end = info.prompt_end.to(ids.device).long()
-        else:  # a bare forward: every token is a real prompt token
-            mask = torch.ones_like(ids)
-            end = torch.full((batch,), width, device=ids.device, dtype=torch.long)
+        mask, end = forward_rows(self.lm, ids)
         key_pos = (end - 1).clamp(0, width - 1)
         rows = torch.arange(batch, device=ids.device)
         valid = ((end > 0) & (mask[rows, key_pos] > 0)).tolist()

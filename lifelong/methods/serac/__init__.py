@@ -16,7 +16,7 @@ naming `stream.train_file` when there is none) and never changed afterwards:
   else a copy of the pristine model at attach), every weight fine-tuned on the target's NLL
   given ``{prompt} {target}{separator}`` followed by an in-scope input's tokens.
 
-Memory (`memory.py`): each edit's request, its key (its prompt's embedding) and its
+Memory (`_common.editlog.EditLog`, shared with IKE): each edit's request, its key (its prompt's embedding) and its
 conditioning tokens, in order; a re-edit displaces its fact's older edits only with
 `use_fact_identity` (default off, as GRACE), and an edit with an identical prompt always
 displaces the older one (the newest edit of an input wins).
@@ -91,13 +91,12 @@ Deviations from the paper and its reference code:
     rule; the reference code's soft mixture is its training-time option).
 
 Layout: `config.py` (settings), `classifier.py` (features, classifier, its training),
-`counterfactual.py` (conditioning, serving rows, training), `memory.py` (the log),
+`counterfactual.py` (conditioning, serving rows, training),
 `method.py` (attach, cache, hooks, edit, routing, retraction, state).
 """
 
 from .classifier import ScopeClassifier
 from .config import SeracConfig
-from .memory import EditMemory
 from .method import Serac
 
-__all__ = ["EditMemory", "ScopeClassifier", "Serac", "SeracConfig"]
+__all__ = ["ScopeClassifier", "Serac", "SeracConfig"]

@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from ...model import LM
-from ...scoring import batch_target_loss, tokenize_pair
-from .._common.conditioning import conditioned, edit_prefix, left_pad, max_positions
+from ...scoring import batch_target_loss, left_pad, tokenize_pair
+from .._common.conditioning import conditioned, edit_prefix, max_positions
 from .._common.loop import Step, optimise
 from .._common.rng import seeded_rng
 from ..context import TrainRecord

@@ -25,7 +25,8 @@ from ...model import LM
 from ...nethook import Trace, replace_output
 from ...progress import Reporter
 from ...scoring import batch_target_loss, encode_pairs
-from .._common.conditioning import edit_prefix, max_positions, replace_rows
+from .._common.conditioning import edit_prefix, forward_rows, max_positions, replace_rows
+from .._common.editlog import EditLog
 from .._common.facts import as_seen
 from .._common.hooks import Hooks, Served
 from .._common.keys import router_tokens
@@ -42,7 +43,6 @@ from ..context import AttachContext, TrainRecord
 from .classifier import ScopeClassifier, features, pooled, train_classifier
 from .config import SeracConfig
 from .counterfactual import parameters_of, train_counterfactual
-from .memory import EditMemory
 
 #: the cache's folder for trained parts (`Cache.load(layer, what)`'s `layer`)
 CACHE_FOLDER = "serac"
@@ -89,7 +89,7 @@ class Serac(Served, MemoryBase, Retractable, Routing):
         self.cf = self._second_model(ctx)
         self.limit = max_positions(self.cf.model)
         self.classifier = ScopeClassifier(width, self.dim, self.train_seed).to(lm.device)
-        self.memory = EditMemory(self.dim)
+        self.memory = EditLog(self.dim)
         self.hooks = Hooks(self._serving)  # opened once the parts are ready
         self.info = self._train_or_read(ctx, records)
         self.classifier.requires_grad_(False)
@@ -228,14 +228,7 @@ class Serac(Served, MemoryBase, Retractable, Routing):
             return logits
         if not isinstance(ids, torch.Tensor):
             raise LifelongError(f"{self.name} serves forwards given input_ids")
-        batch, width = ids.shape
-        info = self.lm.forward_info
-        if info is not None and tuple(info.attention_mask.shape) == (batch, width):
-            mask = info.attention_mask.to(ids.device)
-            end = info.prompt_end.to(ids.device).long()
-        else:  # a bare forward: every token is a real prompt token
-            mask = torch.ones_like(ids)
-            end = torch.full((batch,), width, device=ids.device, dtype=torch.long)
+        mask, end = forward_rows(self.lm, ids)
         tokens = router_tokens(mask.to(hidden.device), end.to(hidden.device), self.config.pool)
         routes = self._decide(pooled(hidden, tokens), tokens.any(1))
         prefixes = {i: self.memory.prefix(m) for i, m in enumerate(routes) if m is not None}
