@@ -81,13 +81,13 @@ order                nearest last, next to the query       sorted by similarity,
 use_fact_identity    off                                   (no such oracle)
 ===================  ====================================  ==================================
 
-Not calibrated here. A quick check on the built-in model (30 edits of
-streams/quickstart.jsonl, teacher-forced exact match; its 48 positions hold about 3
-demonstrations): edits' own prompts 0.07 (0.00 unedited), first rephrases 0.03, locality
-prompts 0.03 with scope "all" (1.00 unedited, and with scope "radius" 0.5). That model was
-never trained to copy from its context (SERAC's counterfactual model starts at a loss of ~13
-for the same reason), so IKE, which relies on in-context learning alone, does not work on it;
-the method is meant for pretrained models that learn in context.
+Not calibrated or measured here yet. A development check while writing it (one seed, 30
+edits of streams/quickstart.jsonl, teacher-forced exact match; not a result) found what the
+built-in model predicts: it was never trained to read a fact from its context (SERAC's
+counterfactual model starts at a loss of ~13 for the same reason), so IKE, which relies on
+in-context learning alone, barely edits it (0.07 of the edits' own prompts), and under scope
+"all" the demonstrations change nearly every unrelated answer; its 48 positions hold about 3
+demonstrations. The method is meant for pretrained models that learn in context.
 
 Deviations from the paper:
   * what is retrieved: the paper's demonstrations are examples from the data set's training
