@@ -23,12 +23,13 @@ from ...nethook import Trace, replace_output
 from ...scoring import batch_target_loss, encode_pairs, tokenize_pair
 from .._common.conditioning import edit_prefix, forward_rows, max_positions, replace_rows
 from .._common.facts import as_seen
+from .._common.features import block_features
 from .._common.hooks import Hooks, Served
 from .._common.keys import read_keys
 from ..base import EditReceipt, EditRequest, MemoryBase, Retractable, Routing, UnknownEdit
 from ..context import AttachContext
 from .config import IkeConfig
-from .keys import Standardiser, prompt_features, standardisation_texts
+from .keys import Standardiser, standardisation_texts
 from .memory import DemoMemory
 from .prompt import fitting, written
 
@@ -63,7 +64,7 @@ class Ike(Served, MemoryBase, Retractable, Routing):
         self.norm = Standardiser(width)
         texts = standardisation_texts(ctx)
         if texts:  # the model is pristine here: no hook of ours is open yet
-            self.norm.fit(prompt_features(lm, self.block, texts))
+            self.norm.fit(block_features(lm, self.block, texts, "last"))
         self.memory = DemoMemory(width)
         self.hooks = Hooks(self._serving)
         self.hooks.open()
@@ -73,7 +74,7 @@ class Ike(Served, MemoryBase, Retractable, Routing):
         """(len(prompts), width) keys of `prompts`, each read from a forward of the prompts
         with the serving hooks out of the way."""
         with self.hooks.suspended():
-            return self.norm.apply(prompt_features(self.lm, self.block, list(prompts)))
+            return self.norm.apply(block_features(self.lm, self.block, list(prompts), "last"))
 
     def _plan(self, keys: torch.Tensor, lengths: Sequence[int],
               valid: Sequence[bool]) -> list[Plan]:

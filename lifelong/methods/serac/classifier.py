@@ -1,7 +1,7 @@
 """SERAC's scope classifier: a bi-encoder over the frozen base model, trained on a train split.
 
 A text's features are the output of one block of the base model (`layer`) at the text's last
-prompt token or averaged over its prompt tokens (`pool`; `pooled` over the tokens
+prompt token or averaged over its prompt tokens (`pool`; `_common.features.block_features`, pooled over the tokens
 `_common.keys.router_tokens` names: never a target or generated token, so a row's route does
 not depend on its continuation). Its
 embedding is ``((f - mu) / sd) W^T``: standardised with the train split's statistics, then a
@@ -30,40 +30,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from ...model import LM
-from ...nethook import Trace
-from ...scoring import encode_pairs, forward_logits
-from .._common.keys import router_tokens
+from .._common.features import standard_stats
 from .._common.loop import Step, optimise
 from .._common.rng import seeded_rng
 from ..context import TrainRecord
-
-#: a feature's standard deviation is floored at this share of the mean over features
-STD_FLOOR = 1e-2
-
-
-def pooled(hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """(B, d) float32: the mean of `hidden` (B, T, d) over each row's `tokens` (B, T) bool;
-    zero for a row without tokens."""
-    m = tokens.unsqueeze(-1).to(torch.float32)
-    return (hidden.float() * m).sum(1) / m.sum(1).clamp(min=1.0)
-
-
-@torch.no_grad()
-def features(lm: LM, block: nn.Module, prompts: Sequence[str], pool: str,
-             batch: int = 128) -> torch.Tensor:
-    """(len(prompts), d): each prompt's features (`pool`: 'last' or 'mean'), one forward per
-    batch stopped right after `block` (the caller suspends any hook that would change it)."""
-    out = []
-    for start in range(0, len(prompts), batch):
-        chunk = list(prompts[start:start + batch])
-        ids, mask, end, _, _ = encode_pairs(lm, chunk, ["x"] * len(chunk))
-        with Trace(block, capture="output", stop=True) as tr:
-            forward_logits(lm, ids, mask, end)
-        tokens = router_tokens(mask.to(tr.output.device), end.to(tr.output.device), pool)
-        out.append(pooled(tr.output, tokens).cpu())
-    width = out[0].shape[1] if out else 0
-    return torch.cat(out) if out else torch.zeros((0, width))
 
 
 class ScopeClassifier(nn.Module):
@@ -80,14 +50,14 @@ class ScopeClassifier(nn.Module):
         self.register_buffer("sd", torch.ones(width))
 
     def fit_norm(self, feats: torch.Tensor) -> None:
-        """Standardisation statistics from the training texts' features."""
+        """Standardisation statistics from the training texts' features
+        (`_common.features.standard_stats`)."""
+        if feats.shape[0] == 0:
+            return
+        mu, sd = standard_stats(feats)
         with torch.no_grad():
-            if feats.shape[0] == 0:
-                return
-            self.mu.copy_(feats.mean(0))
-            sd = feats.std(0, unbiased=False) if feats.shape[0] > 1 else torch.zeros_like(self.sd)
-            scale = float(sd.mean())
-            self.sd.copy_(sd.clamp(min=STD_FLOOR * scale) if scale > 0 else torch.ones_like(sd))
+            self.mu.copy_(mu)
+            self.sd.copy_(sd)
 
     def embed(self, feats: torch.Tensor) -> torch.Tensor:
         """(B, k) embeddings of (B, d) features."""

@@ -28,6 +28,7 @@ from ...scoring import batch_target_loss, encode_pairs
 from .._common.conditioning import edit_prefix, forward_rows, max_positions, replace_rows
 from .._common.editlog import EditLog
 from .._common.facts import as_seen
+from .._common.features import block_features, pooled
 from .._common.hooks import Hooks, Served
 from .._common.keys import router_tokens
 from ..base import (
@@ -40,7 +41,7 @@ from ..base import (
     tensor_bytes,
 )
 from ..context import AttachContext, TrainRecord
-from .classifier import ScopeClassifier, features, pooled, train_classifier
+from .classifier import ScopeClassifier, train_classifier
 from .config import SeracConfig
 from .counterfactual import parameters_of, train_counterfactual
 
@@ -184,7 +185,7 @@ class Serac(Served, MemoryBase, Retractable, Routing):
     def _features(self, prompts: Sequence[str]) -> torch.Tensor:
         """Pooled features of `prompts` with the serving hooks out of the way."""
         with self.hooks.suspended():
-            return features(self.lm, self.block, list(prompts), self.config.pool)
+            return block_features(self.lm, self.block, list(prompts), self.config.pool)
 
     @torch.no_grad()
     def _decide(self, feats: torch.Tensor, valid: torch.Tensor) -> list[int | None]:
