@@ -7,8 +7,11 @@
                which positions a value replaces;
 * `keytable` - a FAISS index of edit keys, each labelled with its memory and its edit;
 * `facts`    - `as_seen`: a request without the stream's fact oracle (`use_fact_identity`);
-* `conditioning` - an edit written before an input as token ids, and a batch's rows served by
-               a model on such conditioned inputs (SERAC's counterfactual model, IKE);
+* `conditioning` - an edit written before an input as token ids, a batch's rows served by a
+               model on such conditioned inputs, and `RowServed`, the serving hooks that do it
+               (SERAC's counterfactual model, IKE);
+* `editlog`  - the edits of a memory-based editor, verbatim, and which of them are served;
+* `features` - a prompt's feature read from a frozen block, and its standardisation;
 * `replayed`, `trained`, `saved`, `ffn` - weights edited in place with exact retraction by
                replay; editors trained at attach and cached; a saved network; side FFN units.
 """

@@ -20,13 +20,18 @@ without a prefix are returned bit for bit; padding positions are left as they we
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from ...model import LM
+from ...nethook import Trace, replace_output
 from ...scoring import forward_logits, left_pad, tokenize_pair
+from .editlog import EditLog
+from .hooks import Served
 
 
 def max_positions(model: nn.Module) -> int | None:
@@ -93,3 +98,30 @@ def replace_rows(model: LM, logits: torch.Tensor, ids: torch.Tensor, mask: torch
         keep = pos >= offset
         out[i, pos[keep] - offset] = vals[keep.to(vals.device)]
     return out
+
+
+class RowServed(Served):
+    """Mixin of methods that serve whole rows from a conditioned input (SERAC, IKE): the
+    serving hooks read the batch's token ids at `embedding` and the hidden state at `block`,
+    and hand both with the logits at `head` to the method's `_serve(ids, hidden, logits)`,
+    whose result replaces the logits. A method sets the three modules at attach and opens
+    `Hooks(self._serving)`."""
+
+    embedding: nn.Module
+    block: nn.Module
+    head: nn.Module
+    memory: EditLog
+
+    def _serving(self, stack: contextlib.ExitStack) -> None:
+        ids = stack.enter_context(Trace(self.embedding, capture="input"))
+        hidden = stack.enter_context(Trace(self.block, capture="output"))
+        stack.enter_context(replace_output(self.head,
+                                           lambda y: self._serve(ids.input, hidden.output, y)))
+
+    def _serve(self, ids: Any, hidden: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """The served logits (each method writes its own)."""
+        raise NotImplementedError
+
+    def memory_of(self, edit_id: str) -> int | None:
+        """The served entry answering the edit (`EditLog.serving`)."""
+        return self.memory.serving(edit_id)

@@ -10,7 +10,6 @@ exactly the memory of a stream that never made it; only hooks are added to the b
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,12 +18,11 @@ import torch
 from ... import layers
 from ...errors import LifelongError
 from ...model import LM
-from ...nethook import Trace, replace_output
 from ...scoring import batch_target_loss, encode_pairs, tokenize_pair
-from .._common.conditioning import edit_prefix, forward_rows, max_positions, replace_rows
+from .._common.conditioning import RowServed, edit_prefix, forward_rows, max_positions, replace_rows
 from .._common.facts import as_seen
 from .._common.features import block_features
-from .._common.hooks import Hooks, Served
+from .._common.hooks import Hooks
 from .._common.keys import read_keys
 from ..base import EditReceipt, EditRequest, MemoryBase, Retractable, Routing, UnknownEdit
 from ..context import AttachContext
@@ -38,7 +36,7 @@ from .prompt import fitting, written
 Plan = tuple[int | None, list[int]]
 
 
-class Ike(Served, MemoryBase, Retractable, Routing):
+class Ike(RowServed, MemoryBase, Retractable, Routing):
     """IKE (`ike/__init__.py`). State: the log of edits with their keys and demonstration
     tokens, the standardisation and the key block. Footprint: the stored edits (texts,
     tokens, keys), the FAISS index of the served keys, the standardisation."""
@@ -115,16 +113,7 @@ class Ike(Served, MemoryBase, Retractable, Routing):
         plans = self._plan(self._keys(prompts), lengths, [n > 0 for n in lengths])
         return [route for route, _ in plans]
 
-    def memory_of(self, edit_id: str) -> int | None:
-        return self.memory.serving(edit_id)
-
     # ---- serving -------------------------------------------------------------------------------
-    def _serving(self, stack: contextlib.ExitStack) -> None:
-        ids = stack.enter_context(Trace(self.embedding, capture="input"))
-        hidden = stack.enter_context(Trace(self.block, capture="output"))
-        stack.enter_context(replace_output(self.head,
-                                           lambda y: self._serve(ids.input, hidden.output, y)))
-
     def _serve(self, ids: Any, hidden: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """The logits with every conditioned row replaced by the base model's own on the
         demonstrations + the row (`conditioning.replace_rows`, run with the serving hooks

@@ -10,7 +10,6 @@ made it; only hooks are added to the base model (`detach` removes them).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import time
@@ -22,14 +21,13 @@ import torch
 from ... import layers
 from ...errors import LifelongError
 from ...model import LM
-from ...nethook import Trace, replace_output
 from ...progress import Reporter
 from ...scoring import batch_target_loss, encode_pairs
-from .._common.conditioning import edit_prefix, forward_rows, max_positions, replace_rows
+from .._common.conditioning import RowServed, edit_prefix, forward_rows, max_positions, replace_rows
 from .._common.editlog import EditLog
 from .._common.facts import as_seen
 from .._common.features import block_features, pooled
-from .._common.hooks import Hooks, Served
+from .._common.hooks import Hooks
 from .._common.keys import router_tokens
 from ..base import (
     EditReceipt,
@@ -61,7 +59,7 @@ def split_digest(records: Sequence[TrainRecord]) -> str:
     return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]
 
 
-class Serac(Served, MemoryBase, Retractable, Routing):
+class Serac(RowServed, MemoryBase, Retractable, Routing):
     """SERAC (`serac/__init__.py`). State: the log of edits with their keys, and the digest of
     the trained parts it was made with. Footprint: the stored edits (texts, conditioning
     tokens, keys), the classifier's tensors and every parameter of the counterfactual model."""
@@ -212,16 +210,7 @@ class Serac(Served, MemoryBase, Retractable, Routing):
             return [None] * len(prompts)
         return self._decide(self._features(prompts), torch.ones(len(prompts), dtype=torch.bool))
 
-    def memory_of(self, edit_id: str) -> int | None:
-        return self.memory.serving(edit_id)
-
     # ---- serving -------------------------------------------------------------------------------
-    def _serving(self, stack: contextlib.ExitStack) -> None:
-        ids = stack.enter_context(Trace(self.embedding, capture="input"))
-        hidden = stack.enter_context(Trace(self.block, capture="output"))
-        stack.enter_context(replace_output(self.head,
-                                           lambda y: self._serve(ids.input, hidden.output, y)))
-
     def _serve(self, ids: Any, hidden: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """The logits with every row in an edit's scope replaced by the counterfactual model's
         (`_common.conditioning.replace_rows`); other rows bit for bit as they were."""
