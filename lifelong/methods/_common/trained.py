@@ -44,7 +44,7 @@ def train_or_read(ctx: AttachContext, folder: str, entry: str, net: Network,
                   train: Callable[[], Trained], label: str,
                   describe: Callable[[Any], str] | None = None) -> tuple[dict[str, Any], Any]:
     """(what happened, for `info`; the training's record, None when read). `label` names
-    the network in the notes ("mend: editor"); `describe(training)` adds to the note."""
+    the network in the note a training prints ("mend: editor"; a read prints nothing); `describe(training)` adds to the note."""
     try:
         cache = ctx.cache()
     except LifelongError:  # no model fingerprint: nothing to key the entry by
@@ -53,8 +53,7 @@ def train_or_read(ctx: AttachContext, folder: str, entry: str, net: Network,
     if saved is not None:
         meta = {k: float(saved.pop(k)) for k in META}
         net.load_tensors(saved)
-        Reporter().note(f"{label} read from the cache ({entry}; trained {meta['steps']:.0f} "
-                        f"steps, {meta['seconds']:.1f} s)")
+        # silent: a chunked run re-attaches per chunk (`info` and `lifelong bench edit` say it)
         return {"editor": "read from the cache", "entry": entry, **meta}, None
     t = train()
     meta = {"steps": float(t.steps), "seconds": t.seconds,

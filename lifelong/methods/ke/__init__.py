@@ -29,8 +29,8 @@ split on which over 90% of the edits succeeded, from `margin` to `margin_min`
 Centered RMSprop (the reference's), the model under `frozen`. Deterministic from the training
 seed. The trained hyper-network is cached as MEND's editor is (`ctx.cache()`, folder ``ke``,
 MEND's entry name: every shaping setting, the edited layers, the seed and the split's hash),
-so a second run reads it; attach says which ("hyper-network read from the cache ..." /
-"hyper-network trained, N steps, T s ...") and fills `info` with MEND's keys.
+so a second run reads it; attach says when it trains ("hyper-network trained, N steps, T s
+..."; a read is silent) and fills `info` with MEND's keys ("trained" / "read from the cache").
 
 Editing (`method.py`, on top of `Mend`): each request's update at the current weights, added
 in place; a batch (`BatchEditing`) adds the sum of its requests' updates, each computed at

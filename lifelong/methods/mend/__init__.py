@@ -23,8 +23,8 @@ post)`` over a locality prompt + answer, backpropagated into the editor only (th
 under `frozen`); `accumulate` edits per Adam update. Deterministic from the training seed.
 The trained editor is cached (`ctx.cache()`, folder ``mend``, entry ``editor-<hash>`` of the
 settings that shape it, the edited layers, the seed and a hash of the split's content), so
-a second run reads it; attach says which ("editor read from the cache ..." / "editor
-trained, N steps, T s ...", and `info`).
+a second run reads it; attach says when it trains ("editor trained, N steps, T s ..."; a
+read is silent: a chunked run re-attaches per chunk) and `info` says which.
 
 Editing (`method.py`): the factors at the current weights, ΔW added in place; a batch
 (`BatchEditing`) is one joint update from all its requests' tokens, a receipt per request

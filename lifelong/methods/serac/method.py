@@ -132,8 +132,7 @@ class Serac(RowServed, MemoryBase, Retractable, Routing):
             with torch.no_grad():
                 for name, p in parameters_of(self.cf.model).items():
                     p.copy_(saved[f"cf.{name}"])
-            Reporter().note(f"{self.name}: classifier and counterfactual model read from the "
-                            f"cache ({entry}; trained in {meta['seconds']:.1f} s)")
+            # silent: a chunked run re-attaches per chunk (`info` says it was read)
             return self._info("read from the cache", entry, meta)
         cfg, start = self.config, time.monotonic()
         self.cls_losses = train_classifier(
