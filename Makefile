@@ -2,7 +2,7 @@
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 
-.PHONY: setup quickstart test model streams
+.PHONY: setup quickstart test model streams dev-organisms
 
 $(VENV)/bin/lifelong:
 	python3 -m venv $(VENV)
@@ -27,3 +27,11 @@ streams: setup
 	$(VENV)/bin/lifelong streams make --split test --edits 1000 --seed 201 -o streams/test/edits-1000.jsonl
 	$(VENV)/bin/lifelong streams make --split test --edits 3000 --seed 202 -o streams/test/edits-3000.jsonl
 	$(VENV)/bin/lifelong streams make --split test --edits 10000 --reedit-share 0.55 --seed 203 -o streams/test/edits-10000.jsonl
+
+# The dev streams of real data (they need ../shared/data) and their dev organisms under out/,
+# which scenarios/dev/claim-rate-*.toml use (streams/README.md).
+dev-organisms: setup
+	$(VENV)/bin/lifelong streams import --format counterfact ../shared/data/counterfact/counterfact-train.json --edits 500 -o streams/dev/counterfact-train-500.jsonl
+	$(VENV)/bin/lifelong streams import --format knowedit ../shared/data/zsre/knowedit-zsre-test.json --edits 500 -o streams/dev/zsre-knowedit-500.jsonl
+	$(VENV)/bin/lifelong pretrain --facts streams/dev/counterfact-train-500.jsonl --config lifelong/organisms/counterfact.toml -o out/organism-counterfact-train-500
+	$(VENV)/bin/lifelong pretrain --facts streams/dev/zsre-knowedit-500.jsonl --config lifelong/organisms/zsre.toml -o out/organism-zsre-knowedit-500

@@ -77,3 +77,24 @@ def test_re_edit_trains_the_old_prompt_too():
     d.edit([EditRequest("e2", "The employer of Aldric is", "Vantex", "Aldric|employer")])
     assert d.log[-1]["prompts"] == ["The employer of Aldric is", "Aldric works for"]
     assert len(d._positives()) == 2  # only the newest edit of the fact is a positive
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.5])
+def test_gate_threshold_is_calibrated_on_held_out_unrelated_prompts(rate):
+    """Half the pool trains the gate, the other half sets its threshold: after any edit at
+    most floor(claim_rate x held-out) of those prompts open the gate, the threshold is never
+    below 0, and it survives a state round trip; claim_rate 1 trains on the whole pool."""
+    import math
+    d = defer(fresh_lm(), claim_rate=rate, steps=5)  # few steps: the gate is still loose
+    assert d.negatives.shape[0] == 4 and d.calibration.shape[0] == 3
+    for r in EDITS:
+        d.edit([r])
+        assert d.threshold >= 0.0
+        assert int((d.gate(d.calibration) > d.threshold).sum()) <= math.floor(rate * 3)
+    again = defer(fresh_lm(), claim_rate=rate, steps=5)
+    again.load_state_dict(d.state_dict())
+    assert again.threshold == d.threshold
+    whole = defer(fresh_lm(), claim_rate=1.0)
+    assert whole.negatives.shape[0] == len(UNRELATED) and whole.calibration.shape[0] == 0
+    whole.edit([EDITS[0]])
+    assert whole.threshold == 0.0

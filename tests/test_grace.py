@@ -107,6 +107,34 @@ def test_retraction_replays_to_the_never_edited_codebook(seq, data):
     g.detach()
 
 
+pools = st.lists(point.map(lambda p: (p[0] + 0.15, p[1] + 0.15)), min_size=1, max_size=8)
+
+
+@settings(max_examples=50, deadline=None)
+@given(seq=ops, pool=pools, rate=st.sampled_from([0.0, 0.25, 0.5]))
+def test_lookups_claim_at_most_claim_rate_of_the_pool(seq, pool, rate):
+    """Whatever the codebook holds, lookups of the unrelated pool's keys hit at most
+    floor(claim_rate x pool) of them (expansions never reach a pool key, so the floors that
+    keep absorbed keys covered claim none); the factor is 1 when the bare radii claim no more;
+    every edit's keys still retrieve its target (check_invariants); the conflict rules hold."""
+    import math
+
+    from lifelong.methods._common.guard import Guard
+    g = grace(fresh_lm(), eps=0.5, eps_relative=False, claim_rate=rate)
+    keys = torch.zeros(len(pool), g.key_dim)
+    keys[:, 0], keys[:, 1] = torch.tensor([xy[0] for xy in pool]), torch.tensor([xy[1] for xy in pool])
+    g.book.guard = Guard(keys)
+    for i, (xy, target, fact) in enumerate(seq):
+        g.insert_item(item(g, i, xy, target, fact))
+        check_invariants(g)
+        claimed = int(g.book.lookup(keys)[1].sum())
+        assert claimed <= math.floor(rate * len(pool))
+        rows = [r for r in range(g.book.n) if g.book.alive[r]]
+        bare = torch.cdist(keys.double(), g.book.keys[rows].double()) <= g.book.radii[rows]
+        if int(bare.any(1).sum()) <= math.floor(rate * len(pool)):
+            assert g.book.factor() == 1.0
+
+
 def test_split_halves_both_radii_and_same_target_expands():
     g = grace(fresh_lm(), eps=1.0, eps_relative=False)
     g.insert_item(item(g, 0, (0.0, 0.0), 1, 0))

@@ -223,9 +223,30 @@ def test_faiss_router_sends_far_prompts_to_main():
     w = wise(model, key_radius=1e-4)
     w.edit([EDITS[0]])
     assert w.route([EDITS[0].prompt, *UNRELATED]) == [0] + [None] * len(UNRELATED)
-    wide = wise(lm(), key_radius=100.0)
+    wide = wise(lm(), key_radius=100.0, claim_rate=1.0)
     wide.edit([EDITS[0]])
     assert wide.route(list(UNRELATED)) == [0] * len(UNRELATED)
+
+
+def test_claim_rate_scales_the_radius_until_the_pool_is_unclaimed():
+    """At a radius that takes every prompt, the guard shrinks it until no more than
+    claim_rate of the unrelated pool is routed (0: none; the edit's own prompt still is);
+    where the radius claims none of the pool the factor is 1; the factor survives a state
+    round trip; claim_rate 1 is the bare radius."""
+    w = wise(lm(), key_radius=100.0, claim_rate=0.0)
+    w.edit([EDITS[0]])
+    assert w.route([EDITS[0].prompt, *UNRELATED]) == [0] + [None] * len(UNRELATED)
+    assert 0 < w.radius_factor() < 1
+    again = wise(lm(), key_radius=100.0, claim_rate=0.0)
+    again.load_state_dict(w.state_dict())
+    assert again.radius_factor() == w.radius_factor()
+    assert again.route(list(UNRELATED)) == [None] * len(UNRELATED)
+    half = wise(lm(), key_radius=100.0, claim_rate=0.5)
+    half.edit([EDITS[0]])
+    assert sum(r is not None for r in half.route(list(UNRELATED))) == len(UNRELATED) // 2
+    narrow = wise(lm(), key_radius=1e-4)
+    narrow.edit([EDITS[0]])
+    assert narrow.radius_factor() == 1.0
 
 
 def test_router_tokens_read_the_prompt_only():

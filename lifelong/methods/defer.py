@@ -20,6 +20,15 @@ are *not* probed, keyed once at attach; capped at `negatives`). Keys are cached,
 terms cost no forward pass. The value predictor only ever sees the current edit: as in the
 papers, sequential edits overwrite each other through the shared weights (forgetting).
 
+The gate's threshold is calibrated on unrelated prompts it was not trained on (`claim_rate`,
+not in the papers: their gate opens at 0.5): the unrelated pool is split in two, alternate
+prompts, one half the gate's negatives, the other a calibration set; after every edit the
+gate opens only above the larger of 0 (probability 0.5) and the logit that keeps at most
+`claim_rate` of the calibration prompts open (`_common/guard.py` does the same for the key
+routers' radii). A linear gate trained against the pool need not close on unrelated prompts it
+never saw: on a CounterFact organism it opened on 0.7 of the neighbourhood prompts. With
+`claim_rate` 1 the whole pool is negatives and the threshold is 0, as before.
+
 Modes are which `lifelong.nethook` context is open on the projection: serving (opened at
 attach), capturing keys (`Trace`, serving suspended), training (a soft-gated
 `rewrite_output`, serving suspended).
@@ -34,6 +43,7 @@ every later edit in the shared weights, and nothing cheaper undoes it.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -82,11 +92,18 @@ class DeferConfig:
                                       "(cost of every remaining edit); 'unsupported': refuse",
                            choices=("retrain", "unsupported"))
     use_fact_identity: bool = setting(False, FACT_IDENTITY_HELP)
+    claim_rate: float = setting(0.01, "the largest share of held-out unrelated prompts (half "
+                                      "the pool, never the gate's negatives) whose gate may "
+                                      "open: the gate opens above the logit that keeps at most "
+                                      "this share open, and never below 0. 0.01: chosen on "
+                                      "dev organisms and the built-in dev stream "
+                                      "(sweeps/dev-claim-rate.toml); 1: off, the whole pool is "
+                                      "negatives. Not in the papers", min=0.0, max=1.0)
 
 
 class Defer(Served, MemoryBase, Retractable):
-    """DEFER. Invariants: the adaptor is a deterministic function of (seed, negatives, active
-    edit log); detach leaves the model as it was (only hooks are added)."""
+    """DEFER. Invariants: the adaptor and its threshold are a deterministic function of (seed,
+    negatives, calibration prompts, active edit log); detach leaves the model as it was (only hooks are added)."""
 
     name = "defer"
     Config = DeferConfig
@@ -102,7 +119,11 @@ class Defer(Served, MemoryBase, Retractable):
             rewrite_output(self.module, self._serve)))
         self.hooks.open()
         self.log: list[dict[str, Any]] = []
-        self.negatives = self._keys(list(ctx.unrelated_prompts[:cfg.negatives]))
+        pool = list(ctx.unrelated_prompts)
+        held_out = cfg.claim_rate < 1
+        self.negatives = self._keys((pool[0::2] if held_out else pool)[:cfg.negatives])
+        self.calibration = self._keys(pool[1::2][:cfg.negatives] if held_out else [])
+        self.threshold = 0.0
         self._init_params()
 
     def _init_params(self) -> None:
@@ -134,7 +155,7 @@ class Defer(Served, MemoryBase, Retractable):
     def _serve(self, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
         """Rows whose gate is open get the predicted change; closed rows are untouched."""
         logit, mask = self._gate_and_mask(x, output)
-        open_ = (logit > 0).detach()
+        open_ = (logit > self.threshold).detach()
         if not bool(open_.any()):
             return output
         new = output + self._delta(x.float()).to(output.dtype)
@@ -172,7 +193,21 @@ class Defer(Served, MemoryBase, Retractable):
                     "keys": self._keys(prompts)}
             self.log.append(item)
             results.append(self._train(item))
-        return receipt(results, self.config.stop_loss, {"layer": self.layer_name})
+        self._calibrate()
+        return receipt(results, self.config.stop_loss, {"layer": self.layer_name,
+                                                         "gate_threshold": self.threshold})
+
+    @torch.no_grad()
+    def _calibrate(self) -> None:
+        """The serving threshold: the smallest logit >= 0 that at most floor(claim_rate x n)
+        calibration prompts exceed (0 without calibration prompts)."""
+        n = self.calibration.shape[0]
+        allowed = math.floor(self.config.claim_rate * n)
+        if not n or allowed >= n:
+            self.threshold = 0.0
+            return
+        logits = self.gate(self.calibration).sort(descending=True).values
+        self.threshold = max(0.0, float(logits[allowed]))  # open only strictly above it
 
     def _fact_prompts(self, fact: str) -> list[str]:
         for item in reversed(self.log):
@@ -224,21 +259,26 @@ class Defer(Served, MemoryBase, Retractable):
         for item in kept:
             self.log.append(item)
             self._train(item)
+        self._calibrate()
 
     # ---- state --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"params": {k: v.detach().clone() for k, v in self.params.items()},
-                "negatives": self.negatives.clone(),
+                "negatives": self.negatives.clone(), "calibration": self.calibration.clone(),
+                "threshold": self.threshold,
                 "log": [dict(it, keys=it["keys"].clone(), prompts=list(it["prompts"])) for it in self.log]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.params = {k: v.clone() for k, v in state["params"].items()}
         self.negatives = state["negatives"].clone()
+        self.calibration = state.get("calibration", torch.zeros((0, self.key_dim))).clone()
+        self.threshold = float(state.get("threshold", 0.0))
         self.log = [dict(it, keys=it["keys"].clone(), prompts=list(it["prompts"])) for it in state["log"]]
 
     def footprint(self) -> int:
         """Adaptor weights + cached negative keys + the log's keys."""
-        return (tensor_bytes(*self.params.values(), self.features, self.negatives)
+        return (tensor_bytes(*self.params.values(), self.features, self.negatives,
+                             self.calibration)
                 + sum(tensor_bytes(it["keys"]) for it in self.log))
 
 

@@ -22,6 +22,17 @@ radius covers the query wins, and its value replaces the layer output at the pos
 `replace`. Other rows are left bit-identical. The conflict rules and exact retraction:
 `codebook.py`.
 
+Radius calibrated on the run's own unrelated prompts (`claim_rate`, not in the paper, which
+tunes eps per data set by hand): lookups scale every radius by one common factor (at most 1,
+never below the distance to an entry's farthest member key, so an edit keeps its own prompt),
+the largest at which at most `claim_rate` (0.01) of the attach context's unrelated prompts (the
+stream's locality prompts never probed while the method is attached) lie within reach of an
+entry (`_common/guard.py`). Where eps already claims fewer, nothing changes (the built-in
+model, ZsRE); on a CounterFact organism, whose paraphrases and neighbourhood prompts lie at the
+same key distances, it shrinks the radii to about 0.2 x the key's norm: locality is kept and
+generalization pays. With no unrelated prompts (every locality prompt probed) it is off; the
+edit receipt records the factor (`radius_factor`).
+
 Defaults scaled from the paper (eps 1.0 and ~100 value steps on 1000s-wide T5/LLaMA
 activations): `eps` is measured in units of the key's own norm (``eps_relative``), so one
 setting means the same on a 128-wide and a 4096-wide model, and the value's learning rate in

@@ -12,6 +12,11 @@ Conflict rules, applied when an entry is placed (invariants, checked by tests/te
     the key to the running mean of its members and widens its radius to cover both; when the
     rule above leaves no room, the new key becomes its own entry instead;
   * a key identical to a stored one displaces it (the newest edit of an input wins);
+  * lookups scale every radius by the guard's common factor (`_common.guard`: at most
+    ``claim_rate`` of the unrelated pool within reach), never below the distance to the
+    entry's farthest member key; an expanded or moved entry never reaches an unrelated-pool
+    key (so those floors claim none of the pool); the rules above act on the radii
+    themselves;
   * every key of an active edit stays covered by an entry with its target: an entry keeps its
     members (the keys it absorbed), and a member a split or a displacement leaves uncovered
     is placed again, as its own entry if need be.
@@ -29,6 +34,7 @@ import numpy as np
 import torch
 
 from ...index import KeyIndex
+from .._common.guard import Guard
 from ..base import UnknownEdit, tensor_bytes
 from .config import GraceConfig
 
@@ -38,9 +44,11 @@ Member = tuple[int, int]  # (log position, key index)
 class Codebook:
     """Invariant: ``self.log`` (the active edits, in order) determines every other field."""
 
-    def __init__(self, config: GraceConfig, key_dim: int, value_dim: int):
+    def __init__(self, config: GraceConfig, key_dim: int, value_dim: int,
+                 guard: Guard | None = None):
         self.config = config
         self.key_dim, self.value_dim = key_dim, value_dim
+        self.guard = guard or Guard(torch.zeros((0, key_dim)))
         self.log: list[dict[str, Any]] = []
         self.reset()
 
@@ -58,20 +66,47 @@ class Codebook:
         self.absorbed: dict[str, set[int]] = {}  # fact -> rows whose members include its keys
         self.fact_rows: dict[str, list[int]] = {}
         self.fact_prompts: dict[str, list[str]] = {}
+        self._factor: float | None = None  # the guard's radius factor, None: to recompute
         self.index = KeyIndex(self.key_dim, "l2", approximate_above=self.config.approximate_above)
 
     # ---- lookups ------------------------------------------------------------------------
+    def factor(self) -> float:
+        """The common factor lookups scale every radius by (`_common.guard`; 1.0: no pool)."""
+        if self._factor is None:
+            alive = self.alive[:self.n]
+            self._reach = torch.tensor([self._farthest_member(r) for r in range(self.n)],
+                                       dtype=torch.float64)
+            self._factor = self.guard.factor(self.keys[:self.n][alive], self.radii[:self.n][alive],
+                                             self.config.claim_rate, self._reach[alive])
+        return self._factor
+
+    def _farthest_member(self, row: int) -> float:
+        """How far from its key an entry must reach to cover every key it holds."""
+        if not self.alive[row] or not self.members[row]:
+            return 0.0
+        key = self.keys[row].double()
+        far = max(float((self._member_key(m).double() - key).norm()) for m in self.members[row])
+        return far * (1 + 1e-5) + 1e-7 if far > 0 else 0.0  # room for float32 lookups
+
+    def served_radii(self) -> torch.Tensor:
+        """(n,) the radius lookups use: the radius x `factor`, never less than the distance
+        to the entry's farthest member key (an edit's own key stays covered)."""
+        c = self.factor()
+        if c >= 1:  # nothing scaled: the radii themselves (bit for bit the uncalibrated rule)
+            return self.radii[:self.n]
+        return torch.maximum(self.radii[:self.n] * c, self._reach)
+
     @torch.no_grad()
     def lookup(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(entry row, hit) per query: the nearest of the FAISS candidates whose radius covers
-        the query (exact torch distances; ties go to the older entry)."""
+        """(entry row, hit) per query: the nearest of the FAISS candidates whose radius, scaled
+        by `factor`, covers the query (exact torch distances; ties go to the older entry)."""
         q = queries.detach().float().cpu()
         _, cand = self.index.search(q.numpy(), min(self.config.candidates, len(self.index)))
         cand = torch.from_numpy(cand)
         valid = cand >= 0
         c = cand.clamp(min=0)
         dist = (self.keys[c] - q.unsqueeze(1)).norm(dim=-1).double()
-        covered = valid & (dist <= self.radii[c])
+        covered = valid & (dist <= self.served_radii()[c])
         dist = torch.where(covered, dist, torch.full_like(dist, float("inf")))
         # stable tie-break on the entry row: sort candidates by row first
         order = torch.argsort(c + (~covered).long() * (1 << 40), dim=1, stable=True)
@@ -90,6 +125,7 @@ class Codebook:
         """Append an item (``edit_id``, ``fact``, ``target``, ``target_ids``, ``prompts`` and
         ``keys``/``values`` tensors of shape (len(prompts), dim)) and place it."""
         self.log.append(item)
+        self._factor = None
         return self._insert(len(self.log) - 1)
 
     def retract(self, edit_id: str) -> None:
@@ -120,7 +156,10 @@ class Codebook:
     def _room(self, center: torch.Tensor, target: tuple[int, ...], want: float,
               skip: int = -1) -> float:
         """Largest radius <= want a key at `center` may take without overlapping a
-        different-target key."""
+        different-target key, nor, while the guard is on, reaching an unrelated-pool key
+        (an expansion's reach is a floor the guard's factor cannot shrink)."""
+        if self.config.claim_rate < 1:
+            want = min(want, self.guard.nearest(center) * (1 - 1e-5))
         rmax = float(self.radii[self.alive].max()) if bool(self.alive.any()) else 0.0
         rows, dist = self._neighbours(center, want + rmax)
         room = want
@@ -285,6 +324,7 @@ class Codebook:
                 self.fact_rows.setdefault(fact, []).append(row)
         self.fact_prompts = {k: list(v) for k, v in state["fact_prompts"].items()}
         self.index = KeyIndex.from_bytes(state["index"].numpy())
+        self._factor = None
 
     def footprint(self) -> int:
         """Keys + values + radii + the FAISS index, plus the log's keys and values (kept so

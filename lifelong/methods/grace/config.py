@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ...config import setting
 from .._common.facts import FACT_IDENTITY_HELP
+from .._common.guard import CLAIM_RATE_HELP
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ class GraceConfig:
                               "tunes it per data set", min=0.0)
     eps_relative: bool = setting(True, "eps is a share of the new key's norm (true) or an "
                                        "absolute Euclidean distance (false)")
+    claim_rate: float = setting(0.01, CLAIM_RATE_HELP + ". Not in the paper (it tunes eps per "
+                                      "data set by hand)", min=0.0, max=1.0)
     conflict: str = setting("coverage", "same-target key within reach: expand its radius "
                                         "('coverage') or move it to the members' mean "
                                         "('moving_average')", choices=("coverage", "moving_average"))

@@ -19,6 +19,7 @@ from ...model import LM
 from ...nethook import Trace, replace_output, rewrite_output
 from ...scoring import batch_target_loss, encode_pairs
 from .._common.facts import as_seen
+from .._common.guard import guard_from_context
 from .._common.hooks import Hooks, Served
 from .._common.keys import batch_info, key_positions, position_mask, read_keys
 from .._common.loop import LoopResult, Step, frozen, optimise, receipt
@@ -49,9 +50,11 @@ class Grace(Served, MemoryBase, Retractable):
             layers.resolve(lm.model, self.layer_name.rsplit(".", 1)[0])
         self.key_dim = in_f if cfg.key == "mlp.out" else layers.hidden_size(lm.model)
         self.value_dim = out_f
-        self.book = Codebook(cfg, self.key_dim, self.value_dim)
         self.hooks = Hooks(self._serving)
         self.hooks.open()
+        guard = guard_from_context(ctx, f"{self.layer_name}/{cfg.key}/{cfg.key_token}",
+                                   self.key_dim, cfg.claim_rate, self._prompt_keys)
+        self.book = Codebook(cfg, self.key_dim, self.value_dim, guard)
 
     def _serving(self, stack: contextlib.ExitStack) -> None:
         if self.key_module is self.module:
@@ -90,6 +93,10 @@ class Grace(Served, MemoryBase, Retractable):
         keys = read_keys(src.input, kpos, info, self.config.key_token).detach().float().clone()
         outputs = y[torch.arange(y.shape[0], device=y.device), kpos].detach().float().clone()
         return keys, outputs, [tuple(t) for t in batch[4]], loss
+
+    def _prompt_keys(self, prompts: list[str]) -> torch.Tensor:
+        """Keys of bare prompts (a key reads prompt tokens only: the target is a placeholder)."""
+        return self.keys_of(prompts, ["x"] * len(prompts))[0]
 
     def _train(self, prompts: list[str], targets: list[str]):
         """Keys at the key token and values trained to produce the targets; the loop's
@@ -133,7 +140,8 @@ class Grace(Served, MemoryBase, Retractable):
                 "values": values}))
             results.append(result)
         return receipt(results, self.config.stop_loss, {
-            "layer": self.layer_name, "placed": placed, "entries": len(self.book.index)})
+            "layer": self.layer_name, "placed": placed, "entries": len(self.book.index),
+            "radius_factor": self.book.factor()})
 
     def insert_item(self, item: dict[str, Any]) -> list[str]:
         """Place a ready item without training (`Codebook.add`): benchmarks and tests of the

@@ -16,6 +16,11 @@ FAISS index. Editing (`trainer.py`) trains a delta of the side memory with SGD o
 target loss (plus the paper's margin terms when a router reads activation scores); with
 `protect`, every step is projected off the span of the memory's earlier edit keys.
 
+The FAISS router's radius is calibrated on the run's unrelated prompts as GRACE's is
+(`claim_rate`, `_common/guard.py`): `key_radius` x key norm x one common factor (at most 1),
+the largest at which at most `claim_rate` of the attach context's unrelated prompts are
+routed to a side memory; the receipt records it (`radius_factor`).
+
 Knowledge sharding (`memory.py`): shards of `shard_size` edits, each under its own random
 gradient mask (`mask_ratio` of the output rows, or of the entries); `consolidate()` folds
 the shards into the memory with TIES (or linear / DARE, `lifelong.merging`), cycle by cycle

@@ -7,6 +7,7 @@ from typing import Literal
 
 from ...config import setting
 from .._common.facts import FACT_IDENTITY_HELP
+from .._common.guard import CLAIM_RATE_HELP
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class WiseFaissConfig:
                                      "the built-in model's dev stream at its default layer "
                                      "(scenarios/dev/wise-radius.toml: the largest radius tried "
                                      "keeping locality >= 0.98)", min=0.0)
+    claim_rate: float = setting(0.01, "FAISS router: " + CLAIM_RATE_HELP, min=0.0, max=1.0)
     measure_activation_router: bool = setting(False, "FAISS router: also record where the "
                                                 "paper's activation router would send each "
                                                 "probe (the margin terms stay off: they cost "

@@ -21,6 +21,7 @@ from ...nethook import Trace, rewrite_output
 from ...scoring import encode_pairs, forward_logits
 from .._common.activations import output_scale
 from .._common.facts import as_seen
+from .._common.guard import guard_from_context
 from .._common.hooks import Hooks, Served
 from .._common.keys import forward_router_tokens, router_tokens, row_keys, serve_routed
 from .._common.keytable import KeyTable
@@ -57,19 +58,24 @@ class WiseFaiss(Served, MemoryBase, Retractable, Consolidating, Routing):
     # ---- lifecycle ----------------------------------------------------------------------
     def attach(self, lm: LM, ctx: AttachContext) -> None:
         self.lm, self.ctx = lm, ctx
-        _, self.module = layers.edit_target(lm.model, self.config.layer)
+        layer_name, self.module = layers.edit_target(lm.model, self.config.layer)
         self.w_main = layers.weight_out_in(self.module).detach()
         self._limit = max(1, round(self.config.protect_share * self.w_main.shape[1]))
         self.unrelated = list(ctx.unrelated_prompts)
         self.memories: list[SideMemory] = []
         self._where_map: dict[str, int] | None = None
         self._deltas: list[torch.Tensor] | None = None
+        self._factor: float | None = None
         self.table = KeyTable(self.w_main.shape[1], "l2")
         self.since_merge = 0
         self.scale = self._measure_scale()
         self.hooks = Hooks(lambda stack: stack.enter_context(
             rewrite_output(self.module, self._serve)))
         self.hooks.open()
+        self.guard = guard_from_context(
+            ctx, f"{layer_name}/input/{self.config.key_token}", self.w_main.shape[1],
+            self.config.claim_rate if self.config.router == "faiss" else 1.0,
+            lambda prompts: torch.from_numpy(row_keys(*self._activations(prompts))))
 
     def footprint(self) -> int:
         return sum(tensor_bytes(m.merged, m.current, m.mask, *m.shards) for m in self.memories) \
@@ -89,7 +95,17 @@ class WiseFaiss(Served, MemoryBase, Retractable, Consolidating, Routing):
 
     def _route(self, x: torch.Tensor, mask: torch.Tensor, router: str | None = None) -> torch.Tensor:
         return route_rows(self.config, router or self.config.router, self.table, self.memories,
-                          self._served_deltas(), x, mask)
+                          self._served_deltas(), x, mask, self.radius_factor())
+
+    def radius_factor(self) -> float:
+        """The guard's common factor on the FAISS router's radius (recomputed when the keys
+        change; `_common.guard`)."""
+        if self._factor is None:
+            ids = sorted(self.table.norm)
+            keys = torch.from_numpy(self.table.index.get(ids)) if ids else torch.zeros((0, 1))
+            radii = self.config.key_radius * torch.tensor([self.table.norm[i] for i in ids])
+            self._factor = self.guard.factor(keys, radii, self.config.claim_rate)
+        return self._factor
 
     @property
     def shadow_routers(self) -> tuple[str, ...]:  # type: ignore[override]
@@ -126,6 +142,7 @@ class WiseFaiss(Served, MemoryBase, Retractable, Consolidating, Routing):
         """A memory's log or weights changed: drop what is derived from them."""
         self._where_map = None
         self._deltas = None
+        self._factor = None
 
     def _served_deltas(self) -> list[torch.Tensor]:
         """Each memory's delta (merged + shards + open shard), summed once per change
@@ -196,7 +213,10 @@ class WiseFaiss(Served, MemoryBase, Retractable, Consolidating, Routing):
         self.since_merge += len(requests)
         if self.config.merge_every and self.since_merge >= self.config.merge_every:
             self.consolidate()
-        return receipt(results, self.config.stop_loss, {"memories": len(self.memories)})
+        info = {"memories": len(self.memories)}
+        if self.config.router == "faiss":
+            info["radius_factor"] = self.radius_factor()
+        return receipt(results, self.config.stop_loss, info)
 
     def _edit_one(self, req: EditRequest, k: int | None = None) -> LoopResult:
         """Train `req` into memory `k` (default: the memory for a new edit) and record it."""
@@ -241,6 +261,7 @@ class WiseFaiss(Served, MemoryBase, Retractable, Consolidating, Routing):
                  if r.fact == req.fact and r.edit_id != req.edit_id}
         self.table.remove(self.table.owned_by(older))
         self.table.add(row_keys(x, mask), k, req.edit_id)
+        self._factor = None
 
     # ---- merging, retraction ----------------------------------------------------------------
     def consolidate(self) -> dict[str, Any] | None:

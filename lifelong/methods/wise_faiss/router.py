@@ -4,7 +4,8 @@
 memory with the highest score serves the row if that score passes act_ratio x the smallest
 score an edit of the memory reached. `faiss`: every edit's key (the projection's input over
 the router tokens, `key_token`) is in a `KeyTable` labelled with its memory; a row goes to its
-nearest key's memory when it lies within `key_radius` x that key's norm, else to the main
+nearest key's memory when it lies within `key_radius` x that key's norm x the guard's common factor
+(`_common.guard`: at most `claim_rate` of the unrelated pool within reach), else to the main
 memory: one search per batch, whatever the number of memories; with `faiss_check` the
 memory's score must also pass its threshold.
 
@@ -59,11 +60,13 @@ def check_scores(route: torch.Tensor, x: torch.Tensor, mask: torch.Tensor,
 
 
 def route_rows(cfg: WiseFaissConfig, router: str, table: KeyTable, memories: list[SideMemory],
-               deltas: list[torch.Tensor], x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B,) memory index per row (-1: the main memory) by `router` ("faiss"/"activation")."""
+               deltas: list[torch.Tensor], x: torch.Tensor, mask: torch.Tensor,
+               factor: float = 1.0) -> torch.Tensor:
+    """(B,) memory index per row (-1: the main memory) by `router` ("faiss"/"activation");
+    `factor` scales the FAISS router's radius."""
     if router != "faiss":
         return by_score(x, mask, deltas, thresholds(memories, cfg.act_ratio))
-    route = by_key(table, x, mask, cfg.key_radius)
+    route = by_key(table, x, mask, cfg.key_radius * factor)
     if cfg.faiss_check and len(table):
         route = check_scores(route, x, mask, deltas, memories, cfg.act_ratio)
     return route

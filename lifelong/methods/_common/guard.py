@@ -1,0 +1,124 @@
+"""The unrelated pool as a calibration set: radii scaled until the pool is (almost) unclaimed.
+
+A key-routed method (GRACE's codebook, the FAISS-routed WISE variant) serves an input from an
+edit when the input's key lies within that edit's radius. A radius set as a share of the key's
+norm and chosen on one model's dev stream does not transfer: on a one-layer word-level
+CounterFact organism the keys of an edit's paraphrases and of its neighbourhood prompts (same
+relation, other subject) lie at the same distances, and the radius chosen on the built-in
+model (0.5 x the key's norm) claims 0.97 of the unrelated prompts.
+
+The guard holds the keys of the attach context's unrelated prompts (the stream's locality
+prompts that are never probed while the method is attached: data the method may train on,
+never what locality is measured on) and gives the largest common factor ``c <= 1`` by which
+every radius may be scaled so that at most ``claim_rate`` of those prompts lie within reach
+of an edit: with ``m_p = min_e d(p, k_e) / r_e`` (the smallest factor at which pool prompt
+``p`` is claimed), ``c`` is just below (by 1e-5, relative) the ``floor(claim_rate * n) + 1``-th smallest ``m_p``,
+or 1 when that many are never claimed. The false-positive rate is calibrated on data of the
+run's own distribution, the way a detection threshold is set on held-out negatives; where
+the radii already claim fewer (the built-in model, ZsRE at their defaults) nothing changes.
+
+Invariants: `factor` is a pure function of the pool keys, the edit keys and their radii (the
+method's memory; so retraction by replay stays exact); the pool keys are computed once per
+(model, key reader, prompts) and cached (`AttachContext.cache`), so a chunked run that
+re-attaches per chunk pays the forward passes once. Cost of `factor`: one distance matrix
+pool x edit keys, computed when the edits change (``limit`` pool prompts).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ...errors import LifelongError
+from ..context import AttachContext
+
+CLAIM_RATE_HELP = ("the largest share of the unrelated pool (the stream's locality prompts "
+                   "never probed while the method is attached) the router may claim: every "
+                   "radius is scaled by one common factor (at most 1) until at most this share "
+                   "of the pool lies within reach of an edit, so the radius is calibrated on the "
+                   "data at hand. 0.01: chosen on dev organisms (CounterFact, ZsRE) and the "
+                   "built-in dev stream (sweeps/dev-claim-rate.toml); 1: off")
+
+
+class Guard:
+    """The keys of known-unrelated prompts, and the radius factor they allow."""
+
+    def __init__(self, keys: torch.Tensor):
+        self.keys = keys.detach().double().cpu()
+
+    def __len__(self) -> int:
+        return int(self.keys.shape[0])
+
+    def nearest(self, key: torch.Tensor) -> float:
+        """The distance from `key` to the nearest pool key (inf with no pool)."""
+        if not len(self):
+            return float("inf")
+        return float(torch.cdist(key.detach().double().cpu().reshape(1, -1), self.keys).min())
+
+    def factor(self, keys: torch.Tensor, radii: torch.Tensor, rate: float,
+               floors: torch.Tensor | None = None, chunk: int = 1024) -> float:
+        """The largest c <= 1 such that at most floor(rate x pool) pool keys lie within
+        max(c x radius, floor) of one of `keys` ((n, d), (n,), (n,)), or, when the floors
+        alone claim more, the largest c that claims no further pool key; 1.0 with no pool,
+        no keys or rate >= 1. A floor is a distance an entry must keep covering whatever the
+        factor (GRACE: its farthest member key, so no edit loses its own prompt)."""
+        n = len(self)
+        allowed = math.floor(rate * n)
+        if not n or not keys.shape[0] or allowed >= n:
+            return 1.0
+        k, r = keys.detach().double().cpu(), radii.detach().double().cpu()
+        f = torch.zeros_like(r) if floors is None else floors.detach().double().cpu()
+        need = torch.full((n,), float("inf"), dtype=torch.float64)
+        forced = torch.zeros(n, dtype=torch.bool)
+        for i in range(0, k.shape[0], chunk):  # bounded memory: pool x chunk distances
+            d = torch.cdist(self.keys, k[i:i + chunk])
+            ratio = torch.where(d > 0, d / r[i:i + chunk].clamp_min(1e-300), torch.zeros_like(d))
+            need = torch.minimum(need, ratio.min(dim=1).values)
+            forced |= (d <= f[i:i + chunk]).any(dim=1)
+        rest = need[~forced].sort().values
+        left = max(0, allowed - int(forced.sum()))
+        if left >= rest.shape[0]:
+            return 1.0
+        kth = float(rest[left])  # the first pool key too many is claimed at any c >= kth
+        return 1.0 if kth > 1 else kth * (1 - 1e-5)  # below it, room for float32 lookups
+
+
+def pool_digest(prompts: Sequence[str]) -> str:
+    """A short digest naming a pool of prompts (the cache entry's name)."""
+    h = hashlib.sha256()
+    for p in prompts:
+        h.update(p.encode("utf-8") + b"\0")
+    return h.hexdigest()[:16]
+
+
+def guard_from_context(ctx: AttachContext, reader: str, dim: int, rate: float,
+                       keys_of: Callable[[list[str]], torch.Tensor], limit: int = 1024,
+                       batch: int = 64) -> Guard:
+    """The guard of `ctx`'s unrelated prompts (the first `limit` distinct ones; none when
+    `rate` >= 1), their keys computed by `keys_of` (a batch of prompts -> (n, dim) keys) in
+    batches, or read from the cache under `reader` (it names the layer and the key reading:
+    keys of different readers never mix)."""
+    prompts = list(dict.fromkeys(ctx.unrelated_prompts))[:limit] if rate < 1 else []
+    if not prompts:
+        return Guard(torch.zeros((0, dim)))
+    what = f"guard-{pool_digest(prompts)}"
+    cache = _cache(ctx)
+    saved = cache.load(reader, what) if cache else None
+    if saved is not None and tuple(saved["keys"].shape) == (len(prompts), dim):
+        return Guard(saved["keys"])
+    keys = torch.cat([keys_of(prompts[i:i + batch]).detach().float().cpu()
+                      for i in range(0, len(prompts), batch)])
+    if cache:
+        cache.save(reader, what, {"keys": keys})
+    return Guard(keys)
+
+
+def _cache(ctx: AttachContext):
+    """The context's cache, or None where it has none (no model fingerprint)."""
+    try:
+        return ctx.cache()
+    except LifelongError:
+        return None
