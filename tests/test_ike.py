@@ -16,6 +16,7 @@ from conftest import make_tiny_model, tiny_tokenizer
 from lifelong import layers
 from lifelong.config import from_mapping
 from lifelong.methods import AttachContext, EditRequest, UnknownEdit
+from lifelong.methods.context import TrainRecord
 from lifelong.methods.ike import Ike, IkeConfig
 from lifelong.methods.ike.prompt import fitting, written
 from lifelong.model import LM
@@ -286,3 +287,68 @@ def test_generation_through_the_hooks_is_greedy_decoding_of_the_conditioned_inpu
         n = len(got[i].target_ids)
         assert got[i].tf_pred == tuple(tf[-n - 1:-1].argmax(-1).tolist())
         assert got[i].tf_pred != bare[i].tf_pred or got[i].nll != bare[i].nll
+
+
+# ---- (7) the paper's copy / update / retain demonstrations from the train split ---------------
+RECORDS = (
+    TrainRecord(EditRequest("t1", "Delphine was born in", "Oslo", "Delphine|city", "Delphine"),
+                ("The birthplace of Delphine is",), (("Evander plays the", "piano"),)),
+    TrainRecord(EditRequest("t2", "Gideon speaks", "Welsh", "Gideon|language", "Gideon"),
+                (), (("Ignatius owns a", "boat"),)),
+)
+
+
+def with_bank(lm: LM, **settings) -> Ike:
+    method = Ike(from_mapping(IkeConfig, settings), seed=0)
+    method.attach(lm, AttachContext(seed=0, unrelated_prompts=UNRELATED, train_split=RECORDS))
+    for r in EDITS:
+        method.edit([r])
+    return method
+
+
+def paper_demos(lm: LM, rec: TrainRecord) -> list[list[int]]:
+    """A record's demonstrations by hand: its fact, then a probe and its answer, for the
+    copy, update (with a rephrase) and retain (with a locality pair) probes, each '.'-ended."""
+    def part(p: str, t: str) -> list[int]:
+        return demo_tokens(lm, [EditRequest("x", p, t, "x")])
+    probes = [(rec.request.prompt, rec.request.target)]
+    probes += [(rec.rephrases[0], rec.request.target)] if rec.rephrases else []
+    probes += [rec.locality[0]] if rec.locality else []
+    return [part(rec.request.prompt, rec.request.target) + part(p, a) for p, a in probes]
+
+
+@torch.no_grad()
+def by_hand_tokens(m: Ike, pre: list[int], prompt: str, target: str = "Zentro") -> torch.Tensor:
+    p, t = tokenize_pair(m.lm, prompt, target)
+    ids = torch.tensor([pre + p + t])
+    with m.bypassed():
+        out = forward_logits(m.lm, ids, torch.ones_like(ids), torch.tensor([len(pre) + len(p)]))
+    return out[0, len(pre):]
+
+
+def test_paper_demonstrations_from_the_train_split_precede_the_new_fact():
+    """With a train split, a row is the base model on: the demonstrations of the train records
+    nearest to its nearest stored edit (nearest record first in priority, written in reverse),
+    then that edit (the new fact), then the row; k caps the demonstrations."""
+    lm = tiny()
+    m = with_bank(lm, demonstrations=1, corpus_demonstrations=4)
+    assert len(m.bank) == 5  # t1: copy, update, retain; t2: copy, retain
+    for prompt in (EDITS[0].prompt, OUT[2]):
+        fact = by_distance(m, prompt)[0]
+        key = hand_key(m, fact.prompt)
+        recs = sorted(RECORDS, key=lambda r: float((hand_key(m, r.request.prompt) - key).norm()))
+        demos = [d for r in recs for d in paper_demos(lm, r)][:4]
+        pre = [t for d in reversed(demos) for t in d] + demo_tokens(lm, [fact])
+        alone = logits(lm, [prompt])[0]
+        assert torch.allclose(alone, by_hand_tokens(m, pre, prompt), atol=1e-5)
+        assert not torch.allclose(alone, by_hand(m, [fact], prompt), atol=1e-4)  # demos count
+    off = with_bank(tiny(), demonstrations=1, corpus_demonstrations=0)
+    assert len(off.bank) == 0
+    assert torch.equal(logits(off.lm, [OUT[2]])[0],
+                       by_hand(off, [by_distance(off, OUT[2])[0]], OUT[2]))
+
+
+def test_without_a_train_split_it_says_the_stored_edits_are_written_alone(capsys):
+    m = make(tiny())
+    assert len(m.bank) == 0
+    assert "no train split" in capsys.readouterr().err

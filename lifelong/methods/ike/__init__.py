@@ -10,6 +10,14 @@ dimension with statistics fitted once at attach (the context's unrelated and tra
 prompts, else its corpus, else none) and kept in the state. These are the features SERAC's
 classifier reads, without its trained projection: IKE trains nothing.
 
+Demonstrations from the train split (`bank.py`, the paper's): with a train split
+(`stream.train_file`), each train record gives a copy, an update and a retain demonstration
+(its fact followed by its own prompt, its first rephrase, or its first locality prompt, with
+the answer to give after reading the fact: the new target, or the locality prompt's own
+answer); a row gets those of the records nearest to its nearest stored edit, at most
+`corpus_demonstrations` (32), written before that edit, which is written last as the new
+fact. Without a train split only stored edits are written (a variant; attach says so).
+
 Store (`memory.py`): each edit's request, its key and its demonstration tokens, in order; an
 edit with an identical prompt (identical key) displaces the older one (the newest edit of an
 input wins), and with `use_fact_identity` (default off) an edit displaces its fact's older
@@ -17,16 +25,16 @@ edits. Retrieval is an exact FAISS search (flat L2 over the served keys,
 `lifelong.index.KeyIndex`), the k found re-sorted by exact distance, newest first among
 equally near ones.
 
-Demonstrations (`prompt.py`): an edit is written as its prompt's tokens, its target's tokens
-and the separator's tokens (`separator`, "."), joined as token ids, never re-tokenised with
-the query, so position j of a served row is position ``len(demonstrations) + j`` of its
-conditioned input. Of the `demonstrations` (k, 32) nearest stored edits, the nearest is taken
-first and further ones are added in order of distance while the demonstrations together with
-the row (its prompt and its continuation in this forward) fit the model's context
-(`max_positions`); the first that does not fit ends the list (the farthest are dropped
-first, the row is never cut, no demonstration is cut in part). They are written farthest
-first: the nearest is the last text before the query. When not even the nearest fits, the
-row is answered by the base model unchanged.
+Writing (`prompt.py`): an edit is written as its prompt's tokens, its target's tokens and
+the separator's tokens (`separator`, "."), joined as token ids, never re-tokenised with the
+query, so position j of a served row is position ``len(written) + j`` of its conditioned
+input. In priority order: the nearest stored edit (the new fact), the train split's
+demonstrations nearest to it, then the further nearest stored edits (`demonstrations` in
+all, 32); each is taken while everything taken with the row (its prompt and its continuation
+in this forward) fits the model's context (`max_positions`); the first that does not fit
+ends the list (the row is never cut, nothing is cut in part). They are written in reverse
+priority: the new fact is the last text before the query. When not even the nearest edit
+fits, the row is answered by the base model unchanged.
 
 Scope (`scope`): the paper writes demonstrations before every query, with no scope test, and
 so does the default ("all"): an unrelated prompt is conditioned on its nearest edits too, and
@@ -55,8 +63,8 @@ edits held, but for the FAISS search: exact, linear in the keys held (about 10 m
 of 8 queries over 10,000 keys of width 768 on one busy core). The runtime measures query
 latency; nothing special is recorded here.
 
-Capabilities: `Routing` (a prompt goes to the served index of its nearest demonstration,
-None: no demonstration is written; fitted to the prompt alone) and `Retractable`, exact: nothing but the log depends on
+Capabilities: `Routing` (a prompt goes to the served index of its nearest stored edit,
+None: nothing is written; fitted to the prompt alone) and `Retractable`, exact: nothing but the log depends on
 an edit, so removing it from the log is the memory that never had it. `memory_kind =
 "hooks"`; `detach` removes the hooks. State: the log (requests, demonstration tokens, keys),
 the standardisation and the key block.
@@ -69,8 +77,13 @@ setting              ours                                  paper
 layer (the key)      the base model's last block at the    a separate sentence encoder (all-
                      prompt's last token, standardised,    MiniLM in EasyEdit's port), cosine
                      Euclidean distance                    similarity
-demonstrations (k)   32, as many of the nearest as fit     32
-                     the context with the row
+demonstrations (k)   32 stored edits, the nearest as the   1 (the fact being evaluated),
+                     new fact, then further ones after     after 32 demonstrations from
+                     the train split's demonstrations, as  the training corpus
+                     many as fit the context with the row
+corpus_demonstra-    32 copy/update/retain demonstrations  32, from the training corpus,
+tions                from the train split, of the records  nearest to the new fact
+                     nearest to the new fact (by its key)  (sentence similarity)
 separator            "." after "{prompt} {target}"         a "New Fact: ... Prompt: ..."
                                                            template with newlines
 scope, radius        "all" (every query conditioned);      every query conditioned
@@ -87,29 +100,29 @@ built-in model predicts: it was never trained to read a fact from its context (S
 counterfactual model starts at a loss of ~13 for the same reason), so IKE, which relies on
 in-context learning alone, barely edits it (0.07 of the edits' own prompts), and under scope
 "all" the demonstrations change nearly every unrelated answer; its 48 positions hold about 3
-demonstrations. The method is meant for pretrained models that learn in context.
+stored edits, or one new fact and one or two of the paper's demonstrations. The method is
+meant for pretrained models that learn in context.
 
 Deviations from the paper:
-  * what is retrieved: the paper's demonstrations are examples from the data set's training
-    corpus, of three kinds (copy: a new fact and its own prompt; update: a new fact and a
-    paraphrase; retain: a new fact and an unrelated prompt answered with the old answer),
-    and the edit being evaluated is written as the "New Fact" right before the query. Here,
-    in a stream of edits, the demonstrations are the stored edits themselves (each a fact stated, with no probe
-    after it) and nothing from a training corpus is written: no update or retain
-    demonstration shows the model when not to use a fact, so locality under scope "all" is
-    expected to be worse than the paper's;
+  * several stored edits: in a stream the edits held are all "new facts"; the nearest is
+    written as the paper's one new fact and, where the context has room after the train
+    split's demonstrations, further near ones before them;
+  * without a train split no copy/update/retain demonstration is written (the stored edits
+    alone: nothing shows the model when not to use a fact, so locality under scope "all" is
+    expected to be worse than the paper's); attach says so;
   * the retriever: the base model's own hidden state, standardised, and Euclidean distance,
     instead of a separate sentence encoder and cosine similarity (no second model to hold);
-  * the format: each edit's prompt and target as token ids followed by the separator ".",
-    the query right after the last one, instead of a textual template (SERAC's conditioning
-    format; template words would also take context positions that small models, 48 on the
-    built-in one, do not have);
+  * the format: token ids, each part "prompt target ." (a demonstration: the fact, then the
+    probe and its answer), the query right after the new fact, instead of a textual template
+    "New Fact: ... Prompt: ..." (template words would also take context positions that small
+    models, 48 on the built-in one, do not have);
   * the context: the paper writes all k = 32 (GPT-J's 2048 positions hold them); here k is
-    an upper bound and what does not fit the model's context is dropped, farthest first;
+    an upper bound and what does not fit the model's context is dropped, lowest priority
+    first;
   * scope "radius" and `use_fact_identity` are ours (off by default).
 
-Layout: `config.py` (settings), `keys.py` (features, standardisation), `memory.py` (the log
-and its FAISS index), `prompt.py` (which demonstrations are written, in which order),
+Layout: `config.py` (settings), `keys.py` (features, standardisation), `bank.py` (the train
+split's demonstrations), `memory.py` (the log and its FAISS index), `prompt.py` (which demonstrations are written, in which order),
 `method.py` (attach, hooks, edit, routing, retraction, state).
 """
 

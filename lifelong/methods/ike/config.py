@@ -20,6 +20,13 @@ class IkeConfig:
                                       "not fit the model's context with the row (the farthest "
                                       "are dropped first; the row is never cut) (paper: 32)",
                                   min=1, max=4096)
+    corpus_demonstrations: int = setting(32, "the paper's demonstrations: at most this many "
+                                             "copy/update/retain demonstrations built from the "
+                                             "train split (stream.train_file; none: the stored "
+                                             "edits alone, a variant, said at attach), those of "
+                                             "the records nearest to the query's nearest stored "
+                                             "edit, written before it (paper: 32); 0: none",
+                                         min=0, max=4096)
     separator: str = setting(".", "text written after each demonstration, "
                                   "'{prompt} {target}{separator}' (paper: a template "
                                   "'New Fact: ... Prompt: ...' with newlines)")

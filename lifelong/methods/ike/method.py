@@ -18,6 +18,7 @@ import torch
 from ... import layers
 from ...errors import LifelongError
 from ...model import LM
+from ...progress import Reporter
 from ...scoring import batch_target_loss, encode_pairs, tokenize_pair
 from .._common.conditioning import RowServed, edit_prefix, forward_rows, max_positions, replace_rows
 from .._common.facts import as_seen
@@ -26,6 +27,7 @@ from .._common.hooks import Hooks
 from .._common.keys import read_keys
 from ..base import EditReceipt, EditRequest, MemoryBase, Retractable, Routing, UnknownEdit
 from ..context import AttachContext
+from .bank import DemoBank
 from .config import IkeConfig
 from .keys import Standardiser, standardisation_texts
 from .memory import DemoMemory
@@ -66,6 +68,19 @@ class Ike(RowServed, MemoryBase, Retractable, Routing):
         self.memory = DemoMemory(width)
         self.hooks = Hooks(self._serving)
         self.hooks.open()
+        self.bank = self._bank(ctx)
+
+    def _bank(self, ctx: AttachContext) -> DemoBank:
+        """The paper's demonstrations from the train split (`bank.py`); an empty bank when
+        they are off or there is no train split (said once: the stored edits alone are
+        a variant of the paper's method)."""
+        records = ctx.train_records() if self.config.corpus_demonstrations else ()
+        if self.config.corpus_demonstrations and not records:
+            Reporter().note(f"{self.name}: no train split (stream.train_file): the stored "
+                            "edits alone are written, without the paper's copy/update/retain "
+                            "demonstrations")
+        sep = self.config.separator
+        return DemoBank(records, lambda p, t: edit_prefix(self.lm, p, t, sep), self._keys)
 
     # ---- keys, demonstrations, routing ------------------------------------------------------
     def _keys(self, prompts: Sequence[str]) -> torch.Tensor:
@@ -77,9 +92,11 @@ class Ike(RowServed, MemoryBase, Retractable, Routing):
     def _plan(self, keys: torch.Tensor, lengths: Sequence[int],
               valid: Sequence[bool]) -> list[Plan]:
         """What each row (its key, its number of real tokens, whether it has a prompt token)
-        is served: its nearest stored edits, at most `demonstrations` of them, as many as fit
-        the context with the row (`prompt.fitting`), written farthest first; none when the
-        row is out of scope (`scope = "radius"`) or when not even the nearest fits."""
+        is served: its nearest stored edit (the new fact), the train split's demonstrations
+        nearest to that edit (`corpus_demonstrations`), then its further nearest stored edits
+        (`demonstrations` in all), as many of these as fit the context with the row, in that
+        priority (`prompt.fitting`), written in reverse; none when the row is out of scope
+        (`scope = "radius"`) or when not even the nearest edit fits."""
         plans: list[Plan] = [(None, [])] * len(lengths)
         rows = [i for i, ok in enumerate(valid) if ok]
         if not rows or not len(self.memory):
@@ -87,7 +104,12 @@ class Ike(RowServed, MemoryBase, Retractable, Routing):
         for i, near in zip(rows, self.memory.nearest(keys[rows], self.config.demonstrations)):
             if not near or not self._in_scope(*near[0]):
                 continue
-            prefixes = [self.memory.prefix(m) for _, m in near]
+            stored = [self.memory.prefix(m) for _, m in near]
+            corpus = self.bank.nearest(self.memory.key(near[0][1]),
+                                       self.config.corpus_demonstrations)
+            # priority: the nearest stored edit (the new fact), the paper's demonstrations,
+            # then further stored edits; written in reverse, so the new fact is next to the row
+            prefixes = stored[:1] + corpus + stored[1:]
             kept = fitting(prefixes, lengths[i], self.limit)
             if kept:
                 plans[i] = (near[0][1], written(prefixes[:kept]))
@@ -172,4 +194,4 @@ class Ike(RowServed, MemoryBase, Retractable, Routing):
     def footprint(self) -> int:
         """Stored edits (texts, demonstration tokens, keys), the FAISS index of the served
         keys and the standardisation."""
-        return self.memory.nbytes() + self.norm.nbytes()
+        return self.memory.nbytes() + self.norm.nbytes() + self.bank.nbytes()
