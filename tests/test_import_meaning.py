@@ -111,3 +111,14 @@ def test_real_counterfact_many_valued_relations():
     bmw = [e["fact"] for e in res.events if e["prompt"] == "BMW 3 Series, produced by"]
     assert len(bmw) == 2 and bmw[0] == bmw[1] == "BMW 3 Series|BMW 3 Series, produced by"  # one old value
 
+
+
+def test_a_rephrase_that_copies_the_prompt_is_dropped_and_counted(tmp_path):
+    """CounterFact train record 60 gives its prompt as its own rephrase: not a generalization
+    probe (it would score reliability twice), so the importer drops it and says so."""
+    recs = copy.deepcopy([COUNTERFACT[0], dict(COUNTERFACT[0], case_id=4)])
+    recs[0]["rephrase_prompt"] = recs[0]["prompt"]
+    res = run(recs, tmp_path, format="counterfact")
+    assert not res.events[0].get("rephrases")
+    assert res.events[1].get("rephrases") == [COUNTERFACT[0]["rephrase_prompt"]]
+    assert sum("same text as the edit's prompt" in n for n in res.notes) == 1

@@ -43,8 +43,10 @@ def streams_import(input_file, output, fmt, spacing, start, shuffle, seed, edits
                    f"that format {result.format} reads, but {unread['probes']} under field(s) "
                    f"it does not read ({', '.join(unread['fields'])}); another --format may "
                    "read them", err=True)
-    why = f" ({len(result.notes)} with an empty answer, {unread['probes']} under fields the " \
-        "format does not read)" if result.dropped else ""
+    copies = sum("same text as the edit's prompt" in n for n in result.notes)
+    same = f", {copies} rephrase(s) the same as the prompt" if copies else ""
+    why = f" ({len(result.notes) - copies} with an empty answer{same}, {unread['probes']} under " \
+        "fields the format does not read)" if result.dropped else ""
     left = result.left_out
     keys = " (" + ", ".join(f"{k} in {_count(n, 'record')}" for k, n in left.items()) + ")" if left else ""
     shared = f", {result.shared} of them shared by several records" if result.shared else ""

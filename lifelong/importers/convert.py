@@ -141,9 +141,13 @@ def _edit(fmt: Format, rec: _Rec, got: dict, eid: str) -> dict:
     subject, key = got.get("subject"), got.get("fact_key") or got["prompt"]
     fact = fact_id(subject, key) if subject else \
         f"{fmt.source}:{case_id}" if case_id is not None else None
+    rephrases = [r for r in got.get("rephrases") or () if r != got["prompt"]]
+    if len(rephrases) < len(got.get("rephrases") or ()):  # a data set's copy of the prompt
+        rec.notes.append(("rephrases", "same text as the edit's prompt (not a generalization "
+                                       "probe); dropped"))
     ev = {"kind": "edit", "id": eid, "prompt": got["prompt"],
           "target": got["target"], "subject": subject, "fact": fact,
-          "previous": got.get("previous"), "rephrases": got.get("rephrases"),
+          "previous": got.get("previous"), "rephrases": rephrases,
           "locality": got.get("locality"), "portability": got.get("portability"), "meta": meta}
     return {**{k: ev[k] for k in _ORDER if ev.get(k)},
             "_key": key, "_relation": got.get("relation") or relation_of(subject, key),
