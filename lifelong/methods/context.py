@@ -192,6 +192,11 @@ class AttachContext:
         return Cache(Path(self.cache_dir) if self.cache_dir else default_cache_dir(),
                      self.model_fingerprint)
 
+    def cache_if_known(self) -> Cache | None:
+        """This model's cache, or None when the model's fingerprint is not known (a bare
+        context: what would be cached is computed every time, never saved)."""
+        return self.cache() if self.model_fingerprint else None
+
     def new_model(self) -> LM:
         """A fresh, pristine copy of the base model."""
         if self.model_factory is None:

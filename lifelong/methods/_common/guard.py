@@ -32,7 +32,6 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ...errors import LifelongError
 from ..context import AttachContext
 
 CLAIM_RATE_HELP = ("the largest share of the unrelated pool (the stream's locality prompts "
@@ -105,7 +104,7 @@ def guard_from_context(ctx: AttachContext, reader: str, dim: int, rate: float,
     if not prompts:
         return Guard(torch.zeros((0, dim)))
     what = f"guard-{pool_digest(prompts)}"
-    cache = _cache(ctx)
+    cache = ctx.cache_if_known()
     saved = cache.load(reader, what) if cache else None
     if saved is not None and tuple(saved["keys"].shape) == (len(prompts), dim):
         return Guard(saved["keys"])
@@ -115,10 +114,3 @@ def guard_from_context(ctx: AttachContext, reader: str, dim: int, rate: float,
         cache.save(reader, what, {"keys": keys})
     return Guard(keys)
 
-
-def _cache(ctx: AttachContext):
-    """The context's cache, or None where it has none (no model fingerprint)."""
-    try:
-        return ctx.cache()
-    except LifelongError:
-        return None

@@ -18,7 +18,6 @@ from typing import Any, Protocol
 import torch
 
 from ... import layers
-from ...errors import LifelongError
 from ...model import LM
 from ...progress import Reporter
 from ...scoring import batch_target_loss, encode_pairs
@@ -45,10 +44,7 @@ def train_or_read(ctx: AttachContext, folder: str, entry: str, net: Network,
                   describe: Callable[[Any], str] | None = None) -> tuple[dict[str, Any], Any]:
     """(what happened, for `info`; the training's record, None when read). `label` names
     the network in the note a training prints ("mend: editor"; a read prints nothing); `describe(training)` adds to the note."""
-    try:
-        cache = ctx.cache()
-    except LifelongError:  # no model fingerprint: nothing to key the entry by
-        cache = None
+    cache = ctx.cache_if_known()  # None: no model fingerprint to key the entry by
     saved = cache.load(folder, entry) if cache is not None else None
     if saved is not None:
         meta = {k: float(saved.pop(k)) for k in META}

@@ -83,10 +83,7 @@ class LocateEdit(ReplayedWeights):
         prompts), kept in the cache beside the statistics when the corpus is a file."""
         cfg = self.config
         key = corpus_key(ctx)
-        try:
-            cache = ctx.cache() if key is not None and cfg.prefixes else None
-        except LifelongError:
-            cache = None
+        cache = ctx.cache_if_known() if key is not None and cfg.prefixes else None
         what = f"prefixes-{key}-seed{self.seed}-{cfg.prefixes}x{cfg.prefix_tokens}"
         saved = cache.load("prefixes", what) if cache is not None else None
         if saved is not None:

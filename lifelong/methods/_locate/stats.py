@@ -135,10 +135,7 @@ def key_covariances(lm: LM, ctx: AttachContext, names: Sequence[str], n_texts: i
     saved); the identity when `fallback` found no text at all. Info: source, texts, tokens,
     seconds of the computation, whether it was cached. The cache entry is named by the
     corpus file (`corpus_key`) and the sample size, or else by a hash of the sampled texts."""
-    try:
-        cache = ctx.cache()
-    except LifelongError:
-        cache = None  # no fingerprint (a bare context): computed every time, never saved
+    cache = ctx.cache_if_known()  # None: computed every time, never saved
     key = corpus_key(ctx)
     if cache is not None and key is not None:
         found = _read(lm, cache, names, f"mom2-{key}-n{n_texts}")

@@ -120,10 +120,7 @@ class Serac(RowServed, MemoryBase, Retractable, Routing):
         """Read the trained parts from the cache, else train them (and cache them when the
         context knows the model's fingerprint). Returns what happened, for `info`."""
         entry = self.cache_entry(records)
-        try:
-            cache = ctx.cache()
-        except LifelongError:
-            cache = None
+        cache = ctx.cache_if_known()
         saved = cache.load(CACHE_FOLDER, entry) if cache is not None else None
         if saved is not None:
             meta = {k: float(saved.pop(k)) for k in META}
