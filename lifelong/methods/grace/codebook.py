@@ -72,6 +72,8 @@ class Codebook:
     # ---- lookups ------------------------------------------------------------------------
     def factor(self) -> float:
         """The common factor lookups scale every radius by (`_common.guard`; 1.0: no pool)."""
+        if self._factor is None and (not len(self.guard) or self.config.claim_rate >= 1):
+            self._factor = 1.0  # no pool, or off: nothing to scale, no member reach to find
         if self._factor is None:
             alive = self.alive[:self.n]
             self._reach = torch.tensor([self._farthest_member(r) for r in range(self.n)],
@@ -85,8 +87,7 @@ class Codebook:
         if not self.alive[row] or not self.members[row]:
             return 0.0
         key = self.keys[row].double()
-        far = max(float((self._member_key(m).double() - key).norm()) for m in self.members[row])
-        return far * (1 + 1e-5) + 1e-7 if far > 0 else 0.0  # room for float32 lookups
+        return max(float((self._member_key(m).double() - key).norm()) for m in self.members[row])
 
     def served_radii(self) -> torch.Tensor:
         """(n,) the radius lookups use: the radius x `factor`, never less than the distance
@@ -105,7 +106,8 @@ class Codebook:
         cand = torch.from_numpy(cand)
         valid = cand >= 0
         c = cand.clamp(min=0)
-        dist = (self.keys[c] - q.unsqueeze(1)).norm(dim=-1).double()
+        # float64, as placement measures: a member a split left exactly at the radius stays in
+        dist = (self.keys[c].double() - q.double().unsqueeze(1)).norm(dim=-1)
         covered = valid & (dist <= self.served_radii()[c])
         dist = torch.where(covered, dist, torch.full_like(dist, float("inf")))
         # stable tie-break on the entry row: sort candidates by row first
