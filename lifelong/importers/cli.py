@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..config import from_mapping
-from .convert import FORMATS, ImportOptions, import_file, write_events
+from .convert import COPIED_REPHRASE, FORMATS, ImportOptions, import_file, write_events
 
 _IMPORT_HELP = ("Convert a knowledge-editing data set (JSON array or JSONL) into an edit stream.\n\n"
                 "Formats:\n\n" + "\n\n".join(f"{f.name}: {f.summary}" for f in FORMATS.values()))
@@ -43,7 +43,7 @@ def streams_import(input_file, output, fmt, spacing, start, shuffle, seed, edits
                    f"that format {result.format} reads, but {unread['probes']} under field(s) "
                    f"it does not read ({', '.join(unread['fields'])}); another --format may "
                    "read them", err=True)
-    copies = sum("same text as the edit's prompt" in n for n in result.notes)
+    copies = sum(n.endswith(COPIED_REPHRASE) for n in result.notes)
     same = f", {copies} rephrase(s) the same as the prompt" if copies else ""
     why = f" ({len(result.notes) - copies} with an empty answer{same}, {unread['probes']} under " \
         "fields the format does not read)" if result.dropped else ""

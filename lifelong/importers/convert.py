@@ -131,6 +131,10 @@ def _unit(fmt: Format, rec: _Rec, width: int, opts: ImportOptions) -> Unit | Non
     return Unit(rec.n, rec.obj.get("case_id"), edits, list(got.get("portability") or ()), rec.not_carried())
 
 
+#: the note of a rephrase dropped because it is the edit's own prompt (counted apart by the CLI)
+COPIED_REPHRASE = "same text as the edit's prompt (not a generalization probe); dropped"
+
+
 def _edit(fmt: Format, rec: _Rec, got: dict, eid: str) -> dict:
     """One edit dict (with the private `_key`, `_relation`, `_share`) from a converter's fields."""
     meta = {"source": fmt.source, "record": rec.n}
@@ -143,8 +147,7 @@ def _edit(fmt: Format, rec: _Rec, got: dict, eid: str) -> dict:
         f"{fmt.source}:{case_id}" if case_id is not None else None
     rephrases = [r for r in got.get("rephrases") or () if r != got["prompt"]]
     if len(rephrases) < len(got.get("rephrases") or ()):  # a data set's copy of the prompt
-        rec.notes.append(("rephrases", "same text as the edit's prompt (not a generalization "
-                                       "probe); dropped"))
+        rec.notes.append(("rephrases", COPIED_REPHRASE))
     ev = {"kind": "edit", "id": eid, "prompt": got["prompt"],
           "target": got["target"], "subject": subject, "fact": fact,
           "previous": got.get("previous"), "rephrases": rephrases,
