@@ -91,6 +91,8 @@ def test_gate_threshold_is_calibrated_on_held_out_unrelated_prompts(rate):
         d.edit([r])
         assert d.threshold >= 0.0
         assert int((d.gate(d.calibration) > d.threshold).sum()) <= math.floor(rate * 3)
+        # not vacuous: at the papers' threshold (0) more of them would open
+        assert int((d.gate(d.calibration) > 0).sum()) > math.floor(rate * 3) and d.threshold > 0
     again = defer(fresh_lm(), claim_rate=rate, steps=5)
     again.load_state_dict(d.state_dict())
     assert again.threshold == d.threshold
