@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from ...progress import Reporter
 from .._common.features import standard_stats
 from .._common.loop import Step, optimise
 from .._common.rng import seeded_rng
@@ -171,9 +172,15 @@ def train_classifier(clf: ScopeClassifier, featurize: Callable[[list[str]], torc
                              clf.embed(feats[qs]))
         loss = bce(log_p, lb.to(log_p.device))
         losses.append(float(loss.detach()))
+        report.update(len(losses), f"loss {losses[-1]:.4f}")
         return Step(loss, losses[-1])
 
     if steps > 0:
-        with torch.enable_grad():
-            optimise(opt, step, steps, fresh_last=False)
+        report = Reporter(every_seconds=10.0)
+        report.start("serac scope classifier training", steps, unit="updates")
+        try:
+            with torch.enable_grad():
+                optimise(opt, step, steps, fresh_last=False)
+        finally:
+            report.stop()
     return losses

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ...model import LM
+from ...progress import Reporter
 from ...scoring import batch_target_loss, left_pad, tokenize_pair
 from .._common.conditioning import conditioned, edit_prefix, max_positions
 from .._common.loop import Step, optimise
@@ -71,14 +72,18 @@ def train_counterfactual(cf: LM, lm: LM, records: Sequence[TrainRecord], separat
         loss = batch_target_loss(cf, (ids, mask, ids.shape[1] - tlens, tlens,
                                       [t for _, t in picked]))
         losses.append(float(loss.detach()))
+        report.update(len(losses), f"loss {losses[-1]:.4f}")
         return Step(loss, losses[-1])
 
+    report = Reporter(every_seconds=10.0)
+    report.start("serac counterfactual model training", steps, unit="updates")
     cf.model.requires_grad_(True)
     try:
         with torch.enable_grad():
             optimise(opt, step, steps, fresh_last=False)
     finally:
         cf.model.requires_grad_(False)
+        report.stop()
         cf.model.zero_grad(set_to_none=True)
     return losses
 
