@@ -308,14 +308,17 @@ def bench_wise_cmd(model, edits, memories, queries, mode, seed, methods, json_pa
 @click.option("--fresh-cache", is_flag=True,
               help="a temporary cache per method: statistics and editors are computed, not read")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--query-at", "query_at", multiple=True, type=click.IntRange(min=1),
+              help="also time the queries (and read the footprint) after this many edits "
+                   "(repeat for several): how query cost grows with the memory")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="also write the results as JSON")
 def bench_edit_cmd(methods, model, edits, batch, queries, settings, train_file, cache_dir,
-                   fresh_cache, seed, json_path):
+                   fresh_cache, seed, query_at, json_path):
     """Attach cost (statistics, editors), per-edit time, footprint and query overhead of
     each method, on a model's own world facts."""
     from .bench_edit import bench_edit, write_json
     out = bench_edit(methods, model, edits, batch, queries, settings, train_file, fresh_cache,
-                     cache_dir, seed, echo=click.echo)
+                     cache_dir, seed, echo=click.echo, query_at=query_at)
     if json_path:
         write_json(out, json_path)
         click.echo(f"json: {json_path}")

@@ -17,6 +17,9 @@ For each method, on a fresh copy of a model with a world (default: the built-in 
 3. queries: a hook-based method (`Served`: it has `bypassed()`) is timed against the bare
    model with `bench.time_bare_vs_memory` (edited and unedited prompts); a method that edits
    weights has no query overhead (the model's own forward), and this is said, not timed.
+   With `query_at` the queries are also timed (and the footprint read) after each of those
+   edit counts, outside the edit timer: how query cost grows with the memory
+   (`queries_by_edits`, the last entry the same as `queries`).
 
 Invariants: every method gets a fresh, pristine model and the same edits in the same order
 (seeded by `seed`); nothing here reads a method's internals except its `info` attribute,
@@ -157,7 +160,8 @@ def _queries(method, lm, prompts: list[str], targets: list[str]) -> dict[str, An
 def bench_method(name: str, settings: dict[str, Any], model: str | None, pool: list,
                  n_edits: int, batch: int, probe: list[tuple[str, str]], seed: int,
                  cache_dir: str, fresh_cache: bool, train_file: str,
-                 echo: Callable[[str], None] = print) -> dict[str, Any]:
+                 echo: Callable[[str], None] = print,
+                 query_at: Sequence[int] = ()) -> dict[str, Any]:
     """Attach, edits and queries of one method (module docstring); prints its lines."""
     from .config import to_dict
     from .methods import AttachContext, BatchEditing, EditRequest, build_method, edit_batch
@@ -184,7 +188,9 @@ def bench_method(name: str, settings: dict[str, Any], model: str | None, pool: l
     costs = attach_costs(info)
     requests = [EditRequest(f"bench{k}", p, new, fact, subject)
                 for k, (p, new, fact, subject) in enumerate(pool[:n_edits])]
-    per_edit_ms, receipts = [], []
+    per_edit_ms, receipts, growth = [], [], []
+    prompts, targets = [p for p, _ in probe], [t for _, t in probe]
+    pending = sorted({k for k in query_at if k < n_edits})  # n_edits: timed below anyway
     report = Reporter(every_seconds=10.0)
     report.start(f"bench edit {name}", n_edits, unit="edits")
     try:
@@ -193,7 +199,11 @@ def bench_method(name: str, settings: dict[str, Any], model: str | None, pool: l
             t0 = time.perf_counter()
             receipts += edit_batch(method, chunk)
             per_edit_ms.append((time.perf_counter() - t0) * 1e3 / len(chunk))
-            report.update(s + len(chunk))
+            done = s + len(chunk)
+            report.update(done)
+            if pending and done >= pending[0]:  # a batch may pass several: timed once
+                pending = [k for k in pending if k > done]
+                growth.append(_grown(method, lm, prompts, targets, done))
     finally:
         report.stop()
     calls = [len(requests[s:s + batch]) for s in range(0, n_edits, batch)]
@@ -206,40 +216,62 @@ def bench_method(name: str, settings: dict[str, Any], model: str | None, pool: l
              "steps_mean": float(np.mean(steps)) if any(steps) else None,
              "converged": f"{sum(judged)}/{len(judged)}" if judged else None}
     footprint = int(method.footprint())
-    queries = _queries(method, lm, [p for p, _ in probe], [t for _, t in probe])
+    queries = _queries(method, lm, prompts, targets)
+    if query_at:
+        growth.append({"after_edits": n_edits, "footprint_bytes": footprint, **queries})
     method.detach()
     out = {"method": name, "settings_given": settings, "settings": to_dict(method.config),
            "memory_kind": method.memory_kind, "load_s": round(load_s, 3),
            "cache_dir": cache_root if not fresh_cache else "(temporary)",
            "attach": {"wall_s": round(attach_s, 4), "costs": costs,
                       "info": json.loads(json.dumps(info, default=str)) if info else None},
-           "edits": edits, "footprint_bytes": footprint, "queries": queries}
+           "edits": edits, "footprint_bytes": footprint, "queries": queries,
+           "queries_by_edits": growth}
     echo(summary_line(out))
     for line in cost_lines(name, costs):
         echo(line)
+    for g in growth:
+        echo(growth_line(name, g))
     return out
+
+
+def _grown(method, lm, prompts: list[str], targets: list[str], done: int) -> dict[str, Any]:
+    """The footprint and query timing after `done` edits (one `queries_by_edits` entry)."""
+    return {"after_edits": done, "footprint_bytes": int(method.footprint()),
+            **_queries(method, lm, prompts, targets)}
 
 
 def summary_line(r: dict[str, Any]) -> str:
     """The one line of a method's result."""
-    e, q = r["edits"], r["queries"]
+    e = r["edits"]
     steps = f", {e['steps_mean']:.1f} steps" if e["steps_mean"] is not None else ""
-    head = (f"{r['method']}: attach {r['attach']['wall_s']:.2f} s; {e['n']} edits in calls of "
+    return (f"{r['method']}: attach {r['attach']['wall_s']:.2f} s; {e['n']} edits in calls of "
             f"{e['batch']}: mean {e['edit_ms_mean']:.1f} ms/edit, p50 {e['edit_ms']['p50']:.1f}, "
-            f"p95 {e['edit_ms']['p95']:.1f}{steps}; footprint {r['footprint_bytes'] / 2**20:.2f} MB; ")
+            f"p95 {e['edit_ms']['p95']:.1f}{steps}; footprint {r['footprint_bytes'] / 2**20:.2f} MB; "
+            + query_text(r["queries"]))
+
+
+def query_text(q: dict[str, Any]) -> str:
+    """What a query timing (`_queries`) found, as the end of a line."""
     if not q["timed"]:
-        return head + f"queries: {q['note']}"
+        return f"queries: {q['note']}"
     b, m = q["bare"], q["memory"]
-    return head + (f"queries p50 batch-1 {m['batch1_ms']['p50']:.2f} ms vs bare "
-                   f"{b['batch1_ms']['p50']:.2f} ({q['overhead_batch1']:+.1%}), batch-32 "
-                   f"{m['batch32_ms']['p50']:.2f} vs {b['batch32_ms']['p50']:.2f} ms "
-                   f"({q['overhead_batch32']:+.1%})")
+    return (f"queries p50 batch-1 {m['batch1_ms']['p50']:.2f} ms vs bare "
+            f"{b['batch1_ms']['p50']:.2f} ({q['overhead_batch1']:+.1%}), batch-32 "
+            f"{m['batch32_ms']['p50']:.2f} vs {b['batch32_ms']['p50']:.2f} ms "
+            f"({q['overhead_batch32']:+.1%})")
+
+
+def growth_line(method: str, g: dict[str, Any]) -> str:
+    """One line of a `queries_by_edits` entry."""
+    return (f"  {method} after {g['after_edits']} edits: footprint "
+            f"{g['footprint_bytes'] / 2**20:.2f} MB; " + query_text(g))
 
 
 # ---- the command -----------------------------------------------------------------------------
 def command_line(methods: Sequence[str], model: str | None, edits: int, batch: int, queries: int,
                  settings: str | None, train_file: str | None, fresh_cache: bool,
-                 cache_dir: str | None, seed: int) -> str:
+                 cache_dir: str | None, seed: int, query_at: Sequence[int] = ()) -> str:
     """The `lifelong bench edit` command that repeats this benchmark (every option explicit,
     `--json` left out)."""
     args = ["lifelong", "bench", "edit"]
@@ -247,6 +279,8 @@ def command_line(methods: Sequence[str], model: str | None, edits: int, batch: i
         args += ["--method", m]
     args += ["--model", model or "builtin", "--edits", str(edits), "--batch", str(batch),
              "--queries", str(queries), "--seed", str(seed)]
+    for k in query_at:
+        args += ["--query-at", str(k)]
     if settings:
         args += ["--settings", settings]
     if train_file:
@@ -261,9 +295,11 @@ def command_line(methods: Sequence[str], model: str | None, edits: int, batch: i
 def bench_edit(methods: Sequence[str], model: str | None = None, edits: int = 20, batch: int = 1,
                queries: int = 64, settings: str | None = None, train_file: str | None = None,
                fresh_cache: bool = False, cache_dir: str | None = None, seed: int = 0,
-               echo: Callable[[str], None] = print) -> dict[str, Any]:
+               echo: Callable[[str], None] = print,
+               query_at: Sequence[int] = ()) -> dict[str, Any]:
     """The benchmark of the module docstring for each of `methods`, in order. Every method
-    and its settings are checked before any model is loaded (ConfigError, one line)."""
+    and its settings are checked before any model is loaded (ConfigError, one line).
+    `query_at`: edit counts after which the queries are timed too (each 1..edits)."""
     import click
 
     from .methods import build_method
@@ -273,6 +309,10 @@ def bench_edit(methods: Sequence[str], model: str | None = None, edits: int = 20
         build_method(name, per_method[name], seed, where="--settings")
     if fresh_cache and cache_dir:
         raise click.UsageError("--fresh-cache and --cache-dir exclude each other")
+    query_at = sorted(set(query_at))
+    if query_at and not 1 <= query_at[0] <= query_at[-1] <= edits:
+        bad = query_at[0] if query_at[0] < 1 else query_at[-1]
+        raise click.UsageError(f"--query-at {bad}: not between 1 and --edits {edits}")
     lm, world = model_world(model, "edit")
     n_other = queries - min(edits, queries // 2)
     pool = _world_edits(world, edits + n_other + UNRELATED, seed)
@@ -282,19 +322,20 @@ def bench_edit(methods: Sequence[str], model: str | None = None, edits: int = 20
     probe = [(p, t) for p, t, _, _ in pool[:queries - n_other] + pool[edits:edits + n_other]]
     out: dict[str, Any] = {
         "command": command_line(methods, model, edits, batch, queries, settings, train_file,
-                                fresh_cache, cache_dir, seed),
+                                fresh_cache, cache_dir, seed, query_at),
         "argv": list(sys.argv), "model": lm.name, "model_path": lm.path,
         "fingerprint": lm.fingerprint(), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "code_version": code_version(), "machine": machine(),
         "edits": edits, "batch": batch, "queries": queries, "seed": seed,
-        "fresh_cache": fresh_cache, "train_file": train_file or "", "methods": []}
+        "fresh_cache": fresh_cache, "train_file": train_file or "", "query_at": query_at,
+        "methods": []}
     del lm
     echo(f"bench edit: model {out['model']} ({out['fingerprint']}), {out['threads']} thread(s), "
          f"torch {out['torch']}; {edits} edits in calls of {batch}, {queries} queries, seed {seed}")
     for name in methods:
         out["methods"].append(bench_method(name, per_method[name], model, pool, edits,
                                            batch, probe, seed, cache_dir or "", fresh_cache,
-                                           train_file or "", echo))
+                                           train_file or "", echo, query_at))
     return out
 
 

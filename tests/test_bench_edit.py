@@ -67,6 +67,26 @@ def test_the_command_reports_every_method_with_its_command(world_model, tmp_path
     assert "rome attach: key statistics of layers.1.mlp.out computed" in res.output
 
 
+def test_query_at_times_the_queries_as_the_memory_grows(world_model, tmp_path):
+    out = bench_edit(["grace", "ft"], str(world_model), edits=4, batch=3, queries=32,
+                     settings='{"steps": 3}', fresh_cache=True, query_at=(4, 1, 2), echo=lambda _: None)
+    assert out["query_at"] == [1, 2, 4] and "--query-at 1 --query-at 2 --query-at 4" in out["command"]
+    grace, ft = out["methods"]
+    # edits go in calls of 3: the counts 1 and 2 are both passed by the first call, timed once
+    assert [g["after_edits"] for g in grace["queries_by_edits"]] == [3, 4]
+    assert all(g["timed"] and g["memory"]["batch1_ms"]["p50"] > 0
+               for g in grace["queries_by_edits"])
+    assert grace["queries_by_edits"][-1] == {"after_edits": 4,
+                                             "footprint_bytes": grace["footprint_bytes"],
+                                             **grace["queries"]}
+    # GRACE's codebook grows with the edits (each new key is an entry here)
+    assert grace["queries_by_edits"][0]["footprint_bytes"] < grace["footprint_bytes"]
+    assert [g["timed"] for g in ft["queries_by_edits"]] == [False, False]
+    plain = bench_edit(["ft"], str(world_model), edits=2, queries=32, settings='{"steps": 3}',
+                       fresh_cache=True, echo=lambda _: None)
+    assert plain["methods"][0]["queries_by_edits"] == [] and plain["query_at"] == []
+
+
 def test_statistics_are_computed_once_then_read_from_the_same_cache(world_model, tmp_path):
     runs = [bench_edit(["rome"], str(world_model), edits=2, batch=2, queries=32,
                        settings=json.dumps(ROME), cache_dir=str(tmp_path / "cache"),
@@ -114,6 +134,7 @@ def test_settings_apply_to_every_method_or_per_method():
     (["--method", "ft", "--settings", "{steps"], "--settings: not JSON"),
     (["--method", "ft", "--settings", '{"stepz": 3}'], "stepz"),
     (["--method", "ft", "--fresh-cache", "--cache-dir", "x"], "exclude each other"),
+    (["--method", "ft", "--edits", "5", "--query-at", "6"], "--query-at 6: not between 1 and --edits 5"),
 ])
 def test_mistakes_are_one_line(args, fragment, monkeypatch, capsys):
     from lifelong.cli import main
