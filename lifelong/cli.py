@@ -363,6 +363,10 @@ from .export import export  # noqa: E402
 
 cli.add_command(export)
 
+from .train_editor import train_editor_command  # noqa: E402
+
+cli.add_command(train_editor_command)
+
 from .trace import trace_command  # noqa: E402
 
 cli.add_command(trace_command)

@@ -199,6 +199,9 @@ class MemoryBase:
     memory_kind: ClassVar[MemoryKind] = "hooks"
     #: why a method that is not Retractable cannot retract (the NotSupported message)
     no_retraction: ClassVar[str] = ""
+    #: attach trains parts on the train split and caches them (`lifelong train-editor`
+    #: trains them ahead of the runs)
+    trains_at_attach: ClassVar[bool] = False
 
     def __init__(self, config: Any, seed: int = 0):
         self.config = config

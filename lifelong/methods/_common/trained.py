@@ -86,6 +86,8 @@ class TrainedUpdates(ReplayedWeights):
     `info`), frozen for the stream; its tensors are part of the state and the footprint.
     Subclasses implement `fresh_editor`, `_train_or_read` and `edit_batch`."""
 
+    trains_at_attach = True
+
     def attach(self, lm: LM, ctx: AttachContext) -> None:
         cfg = self.config
         self.lm = lm

@@ -69,6 +69,7 @@ class Serac(RowServed, MemoryBase, Retractable, Routing):
     summary = ("SERAC: edits kept verbatim; a trained scope classifier sends inputs in an "
                "edit's scope to a counterfactual model conditioned on it (exact retraction)")
     memory_kind = "hooks"
+    trains_at_attach = True
     retraction = "exact"
 
     # ---- attach ------------------------------------------------------------------------------

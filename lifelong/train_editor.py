@@ -1,0 +1,93 @@
+"""`lifelong train-editor`: train a method's parts on a train split ahead of the runs.
+
+MEND, KE and SERAC (`trains_at_attach`) train at attach on `AttachContext.train_records()`
+and cache what they trained under the model's fingerprint, keyed by every setting that
+shapes it, the training seed and the split's digest (never its path). This command makes
+exactly that attach, with the context a `lifelong simulate` run of the same model, settings,
+seed and train split gives, so such a run reads the parts instead of training them.
+
+Invariants: training is seeded by the method itself (its `train_seed` / `editor_seed`, by
+default the run's seed), never by torch's global generator, so the cached tensors are those a
+run would have trained; nothing is cached until training ends (Ctrl-C leaves the cache as it
+was); a second call with the same inputs trains nothing and says so.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import ConfigError
+from .scenario import MAX_SEED
+
+
+def trainable() -> list[str]:
+    """The registered methods whose attach trains on the train split."""
+    from .methods import available_methods
+    return [n for n, c in available_methods().items() if c.trains_at_attach]
+
+
+def train_editor(method: str, model: str | None, train_file: str, settings: dict[str, Any],
+                 seed: int = 0, cache_dir: str = "",
+                 echo: Callable[[str], None] = click.echo) -> dict[str, Any]:
+    """Train (or find in the cache) `method`'s parts for `model` on `train_file`; returns
+    what was done (JSON-able). ConfigError (one line) for a method that trains nothing or
+    settings it does not know, before any model is loaded."""
+    from .config import to_dict
+    from .methods import AttachContext, build_method
+    from .methods.context import default_corpus
+    from .model import load_model
+    built = build_method(method, settings, seed, where="--settings")
+    if not type(built).trains_at_attach:
+        raise ConfigError(f"{method} trains nothing before a stream; train-editor trains "
+                          f"{', '.join(trainable())}")
+    lm = load_model(model)
+    ctx = AttachContext(seed=seed, unrelated_prompts=(), train_split=train_file,
+                        corpus=default_corpus(lm.path), cache_dir=cache_dir,
+                        model_fingerprint=lm.fingerprint(), device=str(lm.device),
+                        model_factory=functools.partial(load_model, model))
+    built.attach(lm, ctx)
+    info = dict(built.info)
+    built.detach()
+    out = {"method": method, "model": lm.name, "fingerprint": lm.fingerprint(),
+           "train_file": str(Path(train_file).resolve()), "records": len(ctx.train_records()),
+           "seed": seed, "settings": to_dict(built.config), "cache": str(ctx.cache().root),
+           **json.loads(json.dumps(info, default=str))}
+    how = ("already in the cache, trained" if info["editor"].startswith("read")
+           else "trained")
+    echo(f"{method} on {lm.name} ({out['fingerprint']}), {out['records']} train records, "
+         f"seed {seed}: {how} in {info['seconds']:.1f} s ({int(info['steps'])} updates); "
+         f"entry {info['entry']} under {out['cache']}")
+    return out
+
+
+@click.command("train-editor")
+@click.argument("method")
+@click.option("--model", default=None, help="'builtin' (default) or a local model directory")
+@click.option("--train-file", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="the train split: a stream file of edits (never the stream you test on)")
+@click.option("--settings", default=None, help="JSON settings of the method (as a scenario's)")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, MAX_SEED),
+              help="the run seed whose parts to train (the method's default training seed)")
+@click.option("--cache-dir", default="", type=click.Path(file_okay=False),
+              help="the cache (default: $LIFELONG_CACHE or ~/.cache/lifelong)")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="also write the result as JSON")
+def train_editor_command(method, model, train_file, settings, seed, cache_dir, json_path):
+    """Train METHOD's parts (MEND's editor, KE's hyper-network, SERAC's classifier and
+    counterfactual model) on a train split into the cache, where runs of the same model,
+    settings, seed and split read them."""
+    try:
+        given = json.loads(settings) if settings else {}
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--settings: not JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(given, dict):
+        raise ConfigError(f"--settings: expected a JSON object, got {type(given).__name__}")
+    out = train_editor(method, model, train_file, given, seed, cache_dir)
+    if json_path:
+        Path(json_path).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+        click.echo(f"json: {json_path}")
