@@ -9,18 +9,22 @@ seed and train split gives, so such a run reads the parts instead of training th
 Invariants: training is seeded by the method itself (its `train_seed` / `editor_seed`, by
 default the run's seed), never by torch's global generator, so the cached tensors are those a
 run would have trained; nothing is cached until training ends (Ctrl-C leaves the cache as it
-was); a second call with the same inputs trains nothing and says so.
+was); a second call with the same inputs trains nothing and says so. Its cost (seconds,
+updates, threads, the process's peak memory) is printed and kept in `--json`.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import resource
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
+import torch
 
 from .errors import ConfigError
 from .scenario import MAX_SEED
@@ -54,16 +58,25 @@ def train_editor(method: str, model: str | None, train_file: str, settings: dict
     built.attach(lm, ctx)
     info = dict(built.info)
     built.detach()
+    trained = info["editor"] == "trained"
     out = {"method": method, "model": lm.name, "fingerprint": lm.fingerprint(),
            "train_file": str(Path(train_file).resolve()), "records": len(ctx.train_records()),
            "seed": seed, "settings": to_dict(built.config), "cache": str(ctx.cache().root),
+           "threads": torch.get_num_threads(), "peak_rss_mib": peak_rss_mib(),
            **json.loads(json.dumps(info, default=str))}
-    how = ("already in the cache, trained" if info["editor"].startswith("read")
-           else "trained")
+    how = "trained" if trained else "already in the cache, trained"
+    peak = f", peak memory {out['peak_rss_mib']:.0f} MiB" if trained else ""
     echo(f"{method} on {lm.name} ({out['fingerprint']}), {out['records']} train records, "
-         f"seed {seed}: {how} in {info['seconds']:.1f} s ({int(info['steps'])} updates); "
-         f"entry {info['entry']} under {out['cache']}")
+         f"seed {seed}: {how} in {info['seconds']:.1f} s ({int(info['steps'])} updates, "
+         f"{out['threads']} thread(s){peak}); entry {info['entry']} under {out['cache']}")
     return out
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (the model, the train split and the training
+    together: a training's cost as a fresh `train-editor` process pays it)."""
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return round(kib / (1 if sys.platform != "darwin" else 1024) / 1024, 1)
 
 
 @click.command("train-editor")
@@ -76,8 +89,9 @@ def train_editor(method: str, model: str | None, train_file: str, settings: dict
               help="the run seed whose parts to train (the method's default training seed)")
 @click.option("--cache-dir", default="", type=click.Path(file_okay=False),
               help="the cache (default: $LIFELONG_CACHE or ~/.cache/lifelong)")
+@click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="also write the result as JSON")
-def train_editor_command(method, model, train_file, settings, seed, cache_dir, json_path):
+def train_editor_command(method, model, train_file, settings, seed, cache_dir, threads, json_path):
     """Train METHOD's parts (MEND's editor, KE's hyper-network, SERAC's classifier and
     counterfactual model) on a train split into the cache, where runs of the same model,
     settings, seed and split read them."""
@@ -87,6 +101,8 @@ def train_editor_command(method, model, train_file, settings, seed, cache_dir, j
         raise ConfigError(f"--settings: not JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(given, dict):
         raise ConfigError(f"--settings: expected a JSON object, got {type(given).__name__}")
+    if threads:
+        torch.set_num_threads(threads)
     out = train_editor(method, model, train_file, given, seed, cache_dir)
     if json_path:
         Path(json_path).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")

@@ -62,6 +62,7 @@ def test_a_run_reads_what_train_editor_trained_and_a_second_call_trains_nothing(
     cache.mkdir()
     said, first = train(setup, cache)
     assert first["editor"] == "trained" and first["steps"] == 4 and first["records"] == 12
+    assert first["peak_rss_mib"] > 0 and first["threads"] == 1 and "peak memory" in said
     assert "mend on " in said and ": trained in " in said and first["entry"] in said
     said, again = train(setup, cache)
     assert again["editor"] == "read from the cache" and again["entry"] == first["entry"]
