@@ -51,15 +51,16 @@ def train_editor(method: str, model: str | None, train_file: str, settings: dict
         raise ConfigError(f"{method} trains nothing before a stream; train-editor trains "
                           f"{', '.join(trainable())}")
     lm = load_model(model)
+    fingerprint = lm.fingerprint()
     ctx = AttachContext(seed=seed, unrelated_prompts=(), train_split=train_file,
                         corpus=default_corpus(lm.path), cache_dir=cache_dir,
-                        model_fingerprint=lm.fingerprint(), device=str(lm.device),
+                        model_fingerprint=fingerprint, device=str(lm.device),
                         model_factory=functools.partial(load_model, model))
     built.attach(lm, ctx)
     info = dict(built.info)
     built.detach()
     trained = info["editor"] == "trained"
-    out = {"method": method, "model": lm.name, "fingerprint": lm.fingerprint(),
+    out = {"method": method, "model": lm.name, "fingerprint": fingerprint,
            "train_file": str(Path(train_file).resolve()), "records": len(ctx.train_records()),
            "seed": seed, "settings": to_dict(built.config), "cache": str(ctx.cache().root),
            "threads": torch.get_num_threads(), "peak_rss_mib": peak_rss_mib(),
@@ -95,12 +96,8 @@ def train_editor_command(method, model, train_file, settings, seed, cache_dir, t
     """Train METHOD's parts (MEND's editor, KE's hyper-network, SERAC's classifier and
     counterfactual model) on a train split into the cache, where runs of the same model,
     settings, seed and split read them."""
-    try:
-        given = json.loads(settings) if settings else {}
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--settings: not JSON ({exc.msg} at column {exc.colno})") from None
-    if not isinstance(given, dict):
-        raise ConfigError(f"--settings: expected a JSON object, got {type(given).__name__}")
+    from .bench_edit import parse_settings
+    given = parse_settings(settings, [method])[method]
     if threads:
         torch.set_num_threads(threads)
     out = train_editor(method, model, train_file, given, seed, cache_dir)
