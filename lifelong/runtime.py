@@ -300,7 +300,9 @@ class Runtime:
         measured on what a method trained on: the stream's pool minus the probed sample, or,
         with `restart_every`, minus the locality prompts of the chunk starting at event
         `chunk_start` (the ones its end probes). The train split, corpus and a second model
-        are named here and read only when the method asks (`AttachContext`)."""
+        are named here and read only when the method asks (`AttachContext`); with
+        `stream.train_exclude`, the subjects and facts of this run's edits are held out of
+        the train split."""
         sc = self.sc
         if sc.schedule.restart_every:
             edits = [e for e in self.events[chunk_start:] if isinstance(e, Edit)]
@@ -309,8 +311,13 @@ class Runtime:
             probed = {p.prompt for p in loc}
         unrelated = tuple(dict.fromkeys(p.prompt for p in pool if p.prompt not in probed))
         model_dir = builtin_dir() if sc.model in ("", "builtin") else Path(sc.model)
+        edits = [e for e in self.events if isinstance(e, Edit)]
+        held = sc.stream.train_exclude == "edited-subjects"
         return AttachContext(seed=seed, unrelated_prompts=unrelated,
                              train_split=sc.stream.train_file,
+                             held_out_subjects=frozenset(e.subject for e in edits
+                                                         if held and e.subject),
+                             held_out_facts=frozenset(e.fact for e in edits if held),
                              corpus=sc.corpus or default_corpus(model_dir),
                              cache_dir=sc.cache_dir, model_fingerprint=fingerprint,
                              device=sc.device,

@@ -41,6 +41,13 @@ class StreamSource:
                                   "paths: to the scenario file), for methods that learn before "
                                   "the stream (AttachContext.train_records; read only when a "
                                   "method asks); '': none")
+    train_exclude: str = setting("none", "'edited-subjects': drop from the train split every "
+                                         "record about a subject or fact an edit of this run "
+                                         "replays (after `order` and `max_edits`), so editors "
+                                         "trained on it are scored on held-out people: for "
+                                         "choosing their settings on a dev stream drawn from "
+                                         "the train split's own people; 'none': keep all",
+                                 choices=("none", "edited-subjects"))
     order: str = setting("file", "replay order: 'file' (the stream's own), or 'seeded' (each "
                                  "seed interleaves the facts' histories in its own order, every "
                                  "fact's events kept in order: see lifelong/streamorder.py)",
@@ -157,6 +164,9 @@ class Scenario:
             raise ConfigError(f"methods: duplicate label(s) {', '.join(dupes)}; give each a `label`")
         if not self.seeds:
             raise ConfigError("seeds: at least one seed is needed")
+        if self.stream.train_exclude != "none" and not self.stream.train_file:
+            raise ConfigError(f"stream.train_exclude = {self.stream.train_exclude!r} holds "
+                              "records out of a train split, and stream.train_file names none")
 
 
 def load_scenario(path: str | Path | None, overrides: dict[str, Any] | None = None, *,

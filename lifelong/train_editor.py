@@ -8,8 +8,10 @@ seed and train split gives, so such a run reads the parts instead of training th
 
 Invariants: training is seeded by the method itself (its `train_seed` / `editor_seed`, by
 default the run's seed), never by torch's global generator, so the cached tensors are those a
-run would have trained; nothing is cached until training ends (Ctrl-C leaves the cache as it
-was); a second call with the same inputs trains nothing and says so. Its cost (seconds,
+run would have trained; nothing is cached until training ends; MEND's and KE's trainings
+save a resume point beside the entry every 30 s, so after Ctrl-C or a kill the same command
+(or a run) takes the remaining updates and ends with the same tensors (SERAC's retrains from
+the start: `_common/checkpoint.py`); a second call with the same inputs trains nothing and says so. Its cost (seconds,
 updates, threads, the process's peak memory) is printed and kept in `--json`.
 """
 

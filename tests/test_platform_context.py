@@ -18,7 +18,7 @@ from lifelong.errors import LifelongError
 from lifelong.methods import AttachContext, EditRequest, TrainRecord, available_methods
 from lifelong.methods._common.hooks import Hooks
 from lifelong.methods._common.loop import Step, frozen, optimise
-from lifelong.methods.context import Cache, read_corpus
+from lifelong.methods.context import Cache, context_fields, read_corpus
 from lifelong.methods.none import NoEdit
 from lifelong.model import load_model
 from lifelong.nethook import replace_output
@@ -102,6 +102,35 @@ def test_the_runtime_fills_the_context_from_the_scenario(tiny, tmp_path, monkeyp
     assert len(ctx.train_records()) == 4
     second = ctx.new_model()
     assert second.fingerprint() == ctx.model_fingerprint == load_model(str(tiny[0])).fingerprint()
+
+
+def test_train_exclude_holds_the_streams_people_out_of_the_train_split(tiny, tmp_path, monkeypatch):
+    """With `stream.train_exclude = "edited-subjects"` the train split loses exactly the
+    records about a subject or fact the run edits (after `max_edits`); the context saves and
+    restores the held-out sets; the setting without a train split is refused."""
+    seen: list[AttachContext] = []
+    attach = NoEdit.attach
+    monkeypatch.setattr(NoEdit, "attach", lambda self, lm, ctx: (seen.append(ctx), attach(self, lm, ctx)))
+    train = write_jsonl(stream_events(n_edits=12, seed=3, retracts=0, queries=0), tmp_path / "t.jsonl")
+    toml = write_scenario(tmp_path / "s.toml", tiny[0], train, methods='[[methods]]\nname = "none"\n',
+                          schedule="checkpoint_every = 0\nlocality_sample = 1")
+    text = toml.read_text()
+    toml.write_text(text.replace("[stream]\n", f'[stream]\ntrain_file = "{train}"\n'
+                                 'train_exclude = "edited-subjects"\nmax_edits = 3\n'))
+    sc = load_scenario(toml)
+    Runtime(sc, parse_stream(sc.stream.file), Store(tmp_path / "r.db")).run_all()
+    ctx = seen[0]
+    everything = AttachContext(seed=0, train_split=str(train)).train_records()
+    edited = [r.request for r in everything[:3]]  # file order: the replayed edits
+    kept = [r for r in everything if r.request.subject not in {e.subject for e in edited}
+            and r.request.fact not in {e.fact for e in edited}]
+    assert 0 < len(kept) < len(everything) - 2 and ctx.train_records() == tuple(kept)
+    assert ctx.held_out_subjects == {e.subject for e in edited}
+    restored = AttachContext(seed=0, **context_fields(json.loads(json.dumps(ctx.to_meta()))))
+    assert restored.train_records() == tuple(kept)
+    toml.write_text(text.replace("[stream]\n", '[stream]\ntrain_exclude = "edited-subjects"\n'))
+    with pytest.raises(LifelongError, match=r"train_exclude.*train_file"):
+        load_scenario(toml)
 
 
 def test_the_api_fills_the_context_and_saves_what_it_was_given(tiny, tmp_path):

@@ -158,6 +158,9 @@ class AttachContext:
     statistics, as texts or a file (`corpus_texts()`; `default_corpus`). cache_dir: where
     `cache()` keeps files ("" for `default_cache_dir()`). model_fingerprint: `LM.fingerprint()`
     of the pristine base model (keys the cache). device: the model's torch device.
+    held_out_subjects / held_out_facts: `train_records()` drops every record about one of
+    these subjects or facts (the stream's own, when a scenario holds them out of training:
+    `stream.train_exclude`), so a trained editor is scored on people it never trained on.
     model_factory: a fresh, pristine `LM` of the same base model per call (`new_model()`),
     for methods that need a second model (SERAC's counterfactual model).
     """
@@ -169,13 +172,19 @@ class AttachContext:
     cache_dir: str = ""
     model_fingerprint: str = ""
     device: str = "cpu"
+    held_out_subjects: frozenset[str] = frozenset()
+    held_out_facts: frozenset[str] = frozenset()
     model_factory: Callable[[], LM] | None = field(default=None, compare=False, repr=False)
     _memo: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def train_records(self) -> tuple[TrainRecord, ...]:
-        """The train split (read once; empty when none was given)."""
+        """The train split less the held-out subjects' and facts' records (read once; empty
+        when none was given)."""
         if "train" not in self._memo:
-            self._memo["train"] = read_train_split(self.train_split)
+            self._memo["train"] = tuple(
+                r for r in read_train_split(self.train_split)
+                if not (r.request.subject and r.request.subject in self.held_out_subjects)
+                and not (r.request.fact and r.request.fact in self.held_out_facts))
         return self._memo["train"]
 
     def corpus_texts(self) -> tuple[str, ...]:
@@ -215,6 +224,9 @@ class AttachContext:
                  "locality": [list(p) for p in r.locality]} for r in self.train_split]
         if self.corpus:
             meta["corpus"] = self.corpus if isinstance(self.corpus, str) else list(self.corpus)
+        if self.held_out_subjects or self.held_out_facts:
+            meta["held_out"] = {"subjects": sorted(self.held_out_subjects),
+                                "facts": sorted(self.held_out_facts)}
         return meta
 
 
@@ -230,4 +242,8 @@ def context_fields(meta: dict[str, Any]) -> dict[str, Any]:
     if meta.get("corpus"):
         corpus = meta["corpus"]
         out["corpus"] = corpus if isinstance(corpus, str) else tuple(corpus)
+    held = meta.get("held_out") or {}
+    if held:
+        out["held_out_subjects"] = frozenset(held.get("subjects", ()))
+        out["held_out_facts"] = frozenset(held.get("facts", ()))
     return out

@@ -23,6 +23,7 @@ from ...progress import Reporter
 from ...scoring import batch_target_loss, encode_pairs
 from ..base import EditReceipt, EditRequest
 from ..context import AttachContext
+from .checkpoint import Checkpoint
 from .replayed import ReplayedWeights
 
 META = ("steps", "seconds", "first", "last")
@@ -40,10 +41,12 @@ class Trained(Protocol):
 
 
 def train_or_read(ctx: AttachContext, folder: str, entry: str, net: Network,
-                  train: Callable[[], Trained], label: str,
+                  train: Callable[[Checkpoint], Trained], label: str,
                   describe: Callable[[Any], str] | None = None) -> tuple[dict[str, Any], Any]:
-    """(what happened, for `info`; the training's record, None when read). `label` names
-    the network in the note a training prints ("mend: editor"; a read prints nothing); `describe(training)` adds to the note."""
+    """(what happened, for `info`; the training's record, None when read). `train` gets the
+    training's resume point (`_common.checkpoint`: beside the entry, removed once it is
+    cached; nowhere without a cache). `label` names the network in the note a training
+    prints ("mend: editor"; a read prints nothing); `describe(training)` adds to the note."""
     cache = ctx.cache_if_known()  # None: no model fingerprint to key the entry by
     saved = cache.load(folder, entry) if cache is not None else None
     if saved is not None:
@@ -51,7 +54,9 @@ def train_or_read(ctx: AttachContext, folder: str, entry: str, net: Network,
         net.load_tensors(saved)
         # silent: a chunked run re-attaches per chunk (`info` and `lifelong bench edit` say it)
         return {"editor": "read from the cache", "entry": entry, **meta}, None
-    t = train()
+    checkpoint = Checkpoint(cache.path(folder, f"{entry}-resume").with_suffix(".pt")
+                            if cache is not None else None)
+    t = train(checkpoint)
     meta = {"steps": float(t.steps), "seconds": t.seconds,
             "first": t.losses[0] if t.losses else float("nan"),
             "last": t.losses[-1] if t.losses else float("nan")}
@@ -59,6 +64,7 @@ def train_or_read(ctx: AttachContext, folder: str, entry: str, net: Network,
         cache.save(folder, entry, {**{k: v.cpu() for k, v in net.tensors().items()},
                                    **{k: torch.tensor(v, dtype=torch.float64)
                                       for k, v in meta.items()}})
+        checkpoint.clear()
     where = f"cached as {entry}" if cache is not None else "not cached: no model fingerprint"
     more = f", {describe(t)}" if describe is not None else ""
     Reporter().note(f"{label} trained, {t.steps} steps, {t.seconds:.1f} s (loss "

@@ -73,8 +73,8 @@ class KnowledgeEditor(TrainedUpdates):
                             f"{split_digest(records)}:ke-format-{FORMAT}")
         info, self.training = train_or_read(
             ctx, CACHE_FOLDER, entry, self.editor,
-            lambda: train_hypernet(self.lm, self.modules, self.editor, self.config, records,
-                                   self.train_seed, self.name),
+            lambda checkpoint: train_hypernet(self.lm, self.modules, self.editor, self.config,
+                                              records, self.train_seed, self.name, checkpoint),
             f"{self.name}: hyper-network", _describe)
         return info
 

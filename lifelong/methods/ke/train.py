@@ -35,6 +35,7 @@ from ... import layers
 from ...model import LM
 from ...progress import Reporter
 from ...scoring import encode_pairs, forward_logits, next_token_logp, score_pairs, tokenize_pair
+from .._common.checkpoint import Checkpoint, rng_state, set_rng_state
 from .._common.loop import Step, frozen, optimise
 from .._common.rng import seeded_rng
 from ..base import EditRequest
@@ -108,6 +109,14 @@ class _Draws:
         self.records, self.texts, self.k = list(records), list(texts), kl_inputs
         self.rng, self.order = seeded_rng(seed, "ke-train"), []
 
+    def state(self) -> dict:
+        """Where the draws stand (`_common.checkpoint`)."""
+        return {"rng": rng_state(self.rng), "order": list(self.order)}
+
+    def restore(self, saved: dict) -> None:
+        set_rng_state(self.rng, saved["rng"])
+        self.order = [int(i) for i in saved["order"]]
+
     def next(self) -> tuple[int, str, list[tuple[str, str]]]:
         if not self.order:
             self.order = list(range(len(self.records)))
@@ -124,19 +133,42 @@ class _Draws:
 
 
 def train_hypernet(lm: LM, modules: Sequence[nn.Module], net: HyperNetwork, cfg: KeConfig,
-                   records: Sequence[TrainRecord], seed: int, label: str = "ke") -> Training:
-    """Train `net` in place (module docstring); the model's weights are not changed."""
+                   records: Sequence[TrainRecord], seed: int, label: str = "ke",
+                   checkpoint: Checkpoint | None = None) -> Training:
+    """Train `net` in place (module docstring); the model's weights are not changed. With a
+    `checkpoint`, the training resumes from its saved state and saves its own as it goes
+    (`_common.checkpoint`: the same updates as an uninterrupted training)."""
     preds = predictions(lm, [r.request for r in records])
     draws = _Draws(records, [text for _, text in preds], cfg.kl_inputs, seed)
     multiplier = nn.Parameter(torch.ones((), device=lm.device))
     multiplier.register_hook(lambda g: -g)  # gradient ascent on λ
     opt = torch.optim.RMSprop([{"params": list(net.parameters()), "lr": cfg.lr},
                                {"params": [multiplier], "lr": cfg.lr_lambda}], centered=True)
-    result = Training(margin=cfg.margin)
+    result, ck, prior = Training(margin=cfg.margin), checkpoint or Checkpoint(), 0.0
     hits: list[bool] = []
+    saved = ck.load()
+    if saved is not None:
+        net.load_tensors(saved["net"])
+        opt.load_state_dict(saved["opt"])
+        draws.restore(saved["draws"])
+        with torch.no_grad():
+            multiplier.copy_(saved["multiplier"])
+        result.losses = [float(x) for x in saved["losses"]]
+        result.kls = [float(x) for x in saved["kls"]]
+        result.margin, prior = float(saved["margin"]), float(saved["seconds"])
+        hits = [bool(h) for h in saved["hits"]]
+    resumed = len(result.losses)  # one loss per update taken (`fresh_last=False`)
     report = Reporter(every_seconds=10.0)
     report.start(f"{label} hyper-network training", cfg.steps, unit="updates")
+    if resumed:
+        report.update(resumed, f"resumed at update {resumed}")
     start = time.monotonic()
+
+    def state() -> dict:
+        return {"net": net.tensors(), "opt": opt.state_dict(), "draws": draws.state(),
+                "multiplier": multiplier.detach().clone(), "losses": list(result.losses),
+                "kls": list(result.kls), "margin": result.margin, "hits": list(hits),
+                "seconds": prior + time.monotonic() - start}
 
     def one(i: int, rephrase: str, pairs: list[tuple[str, str]]) -> tuple[torch.Tensor, float, float]:
         req = records[i].request
@@ -176,15 +208,19 @@ def train_hypernet(lm: LM, modules: Sequence[nn.Module], net: HyperNetwork, cfg:
                                           f"KL {result.kls[-1]:.2e}")
         return Step(loss, result.losses[-1])
 
-    def clamp() -> None:
+    def after_update() -> None:
         with torch.no_grad():
             multiplier.clamp_(min=0.0)
+        ck.at_update(state)
 
+    taken = 0
     try:
         with frozen(lm.model):
-            done = optimise(opt, step, cfg.steps, fresh_last=False, after_update=clamp)
+            if cfg.steps > resumed:
+                taken = optimise(opt, step, cfg.steps - resumed, fresh_last=False,
+                                 after_update=after_update).steps
     finally:
         report.stop()
-    result.steps, result.seconds = done.steps, time.monotonic() - start
+    result.steps, result.seconds = resumed + taken, prior + time.monotonic() - start
     result.multiplier = float(multiplier.detach())
     return result

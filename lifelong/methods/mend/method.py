@@ -62,8 +62,9 @@ class Mend(TrainedUpdates):
         entry = cache_entry(self.config, self.layer_ids, self.train_seed, split_digest(records))
         info, self.training = train_or_read(
             ctx, CACHE_FOLDER, entry, self.editor,
-            lambda: train_editor(self.lm, self.modules, self.editor, self.config, records,
-                                 self.train_seed, self.name), f"{self.name}: editor")
+            lambda checkpoint: train_editor(self.lm, self.modules, self.editor, self.config,
+                                            records, self.train_seed, self.name, checkpoint),
+            f"{self.name}: editor")
         return info
 
     # ---- editing -----------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from ...model import LM
 from ...nethook import Trace, replace_input, rewrite_output
 from ...progress import Reporter
 from ...scoring import batch_target_loss, encode_pairs, forward_logits
+from .._common.checkpoint import Checkpoint, rng_state, set_rng_state
 from .._common.loop import Step, frozen, optimise
 from .._common.rng import seeded_rng
 from ..context import TrainRecord
@@ -122,6 +123,14 @@ class _Examples:
     def __init__(self, records: Sequence[TrainRecord], seed: int):
         self.records, self.rng, self.order = list(records), seeded_rng(seed, "mend-train"), []
 
+    def state(self) -> dict:
+        """Where the draws stand (`_common.checkpoint`)."""
+        return {"rng": rng_state(self.rng), "order": list(self.order)}
+
+    def restore(self, saved: dict) -> None:
+        set_rng_state(self.rng, saved["rng"])
+        self.order = [int(i) for i in saved["order"]]
+
     def next(self) -> tuple[TrainRecord, str, tuple[str, str]]:
         if not self.order:
             self.order = list(range(len(self.records)))
@@ -155,8 +164,11 @@ def meta_loss(lm: LM, modules: Sequence[nn.Module], editor: MendEditor, cfg: Men
 
 
 def train_editor(lm: LM, modules: Sequence[nn.Module], editor: MendEditor, cfg: MendConfig,
-                 records: Sequence[TrainRecord], seed: int, label: str = "mend") -> Training:
-    """Meta-train `editor` in place (module docstring); the model's weights are not changed."""
+                 records: Sequence[TrainRecord], seed: int, label: str = "mend",
+                 checkpoint: Checkpoint | None = None) -> Training:
+    """Meta-train `editor` in place (module docstring); the model's weights are not changed.
+    With a `checkpoint`, the training resumes from its saved state and saves its own as it
+    goes (`_common.checkpoint`: the same updates as an uninterrupted training)."""
     examples = _Examples(records, seed)
     opt = torch.optim.Adam([{"params": editor.editor_parameters(), "lr": cfg.lr},
                             {"params": [editor.edit_lrs], "lr": cfg.lr_lr}])
@@ -165,10 +177,23 @@ def train_editor(lm: LM, modules: Sequence[nn.Module], editor: MendEditor, cfg: 
     def clip(*_: object) -> None:
         nn.utils.clip_grad_norm_(params, cfg.grad_clip)
     opt.register_step_pre_hook(clip)
-    result = Training()
+    result, ck, prior = Training(), checkpoint or Checkpoint(), 0.0
+    saved = ck.load()
+    if saved is not None:
+        editor.load_tensors(saved["net"])
+        opt.load_state_dict(saved["opt"])
+        examples.restore(saved["draws"])
+        result.losses, prior = [float(x) for x in saved["losses"]], float(saved["seconds"])
+    resumed = len(result.losses)  # one loss per update taken (`fresh_last=False`)
     report = Reporter(every_seconds=10.0)
     report.start(f"{label} editor training", cfg.steps, unit="updates")
+    if resumed:
+        report.update(resumed, f"resumed at update {resumed}")
     start = time.monotonic()
+
+    def state() -> dict:
+        return {"net": editor.tensors(), "opt": opt.state_dict(), "draws": examples.state(),
+                "losses": list(result.losses), "seconds": prior + time.monotonic() - start}
 
     def step() -> Step:
         # the first accumulate-1 edits are backpropagated here, one graph at a time; the
@@ -183,10 +208,13 @@ def train_editor(lm: LM, modules: Sequence[nn.Module], editor: MendEditor, cfg: 
         report.update(len(result.losses), f"loss {total:.4f}")
         return Step(loss, total)
 
+    taken = 0
     try:
         with frozen(lm.model):
-            done = optimise(opt, step, cfg.steps, fresh_last=False)
+            if cfg.steps > resumed:
+                taken = optimise(opt, step, cfg.steps - resumed, fresh_last=False,
+                                 after_update=lambda: ck.at_update(state)).steps
     finally:
         report.stop()
-    result.steps, result.seconds = done.steps, time.monotonic() - start
+    result.steps, result.seconds = resumed + taken, prior + time.monotonic() - start
     return result

@@ -1,0 +1,72 @@
+"""Resuming a long training (MEND's editor, KE's hyper-network) where it was interrupted.
+
+A training saves its whole state at an update boundary (the network, the optimiser's state,
+its sampler's random state and remaining order, its record of losses) at most every
+`every_seconds`, beside the cache entry it will become (`train_or_read`); a later attach (or
+`lifelong train-editor`) with the same entry loads it and takes the remaining updates. The
+file is removed when the trained network is cached.
+
+Invariants: a save is atomic (the file holds a complete state or is absent), so a kill at any
+instant leaves the last complete one; a resumed training takes the same updates on the same
+draws as an uninterrupted one, so it ends with the same tensors (tests/test_train_resume.py).
+A file that cannot be read as a state is ignored (training starts over) and then overwritten.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Checkpoint:
+    """Where a training keeps its resume point (`path`; None: nowhere, nothing is saved) and
+    how often it writes it."""
+
+    path: Path | None = None
+    every_seconds: float = 30.0
+    _last: float = field(default_factory=time.monotonic, init=False, repr=False)
+
+    def load(self) -> dict[str, Any] | None:
+        """The saved state, or None when there is none (or it cannot be read)."""
+        if self.path is None or not self.path.is_file():
+            return None
+        try:
+            return torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 (a foreign or damaged file: start over, said by the caller)
+            return None
+
+    def at_update(self, state: Callable[[], dict[str, Any]]) -> None:
+        """Called after every update: save `state()` when `every_seconds` have passed since
+        the last save (or the start)."""
+        if self.path is not None and time.monotonic() - self._last >= self.every_seconds:
+            self.save(state())
+
+    def save(self, state: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+        self._last = time.monotonic()
+
+    def clear(self) -> None:
+        """Remove the resume point (the training is complete and cached)."""
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def rng_state(rng) -> dict[str, Any]:
+    """A `random.Random`'s state as plain data (saved with `torch.save`, weights only)."""
+    version, internal, gauss = rng.getstate()
+    return {"version": version, "internal": list(internal), "gauss": gauss}
+
+
+def set_rng_state(rng, saved: dict[str, Any]) -> None:
+    rng.setstate((saved["version"], tuple(saved["internal"]), saved["gauss"]))

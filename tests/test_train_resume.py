@@ -1,0 +1,91 @@
+"""An interrupted training of MEND's editor or KE's hyper-network resumes where it stopped:
+interrupted after every update in turn (the space is small: 4 updates), the next attach with
+the same cache ends with the tensors, losses and update count of an uninterrupted training,
+and the resume point is gone once the trained network is cached. A resume point that cannot
+be read is ignored (the training starts over, with the same result)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from editor_world import TRAIN, tiny
+
+from lifelong.config import from_mapping
+from lifelong.methods import AttachContext
+from lifelong.methods._common.checkpoint import Checkpoint
+from lifelong.methods.ke import KeConfig, KnowledgeEditor
+from lifelong.methods.mend import Mend, MendConfig
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+STEPS = 4
+METHODS = {"mend": (Mend, MendConfig, {"steps": STEPS, "accumulate": 2}),
+           "ke": (KnowledgeEditor, KeConfig, {"steps": STEPS, "kl_inputs": 2})}
+
+
+class Interrupted(Exception):
+    """Stands for Ctrl-C or a kill between two updates."""
+
+
+def attach(name: str, cache) -> Mend | KnowledgeEditor:
+    cls, config, settings = METHODS[name]
+    method = cls(from_mapping(config, settings), seed=0)
+    method.attach(tiny("gpt2"), AttachContext(seed=0, train_split=TRAIN, cache_dir=str(cache),
+                                              model_fingerprint="tiny-gpt2"))
+    return method
+
+
+def resume_points(cache) -> list:
+    return sorted(cache.rglob("*-resume.pt"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """Each method trained once without interruption: (its tensors, its training record)."""
+    out = {}
+    for name in METHODS:
+        method = attach(name, tmp_path_factory.mktemp(f"{name}-whole"))
+        out[name] = (method.editor.tensors(), method.training)
+    return out
+
+
+@pytest.mark.parametrize("after", range(1, STEPS))
+@pytest.mark.parametrize("name", list(METHODS))
+def test_a_training_interrupted_after_any_update_resumes_to_the_same_tensors(
+        name, after, uninterrupted, tmp_path, monkeypatch):
+    saves = []
+
+    def at_update(self, state):  # a save after every update, then an interruption
+        self.save(state())
+        saves.append(1)
+        if len(saves) == after:
+            raise Interrupted
+    with monkeypatch.context() as patch:
+        patch.setattr(Checkpoint, "at_update", at_update)
+        with pytest.raises(Interrupted):
+            attach(name, tmp_path)
+    assert len(resume_points(tmp_path)) == 1
+    assert not list(tmp_path.rglob("editor-*.safetensors"))  # nothing half-trained is cached
+    method = attach(name, tmp_path)
+    tensors, record = uninterrupted[name]
+    got = method.editor.tensors()
+    assert got.keys() == tensors.keys() and all(torch.equal(got[k], tensors[k]) for k in got)
+    assert method.training.steps == STEPS and method.training.losses == record.losses
+    assert resume_points(tmp_path) == []
+    assert attach(name, tmp_path).info["editor"] == "read from the cache"
+
+
+def test_an_unreadable_resume_point_is_ignored(uninterrupted, tmp_path, monkeypatch):
+    def at_update(self, state):
+        self.save(state())
+        raise Interrupted
+    with monkeypatch.context() as patch:
+        patch.setattr(Checkpoint, "at_update", at_update)
+        with pytest.raises(Interrupted):
+            attach("ke", tmp_path)
+    [point] = resume_points(tmp_path)
+    point.write_bytes(b"not a checkpoint")
+    method = attach("ke", tmp_path)
+    tensors, record = uninterrupted["ke"]
+    assert all(torch.equal(method.editor.tensors()[k], v) for k, v in tensors.items())
+    assert method.training.losses == record.losses and resume_points(tmp_path) == []
