@@ -15,6 +15,7 @@ A file that cannot be read as a state is ignored (training starts over) and then
 from __future__ import annotations
 
 import os
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,11 +63,20 @@ class Checkpoint:
             self.path.unlink(missing_ok=True)
 
 
-def rng_state(rng) -> dict[str, Any]:
-    """A `random.Random`'s state as plain data (saved with `torch.save`, weights only)."""
-    version, internal, gauss = rng.getstate()
-    return {"version": version, "internal": list(internal), "gauss": gauss}
+class ResumableDraws:
+    """A training's sampler whose whole state is `rng` (a `random.Random`) and `order` (the
+    indices left in the current pass), saved and restored at update boundaries."""
 
+    rng: random.Random
+    order: list[int]
 
-def set_rng_state(rng, saved: dict[str, Any]) -> None:
-    rng.setstate((saved["version"], tuple(saved["internal"]), saved["gauss"]))
+    def state(self) -> dict[str, Any]:
+        """Where the draws stand, as plain data (saved with `torch.save`, weights only)."""
+        version, internal, gauss = self.rng.getstate()
+        return {"rng": {"version": version, "internal": list(internal), "gauss": gauss},
+                "order": list(self.order)}
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        rng = saved["rng"]
+        self.rng.setstate((rng["version"], tuple(rng["internal"]), rng["gauss"]))
+        self.order = [int(i) for i in saved["order"]]

@@ -35,7 +35,7 @@ from ... import layers
 from ...model import LM
 from ...progress import Reporter
 from ...scoring import encode_pairs, forward_logits, next_token_logp, score_pairs, tokenize_pair
-from .._common.checkpoint import Checkpoint, rng_state, set_rng_state
+from .._common.checkpoint import Checkpoint, ResumableDraws
 from .._common.loop import Step, frozen, optimise
 from .._common.rng import seeded_rng
 from ..base import EditRequest
@@ -100,7 +100,7 @@ class Training:
     multiplier: float = 0.0
 
 
-class _Draws:
+class _Draws(ResumableDraws):
     """The training edits in a seeded order (a fresh permutation per pass); per edit a
     rephrase (the prompt itself when it has none) and its other inputs (module docstring)."""
 
@@ -108,14 +108,6 @@ class _Draws:
                  seed: int):
         self.records, self.texts, self.k = list(records), list(texts), kl_inputs
         self.rng, self.order = seeded_rng(seed, "ke-train"), []
-
-    def state(self) -> dict:
-        """Where the draws stand (`_common.checkpoint`)."""
-        return {"rng": rng_state(self.rng), "order": list(self.order)}
-
-    def restore(self, saved: dict) -> None:
-        set_rng_state(self.rng, saved["rng"])
-        self.order = [int(i) for i in saved["order"]]
 
     def next(self) -> tuple[int, str, list[tuple[str, str]]]:
         if not self.order:

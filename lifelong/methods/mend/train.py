@@ -38,7 +38,7 @@ from ...model import LM
 from ...nethook import Trace, replace_input, rewrite_output
 from ...progress import Reporter
 from ...scoring import batch_target_loss, encode_pairs, forward_logits
-from .._common.checkpoint import Checkpoint, rng_state, set_rng_state
+from .._common.checkpoint import Checkpoint, ResumableDraws
 from .._common.loop import Step, frozen, optimise
 from .._common.rng import seeded_rng
 from ..context import TrainRecord
@@ -115,21 +115,13 @@ class Training:
     losses: list[float] = field(default_factory=list)
 
 
-class _Examples:
+class _Examples(ResumableDraws):
     """The training edits in a seeded order: a fresh permutation of the records per epoch;
     per edit its rephrase (the prompt itself when it has none) and locality pair (the next
     record's prompt and target when it has none)."""
 
     def __init__(self, records: Sequence[TrainRecord], seed: int):
         self.records, self.rng, self.order = list(records), seeded_rng(seed, "mend-train"), []
-
-    def state(self) -> dict:
-        """Where the draws stand (`_common.checkpoint`)."""
-        return {"rng": rng_state(self.rng), "order": list(self.order)}
-
-    def restore(self, saved: dict) -> None:
-        set_rng_state(self.rng, saved["rng"])
-        self.order = [int(i) for i in saved["order"]]
 
     def next(self) -> tuple[TrainRecord, str, tuple[str, str]]:
         if not self.order:
