@@ -311,13 +311,12 @@ class Runtime:
             probed = {p.prompt for p in loc}
         unrelated = tuple(dict.fromkeys(p.prompt for p in pool if p.prompt not in probed))
         model_dir = builtin_dir() if sc.model in ("", "builtin") else Path(sc.model)
-        edits = [e for e in self.events if isinstance(e, Edit)]
-        held = sc.stream.train_exclude == "edited-subjects"
+        held = ([e for e in self.events if isinstance(e, Edit)]
+                if sc.stream.train_exclude == "edited-subjects" else [])
         return AttachContext(seed=seed, unrelated_prompts=unrelated,
                              train_split=sc.stream.train_file,
-                             held_out_subjects=frozenset(e.subject for e in edits
-                                                         if held and e.subject),
-                             held_out_facts=frozenset(e.fact for e in edits if held),
+                             held_out_subjects=frozenset(e.subject for e in held if e.subject),
+                             held_out_facts=frozenset(e.fact for e in held),
                              corpus=sc.corpus or default_corpus(model_dir),
                              cache_dir=sc.cache_dir, model_fingerprint=fingerprint,
                              device=sc.device,
