@@ -89,3 +89,22 @@ def test_an_unreadable_resume_point_is_ignored(uninterrupted, tmp_path, monkeypa
     tensors, record = uninterrupted["ke"]
     assert all(torch.equal(method.editor.tensors()[k], v) for k, v in tensors.items())
     assert method.training.losses == record.losses and resume_points(tmp_path) == []
+
+
+def test_a_resume_point_is_written_only_when_its_interval_has_passed(tmp_path):
+    calls = []
+
+    def state():
+        calls.append(1)
+        return {"losses": [float(len(calls))]}
+    patient = Checkpoint(tmp_path / "patient.pt", every_seconds=3600.0)
+    patient.at_update(state)
+    assert not calls and patient.load() is None  # nothing built, nothing written
+    eager = Checkpoint(tmp_path / "eager.pt", every_seconds=0.0)
+    eager.at_update(state)
+    eager.at_update(state)
+    assert len(calls) == 2 and eager.load() == {"losses": [2.0]}
+    eager.clear()
+    assert eager.load() is None and not list(tmp_path.iterdir())
+    Checkpoint(None, every_seconds=0.0).at_update(state)  # no cache: nowhere to write
+    assert len(calls) == 2

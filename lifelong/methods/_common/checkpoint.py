@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from .saved import SavedNetwork
+
 
 @dataclass
 class Checkpoint:
@@ -42,6 +44,24 @@ class Checkpoint:
             return torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception:  # noqa: BLE001 (a foreign or damaged file: start over, said by the caller)
             return None
+
+    def resume(self, net: SavedNetwork, opt: torch.optim.Optimizer,
+               draws: ResumableDraws) -> dict[str, Any]:
+        """Load the saved state into `net`, `opt` and `draws` and return the rest of it (the
+        training's own record: "losses", "seconds", ...); {} when there is none."""
+        saved = self.load()
+        if saved is None:
+            return {}
+        net.load_tensors(saved.pop("net"))
+        opt.load_state_dict(saved.pop("opt"))
+        draws.restore(saved.pop("draws"))
+        return saved
+
+    @staticmethod
+    def state(net: SavedNetwork, opt: torch.optim.Optimizer, draws: ResumableDraws,
+              **record: Any) -> dict[str, Any]:
+        """What `resume` reads back: the network, the optimiser, the draws and `record`."""
+        return {"net": net.tensors(), "opt": opt.state_dict(), "draws": draws.state(), **record}
 
     def at_update(self, state: Callable[[], dict[str, Any]]) -> None:
         """Called after every update: save `state()` when `every_seconds` have passed since

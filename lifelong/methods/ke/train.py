@@ -136,19 +136,16 @@ def train_hypernet(lm: LM, modules: Sequence[nn.Module], net: HyperNetwork, cfg:
     multiplier.register_hook(lambda g: -g)  # gradient ascent on λ
     opt = torch.optim.RMSprop([{"params": list(net.parameters()), "lr": cfg.lr},
                                {"params": [multiplier], "lr": cfg.lr_lambda}], centered=True)
-    result, ck, prior = Training(margin=cfg.margin), checkpoint or Checkpoint(), 0.0
-    hits: list[bool] = []
-    saved = ck.load()
-    if saved is not None:
-        net.load_tensors(saved["net"])
-        opt.load_state_dict(saved["opt"])
-        draws.restore(saved["draws"])
+    result, ck = Training(margin=cfg.margin), checkpoint or Checkpoint()
+    saved = ck.resume(net, opt, draws)
+    if saved:
         with torch.no_grad():
             multiplier.copy_(saved["multiplier"])
-        result.losses = [float(x) for x in saved["losses"]]
-        result.kls = [float(x) for x in saved["kls"]]
-        result.margin, prior = float(saved["margin"]), float(saved["seconds"])
-        hits = [bool(h) for h in saved["hits"]]
+        result.margin = float(saved["margin"])
+    result.losses = [float(x) for x in saved.get("losses", [])]
+    result.kls = [float(x) for x in saved.get("kls", [])]
+    hits = [bool(h) for h in saved.get("hits", [])]  # this pass's edits: did each succeed
+    prior = float(saved.get("seconds", 0.0))
     resumed = len(result.losses)  # one loss per update taken (`fresh_last=False`)
     report = Reporter(every_seconds=10.0)
     report.start(f"{label} hyper-network training", cfg.steps, unit="updates")
@@ -157,10 +154,9 @@ def train_hypernet(lm: LM, modules: Sequence[nn.Module], net: HyperNetwork, cfg:
     start = time.monotonic()
 
     def state() -> dict:
-        return {"net": net.tensors(), "opt": opt.state_dict(), "draws": draws.state(),
-                "multiplier": multiplier.detach().clone(), "losses": list(result.losses),
-                "kls": list(result.kls), "margin": result.margin, "hits": list(hits),
-                "seconds": prior + time.monotonic() - start}
+        return ck.state(net, opt, draws, multiplier=multiplier.detach().clone(),
+                        losses=list(result.losses), kls=list(result.kls), margin=result.margin,
+                        hits=list(hits), seconds=prior + time.monotonic() - start)
 
     def one(i: int, rephrase: str, pairs: list[tuple[str, str]]) -> tuple[torch.Tensor, float, float]:
         req = records[i].request

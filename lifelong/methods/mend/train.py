@@ -169,13 +169,10 @@ def train_editor(lm: LM, modules: Sequence[nn.Module], editor: MendEditor, cfg: 
     def clip(*_: object) -> None:
         nn.utils.clip_grad_norm_(params, cfg.grad_clip)
     opt.register_step_pre_hook(clip)
-    result, ck, prior = Training(), checkpoint or Checkpoint(), 0.0
-    saved = ck.load()
-    if saved is not None:
-        editor.load_tensors(saved["net"])
-        opt.load_state_dict(saved["opt"])
-        examples.restore(saved["draws"])
-        result.losses, prior = [float(x) for x in saved["losses"]], float(saved["seconds"])
+    result, ck = Training(), checkpoint or Checkpoint()
+    saved = ck.resume(editor, opt, examples)
+    result.losses = [float(x) for x in saved.get("losses", [])]
+    prior = float(saved.get("seconds", 0.0))
     resumed = len(result.losses)  # one loss per update taken (`fresh_last=False`)
     report = Reporter(every_seconds=10.0)
     report.start(f"{label} editor training", cfg.steps, unit="updates")
@@ -184,8 +181,8 @@ def train_editor(lm: LM, modules: Sequence[nn.Module], editor: MendEditor, cfg: 
     start = time.monotonic()
 
     def state() -> dict:
-        return {"net": editor.tensors(), "opt": opt.state_dict(), "draws": examples.state(),
-                "losses": list(result.losses), "seconds": prior + time.monotonic() - start}
+        return ck.state(editor, opt, examples, losses=list(result.losses),
+                        seconds=prior + time.monotonic() - start)
 
     def step() -> Step:
         # the first accumulate-1 edits are backpropagated here, one graph at a time; the
