@@ -293,6 +293,15 @@ class Runtime:
                               "finished_at": None, "events_total": len(self.events),
                               "edits_total": self.n_edits})
 
+    def attach_context(self, seed: int, fingerprint: str) -> AttachContext:
+        """The context seed `seed`'s run attaches its method with at the start of the stream
+        (its order, locality sample and held-out train records), for a model of
+        `fingerprint`: what `lifelong train-editor --scenario` trains for."""
+        self._order_for(seed)
+        pool = locality_pool(self.events)
+        loc = locality_sample(pool, self.sc.schedule.locality_sample, seed)
+        return self._context(pool, loc, seed, 0, fingerprint)
+
     def _context(self, pool, loc, seed: int, chunk_start: int,
                  fingerprint: str = "") -> AttachContext:
         """What a method is attached with. Methods that train against unrelated inputs get

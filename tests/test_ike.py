@@ -348,6 +348,31 @@ def test_paper_demonstrations_from_the_train_split_precede_the_new_fact():
                        by_hand(off, [by_distance(off, OUT[2])[0]], OUT[2]))
 
 
+def test_the_train_splits_keys_are_read_from_the_cache_bit_for_bit(tmp_path, monkeypatch):
+    """The bank's keys (the train prompts' features, standardised) are computed once per base
+    model and read back from the cache by the next attach (every chunk of a chunked run):
+    the same tensor as computed without a cache."""
+    from lifelong.methods._common import features
+
+    def attach(cache: bool) -> Ike:
+        m = Ike(from_mapping(IkeConfig, {}), seed=0)
+        m.attach(tiny(), AttachContext(seed=0, unrelated_prompts=UNRELATED, train_split=RECORDS,
+                                       cache_dir=str(tmp_path) if cache else "",
+                                       model_fingerprint="tiny-gpt2" if cache else ""))
+        return m
+    bare = attach(cache=False).bank.keys
+    first = attach(cache=True).bank.keys
+    assert len(list(tmp_path.rglob("features-last-*.safetensors"))) == 1
+    calls = []
+    compute = features.block_features
+    monkeypatch.setattr(features, "block_features",
+                        lambda lm, block, prompts, pool: calls.append(list(prompts))
+                        or compute(lm, block, prompts, pool))
+    again = attach(cache=True).bank.keys
+    assert calls == []  # the standardisation's texts are computed in ike.method, not here
+    assert torch.equal(bare, first) and torch.equal(first, again) and bare.shape[0] == 2
+
+
 def test_without_a_train_split_it_says_the_stored_edits_are_written_alone(capsys):
     m = make(tiny())
     assert len(m.bank) == 0

@@ -115,3 +115,51 @@ def test_mistakes_are_one_line(setup, args, fragment, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.startswith("lifelong: ") and err.count("\n") == 1, err
     assert fragment in err and "Traceback" not in err
+
+
+def test_a_scenario_trains_what_its_runs_read_with_their_held_out_records(setup, tmp_path):
+    """--scenario: each seed's parts, trained on the train split less the subjects that
+    seed's run edits (`stream.train_exclude`); the runs then read them and add nothing."""
+    model, train_file, _ = setup
+    cache = tmp_path / "cache"
+    scenario = tmp_path / "held-out.toml"
+    scenario.write_text(  # the train split's own edits: what it edits must be held out
+        f'name = "held-out"\nmodel = "{model}"\nseeds = [0, 1]\ncache_dir = "{cache}"\n'
+        f'[stream]\nfile = "{train_file}"\ntrain_file = "{train_file}"\norder = "seeded"\n'
+        'max_edits = 3\ntrain_exclude = "edited-subjects"\n'
+        '[schedule]\ncheckpoint_every = 0\nlocality_sample = 5\n'
+        '[[methods]]\nname = "none"\n'
+        '[[methods]]\nname = "mend"\nsettings = { steps = 4, accumulate = 1 }\n')
+    res = CliRunner().invoke(cli, ["train-editor", "--scenario", str(scenario),
+                                   "--json", str(tmp_path / "out.json")])
+    assert res.exit_code == 0, res.output
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert [(o["label"], o["seed"], o["editor"]) for o in out] == \
+        [("mend", 0, "trained"), ("mend", 1, "trained")]
+    assert all(0 < o["held_out_subjects"] <= 3 and o["records"] < 12 for o in out)
+    assert out[0]["entry"] != out[1]["entry"] and "edited subjects held out" in res.output
+    stamps = {p: p.stat().st_mtime_ns for p in cache.rglob("*")}
+    res = CliRunner().invoke(cli, ["simulate", str(scenario), "--quiet", "--allow-unknown",
+                                   "--db", str(tmp_path / "run.db")])
+    assert res.exit_code == 0, res.output
+    assert {p: p.stat().st_mtime_ns for p in cache.rglob("*")} == stamps
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--scenario", "{s}", "--settings", "{{}}"], "--scenario sets the model, settings"),
+    (["mend"], "give METHOD and --train-file, or --scenario"),
+    (["--scenario", "{s}", "serac"], "no method named 'serac' that trains at attach"),
+])
+def test_scenario_mistakes_are_one_line(setup, args, fragment, tmp_path, monkeypatch, capsys):
+    from lifelong.cli import main
+    model, train_file, _ = setup
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(f'name = "s"\nmodel = "{model}"\n[stream]\nfile = "{train_file}"\n'
+                        f'train_file = "{train_file}"\n[[methods]]\nname = "mend"\n')
+    monkeypatch.setattr(sys, "argv", ["lifelong", "train-editor",
+                                      *(a.format(s=scenario) for a in args)])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1, err
+    assert fragment in err and "Traceback" not in err

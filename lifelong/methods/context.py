@@ -11,10 +11,12 @@ pure functions of the fields (a second call returns the same objects, read once)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -121,7 +123,7 @@ def _safe(part: str) -> str:
 class Cache:
     """Files a method computes once per base model and reuses across runs (key statistics,
     trained editors): `root/<model fingerprint>/<layer>/<what>`. Saves are atomic (a file
-    is complete or absent)."""
+    is complete or absent); `exclusive` lets one process at a time compute an entry."""
 
     root: Path
     fingerprint: str
@@ -137,6 +139,37 @@ class Cache:
         from safetensors.torch import load_file
         where = self.path(layer, what).with_suffix(".safetensors")
         return load_file(where) if where.is_file() else None
+
+    @contextlib.contextmanager
+    def exclusive(self, layer: str, what: str, waiting: Callable[[], None] = lambda: None,
+                  poll_seconds: float = 0.5) -> Iterator[None]:
+        """Hold entry (`layer`, `what`)'s lock for the block, so that one process at a time
+        computes it (two runs that need the same untrained editor: the second waits, then
+        reads what the first cached). `waiting()` is called once when the lock is held
+        elsewhere. An advisory `flock` on ``<entry>.lock``: released by the kernel when its
+        holder exits or is killed, so a dead holder never blocks anyone; no lock where the
+        platform has no `fcntl`. The wait polls, so Ctrl-C ends it at once."""
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock, at worst the work is done twice
+            yield
+            return
+        where = self.path(layer, what).with_suffix(".lock")
+        with open(where, "a+b") as handle:
+            told = False
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if not told:
+                        waiting()
+                        told = True
+                    time.sleep(poll_seconds)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def save(self, layer: str, what: str, tensors: dict[str, torch.Tensor]) -> Path:
         from safetensors.torch import save_file

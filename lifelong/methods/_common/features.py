@@ -3,7 +3,8 @@ retrieval key), and the per-dimension standardisation both apply to it.
 
 `block_features`: one forward per batch, stopped right after the block, pooled over the
 prompt's tokens (`keys.router_tokens`: its last prompt token, or the mean over its prompt
-tokens; never a target token). `standard_stats`: the mean and standard deviation per
+tokens; never a target token); `cached_block_features`: the same, computed once per base
+model and prompt list (IKE's train-split keys, re-read by every chunk of a chunked run). `standard_stats`: the mean and standard deviation per
 dimension, each deviation floored at `STD_FLOOR` x their mean so that a near-constant
 dimension does not dominate a distance (all ones when every row is the same).
 """
@@ -18,6 +19,8 @@ from torch import nn
 from ...model import LM
 from ...nethook import Trace
 from ...scoring import encode_pairs, forward_logits
+from ..context import Cache
+from .guard import pool_digest
 from .keys import router_tokens
 
 #: a dimension's standard deviation is floored at this share of the mean over dimensions
@@ -47,6 +50,24 @@ def block_features(lm: LM, block: nn.Module, prompts: Sequence[str], pool: str,
         out.append(pooled(tr.output, tokens).cpu())
     width = out[0].shape[1] if out else 0
     return torch.cat(out) if out else torch.zeros((0, width))
+
+
+def cached_block_features(lm: LM, block: nn.Module, prompts: Sequence[str], pool: str,
+                          cache: Cache | None, reader: str) -> torch.Tensor:
+    """`block_features(lm, block, prompts, pool)`, computed once per base model: saved in
+    `cache` under `reader` (it names the block) and an entry named by the pool and a digest
+    of the prompts in order, and read back from there (the same float32 tensor, bit for
+    bit); computed every time without a cache. The caller guarantees `lm` is the pristine
+    model the cache is keyed by."""
+    if cache is None:
+        return block_features(lm, block, prompts, pool)
+    what = f"features-{pool}-{pool_digest(prompts)}-n{len(prompts)}"
+    saved = cache.load(reader, what)
+    if saved is not None:
+        return saved["features"]
+    feats = block_features(lm, block, prompts, pool)
+    cache.save(reader, what, {"features": feats})
+    return feats
 
 
 def standard_stats(feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,7 +22,7 @@ from ...model import LM
 from ...progress import Reporter
 from ...scoring import batch_target_loss, encode_pairs
 from ..base import EditReceipt, EditRequest
-from ..context import AttachContext
+from ..context import AttachContext, Cache
 from .checkpoint import Checkpoint
 from .replayed import ReplayedWeights
 
@@ -46,16 +46,31 @@ def train_or_read(ctx: AttachContext, folder: str, entry: str, net: Network,
     """(what happened, for `info`; the training's record, None when read). `train` gets the
     training's resume point (`_common.checkpoint`: beside the entry, removed once it is
     cached; nowhere without a cache). `label` names the network in the note a training
-    prints ("mend: editor"; a read prints nothing); `describe(training)` adds to the note."""
+    prints ("mend: editor"; a read prints nothing); `describe(training)` adds to the note.
+    One process at a time trains an entry (`Cache.exclusive`): another that needs it waits,
+    then reads it."""
     cache = ctx.cache_if_known()  # None: no model fingerprint to key the entry by
-    saved = cache.load(folder, entry) if cache is not None else None
-    if saved is not None:
-        meta = {k: float(saved.pop(k)) for k in META}
-        net.load_tensors(saved)
-        # silent: a chunked run re-attaches per chunk (`info` and `lifelong bench edit` say it)
-        return {"editor": "read from the cache", "entry": entry, **meta}, None
-    checkpoint = Checkpoint(cache.path(folder, f"{entry}-resume").with_suffix(".pt")
-                            if cache is not None else None)
+    if cache is None:
+        return _trained(None, folder, entry, net, train, Checkpoint(), label, describe)
+    saved = cache.load(folder, entry)
+    if saved is None:
+        with cache.exclusive(folder, entry, lambda: Reporter().note(
+                f"{label}: another process is training {entry}; waiting to read it")):
+            saved = cache.load(folder, entry)  # cached by the process waited for, if any
+            if saved is None:
+                checkpoint = Checkpoint(cache.path(folder, f"{entry}-resume").with_suffix(".pt"))
+                return _trained(cache, folder, entry, net, train, checkpoint, label, describe)
+    meta = {k: float(saved.pop(k)) for k in META}
+    net.load_tensors(saved)
+    # silent: a chunked run re-attaches per chunk (`info` and `lifelong bench edit` say it)
+    return {"editor": "read from the cache", "entry": entry, **meta}, None
+
+
+def _trained(cache: Cache | None, folder: str, entry: str, net: Network,
+             train: Callable[[Checkpoint], Trained], checkpoint: Checkpoint, label: str,
+             describe: Callable[[Any], str] | None) -> tuple[dict[str, Any], Any]:
+    """Train `net` from `checkpoint`, cache it (with the training's figures; the resume point
+    removed) and say so: `train_or_read`'s result for a training."""
     t = train(checkpoint)
     meta = {"steps": float(t.steps), "seconds": t.seconds,
             "first": t.losses[0] if t.losses else float("nan"),

@@ -17,7 +17,8 @@ the records nearest to a key, nearest record first, a record's own in the order 
 update, retain, at most k of them.
 
 Invariant: the bank is a pure function of the train split, the model and the settings;
-it is rebuilt at attach, never part of a method's state.
+it is rebuilt at attach, never part of a method's state (the prompts' block features are
+computed once per base model and read back from the cache: `cached_block_features`).
 """
 
 from __future__ import annotations
@@ -31,12 +32,11 @@ from ..context import TrainRecord
 
 class DemoBank:
     def __init__(self, records: Sequence[TrainRecord],
-                 prefix: Callable[[str, str], list[int]],
-                 keys_of: Callable[[list[str]], torch.Tensor], batch: int = 256):
+                 prefix: Callable[[str, str], list[int]], keys: torch.Tensor):
+        """`keys`: (len(records), width), the key of each record's prompt."""
         self.demos: list[list[list[int]]] = [_demos(r, prefix) for r in records]
-        prompts = [r.request.prompt for r in records]
-        self.keys = (torch.cat([keys_of(prompts[i:i + batch]) for i in range(0, len(prompts), batch)])
-                     .double() if prompts else torch.zeros((0, 1), dtype=torch.float64))
+        self.keys = (keys.double() if len(records)
+                     else torch.zeros((0, 1), dtype=torch.float64))
 
     def __len__(self) -> int:
         """Number of demonstrations held."""

@@ -22,7 +22,7 @@ from ...progress import Reporter
 from ...scoring import batch_target_loss, encode_pairs, tokenize_pair
 from .._common.conditioning import RowServed, edit_prefix, forward_rows, max_positions, replace_rows
 from .._common.facts import as_seen
-from .._common.features import block_features
+from .._common.features import block_features, cached_block_features
 from .._common.hooks import Hooks
 from .._common.keys import read_keys
 from ..base import EditReceipt, EditRequest, MemoryBase, Retractable, Routing, UnknownEdit
@@ -80,7 +80,12 @@ class Ike(RowServed, MemoryBase, Retractable, Routing):
                             "edits alone are written, without the paper's copy/update/retain "
                             "demonstrations")
         sep = self.config.separator
-        return DemoBank(records, lambda p, t: edit_prefix(self.lm, p, t, sep), self._keys)
+        prompts = [r.request.prompt for r in records]
+        with self.hooks.suspended():  # the train split's features: the same in every chunk
+            keys = self.norm.apply(cached_block_features(
+                self.lm, self.block, prompts, "last", ctx.cache_if_known(),
+                f"layers.{self.layer}")) if prompts else torch.zeros((0, 1))
+        return DemoBank(records, lambda p, t: edit_prefix(self.lm, p, t, sep), keys)
 
     # ---- keys, demonstrations, routing ------------------------------------------------------
     def _keys(self, prompts: Sequence[str]) -> torch.Tensor:

@@ -38,7 +38,7 @@ from ..base import (
     UnknownEdit,
     tensor_bytes,
 )
-from ..context import AttachContext, TrainRecord
+from ..context import AttachContext, Cache, TrainRecord
 from .classifier import ScopeClassifier, train_classifier
 from .config import SeracConfig
 from .counterfactual import parameters_of, train_counterfactual
@@ -119,19 +119,31 @@ class Serac(RowServed, MemoryBase, Retractable, Routing):
 
     def _train_or_read(self, ctx: AttachContext, records: Sequence[TrainRecord]) -> dict[str, Any]:
         """Read the trained parts from the cache, else train them (and cache them when the
-        context knows the model's fingerprint). Returns what happened, for `info`."""
+        context knows the model's fingerprint); one process at a time trains an entry
+        (`Cache.exclusive`: another waits, then reads it). Returns what happened, for
+        `info`."""
         entry = self.cache_entry(records)
         cache = ctx.cache_if_known()
-        saved = cache.load(CACHE_FOLDER, entry) if cache is not None else None
-        if saved is not None:
-            meta = {k: float(saved.pop(k)) for k in META}
-            self.classifier.load_tensors({k[4:]: v for k, v in saved.items()
-                                          if k.startswith("cls.")})
-            with torch.no_grad():
-                for name, p in parameters_of(self.cf.model).items():
-                    p.copy_(saved[f"cf.{name}"])
-            # silent: a chunked run re-attaches per chunk (`info` says it was read)
-            return self._info("read from the cache", entry, meta)
+        if cache is None:
+            return self._train(None, entry, records)
+        saved = cache.load(CACHE_FOLDER, entry)
+        if saved is None:
+            with cache.exclusive(CACHE_FOLDER, entry, lambda: Reporter().note(
+                    f"{self.name}: another process is training {entry}; waiting to read it")):
+                saved = cache.load(CACHE_FOLDER, entry)  # cached by the one waited for, if any
+                if saved is None:
+                    return self._train(cache, entry, records)
+        meta = {k: float(saved.pop(k)) for k in META}
+        self.classifier.load_tensors({k[4:]: v for k, v in saved.items() if k.startswith("cls.")})
+        with torch.no_grad():
+            for name, p in parameters_of(self.cf.model).items():
+                p.copy_(saved[f"cf.{name}"])
+        # silent: a chunked run re-attaches per chunk (`info` says it was read)
+        return self._info("read from the cache", entry, meta)
+
+    def _train(self, cache: Cache | None, entry: str,
+               records: Sequence[TrainRecord]) -> dict[str, Any]:
+        """Train the classifier, then the counterfactual model; cache both under `entry`."""
         cfg, start = self.config, time.monotonic()
         self.cls_losses = train_classifier(
             self.classifier, self._features, records, cfg.cls_steps, cfg.cls_lr,
