@@ -171,6 +171,19 @@ class Cache:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    @contextlib.contextmanager
+    def load_or_lock(self, layer: str, what: str,
+                     waiting: Callable[[], None] = lambda: None) -> Iterator[dict | None]:
+        """The saved tensors of entry (`layer`, `what`); or None, and then the block holds the
+        entry's lock (`exclusive`) and is where the caller computes and saves it. A process
+        that waited for the lock gets what the holder saved."""
+        saved = self.load(layer, what)
+        if saved is not None:
+            yield saved
+            return
+        with self.exclusive(layer, what, waiting):
+            yield self.load(layer, what)  # saved by the process waited for, if any
+
     def save(self, layer: str, what: str, tensors: dict[str, torch.Tensor]) -> Path:
         from safetensors.torch import save_file
         where = self.path(layer, what).with_suffix(".safetensors")

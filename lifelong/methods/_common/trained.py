@@ -52,14 +52,11 @@ def train_or_read(ctx: AttachContext, folder: str, entry: str, net: Network,
     cache = ctx.cache_if_known()  # None: no model fingerprint to key the entry by
     if cache is None:
         return _trained(None, folder, entry, net, train, Checkpoint(), label, describe)
-    saved = cache.load(folder, entry)
-    if saved is None:
-        with cache.exclusive(folder, entry, lambda: Reporter().note(
-                f"{label}: another process is training {entry}; waiting to read it")):
-            saved = cache.load(folder, entry)  # cached by the process waited for, if any
-            if saved is None:
-                checkpoint = Checkpoint(cache.path(folder, f"{entry}-resume").with_suffix(".pt"))
-                return _trained(cache, folder, entry, net, train, checkpoint, label, describe)
+    with cache.load_or_lock(folder, entry, lambda: Reporter().note(
+            f"{label}: another process is training {entry}; waiting to read it")) as saved:
+        if saved is None:
+            checkpoint = Checkpoint(cache.path(folder, f"{entry}-resume").with_suffix(".pt"))
+            return _trained(cache, folder, entry, net, train, checkpoint, label, describe)
     meta = {k: float(saved.pop(k)) for k in META}
     net.load_tensors(saved)
     # silent: a chunked run re-attaches per chunk (`info` and `lifelong bench edit` say it)

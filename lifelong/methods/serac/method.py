@@ -126,13 +126,10 @@ class Serac(RowServed, MemoryBase, Retractable, Routing):
         cache = ctx.cache_if_known()
         if cache is None:
             return self._train(None, entry, records)
-        saved = cache.load(CACHE_FOLDER, entry)
-        if saved is None:
-            with cache.exclusive(CACHE_FOLDER, entry, lambda: Reporter().note(
-                    f"{self.name}: another process is training {entry}; waiting to read it")):
-                saved = cache.load(CACHE_FOLDER, entry)  # cached by the one waited for, if any
-                if saved is None:
-                    return self._train(cache, entry, records)
+        with cache.load_or_lock(CACHE_FOLDER, entry, lambda: Reporter().note(
+                f"{self.name}: another process is training {entry}; waiting to read it")) as saved:
+            if saved is None:
+                return self._train(cache, entry, records)
         meta = {k: float(saved.pop(k)) for k in META}
         self.classifier.load_tensors({k[4:]: v for k, v in saved.items() if k.startswith("cls.")})
         with torch.no_grad():
