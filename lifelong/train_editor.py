@@ -12,10 +12,11 @@ Two processes that need the same entry train it once: the second waits for the f
 
 Invariants: training is seeded by the method itself (its `train_seed` / `editor_seed`, by
 default the run's seed), never by torch's global generator, so the cached tensors are those a
-run would have trained; nothing is cached until training ends; MEND's and KE's trainings
-save a resume point beside the entry every 30 s, so after Ctrl-C or a kill the same command
-(or a run) takes the remaining updates and ends with the same tensors (SERAC's retrains from
-the start: `_common/checkpoint.py`); a second call with the same inputs trains nothing and says so. Its cost (seconds,
+run would have trained; nothing is cached until training ends; every training (MEND's, KE's,
+each of SERAC's two parts) saves a resume point beside the entry every 30 s, so after Ctrl-C
+or a kill the same command (or a run) takes the remaining updates and ends with the same
+tensors (`_common/checkpoint.py`); a second call with the same inputs trains nothing and
+says so. Its cost (seconds,
 updates, threads, the process's peak memory) is printed and kept in `--json` (one object
 for one seed, else a list).
 """

@@ -1,4 +1,4 @@
-"""An interrupted training of MEND's editor or KE's hyper-network resumes where it stopped:
+"""An interrupted training of MEND's editor, KE's hyper-network or SERAC's parts resumes where it stopped:
 interrupted after every update in turn (the space is small: 4 updates), the next attach with
 the same cache ends with the tensors, losses and update count of an uninterrupted training,
 and the resume point is gone once the trained network is cached. A resume point that cannot
@@ -36,7 +36,7 @@ def attach(name: str, cache) -> Mend | KnowledgeEditor:
 
 
 def resume_points(cache) -> list:
-    return sorted(cache.rglob("*-resume.pt"))
+    return sorted(cache.rglob("*-resume*.pt"))
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +108,44 @@ def test_a_resume_point_is_written_only_when_its_interval_has_passed(tmp_path):
     assert eager.load() is None and not list(tmp_path.iterdir())
     Checkpoint(None, every_seconds=0.0).at_update(state)  # no cache: nowhere to write
     assert len(calls) == 2
+
+
+SERAC_STEPS = {"cls_steps": 3, "cf_steps": 3, "batch_size": 4}
+
+
+def attach_serac(cache):
+    from test_serac import make, tiny
+    return make(tiny(), cache, **SERAC_STEPS)
+
+
+@pytest.fixture(scope="module")
+def serac_whole(tmp_path_factory):
+    m = attach_serac(tmp_path_factory.mktemp("serac-whole"))
+    return m.digest, m.cls_losses, m.cf_losses
+
+
+@pytest.mark.parametrize("after", range(1, 6))
+def test_serac_interrupted_after_any_update_of_either_part_resumes_to_the_same_parts(
+        after, serac_whole, tmp_path, monkeypatch):
+    """Updates 1-3 train the scope classifier, 4-6 the counterfactual model; an
+    interruption after any of the first five resumes to the parts of an uninterrupted
+    training (the classifier is not retrained when the second part is interrupted)."""
+    saves = []
+
+    def at_update(self, state):
+        self.save(state())
+        saves.append(1)
+        if len(saves) == after:
+            raise Interrupted
+    with monkeypatch.context() as patch:
+        patch.setattr(Checkpoint, "at_update", at_update)
+        with pytest.raises(Interrupted):
+            attach_serac(tmp_path)
+    assert len(resume_points(tmp_path)) == (1 if after <= 3 else 2)
+    assert not list(tmp_path.rglob("parts-*.safetensors"))  # nothing half-trained is cached
+    calls = []
+    monkeypatch.setattr(Checkpoint, "at_update", lambda self, state: calls.append(1))
+    method = attach_serac(tmp_path)
+    assert len(calls) == 6 - after  # only the updates left were taken
+    assert (method.digest, method.cls_losses, method.cf_losses) == serac_whole
+    assert resume_points(tmp_path) == []

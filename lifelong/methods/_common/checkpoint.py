@@ -1,4 +1,5 @@
-"""Resuming a long training (MEND's editor, KE's hyper-network) where it was interrupted.
+"""Resuming a long training (MEND's editor, KE's hyper-network, SERAC's classifier and
+counterfactual model) where it was interrupted.
 
 A training saves its whole state at an update boundary (the network, the optimiser's state,
 its sampler's random state and remaining order, its record of losses) at most every
@@ -20,11 +21,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
-from .saved import SavedNetwork
+
+class Network(Protocol):
+    """What a training saves of its network: every tensor, loaded back exactly."""
+
+    def tensors(self) -> dict[str, torch.Tensor]: ...
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None: ...
 
 
 @dataclass
@@ -45,7 +51,7 @@ class Checkpoint:
         except Exception:  # noqa: BLE001 (a foreign or damaged file: start over, said by the caller)
             return None
 
-    def resume(self, net: SavedNetwork, opt: torch.optim.Optimizer,
+    def resume(self, net: Network, opt: torch.optim.Optimizer,
                draws: ResumableDraws) -> dict[str, Any]:
         """Load the saved state into `net`, `opt` and `draws` and return the rest of it (the
         training's own record: "losses", "seconds", ...); {} when there is none."""
@@ -58,7 +64,7 @@ class Checkpoint:
         return saved
 
     @staticmethod
-    def state(net: SavedNetwork, opt: torch.optim.Optimizer, draws: ResumableDraws,
+    def state(net: Network, opt: torch.optim.Optimizer, draws: ResumableDraws,
               **record: Any) -> dict[str, Any]:
         """What `resume` reads back: the network, the optimiser, the draws and `record`."""
         return {"net": net.tensors(), "opt": opt.state_dict(), "draws": draws.state(), **record}
@@ -100,3 +106,21 @@ class ResumableDraws:
         rng = saved["rng"]
         self.rng.setstate((rng["version"], tuple(rng["internal"]), rng["gauss"]))
         self.order = [int(i) for i in saved["order"]]
+
+
+class Passes(ResumableDraws):
+    """Indices 0..n-1 drawn in passes, each pass a fresh permutation from `rng` (`take`
+    draws across the end of a pass)."""
+
+    def __init__(self, n: int, rng: random.Random):
+        self.n, self.rng, self.order = n, rng, []
+
+    def take(self, k: int) -> list[int]:
+        """The next `k` indices (at most n per pass)."""
+        picked: list[int] = []
+        while len(picked) < k:
+            if not self.order:
+                self.order = list(range(self.n))
+                self.rng.shuffle(self.order)
+            picked.append(self.order.pop())
+        return picked

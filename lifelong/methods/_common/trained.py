@@ -23,15 +23,10 @@ from ...progress import Reporter
 from ...scoring import batch_target_loss, encode_pairs
 from ..base import EditReceipt, EditRequest
 from ..context import AttachContext, Cache
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, Network
 from .replayed import ReplayedWeights
 
 META = ("steps", "seconds", "first", "last")
-
-
-class Network(Protocol):
-    def tensors(self) -> dict[str, torch.Tensor]: ...
-    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None: ...
 
 
 class Trained(Protocol):

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ...progress import Reporter
+from .._common.checkpoint import Checkpoint, Passes
 from .._common.features import standard_stats
 from .._common.loop import Step, optimise
 from .._common.rng import seeded_rng
@@ -138,10 +139,12 @@ def bce(log_p: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def train_classifier(clf: ScopeClassifier, featurize: Callable[[list[str]], torch.Tensor],
                      records: Sequence[TrainRecord], steps: int, lr: float, batch_size: int,
-                     seed: int) -> list[float]:
+                     seed: int, checkpoint: Checkpoint | None = None) -> list[float]:
     """Fit the standardisation, initialise the scale (probability 1/2 at the median squared
     distance of the labelled pairs), then `steps` Adam updates of the BCE (module
-    docstring). Returns the loss of each update (empty: nothing to learn from)."""
+    docstring). Returns the loss of each update (empty: nothing to learn from). With a
+    `checkpoint`, resumes from its saved state (the set-up above is deterministic and is
+    redone), saves as it goes and once more at the end (`_common.checkpoint`)."""
     labels = _Labels(records)
     feats = featurize(labels.texts)
     clf.fit_norm(feats)
@@ -156,17 +159,13 @@ def train_classifier(clf: ScopeClassifier, featurize: Callable[[list[str]], torc
             return []
         median = float(known.median())
         clf.log_scale.fill_(math.log(math.log(2.0) / median) if median > 0 else 0.0)
-    rng, order, losses = seeded_rng(seed, "serac-classifier"), [], []
+    draws = Passes(len(rows), seeded_rng(seed, "serac-classifier"))
     opt = torch.optim.Adam(clf.parameters(), lr=lr)
+    ck = checkpoint or Checkpoint()
+    losses = [float(x) for x in ck.resume(clf, opt, draws).get("losses", [])]
 
     def step() -> Step:
-        nonlocal order
-        picked = []
-        while len(picked) < min(batch_size, len(rows)):
-            if not order:
-                order = rows.copy()
-                rng.shuffle(order)
-            picked.append(order.pop())
+        picked = draws.take(min(batch_size, len(rows)))
         qs, lb = labels.batch(picked)
         log_p = clf.log_prob(clf.embed(feats[[labels.prompt[i] for i in picked]]),
                              clf.embed(feats[qs]))
@@ -175,12 +174,19 @@ def train_classifier(clf: ScopeClassifier, featurize: Callable[[list[str]], torc
         report.update(len(losses), f"loss {losses[-1]:.4f}")
         return Step(loss, losses[-1])
 
-    if steps > 0:
+    def state() -> dict:
+        return ck.state(clf, opt, draws, losses=list(losses))
+
+    if steps > len(losses):
         report = Reporter(every_seconds=10.0)
         report.start("serac scope classifier training", steps, unit="updates")
+        if losses:
+            report.update(len(losses), f"resumed at update {len(losses)}")
         try:
             with torch.enable_grad():
-                optimise(opt, step, steps, fresh_last=False)
+                optimise(opt, step, steps - len(losses), fresh_last=False,
+                         after_update=lambda: ck.at_update(state))
         finally:
             report.stop()
+        ck.save(state())  # the phase is done: a later interruption does not redo it
     return losses

@@ -20,7 +20,8 @@ the end). Rows not routed are returned bit for bit; padding positions are left a
 Training (`train_counterfactual`): the paper's objective, the target's negative
 log-likelihood given the edit and an in-scope input (the edit's prompt or one of its
 rephrases), `batch_size` such examples per Adam update over every weight of the copy.
-Deterministic from the seed (the order of examples).
+Deterministic from the seed (the order of examples); resumable at any update boundary
+(`_common.checkpoint`), to the same weights.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from torch import nn
 from ...model import LM
 from ...progress import Reporter
 from ...scoring import batch_target_loss, left_pad, tokenize_pair
+from .._common.checkpoint import Checkpoint, Passes
 from .._common.conditioning import conditioned, edit_prefix, max_positions
 from .._common.loop import Step, optimise
 from .._common.rng import seeded_rng
@@ -40,9 +42,11 @@ from ..context import TrainRecord
 
 
 def train_counterfactual(cf: LM, lm: LM, records: Sequence[TrainRecord], separator: str,
-                         steps: int, lr: float, batch_size: int, seed: int) -> list[float]:
+                         steps: int, lr: float, batch_size: int, seed: int,
+                         checkpoint: Checkpoint | None = None) -> list[float]:
     """Fine-tune every weight of `cf` in place (module docstring), tokenising with `lm`'s
-    tokenizer; returns the loss of each update."""
+    tokenizer; returns the loss of each update. With a `checkpoint`, resumes from its saved
+    state and saves as it goes (`_common.checkpoint`)."""
     limit = max_positions(cf.model)
     examples: list[tuple[list[int], list[int]]] = []  # (conditioned prompt, target ids)
     for r in records:
@@ -54,19 +58,14 @@ def train_counterfactual(cf: LM, lm: LM, records: Sequence[TrainRecord], separat
             examples.append((full[:len(full) - len(t_ids)], list(t_ids)))
     if steps <= 0 or not examples:
         return []
-    rng, order, losses = seeded_rng(seed, "serac-counterfactual"), [], []
+    draws = Passes(len(examples), seeded_rng(seed, "serac-counterfactual"))
     pad = int(lm.tok.pad_token_id or 0)
-    params = [p for p in cf.model.parameters()]
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = torch.optim.Adam(list(cf.model.parameters()), lr=lr)
+    ck, weights = checkpoint or Checkpoint(), Weights(cf.model)
+    losses = [float(x) for x in ck.resume(weights, opt, draws).get("losses", [])]
 
     def step() -> Step:
-        nonlocal order
-        picked = []
-        while len(picked) < min(batch_size, len(examples)):
-            if not order:
-                order = list(range(len(examples)))
-                rng.shuffle(order)
-            picked.append(examples[order.pop()])
+        picked = [examples[i] for i in draws.take(min(batch_size, len(examples)))]
         ids, mask = left_pad([p + t for p, t in picked], pad)
         tlens = torch.tensor([len(t) for _, t in picked])
         loss = batch_target_loss(cf, (ids, mask, ids.shape[1] - tlens, tlens,
@@ -77,15 +76,35 @@ def train_counterfactual(cf: LM, lm: LM, records: Sequence[TrainRecord], separat
 
     report = Reporter(every_seconds=10.0)
     report.start("serac counterfactual model training", steps, unit="updates")
+    if losses:
+        report.update(len(losses), f"resumed at update {len(losses)}")
     cf.model.requires_grad_(True)
     try:
         with torch.enable_grad():
-            optimise(opt, step, steps, fresh_last=False)
+            if steps > len(losses):
+                optimise(opt, step, steps - len(losses), fresh_last=False,
+                         after_update=lambda: ck.at_update(
+                             lambda: ck.state(weights, opt, draws, losses=list(losses))))
     finally:
         cf.model.requires_grad_(False)
         report.stop()
         cf.model.zero_grad(set_to_none=True)
     return losses
+
+
+class Weights:
+    """Every parameter of a model as one saved network (`Checkpoint.resume` / `state`)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v.clone() for k, v in parameters_of(self.model).items()}
+
+    @torch.no_grad()
+    def load_tensors(self, saved: dict[str, torch.Tensor]) -> None:
+        for name, p in parameters_of(self.model).items():
+            p.copy_(saved[name])
 
 
 def parameters_of(model: nn.Module) -> dict[str, torch.Tensor]:

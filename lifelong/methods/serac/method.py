@@ -23,6 +23,7 @@ from ...errors import LifelongError
 from ...model import LM
 from ...progress import Reporter
 from ...scoring import batch_target_loss, encode_pairs
+from .._common.checkpoint import Checkpoint
 from .._common.conditioning import RowServed, edit_prefix, forward_rows, max_positions, replace_rows
 from .._common.editlog import EditLog
 from .._common.facts import as_seen
@@ -140,14 +141,19 @@ class Serac(RowServed, MemoryBase, Retractable, Routing):
 
     def _train(self, cache: Cache | None, entry: str,
                records: Sequence[TrainRecord]) -> dict[str, Any]:
-        """Train the classifier, then the counterfactual model; cache both under `entry`."""
+        """Train the classifier, then the counterfactual model; cache both under `entry`.
+        Each part keeps a resume point beside the entry (`_common.checkpoint`), removed once
+        the parts are cached: an interrupted training takes its remaining updates at the next
+        attach. `seconds` counts this attach's training only."""
         cfg, start = self.config, time.monotonic()
+        points = [Checkpoint(cache.path(CACHE_FOLDER, f"{entry}-resume-{part}").with_suffix(".pt")
+                             if cache is not None else None) for part in ("cls", "cf")]
         self.cls_losses = train_classifier(
             self.classifier, self._features, records, cfg.cls_steps, cfg.cls_lr,
-            cfg.batch_size, self.train_seed)
+            cfg.batch_size, self.train_seed, points[0])
         self.cf_losses = train_counterfactual(
             self.cf, self.lm, records, cfg.separator, cfg.cf_steps, cfg.cf_lr, cfg.batch_size,
-            self.train_seed)
+            self.train_seed, points[1])
         nan = float("nan")
         meta = {"cls_first": self.cls_losses[0] if self.cls_losses else nan,
                 "cls_last": self.cls_losses[-1] if self.cls_losses else nan,
@@ -160,6 +166,8 @@ class Serac(RowServed, MemoryBase, Retractable, Routing):
                 **{f"cls.{k}": v.cpu().clone() for k, v in self.classifier.tensors().items()},
                 **{f"cf.{k}": v.cpu().clone() for k, v in parameters_of(self.cf.model).items()},
                 **{k: torch.tensor(v, dtype=torch.float64) for k, v in meta.items()}})
+            for point in points:
+                point.clear()
         where = f"cached as {entry}" if cache is not None else "not cached: no model fingerprint"
         Reporter().note(f"{self.name}: classifier and counterfactual model trained, "
                         f"{meta['seconds']:.1f} s (classifier loss {meta['cls_first']:.4f} -> "
