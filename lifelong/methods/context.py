@@ -148,7 +148,7 @@ class Cache:
         reads what the first cached). `waiting()` is called once when the lock is held
         elsewhere. An advisory `flock` on ``<entry>.lock``: released by the kernel when its
         holder exits or is killed, so a dead holder never blocks anyone; no lock where the
-        platform has no `fcntl`. The wait polls, so Ctrl-C ends it at once."""
+        platform has no `fcntl`. The wait polls, so an interrupt that raises ends it."""
         try:
             import fcntl
         except ImportError:  # not POSIX: no lock, at worst the work is done twice

@@ -3,10 +3,11 @@ retrieval key), and the per-dimension standardisation both apply to it.
 
 `block_features`: one forward per batch, stopped right after the block, pooled over the
 prompt's tokens (`keys.router_tokens`: its last prompt token, or the mean over its prompt
-tokens; never a target token); `cached_block_features`: the same, computed once per base
-model and prompt list (IKE's train-split keys, re-read by every chunk of a chunked run). `standard_stats`: the mean and standard deviation per
-dimension, each deviation floored at `STD_FLOOR` x their mean so that a near-constant
-dimension does not dominate a distance (all ones when every row is the same).
+tokens; never a target token). `cached_block_features`: the same, computed once per base
+model and prompt list (IKE's train-split keys, re-read by every chunk of a chunked run).
+`standard_stats`: the mean and standard deviation per dimension, each deviation floored at
+`STD_FLOOR` x their mean so that a near-constant dimension does not dominate a distance (all
+ones when every row is the same).
 """
 
 from __future__ import annotations
