@@ -35,6 +35,21 @@ def attach(name: str, cache) -> Mend | KnowledgeEditor:
     return method
 
 
+def interrupted_after(updates: int, training, monkeypatch) -> None:
+    """Run `training` with a save after every update and an interruption after `updates`."""
+    saves = []
+
+    def at_update(self, state):
+        self.save(state())
+        saves.append(1)
+        if len(saves) == updates:
+            raise Interrupted
+    with monkeypatch.context() as patch:
+        patch.setattr(Checkpoint, "at_update", at_update)
+        with pytest.raises(Interrupted):
+            training()
+
+
 def resume_points(cache) -> list:
     return sorted(cache.rglob("*-resume*.pt"))
 
@@ -53,17 +68,7 @@ def uninterrupted(tmp_path_factory):
 @pytest.mark.parametrize("name", list(METHODS))
 def test_a_training_interrupted_after_any_update_resumes_to_the_same_tensors(
         name, after, uninterrupted, tmp_path, monkeypatch):
-    saves = []
-
-    def at_update(self, state):  # a save after every update, then an interruption
-        self.save(state())
-        saves.append(1)
-        if len(saves) == after:
-            raise Interrupted
-    with monkeypatch.context() as patch:
-        patch.setattr(Checkpoint, "at_update", at_update)
-        with pytest.raises(Interrupted):
-            attach(name, tmp_path)
+    interrupted_after(after, lambda: attach(name, tmp_path), monkeypatch)
     assert len(resume_points(tmp_path)) == 1
     assert not list(tmp_path.rglob("editor-*.safetensors"))  # nothing half-trained is cached
     method = attach(name, tmp_path)
@@ -130,17 +135,7 @@ def test_serac_interrupted_after_any_update_of_either_part_resumes_to_the_same_p
     """Updates 1-3 train the scope classifier, 4-6 the counterfactual model; an
     interruption after any of the first five resumes to the parts of an uninterrupted
     training (the classifier is not retrained when the second part is interrupted)."""
-    saves = []
-
-    def at_update(self, state):
-        self.save(state())
-        saves.append(1)
-        if len(saves) == after:
-            raise Interrupted
-    with monkeypatch.context() as patch:
-        patch.setattr(Checkpoint, "at_update", at_update)
-        with pytest.raises(Interrupted):
-            attach_serac(tmp_path)
+    interrupted_after(after, lambda: attach_serac(tmp_path), monkeypatch)
     assert len(resume_points(tmp_path)) == (1 if after <= 3 else 2)
     assert not list(tmp_path.rglob("parts-*.safetensors"))  # nothing half-trained is cached
     calls = []
