@@ -79,7 +79,7 @@ from .querytiming import time_queries, timing_pairs
 from .runsetup import Setup, preflight
 from .scenario import MethodSpec, Scenario, check_methods, same_config
 from .store import Store
-from .stream import Edit, Event, ParsedStream, Retract
+from .stream import Edit, Event, ParsedStream, Probe, Retract
 from .streamorder import seeded_order
 
 
@@ -207,8 +207,7 @@ class Runtime:
         lm, self._spare = self._spare or load_model(self.sc.model, self.sc.device), None
         fingerprint = lm.fingerprint()
         model_key = f"{lm.name}:{fingerprint}"
-        pool = locality_pool(self.events)
-        loc = locality_sample(pool, self.sc.schedule.locality_sample, seed)
+        pool, loc = self._locality(seed)
         self._ensure_reference(lm, model_key, loc)
         sched = self.sc.schedule
         self._health = Monitor(lm, texts_for(lm.path, sched.health_corpus, sched.health_texts),
@@ -298,9 +297,13 @@ class Runtime:
         (its order, locality sample and held-out train records), for a model of
         `fingerprint`: what `lifelong train-editor --scenario` trains for."""
         self._order_for(seed)
+        return self._context(*self._locality(seed), seed, 0, fingerprint)
+
+    def _locality(self, seed: int) -> tuple[list[Probe], list[Probe]]:
+        """(the stream's locality pool, the seed's probed sample of it), for the events this
+        seed replays (`_order_for` first): what a run probes and what `_context` holds out."""
         pool = locality_pool(self.events)
-        loc = locality_sample(pool, self.sc.schedule.locality_sample, seed)
-        return self._context(pool, loc, seed, 0, fingerprint)
+        return pool, locality_sample(pool, self.sc.schedule.locality_sample, seed)
 
     def _context(self, pool, loc, seed: int, chunk_start: int,
                  fingerprint: str = "") -> AttachContext:

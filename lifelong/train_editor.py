@@ -16,9 +16,8 @@ run would have trained; nothing is cached until training ends; every training (M
 each of SERAC's two parts) saves a resume point beside the entry every 30 s, so after Ctrl-C
 or a kill the same command (or a run) takes the remaining updates and ends with the same
 tensors (`_common/checkpoint.py`); a second call with the same inputs trains nothing and
-says so. Its cost (seconds,
-updates, threads, the process's peak memory) is printed and kept in `--json` (one object
-for one seed, else a list).
+says so. Its cost (seconds, updates, threads, the process's peak memory) is printed and kept
+in `--json` (one object for one seed, else a list).
 """
 
 from __future__ import annotations
@@ -75,7 +74,7 @@ def train_for_scenario(path: str, only: str | None, seeds: tuple[int, ...],
     from .stream import parse_stream
     sc = load_scenario(path, methods=True)
     specs = [m for m in sc.methods if (only is None or only in (m.name, m.display))
-             and _registered(m.name).trains_at_attach]
+             and m.name in trainable()]
     if not specs:
         raise ConfigError(f"{path}: no method {'named ' + repr(only) + ' ' if only else ''}"
                           f"that trains at attach ({', '.join(trainable())})")
@@ -93,11 +92,6 @@ def train_for_scenario(path: str, only: str | None, seeds: tuple[int, ...],
             out.append({"label": spec.display,
                         **_attach(built, lm, ctx, spec.display, sc.stream.train_file, echo)})
     return out
-
-
-def _registered(name: str) -> type:
-    from .methods import get_method
-    return get_method(name)
 
 
 def _trainable(method: str, settings: dict[str, Any] | None, seed: int, where: str):
