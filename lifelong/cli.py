@@ -255,7 +255,8 @@ def model_check(model_path, world, json_path, sample, quiet):
               help="directory to write the model into [default: out/builtin-model, or "
                    "out/organism-STEM with --facts]")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              help="TOML with [world] and [pretrain] tables (see `lifelong pretrain --show-config`)")
+              help="TOML with [world] and [pretrain] tables, or with --facts [pretrain] and "
+                   "[organism] (see `lifelong pretrain --show-config`)")
 @click.option("--facts", "facts_path", type=click.Path(dir_okay=False),
               help="train a model organism that knows this edit stream's original facts "
                    "(instead of a synthetic world; the config may hold only [pretrain])")
@@ -276,11 +277,14 @@ def pretrain(out, config_path, facts_path, hold_out, seed, steps, show_config, q
     from .pretrain import pretrain as run_pretrain
     from .world import WorldConfig
     data = tomllib.loads(Path(config_path).read_text(encoding="utf-8")) if config_path else {}
-    unknown = set(data) - {"world", "pretrain"}
+    unknown = set(data) - {"world", "pretrain", "organism"}
     if unknown:
-        raise LifelongError(f"{config_path}: unknown table(s) {', '.join(sorted(unknown))}; known: world, pretrain")
+        raise LifelongError(f"{config_path}: unknown table(s) {', '.join(sorted(unknown))}; "
+                            "known: world, pretrain, organism")
     if facts_path and "world" in data:
         raise LifelongError(f"{config_path}: a [world] table cannot be used with --facts")
+    if not facts_path and "organism" in data:
+        raise LifelongError(f"{config_path}: an [organism] table needs --facts")
     if hold_out and not facts_path:
         raise LifelongError("--hold-out needs --facts")
     wd, pd = dict(data.get("world", {})), dict(data.get("pretrain", {}))
@@ -291,7 +295,9 @@ def pretrain(out, config_path, facts_path, hold_out, seed, steps, show_config, q
     wcfg = None if facts_path else from_mapping(WorldConfig, wd, "world")
     pcfg = from_mapping(PretrainConfig, pd, "pretrain")
     if facts_path:
-        _pretrain_organism(facts_path, pcfg, out, hold_out, show_config, quiet)
+        from .organism import OrganismConfig
+        ocfg = from_mapping(OrganismConfig, data.get("organism"), "organism")
+        _pretrain_organism(facts_path, pcfg, ocfg, out, hold_out, show_config, quiet)
         return
     if show_config:
         click.echo(json.dumps({"world": to_dict(wcfg), "pretrain": to_dict(pcfg)}, indent=2))
@@ -303,18 +309,21 @@ def pretrain(out, config_path, facts_path, hold_out, seed, steps, show_config, q
                f"{check['heldout']['tf_acc']:.3f} (teacher-forced), {record['wall_seconds']} s")
 
 
-def _pretrain_organism(facts_path, pcfg, out, hold_out, show_config, quiet) -> None:
+def _pretrain_organism(facts_path, pcfg, ocfg, out, hold_out, show_config, quiet) -> None:
     """`lifelong pretrain --facts`: train (or with show_config describe) a model organism."""
     from . import organism
     if show_config:
         facts = organism.collect_facts(facts_path)
-        resolved = organism.resolve_config(pcfg, organism.organism_tokenizer(facts), facts)
+        tok = organism.organism_tokenizer(facts, ocfg, pcfg.vocab_size)
         click.echo(json.dumps({"facts": facts_path, "counts": facts.counts(),
-                               "pretrain": to_dict(resolved)}, indent=2))
+                               "organism": to_dict(ocfg),
+                               "target_tokens": organism.target_tokens(tok, facts),
+                               "pretrain": to_dict(organism.resolve_config(pcfg, tok, facts))},
+                              indent=2))
         return
     out = out or f"out/organism-{Path(facts_path).stem}"
     record = organism.pretrain_organism(facts_path, pcfg, out, progress=not quiet,
-                                        hold_out=hold_out)
+                                        hold_out=hold_out, organism=ocfg)
     check = record["check"]
     if not quiet:
         click.echo(organism.format_organism_check(check, hold_out))

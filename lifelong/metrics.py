@@ -35,6 +35,30 @@ def rate(rows: Sequence[dict], when: str = "final") -> dict[str, Any] | None:
     return {m: _mean(r[_COL[m]] for r in rows) for m in MODES} | {"n": len(rows), "when": when}
 
 
+def protocol_gap(rows: Sequence[dict]) -> dict[str, Any] | None:
+    """Where the two protocols score the same probes differently. `teacher_forced` (mean
+    token accuracy) and `generated` (exact greedy output) are the two figures and `gap` their
+    difference; `disagree` is the share of rows the two score differently (tf_acc != gen_exact),
+    `partial` the share teacher forcing gives part credit (0 < tf_acc < 1) that generation,
+    all or nothing, does not. `exact_disagree`: rows whose every target token is ranked first
+    given the gold prefix (`tf_exact`; rows without it: tf_acc == 1) but that greedy output
+    misses, or the reverse; greedy decoding follows that argmax path, so it is non-zero only
+    where a method serves generation differently from teacher forcing, or an alias matched.
+    On one-token answers `partial` is 0 by construction. None without rows."""
+    if not rows:
+        return None
+    n = len(rows)
+    tf = [float(r["tf_acc"] or 0.0) for r in rows]
+    gen = [int(bool(r["gen_exact"])) for r in rows]
+    exact = [bool(r["tf_exact"]) if r.get("tf_exact") is not None else t >= 1.0
+             for r, t in zip(rows, tf)]
+    return {"teacher_forced": sum(tf) / n, "generated": sum(gen) / n,
+            "gap": (sum(tf) - sum(gen)) / n,
+            "disagree": sum(t != g for t, g in zip(tf, gen)) / n,
+            "partial": sum(0.0 < t < 1.0 for t in tf) / n,
+            "exact_disagree": sum(e != bool(g) for e, g in zip(exact, gen)) / n, "n": n}
+
+
 def percentiles(ms: Sequence[float]) -> dict[str, float] | None:
     if not ms:
         return None
@@ -358,6 +382,7 @@ def run_metrics(run: dict, events: Sequence[dict], checkpoints: Sequence[dict],
         "retention": None if chunks else retention(probes, checkpoints, group),
         "retention_by_age": [] if chunks else retention_by_age(probes, checkpoints, group),
         "conflict": conflict(roles),
+        "protocol_gap": {role: protocol_gap(roles.get(role, [])) for role in ("rel", "gen", "loc")},
         "routing": route_accuracy(roles),
         "retraction": retraction(events, roles.get("retract", [])),
         "queries": queries(events),

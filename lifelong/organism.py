@@ -19,8 +19,15 @@ Invariants:
 - Edit targets, portability probes and queries are about the edited state: never trained,
   but their words are in the vocabulary (the tokenizer covers every text of the stream), and
   `n_positions` covers the longest (prompt, answer) sequence of the stream plus EOS.
-- Training is `pretrain.train_on_pairs`: the same stream, PretrainConfig and thread count
-  give identical weights. Ctrl-C keeps (and writes) the partial model.
+- Training is `pretrain.train_on_pairs`: the same stream, OrganismConfig, PretrainConfig
+  and thread count give identical weights. Ctrl-C keeps (and writes) the partial model.
+
+Tokenizers (`OrganismConfig.tokenizer`): "word" (the default, and every shipped organism
+before the subword ones) makes every word one token, so a one-word target is one token and
+the teacher-forced and generated protocols can only disagree on multi-word answers; "bpe"
+trains a byte-level BPE of `PretrainConfig.vocab_size` on the stream's texts, so targets are
+several tokens (as on real models) and the two protocols can disagree (a model may rank each
+target token first given the true prefix and still generate something else).
 """
 
 from __future__ import annotations
@@ -32,17 +39,28 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import to_dict
+from .config import setting, to_dict
 from .errors import LifelongError
 from .modelcheck import _summarise
 from .pretrain import PretrainConfig, _quiet_transformers, torch_threads, train_on_pairs, write_model_dir
 from .stream import Edit, Event, Query, parse_stream
-from .tokenizer import build_word_tokenizer
+from .tokenizer import build_bpe_tokenizer, build_word_tokenizer
 
 #: The roles of training pairs, in report order.
 ROLES: tuple[str, ...] = ("prompts", "rephrases", "locality")
 
 Pair = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class OrganismConfig:
+    """What makes an organism besides its training recipe (the `[organism]` table)."""
+
+    tokenizer: str = setting("word", "word: every word and punctuation mark of the stream one "
+                                     "token (one-word targets are one token); bpe: a byte-level "
+                                     "BPE of [pretrain] vocab_size trained on the stream's "
+                                     "texts (targets are several tokens, as on real models)",
+                             choices=("word", "bpe"))
 
 
 @dataclass(frozen=True)
@@ -155,8 +173,12 @@ def facts_from_stream(path: str | Path) -> list[Pair]:
     return list(collect_facts(path).pairs)
 
 
-def organism_tokenizer(facts: FactSet):
-    """The word-level tokenizer over every text of the stream (edit targets included)."""
+def organism_tokenizer(facts: FactSet, organism: OrganismConfig = OrganismConfig(),
+                       vocab_size: int = 0):
+    """The tokenizer over every text of the stream (edit targets included): word-level, or
+    with `organism.tokenizer == "bpe"` a byte-level BPE of `vocab_size` trained on them."""
+    if organism.tokenizer == "bpe":
+        return build_bpe_tokenizer(facts.texts, vocab_size)
     return build_word_tokenizer(facts.texts)
 
 
@@ -174,6 +196,16 @@ def needed_positions(tok, pairs: Sequence[Pair]) -> int:
     full = _lengths(tok, [f"{p} {a}" for p, a in pairs])
     answer = max((f - p for f, p in zip(full, prompts)), default=0)
     return -(-(max(prompts, default=0) + answer + 1) // 8) * 8
+
+
+def target_tokens(tok, facts: FactSet) -> dict:
+    """How many tokens the answers of the stream's probes take after their prompts: the
+    share of (prompt, answer) sequences whose answer is more than one token, and the mean."""
+    prompts = _lengths(tok, [p for p, _ in facts.probes])
+    full = _lengths(tok, [f"{p} {a}" for p, a in facts.probes])
+    n = [f - p for f, p in zip(full, prompts)]
+    return {"probes": len(n), "multi_token": round(sum(k > 1 for k in n) / max(len(n), 1), 4),
+            "mean": round(sum(n) / max(len(n), 1), 3)}
 
 
 def resolve_config(cfg: PretrainConfig, tok, facts: FactSet) -> PretrainConfig:
@@ -237,7 +269,8 @@ def _sha256(path: str | Path) -> str:
 
 
 def pretrain_organism(stream: str | Path, cfg: PretrainConfig, out_dir: str | Path,
-                      progress: bool = True, hold_out: Sequence[str] = ()) -> dict:
+                      progress: bool = True, hold_out: Sequence[str] = (),
+                      organism: OrganismConfig = OrganismConfig()) -> dict:
     """Collect the stream's facts, train, check, and write a loadable model directory:
     model.safetensors + config.json, the tokenizer and organism.json. Returns what
     organism.json holds. Roles in `hold_out` are left out of training (still checked)."""
@@ -245,13 +278,14 @@ def pretrain_organism(stream: str | Path, cfg: PretrainConfig, out_dir: str | Pa
     wall = time.perf_counter()
     facts = collect_facts(stream)
     trained, held = _split(facts, hold_out)
-    tok = organism_tokenizer(facts)
+    tok = organism_tokenizer(facts, organism, cfg.vocab_size)
     cfg = resolve_config(cfg, tok, facts)
     with torch_threads(cfg.threads), _quiet_transformers():
         model, info = train_on_pairs(trained, held, cfg, tok, progress=progress)
         check = check_organism(LM(model=model, tok=tok, name="organism", path=""), facts)
     record = {"stream": str(stream), "stream_sha256": _sha256(stream),
               "counts": facts.counts(), "held_out": list(hold_out),
+              "organism": to_dict(organism), "target_tokens": target_tokens(tok, facts),
               "vocab_size": len(tok), "pretrain_config": to_dict(cfg),
               "parameters": sum(p.numel() for p in model.parameters()),
               **info, "check": check, "wall_seconds": round(time.perf_counter() - wall, 1)}

@@ -45,8 +45,9 @@ class PretrainConfig:
     n_embd: int = setting(256, "hidden width", min=8)
     n_head: int = setting(8, "attention heads (must divide n_embd)", min=1)
     n_positions: int = setting(48, "longest sequence the model accepts (tokens)", min=8)
-    vocab_size: int = setting(2048, "byte-level BPE vocabulary trained on the world's text",
-                              min=300)
+    vocab_size: int = setting(2048, "byte-level BPE vocabulary trained on the world's text "
+                                    "(an organism's: on its stream's texts, with [organism] "
+                                    "tokenizer = bpe; unused by word-level organisms)", min=300)
     steps: int = setting(4000, "optimiser steps", min=1)
     batch_size: int = setting(128, "sequences per step", min=1)
     lr: float = setting(2e-3, "peak learning rate (AdamW)", min=0.0)

@@ -73,6 +73,8 @@ COLUMNS: tuple[Column, ...] = (
     *_pair("gen_ood", "OOD generalization", "high", "last", QUALITY, "generalization_ood"),
     *_pair("loc", "locality", "high", "last", QUALITY, "locality"),
     *_pair("port", "portability", "high", "last", QUALITY, "portability"),
+    Column("rel_disagree", "reliability TF/gen differ", "", "score", "metrics",
+           ("protocol_gap", "rel", "disagree"), QUALITY, show="positive"),
     Column("ppl", "target perplexity", "low", "number", "metrics", ("perplexity", "teacher_forced"), QUALITY),
     Column("health_ppl", "held-out text perplexity vs before", "low", "ratio", "metrics",
            ("health", "ppl_ratio"), QUALITY),
@@ -174,11 +176,18 @@ def stream_of(rd: Any) -> dict:
 
 
 def group_key(rd: Any) -> tuple[str, str, Any, int]:
-    """(model, stream file, events replayed, chunk size): runs compare only within one."""
+    """(model, stream, events replayed, chunk size): runs compare only within one. The
+    stream is its file's digest where the run recorded one (the same file checked out in two
+    places, or on two machines of a sweep, is one stream), else its path."""
     stream = stream_of(rd)
     chunk = get(rd.run.get("config"), "scenario", "schedule", "restart_every") or 0
-    return (str(rd.run.get("model") or "builtin"), str(stream.get("path") or "-"),
-            stream.get("events"), int(chunk))
+    ident = f"sha256:{stream['sha256']}" if stream.get("sha256") else str(stream.get("path") or "-")
+    return (str(rd.run.get("model") or "builtin"), ident, stream.get("events"), int(chunk))
+
+
+def stream_path(rd: Any) -> str:
+    """The run's stream file as it recorded it ("-" where absent): what tables show."""
+    return str(stream_of(rd).get("path") or "-")
 
 
 @dataclass
@@ -342,7 +351,7 @@ def _measured(rd: Any) -> str:
 
 def _identity(line: Line, names: dict[str, str]) -> dict[str, str]:
     first = line.members[0]
-    model, stream = group_key(first)[:2]
+    model, stream = group_key(first)[0], stream_path(first)
     seeds = [m.run.get("seed") for m in line.members]
     applied = mean_std([get(m.metrics or {}, "edits", "applied") for m in line.members])
     done = "-" if applied is None else fmt(applied["mean"], "count")
@@ -387,16 +396,19 @@ def _best(cols: list[Column], lines: list[Line], cells: list[dict[str, Cell]]) -
     return best
 
 
-def _describe(keys: list[tuple], names: dict[str, str]) -> list[str]:
-    return [f"model {names[m]}, stream {names[s]} ({ev if ev is not None else '?'} events)"
-            + (f", chunks of {t}" if t else "") for m, s, ev, t in keys]
+def _describe(keys: list[tuple], paths: list[str], names: dict[str, str]) -> list[str]:
+    """One line per group; `paths[i]` is the stream file of group i's first run."""
+    return [f"model {names[m]}, stream {names[p]} ({ev if ev is not None else '?'} events)"
+            + (f", chunks of {t}" if t else "") for (m, _, ev, t), p in zip(keys, paths)]
 
 
 def comparison(runs: Sequence[Any]) -> Comparison:
     figs = {id(r): figures(r) for r in runs}
     means = seed_means(runs)
     lines, keys = _lines(runs, means)
-    names = short_names([k[0] for k in keys]) | short_names([k[1] for k in keys])
+    paths = [next(stream_path(r) for r in runs if group_key(r) == k) for k in keys]
+    names = short_names([k[0] for k in keys]) | short_names(
+        list(dict.fromkeys(paths + [stream_path(r) for r in runs])))
     cols = [c for c in COLUMNS if any(
         f[c.key] is not None and (c.show == "any" or f[c.key] > 0) for f in figs.values())]
     raw = [{c.key: _cell(c, ln, figs) for c in cols} for ln in lines]
@@ -412,7 +424,7 @@ def comparison(runs: Sequence[Any]) -> Comparison:
             rows.append(_run_row(ln, ident, cols, figs, cell))
         else:
             mean_rows.append(_mean_row(ln, ident, cols, figs))
-    return Comparison(cols, lines, cells, rows, best, _describe(keys, names), mean_rows)
+    return Comparison(cols, lines, cells, rows, best, _describe(keys, paths, names), mean_rows)
 
 
 def _run_row(ln: Line, ident: dict, cols: list[Column], figs: dict, cell: dict[str, Cell]) -> dict:

@@ -12,6 +12,8 @@ Invariant: `preflight` writes nothing; a failure in it leaves no store file and 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,13 +52,26 @@ def unknown_answers(tok, texts: Sequence[str]) -> dict:
             "unknown_answers": bad, "answers": len(texts), "unk_token": getattr(tok, "unk_token", None)}
 
 
-def _organisms_that_know(texts: Sequence[str], limit: float) -> list[str]:
-    """Shipped model organisms whose tokenizer knows all but `limit` of `texts`."""
+def _organisms_that_know(texts: Sequence[str], limit: float, stream: str) -> list[str]:
+    """Shipped model organisms made from the file `stream` (organism.json's digest), and
+    word-level ones whose tokenizer knows all but `limit` of `texts`. A tokenizer without an
+    unknown token (byte-level BPE) spells every text, so that it "knows" them says nothing
+    of whether the organism knows the stream's facts: such organisms count only as made from
+    the stream."""
     from transformers import AutoTokenizer
+    try:
+        digest = hashlib.sha256(Path(stream).read_bytes()).hexdigest()
+    except OSError:
+        digest = None
     found = []
     for d in sorted(p for p in ORGANISMS.iterdir() if (p / "tokenizer.json").exists()):
+        try:
+            made_from = json.loads((d / "organism.json").read_text()).get("stream_sha256")
+        except (OSError, ValueError):
+            made_from = None
         tok = AutoTokenizer.from_pretrained(str(d), local_files_only=True)
-        if unknown_answers(tok, texts)["unknown_share"] <= limit:
+        if made_from and made_from == digest or getattr(tok, "unk_token_id", None) is not None \
+                and unknown_answers(tok, texts)["unknown_share"] <= limit:
             found.append(_shown(d))
     return found
 
@@ -74,7 +89,7 @@ def check_unknown(info: dict, sc: Scenario, texts: Sequence[str]) -> None:
     limit = sc.stream.max_unknown_share
     if info["unknown_share"] <= limit:
         return
-    know = _organisms_that_know(texts, limit)
+    know = _organisms_that_know(texts, limit, sc.stream.file)
     hint = (f"run it on {' or '.join(know)} (--model), which knows its words" if know else
             "no shipped organism (lifelong/organisms/) knows its words: train one with "
             "`lifelong pretrain --facts STREAM` and give it as --model PATH")

@@ -150,8 +150,8 @@ class Runtime:
         self.store = store
         self._stream_events = stream.events
         self.events = truncate(stream.events, scenario.stream.max_edits)
-        self.stream_info = {"path": stream.path, "events": len(self.events),
-                            "skipped_lines": len(stream.skipped)}
+        self.stream_info = {"path": stream.path, "sha256": stream.sha256,
+                            "events": len(self.events), "skipped_lines": len(stream.skipped)}
         self.reporter = reporter or Reporter(quiet=True)
         self.n_edits = sum(isinstance(e, Edit) for e in self.events)
         self.n_facts = len({e.fact for e in self.events if isinstance(e, Edit)})
@@ -195,8 +195,11 @@ class Runtime:
             return build_method(spec.name, spec.settings, seed, where=f"methods[{spec.display}]")
 
         method = fresh()
+        # the file's digest is kept out of the config (stores made before it was recorded
+        # resume as they were) and checked on its own in _existing
+        stream = {k: v for k, v in self.stream_info.items() if k != "sha256"}
         config = {"scenario": to_dict(self.sc), "method": {"name": spec.name, "label": spec.display,
-                  "settings": to_dict(method.config)}, "seed": seed, "stream": self.stream_info}
+                  "settings": to_dict(method.config)}, "seed": seed, "stream": stream}
         existing = self._existing(run_id, config, resume)
         if existing is not None and existing["status"] == "complete":
             self.reporter.note(f"{run_id}: already complete")
@@ -276,6 +279,11 @@ class Runtime:
         if existing and not same_config(json.loads(existing["config"]), config):
             raise StoreError(f"{self.store.path}: run {run_id} was started with another "
                              "configuration; use another --db")
+        digest = json.loads(existing["stream"] or "{}").get("sha256") if existing else None
+        if digest and self.stream_info["sha256"] and digest != self.stream_info["sha256"]:
+            raise StoreError(f"{self.store.path}: run {run_id} was started on another version "
+                             f"of {self.stream_info['path']} (its content changed since); "
+                             "use another --db")
         return existing
 
     def _mark_running(self, run_id: str, spec: MethodSpec, seed: int, config: dict,

@@ -22,6 +22,8 @@ part of equality).
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -59,10 +61,13 @@ _REQUIRED = types.MappingProxyType({
 
 @dataclass(frozen=True)
 class ParsedStream:
-    """Validated events in replay order; `skipped` has one problem line per dropped line."""
+    """Validated events in replay order; `skipped` has one problem line per dropped line;
+    `sha256` the hex digest of the file's bytes as read ("" when not read from a file): the
+    stream's identity wherever it is checked out."""
     path: str
     events: tuple[Event, ...]
     skipped: tuple[str, ...] = ()
+    sha256: str = ""
 
 
 # ----------------------------------------------------------------------------- field checks
@@ -445,7 +450,9 @@ def parse_stream(path: str | os.PathLike, *, skip_bad: bool = False,
     case bad lines (and retracts of dropped edits) are dropped and listed in `skipped`. An
     unreadable file or a stream with no events always raises."""
     source = os.fsdecode(path)
-    return _finish(source, _read_rows(source, read_bytes(source, "stream")), skip_bad, sort)
+    raw = read_bytes(source, "stream")
+    parsed = _finish(source, _read_rows(source, raw), skip_bad, sort)
+    return dataclasses.replace(parsed, sha256=hashlib.sha256(raw).hexdigest())
 
 
 def validate_stream(path: str | os.PathLike, sort: bool = False) -> list[str]:

@@ -144,6 +144,34 @@ def test_a_word_level_model_refuses_a_real_stream_and_names_the_organism(tmp_pat
     assert "lifelong/organisms/counterfact" in str(exc.value)
 
 
+def test_the_hint_names_byte_level_organisms_only_for_their_own_stream(tmp_path, monkeypatch):
+    """A byte-level BPE organism spells any text, so "knows its words" would name it for
+    every stream: it is named only for the stream it was made from (organism.json's digest);
+    a word-level organism is named when its vocabulary holds the answers."""
+    import hashlib
+
+    from lifelong import runsetup
+    from lifelong.tokenizer import build_bpe_tokenizer, build_word_tokenizer
+    ours, other = tmp_path / "ours.jsonl", tmp_path / "other.jsonl"
+    ours.write_text("the stream this organism was made from\n")
+    other.write_text("another stream\n")
+    answers = ["Quarn", "Delvo Spira"]
+    organisms = tmp_path / "organisms"
+    for name, tok, made_from in [
+            ("a-bpe", build_bpe_tokenizer(answers, 300), ours),
+            ("b-bpe", build_bpe_tokenizer(answers, 300), other),
+            ("c-words", build_word_tokenizer(answers), other),
+            ("d-words", build_word_tokenizer(["Quarn"]), ours)]:
+        tok.save_pretrained(organisms / name)
+        (organisms / name / "organism.json").write_text(json.dumps(
+            {"stream_sha256": hashlib.sha256(made_from.read_bytes()).hexdigest()}))
+    monkeypatch.setattr(runsetup, "ORGANISMS", organisms)
+    found = [Path(p).name for p in runsetup._organisms_that_know(answers, 0.0, str(ours))]
+    assert found == ["a-bpe", "c-words", "d-words"]
+    found = [Path(p).name for p in runsetup._organisms_that_know(answers, 0.0, str(other))]
+    assert found == ["b-bpe", "c-words"]
+
+
 @pytest.mark.parametrize("name", ["none", "ft", "grace", "defer", "wise-faiss", "wise"])
 def test_every_method_reports_whether_its_edit_converged(name):
     """The receipt's flag is the method's own stop criterion: the loss it ended on is below

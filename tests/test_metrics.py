@@ -298,7 +298,26 @@ STABLE_KEYS = {"run_id", "method", "label", "seed", "status", "complete", "edits
                "reliability_after_edit", "generalization", "locality", "portability",
                "retention", "retention_by_age", "conflict", "routing", "retraction", "latency_ms",
                "memory_bytes", "memory_growth", "edits_per_second", "perplexity", "chunks", "queries",
-               "generalization_ood", "health", "leaked_rephrases"}
+               "generalization_ood", "health", "leaked_rephrases", "protocol_gap"}
+
+
+def test_protocol_gap_counts_the_probes_the_protocols_score_differently():
+    from lifelong.metrics import protocol_gap
+    rows = [{"tf_acc": 1.0, "tf_exact": 1, "gen_exact": 1},   # both
+            {"tf_acc": 2 / 3, "tf_exact": 0, "gen_exact": 0},  # TF's part credit
+            {"tf_acc": 0.5, "tf_exact": 0, "gen_exact": 1},   # an alias generated, not TF's
+            {"tf_acc": 0.0, "tf_exact": 0, "gen_exact": 0},   # neither
+            {"tf_acc": 1.0, "gen_exact": 0}]                  # no tf_exact recorded; served apart
+    out = protocol_gap(rows)
+    assert out["teacher_forced"] == pytest.approx((1 + 2 / 3 + 0.5 + 0 + 1) / 5)
+    assert out["generated"] == pytest.approx(2 / 5)
+    assert out["gap"] == pytest.approx(out["teacher_forced"] - out["generated"])
+    assert out["disagree"] == pytest.approx(3 / 5) and out["partial"] == pytest.approx(2 / 5)
+    assert out["exact_disagree"] == pytest.approx(2 / 5) and out["n"] == 5
+    assert protocol_gap([]) is None
+    # one-token answers: teacher forcing is all or nothing too, the protocols agree
+    one = [{"tf_acc": float(v), "tf_exact": v, "gen_exact": v} for v in (1, 0, 1)]
+    assert protocol_gap(one)["disagree"] == 0.0 and protocol_gap(one)["gap"] == 0.0
 
 
 def test_perplexity_is_the_mean_of_per_row_exp_nll():

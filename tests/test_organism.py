@@ -179,3 +179,43 @@ def test_stream_with_nothing_to_learn_is_a_clear_error(tmp_path):
         pretrain_organism(stream, TINY, tmp_path / "out", progress=False)
     assert "2 without a `previous`" in str(err.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_bpe_organism_splits_targets_and_records_its_tokenizer(tmp_path):
+    """`[organism] tokenizer = "bpe"`: the targets become several tokens (a word-level
+    organism of the same stream has one token per target), the choice and the target
+    lengths are in organism.json, and the saved tokenizer is the BPE one."""
+    stream = _capitals_stream(tmp_path / "capitals.jsonl")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[organism]\ntokenizer = "bpe"\n\n[pretrain]\nvocab_size = 300\n'
+                      "n_embd = 16\nn_head = 2\nbatch_size = 8\nwarmup_steps = 1\n"
+                      "eval_every = 0\nthreads = 1\n")
+    out = tmp_path / "org"
+    with torch.random.fork_rng(devices=[]):
+        res = CliRunner().invoke(cli, ["pretrain", "--facts", str(stream), "--config",
+                                       str(recipe), "--steps", "2", "-o", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    record = json.loads((out / "organism.json").read_text())
+    assert record["organism"] == {"tokenizer": "bpe"} and record["vocab_size"] == 300
+    assert record["target_tokens"]["multi_token"] > 0.5
+    lm = load_model(str(out))
+    assert len(lm.tok(" Plinth", add_special_tokens=False)["input_ids"]) > 1
+    facts = collect_facts(stream)
+    words = organism_tokenizer(facts)
+    assert len(words(" Plinth", add_special_tokens=False)["input_ids"]) == 1
+    assert json.loads((out / "tokenizer.json").read_text())["model"]["type"] == "BPE"
+
+
+@pytest.mark.parametrize("table, with_facts, message", [
+    ('[organism]\ntokenizer = "sentencepiece"\n', True, "organism.tokenizer"),
+    ('[organism]\ntokenizer = "bpe"\n', False, "[organism] table needs --facts"),
+])
+def test_organism_table_mistakes_are_one_line_errors(tmp_path, table, with_facts, message):
+    stream = _capitals_stream(tmp_path / "capitals.jsonl")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(table)
+    args = ["pretrain", "--config", str(recipe), "--show-config"]
+    res = CliRunner().invoke(cli, args + (["--facts", str(stream)] if with_facts else []))
+    assert res.exit_code != 0 and message in str(res.exception)
+    if with_facts:
+        assert "bpe" in str(res.exception) and "word" in str(res.exception)

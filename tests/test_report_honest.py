@@ -185,6 +185,34 @@ def test_model_and_stream_columns_best_only_within_a_group(honest_db, other_db, 
     assert table["honest:none@seed0"]["stream"] == ("s.jsonl", False)
 
 
+def test_the_same_stream_checked_out_twice_is_one_group(honest_db, tmp_path):
+    """Runs group by the stream file's digest, not its path: the same file in another
+    checkout compares with the first; the same path with other content does not."""
+    first = json.loads(Store(honest_db).get_run("none@seed0")["stream"])
+    model = json.loads(Store(honest_db).get_run("none@seed0")["config"])["scenario"]["model"]
+    twin = tmp_path / "checkout" / "s.jsonl"
+    twin.parent.mkdir()
+    shutil.copyfile(first["path"], twin)
+    methods = '[[methods]]\nname = "none"\n'
+    db = _run(write_scenario(tmp_path / "twin.toml", Path(model), twin, methods), tmp_path / "twin.db")
+    assert json.loads(Store(db).get_run("none@seed0")["stream"])["sha256"] == first["sha256"]
+    doc, terminal = compare_json(tmp_path, honest_db, db)
+    assert {r["group"] for r in doc["rows"]} == {1} and "comparison groups" not in terminal
+    # the streams' paths stay visible, each run with its own
+    assert len({r["stream"] for r in doc["rows"]}) == 2
+    # one target changed, same file name: another stream
+    changed = tmp_path / "changed" / "s.jsonl"
+    changed.parent.mkdir()
+    lines = twin.read_text().splitlines(keepends=True)
+    row = json.loads(lines[0])
+    lines[0] = json.dumps({**row, "target": row["target"] + " Jr"}) + "\n"
+    changed.write_text("".join(lines))
+    db2 = _run(write_scenario(tmp_path / "changed.toml", Path(model), changed, methods),
+               tmp_path / "changed.db")
+    doc, _ = compare_json(tmp_path, honest_db, db2)
+    assert {r["group"] for r in doc["rows"]} == {1, 2}
+
+
 def test_skipped_lines_shown_and_no_heat_map_of_one_cell(other_db, tmp_path):
     assert json.loads(Store(other_db).get_run("ft@seed0")["stream"])["skipped_lines"] == 1
     out = write_report([other_db], tmp_path / "r.html")

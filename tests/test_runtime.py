@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -201,6 +202,26 @@ def test_existing_run_needs_resume_and_same_config(scenario_file, tmp_path):
     run_scenario(scenario_file, tmp_path / "a.db", resume=True, methods=["none"])  # complete: no-op
     with pytest.raises(StoreError, match="another configuration"):
         run_scenario(scenario_file, tmp_path / "a.db", resume=True, methods=["none"], edits=5)
+
+
+def test_resume_refuses_a_stream_whose_content_changed(tiny_dir, tmp_path):
+    """The run records its stream file's digest; resuming it against the same path with
+    other content is refused (one line), and a store recorded before the digest resumes."""
+    path = write_jsonl(stream_events(n_edits=6), tmp_path / "s.jsonl")
+    scenario = write_scenario(tmp_path / "s.toml", tiny_dir, path)
+    store = run_scenario(scenario, tmp_path / "a.db", methods=["none"])
+    recorded = json.loads(store.get_run("none@seed0")["stream"])
+    assert recorded["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert "sha256" not in json.loads(store.get_run("none@seed0")["config"])["stream"]
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[0]["target"], rows[2]["target"] = rows[2]["target"], rows[0]["target"]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(StoreError, match=r"another version of .*s\.jsonl"):
+        run_scenario(scenario, tmp_path / "a.db", resume=True, methods=["none"])
+    with sqlite3.connect(tmp_path / "a.db") as con:  # as a store made before the digest
+        con.execute("update runs set stream = ?", [json.dumps(
+            {k: v for k, v in recorded.items() if k != "sha256"})])
+    run_scenario(scenario, tmp_path / "a.db", resume=True, methods=["none"])  # complete: no-op
 
 
 def test_invalid_stream_is_refused_and_nothing_written(tiny_dir, tmp_path):
