@@ -192,6 +192,24 @@ def streams_make(output, edits, reedit_share, retract_share, query_share, spacin
     click.echo(f"{output}: {len(events)} events ({edits} edits) from {to_dict(spec)}")
 
 
+@streams.command("reedits")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="JSONL file to write")
+@click.option("--pairs", type=click.IntRange(min=0), default=0, show_default=True,
+              help="at most this many pairs (0: every re-edited fact)")
+def streams_reedits(file, output, pairs):
+    """Each fact FILE edits more than once: its first edit directly followed by its first
+    re-edit, to replay in chunks of two (`restart_every = 2`: a re-edit meets the value the
+    edit before it just wrote, on a fresh model each time)."""
+    from .stream import dump_stream, parse_stream
+    from .streamorder import reedit_pairs
+    out = reedit_pairs(parse_stream(file).events, pairs)
+    if not out:
+        raise LifelongError(f"{file}: no fact is edited more than once")
+    dump_stream(out, output)
+    click.echo(f"{output}: {len(out) // 2} re-edit pairs ({len(out)} edits) from {file}")
+
+
 def _world(load, path):
     """A world file loaded, or one line saying why it cannot be."""
     try:

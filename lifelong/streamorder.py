@@ -11,6 +11,10 @@ moves forward).
 
 Invariants (tests/test_streamorder.py): a permutation of the input; per-fact order kept;
 deterministic in (events, seed); `t` non-decreasing.
+
+`reedit_pairs` derives another stream: each re-edited fact's first edit directly followed by
+its first re-edit, for replay in chunks of two (`restart_every = 2`: every pair on a fresh
+model, so a re-edit meets the value the first edit just wrote).
 """
 
 from __future__ import annotations
@@ -58,4 +62,26 @@ def seeded_order(events: Sequence[Event], seed: int) -> tuple[Event, ...]:
         out += chains[fact][cursor[fact]]
         cursor[fact] += 1
     times = sorted(ev.t for ev in events)
+    return tuple(dataclasses.replace(ev, t=t) for ev, t in zip(out, times))
+
+
+def reedit_pairs(events: Sequence[Event], limit: int = 0) -> tuple[Edit, ...]:
+    """Every fact edited at least twice in `events`: its first edit, then its second, in the
+    order of the facts' first edits (at most `limit` pairs; 0: all). Retractions, queries,
+    merges and later re-edits are left out; the pair keeps the file's fields (the second's
+    `previous` is what the stream said), and the pairs take the file's timestamps in order."""
+    first: dict[str, tuple[int, Edit] | None] = {}  # fact -> (position, first edit); None: paired
+    pairs: list[tuple[int, Edit, Edit]] = []
+    for i, ev in enumerate(events):
+        if not isinstance(ev, Edit):
+            continue
+        if ev.fact not in first:
+            first[ev.fact] = (i, ev)
+        elif first[ev.fact] is not None:
+            at, edit = first[ev.fact]
+            pairs.append((at, edit, ev))
+            first[ev.fact] = None  # later re-edits are not used
+    pairs.sort(key=lambda pair: pair[0])
+    out = [ev for _, a, b in pairs[: limit or None] for ev in (a, b)]
+    times = sorted(ev.t for ev in out)
     return tuple(dataclasses.replace(ev, t=t) for ev, t in zip(out, times))

@@ -244,6 +244,43 @@ def test_lora_forgetting_raises_the_old_value_s_loss_and_round_trips():
     assert torch.equal(logits(lm2), logits(fresh_lm()))
 
 
+def test_lora_forgetting_with_full_learning_subtracts_the_adapter_delta_from_the_weight():
+    """The paper's third variant: a fresh adapter fitted on the old value, lam x its delta
+    subtracted from the weight itself, then `ft`'s learning (here none: stop_loss 1e9). The
+    delta is recomputed by hand: the same adapter fitted the same way on the same weight."""
+    pytest.importorskip("peft")
+    from lifelong.methods._common.loop import Step, frozen, optimise
+    from lifelong.methods.lora import LoraAdapter
+    lam = 0.6
+    settings = {"forget_tuner": "lora", "forget_lr": 0.05, "stop_loss": 1e9,
+                "norm_constraint": None, "lam": lam}
+    lm = fresh_lm()
+    attached("ft", lm, steps=30, lr=0.1, norm_constraint=None).edit([OLD])
+    method = attached("f-learning", lm, **settings)
+
+    def served() -> torch.Tensor:  # the edited weight as (out, in), as the adapter adds to it
+        return layers.weight_out_in(layers.resolve(lm.model, method.layer_name)).detach()
+    w = served().clone()
+    ref_lm = fresh_lm()
+    attached("ft", ref_lm, steps=30, lr=0.1, norm_constraint=None).edit([OLD])
+    ref = LoraAdapter(ref_lm.model, [method.layer_name], rank=8, alpha=32.0, dropout=0.1,
+                      seed=0, who="test")
+    batch = encode_pairs(ref_lm, [REEDIT.prompt], [REEDIT.previous])
+    with ref.tuning("forget:" + REEDIT.edit_id) as params, frozen(ref_lm.model, trainable=params):
+        optimise(torch.optim.Adam(params, lr=0.05),
+                 lambda: Step(loss := batch_target_loss(ref_lm, batch), float(loss.detach())),
+                 10, fresh_last=False)
+    delta = ref.deltas()[0]
+    receipt = method.edit([REEDIT])
+    assert receipt.steps == 0 and receipt.detail["forget_steps"] == 10
+    assert delta.abs().max() > 0
+    assert torch.allclose(served(), (w.float() - lam * delta).to(w.dtype), atol=1e-6, rtol=0)
+    assert loss_of(lm, REEDIT, REEDIT.previous) > receipt.detail["old_loss_before"] + 0.05
+    assert method.adapter is None  # full learning: no learning adapter
+    with pytest.raises(ConfigError, match="not one of F-Learning's variants"):
+        build_method("f-learning", {"tuner": "lora", "forget_tuner": "full"}, 0)
+
+
 # ---- peft is optional -----------------------------------------------------------------------
 def test_without_peft_the_module_imports_and_the_method_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "peft", None)  # `import peft` raises ImportError

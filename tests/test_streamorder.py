@@ -9,9 +9,10 @@ import functools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lifelong.events import event_to_dict
 from lifelong.stream import Edit, Merge, Query, Retract, load_events_from_dicts
 from lifelong.streamgen import StreamSpec, make_stream
-from lifelong.streamorder import seeded_order
+from lifelong.streamorder import reedit_pairs, seeded_order
 from lifelong.world import World, WorldConfig
 
 
@@ -114,3 +115,42 @@ def test_runtime_replays_each_seed_in_its_order_and_resumes_at_every_event(tmp_p
         resumed = _run(scenario, db, resume=True)
         for table in ("events", "probes", "checkpoints"):
             assert rows(resumed, table) == rows(ref, table), (crash_at, table)
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.integers(0, 5), st.integers(0, 40))
+def test_reedit_pairs_are_each_facts_first_two_edits_side_by_side(stream_seed, limit):
+    events = _events(stream_seed)
+    pairs = reedit_pairs(events, limit)
+    edits = [ev for ev in events if isinstance(ev, Edit)]
+    by_fact: dict[str, list[Edit]] = {}
+    for ev in edits:
+        by_fact.setdefault(ev.fact, []).append(ev)
+    expected = [f for f, evs in sorted(by_fact.items(), key=lambda kv: edits.index(kv[1][0]))
+                if len(evs) > 1]
+    assert len(pairs) == 2 * (min(limit, len(expected)) if limit else len(expected))
+    for i in range(0, len(pairs), 2):
+        a, b = pairs[i], pairs[i + 1]
+        fact = expected[i // 2]
+        assert (a.id, b.id) == (by_fact[fact][0].id, by_fact[fact][1].id)
+        assert b.previous == a.target  # the stream's own chain: the re-edit replaces the edit
+    assert [ev.t for ev in pairs] == sorted(ev.t for ev in pairs)
+    assert load_events_from_dicts(event_to_dict(ev) for ev in pairs).events  # a valid stream
+
+
+def test_streams_reedits_writes_the_pairs_and_refuses_a_stream_without_any(tmp_path):
+    from click.testing import CliRunner
+
+    from lifelong.cli import cli
+    from lifelong.stream import dump_stream, parse_stream
+    src = tmp_path / "s.jsonl"
+    dump_stream(_events(0), src)
+    out = tmp_path / "pairs.jsonl"
+    res = CliRunner().invoke(cli, ["streams", "reedits", str(src), "-o", str(out), "--pairs", "3"])
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith(f"{out}: 3 re-edit pairs (6 edits)")
+    assert parse_stream(out).events == reedit_pairs(parse_stream(src).events, 3)
+    once = tmp_path / "once.jsonl"
+    dump_stream([ev for ev in _events(0) if isinstance(ev, Edit)][:1], once)
+    res = CliRunner().invoke(cli, ["streams", "reedits", str(once), "-o", str(out)])
+    assert res.exit_code != 0 and "no fact is edited more than once" in str(res.exception)

@@ -44,8 +44,12 @@ dropout 0.1: the `lora` method's defaults): step 1 trains a fresh adapter on the
 learning adapter is added to; step 3 trains the learning adapter, one for the whole stream
 (as `lora`), merged into the weight after every edit. `norm_constraint` does not apply
 (the rank bounds the change). State: also the adapter and its shifted base weight.
-Left out: LoRA forgetting with full learning. Not retractable: forgetting and learning both
-land in the shared weight.
+
+`forget_tuner = "lora"` with `tuner = "full"` is the paper's third variant, LoRA forgetting
+then full learning: step 1 trains a fresh adapter (the same rank, alpha and dropout) on the
+weight as it is now, step 2 subtracts lam times its delta from the weight itself, step 3 is
+`ft`'s. FT forgetting with LoRA learning is not one of the paper's variants and is refused.
+Not retractable: forgetting and learning both land in the shared weight.
 """
 
 from __future__ import annotations
@@ -58,13 +62,14 @@ from typing import Any
 import torch
 
 from ..config import setting
+from ..errors import ConfigError
 from ..model import LM
 from ..scoring import batch_target_loss, encode_pairs
 from ._common.loop import LoopResult, Step, frozen, optimise
 from .base import EditReceipt, EditRequest
 from .context import AttachContext
 from .ft import FineTune
-from .lora import LoraAdapter, LoRAConfig
+from .lora import LoraAdapter, LoRAConfig, require_peft
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,11 @@ class FLearningConfig:
                                  "lora, a LoRA adapter on it (rank 8, alpha 32, dropout 0.1, as "
                                  "the `lora` method; needs peft) (paper: both)",
                          choices=("full", "lora"))
+    forget_tuner: str | None = setting(None, "what forgets: full, a fine-tune of the weight; "
+                                             "lora, a fresh LoRA adapter whose delta is "
+                                             "subtracted; none: the same as tuner (paper: "
+                                             "full/full, lora/lora and lora forgetting with full "
+                                             "learning)", choices=("full", "lora"))
     forget: bool = setting(True, "forget the previous value before learning the new one; false: "
                                  "the learning step alone (`ft` with the same settings, the "
                                  "control; tuner lora: LoRA learning alone)")
@@ -101,6 +111,17 @@ class FLearningConfig:
     stop_loss: float = setting(0.05, "stop the learning fine-tune once the edit's target loss is "
                                      "below this (as ft)", min=0.0)
 
+    def __post_init__(self) -> None:
+        if self.tuner == "lora" and self.forget_tuner == "full":
+            raise ConfigError('forget_tuner = "full" with tuner = "lora" (FT forgetting, LoRA '
+                              "learning) is not one of F-Learning's variants; the paper's: "
+                              "full/full, lora/lora, lora forgetting with full learning")
+
+    @property
+    def forgets_with(self) -> str:
+        """The forgetting tuner in effect."""
+        return self.forget_tuner or self.tuner
+
 
 class FLearning(FineTune):
     """F-Learning (module docstring). State: the edited weight, the number of edits, of
@@ -119,12 +140,17 @@ class FLearning(FineTune):
         super().attach(lm, ctx)
         self.n_forgotten = 0
         self.n_forget_skipped = 0
-        self.adapter = None
-        if self.config.tuner == "lora":
-            d = LoRAConfig()
-            self.adapter = LoraAdapter(lm.model, [self.layer_name], rank=d.rank, alpha=d.alpha,
-                                       dropout=d.dropout, seed=self.seed,
-                                       who='f-learning with tuner = "lora"')
+        self.adapter = self._lora_adapter("tuner") if self.config.tuner == "lora" else None
+        if self.config.forgets_with == "lora":
+            require_peft('f-learning with forget_tuner = "lora"')  # at attach, not mid-stream
+
+    def _lora_adapter(self, which: str) -> LoraAdapter:
+        """A LoRA adapter (the `lora` method's rank, alpha and dropout) on the edited
+        projection, added to its weight as it is now."""
+        d = LoRAConfig()
+        return LoraAdapter(self.lm.model, [self.layer_name], rank=d.rank, alpha=d.alpha,
+                           dropout=d.dropout, seed=self.seed,
+                           who=f'f-learning with {which} = "lora"')
 
     def edit(self, requests: Sequence[EditRequest]) -> EditReceipt:
         """Forget the previous values the requests carry, then learn the targets as `ft`
@@ -152,9 +178,12 @@ class FLearning(FineTune):
             return Step(loss, float(loss.detach()))  # a fixed number of steps: no stop
 
         cfg = self.config
+        key = "forget:" + ",".join(r.edit_id for r in old)
         if self.adapter is not None:
-            fit = self.adapter.subtract_fitted(step, cfg.forget_steps, cfg.forget_lr, cfg.lam,
-                                               "forget:" + ",".join(r.edit_id for r in old))
+            fit = self.adapter.subtract_fitted(step, cfg.forget_steps, cfg.forget_lr, cfg.lam, key)
+        elif cfg.forgets_with == "lora":
+            fit = self._lora_adapter("forget_tuner").subtract_fitted(
+                step, cfg.forget_steps, cfg.forget_lr, cfg.lam, key)
         else:
             fit = self._forget_full(step)
         with torch.no_grad():
