@@ -26,8 +26,8 @@ Tokenizers (`OrganismConfig.tokenizer`): "word" (the default, and every shipped 
 before the subword ones) makes every word one token, so a one-word target is one token and
 the teacher-forced and generated protocols can only disagree on multi-word answers; "bpe"
 trains a byte-level BPE of `PretrainConfig.vocab_size` on the stream's texts, so targets are
-several tokens (as on real models) and the two protocols can disagree (a model may rank each
-target token first given the true prefix and still generate something else).
+several tokens (as on real models) and the two protocols can disagree: teacher forcing
+credits part of an answer (mean token accuracy) where generation, all or nothing, does not.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def facts_from_stream(path: str | Path) -> list[Pair]:
 
 
 def organism_tokenizer(facts: FactSet, organism: OrganismConfig = OrganismConfig(),
-                       vocab_size: int = 0):
+                       vocab_size: int = PretrainConfig().vocab_size):
     """The tokenizer over every text of the stream (edit targets included): word-level, or
     with `organism.tokenizer == "bpe"` a byte-level BPE of `vocab_size` trained on them."""
     if organism.tokenizer == "bpe":
