@@ -50,8 +50,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return value
     if origin in (typing.Union, types.UnionType):
         # TOML has no null: an optional setting takes the string "none" for None (an
-        # optional string setting keeps "none" as the string)
-        if type(None) in args and (value is None or value == "none") and str not in args:
+        # optional string setting keeps "none" as the string); a real None (a JSON null, as
+        # a stored config holds) is None for every optional setting
+        if type(None) in args and (value is None or value == "none" and str not in args):
             return None
         errors = []
         for arg in args:

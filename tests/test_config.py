@@ -76,6 +76,9 @@ def test_optional_setting_takes_none_as_a_string():
     assert "count" in err(Sample, {"count": "none"})
     from lifelong.methods import build_method
     assert build_method("ft", {"norm_constraint": "none"}, 0).config.norm_constraint is None
+    # a stored config (JSON) holds a real null: an optional string setting takes it back
+    assert build_method("f-learning", {"forget_tuner": None}, 0).config.forget_tuner is None
+    assert err(type(build_method("f-learning", {}, 0).config), {"forget_tuner": "none"})
 
 
 def test_unknown_key_named_and_known_listed():

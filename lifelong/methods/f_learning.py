@@ -85,7 +85,7 @@ class FLearningConfig:
                          choices=("full", "lora"))
     forget_tuner: str | None = setting(None, "what forgets: full, a fine-tune of the weight; "
                                              "lora, a fresh LoRA adapter whose delta is "
-                                             "subtracted; none: the same as tuner (paper: "
+                                             "subtracted; unset (default): the same as tuner (paper: "
                                              "full/full, lora/lora and lora forgetting with full "
                                              "learning)", choices=("full", "lora"))
     forget: bool = setting(True, "forget the previous value before learning the new one; false: "
