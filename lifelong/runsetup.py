@@ -70,8 +70,9 @@ def _organisms_that_know(texts: Sequence[str], limit: float, stream: str) -> lis
         except (OSError, ValueError):
             made_from = None
         tok = AutoTokenizer.from_pretrained(str(d), local_files_only=True)
-        if made_from and made_from == digest or getattr(tok, "unk_token_id", None) is not None \
-                and unknown_answers(tok, texts)["unknown_share"] <= limit:
+        word_level = getattr(tok, "unk_token_id", None) is not None
+        if (made_from is not None and made_from == digest) or (
+                word_level and unknown_answers(tok, texts)["unknown_share"] <= limit):
             found.append(_shown(d))
     return found
 
