@@ -33,7 +33,6 @@ credits part of an answer (mean token accuracy) where generation, all or nothing
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ from .config import setting, to_dict
 from .errors import LifelongError
 from .modelcheck import _summarise
 from .pretrain import PretrainConfig, _quiet_transformers, torch_threads, train_on_pairs, write_model_dir
-from .stream import Edit, Event, Query, parse_stream
+from .stream import Edit, Event, Query, file_sha256, parse_stream
 from .tokenizer import build_bpe_tokenizer, build_word_tokenizer
 
 #: The roles of training pairs, in report order.
@@ -260,14 +259,6 @@ def _split(facts: FactSet, hold_out: Sequence[str]) -> tuple[list[Pair], list[Pa
     return trained, held
 
 
-def _sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def pretrain_organism(stream: str | Path, cfg: PretrainConfig, out_dir: str | Path,
                       progress: bool = True, hold_out: Sequence[str] = (),
                       organism: OrganismConfig = OrganismConfig()) -> dict:
@@ -283,7 +274,7 @@ def pretrain_organism(stream: str | Path, cfg: PretrainConfig, out_dir: str | Pa
     with torch_threads(cfg.threads), _quiet_transformers():
         model, info = train_on_pairs(trained, held, cfg, tok, progress=progress)
         check = check_organism(LM(model=model, tok=tok, name="organism", path=""), facts)
-    record = {"stream": str(stream), "stream_sha256": _sha256(stream),
+    record = {"stream": str(stream), "stream_sha256": file_sha256(stream),
               "counts": facts.counts(), "held_out": list(hold_out),
               "organism": to_dict(organism), "target_tokens": target_tokens(tok, facts),
               "vocab_size": len(tok), "pretrain_config": to_dict(cfg),

@@ -406,7 +406,8 @@ def comparison(runs: Sequence[Any]) -> Comparison:
     figs = {id(r): figures(r) for r in runs}
     means = seed_means(runs)
     lines, keys = _lines(runs, means)
-    paths = [next(stream_path(r) for r in runs if group_key(r) == k) for k in keys]
+    paths = [stream_path(next(ln.members[0] for ln in lines if ln.group == g))
+             for g in range(len(keys))]
     names = short_names([k[0] for k in keys]) | short_names(
         list(dict.fromkeys(paths + [stream_path(r) for r in runs])))
     cols = [c for c in COLUMNS if any(

@@ -12,7 +12,6 @@ Invariant: `preflight` writes nothing; a failure in it leaves no store file and 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from pathlib import Path
 from .errors import ConfigError
 from .model import LM, load_model
 from .scenario import Scenario
-from .stream import Edit, Event
+from .stream import Edit, Event, file_sha256
 
 ORGANISMS = Path(__file__).resolve().parent / "organisms"
 
@@ -60,7 +59,7 @@ def _organisms_that_know(texts: Sequence[str], limit: float, stream: str) -> lis
     the stream."""
     from transformers import AutoTokenizer
     try:
-        digest = hashlib.sha256(Path(stream).read_bytes()).hexdigest()
+        digest = file_sha256(stream)
     except OSError:
         digest = None
     found = []

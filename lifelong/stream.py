@@ -443,6 +443,16 @@ def read_bytes(path: str, what: str) -> bytes:
         raise StreamError(f"{path}: {why}", [f"{path}:0: file: {why}"]) from None
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """The hex sha256 of a file's bytes, read in blocks: a stream's identity, as
+    `ParsedStream.sha256` and an organism's `stream_sha256` record it."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def parse_stream(path: str | os.PathLike, *, skip_bad: bool = False,
                  sort: bool = False) -> ParsedStream:
     """Read and validate a JSONL stream. Collects every problem; raises StreamError (one-line
