@@ -2,7 +2,7 @@
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 
-.PHONY: setup quickstart test model streams dev-organisms
+.PHONY: setup quickstart test model streams dev-organisms dev-organisms-bpe
 
 $(VENV)/bin/lifelong:
 	python3 -m venv $(VENV)
@@ -35,3 +35,10 @@ dev-organisms: setup
 	$(VENV)/bin/lifelong streams import --format knowedit ../shared/data/zsre/knowedit-zsre-test.json --edits 500 -o streams/dev/zsre-knowedit-500.jsonl
 	$(VENV)/bin/lifelong pretrain --facts streams/dev/counterfact-train-500.jsonl --config lifelong/organisms/counterfact.toml -o out/organism-counterfact-train-500
 	$(VENV)/bin/lifelong pretrain --facts streams/dev/zsre-knowedit-500.jsonl --config lifelong/organisms/zsre.toml -o out/organism-zsre-knowedit-500
+
+# the subword dev organisms (sweeps/dev-serac-claim-rate.toml) and SERAC's dev train splits
+dev-organisms-bpe: setup
+	$(VENV)/bin/lifelong streams import --format counterfact ../shared/data/counterfact/counterfact-train.json --skip 500 --edits 500 -o streams/dev/counterfact-train-501-1000.jsonl
+	$(VENV)/bin/lifelong streams import --format knowedit ../shared/data/zsre/knowedit-zsre-test.json --skip 500 --edits 500 -o streams/dev/zsre-knowedit-501-1000.jsonl
+	$(VENV)/bin/lifelong pretrain --facts streams/dev/counterfact-train-500.jsonl --config lifelong/organisms/counterfact-bpe.toml -o out/organism-counterfact-train-500-bpe
+	$(VENV)/bin/lifelong pretrain --facts streams/dev/zsre-knowedit-500.jsonl --config lifelong/organisms/zsre-bpe.toml -o out/organism-zsre-knowedit-500-bpe

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from lifelong.errors import StreamError
+from lifelong.errors import ConfigError, StreamError
 from lifelong.importers import (
     FORMATS,
     ImportOptions,
@@ -404,6 +404,18 @@ def test_shuffle_is_seeded_and_keeps_record_identity(tmp_path):
 
     assert strip_t(a.events) == strip_t(plain.events)
     assert [e["meta"]["record"] for e in run(recs, tmp_path, shuffle=True, seed=3, edits=5).events] == order[:5]
+
+
+def test_skip_gives_the_next_disjoint_slice_and_refuses_to_leave_nothing(tmp_path):
+    recs = [dict(COUNTERFACT[0], case_id=i, prompt=f"Prompt number {i}") for i in range(12)]
+    plain = [e["id"] for e in run(recs, tmp_path).events]
+    tail = run(recs, tmp_path, skip=5, edits=4).events
+    assert [e["id"] for e in tail] == plain[5:9]
+    assert tail[0]["t"] == run(recs, tmp_path).events[0]["t"]  # times start again at --start
+    shuffled = [e["id"] for e in run(recs, tmp_path, shuffle=True, seed=1).events]
+    assert [e["id"] for e in run(recs, tmp_path, shuffle=True, seed=1, skip=10).events] == shuffled[10:]
+    with pytest.raises(ConfigError, match="--skip 12 leaves none of its 12 edits"):
+        run(recs, tmp_path, skip=12)
 
 
 def test_same_fact_twice_is_a_reedit(tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from lifelong.errors import StreamError
+from lifelong.errors import ConfigError, StreamError
 from lifelong.importers import ImportOptions, convert_records, detect_format, import_file, read_records
 from lifelong.stream import load_events_from_dicts
 
@@ -123,6 +123,13 @@ def test_edits_cut_keeps_only_probes_whose_edits_are_kept():
     assert [e["id"] for e in res.events] == [EIFFEL, "mquake-2-2", MESSI]
     assert res.left_out["orig"] == 4  # records 1-4 have an edit in the stream
     load_events_from_dicts(res.events)
+
+
+def test_skip_that_cuts_a_case_in_two_is_refused_in_one_line():
+    assert [e["id"] for e in import_file(SAMPLE, ImportOptions(skip=2)).events] == \
+        [e["id"] for e in import_file(SAMPLE).events][2:]
+    with pytest.raises(ConfigError, match="--skip 1 leaves out edit.* mquake-2-2 needs"):
+        import_file(SAMPLE, ImportOptions(skip=1))
 
 
 def test_bad_cases_are_named_file_record_field():

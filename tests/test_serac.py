@@ -56,10 +56,12 @@ def tiny(family: str = "gpt2", **kw) -> LM:
     return LM(make_tiny_model(family, n_layer=2, width=32, **kw), tiny_tokenizer(), "tiny", "")
 
 
-def make(lm: LM, cache=None, split=TRAIN, seed: int = 0, factory=None, **settings) -> Serac:
+def make(lm: LM, cache=None, split=TRAIN, seed: int = 0, factory=None, pool=(),
+         **settings) -> Serac:
     method = Serac(from_mapping(SeracConfig, {**CHEAP, **settings}), seed=seed)
     method.attach(lm, AttachContext(
-        seed=seed, train_split=split, cache_dir=str(cache) if cache else "",
+        seed=seed, train_split=split, unrelated_prompts=tuple(pool),
+        cache_dir=str(cache) if cache else "",
         model_fingerprint=f"tiny-{lm.model.config.model_type}" if cache else "",
         model_factory=factory))
     return method
@@ -239,6 +241,38 @@ def test_the_edit_part_is_cut_from_the_left_to_fit_the_context():
     m.edit([EDITS[1]])  # prefix 8 tokens + prompt 6 + target 1 > 12
     out = logits(lm, [EDITS[1].prompt])
     assert torch.allclose(out[0], conditioned_logits(m, EDITS[1].prompt, "Zentro", 0), atol=1e-6)
+
+
+#: unrelated prompts (the attach context's pool): none is an edit, a rephrase or a probe above
+POOL = [f"{c} is the home of" for c in CITIES] + [f"{p} was born in" for p in PEOPLE[12:]] + \
+    [f"The weather in {c} is" for c in CITIES[:4]]
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.25, 1.0])
+def test_the_scope_claims_at_most_claim_rate_of_the_unrelated_pool(cache, rate):
+    """Threshold 0 puts every input in the scope of its nearest edit; the guard shrinks the
+    scope radius until at most floor(claim_rate x pool) pool prompts are in scope, edits'
+    own prompts staying in it; claim_rate 1 leaves the radius as it was. The factor is a
+    function of the served edits: after a retraction, that of a memory that never had it."""
+    import math
+    m = make(tiny(), cache, pool=POOL, threshold=0.0, claim_rate=rate)
+    for k, r in enumerate(EDITS):
+        m.edit([r])
+        claimed = sum(x is not None for x in m.route(POOL))
+        assert claimed == len(POOL) if rate == 1 else claimed <= math.floor(rate * len(POOL))
+        assert m.route([e.prompt for e in EDITS[:k + 1]]) == list(range(k + 1))
+        assert (m.scope_factor() < 1) == (rate < 1)
+    m.retract("e2")
+    never = make(tiny(), cache, pool=POOL, threshold=0.0, claim_rate=rate)
+    never.edit([EDITS[0]])
+    never.edit([EDITS[2]])
+    assert m.scope_factor() == never.scope_factor() and m.route(POOL) == never.route(POOL)
+
+
+def test_the_guard_leaves_a_scope_that_claims_no_more_than_claim_rate_as_it_was(cache):
+    narrow = make(tiny(), cache, pool=POOL, **NARROW)
+    narrow.edit(EDITS)
+    assert narrow.route(POOL) == [None] * len(POOL) and narrow.scope_factor() == 1.0
 
 
 # ---- memory: re-edits, retraction ---------------------------------------------------------------

@@ -20,13 +20,16 @@ _IMPORT_HELP = ("Convert a knowledge-editing data set (JSON array or JSONL) into
 @click.option("--start", help="timestamp of the first edit, ISO-8601 or seconds  [default: 2030-01-01T00:00:00Z]")
 @click.option("--shuffle", is_flag=True, help="shuffle the records (seeded) instead of keeping file order")
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of --shuffle")
-@click.option("--edits", type=click.IntRange(min=1), help="keep only the first N edits (after shuffling)")
+@click.option("--skip", type=click.IntRange(min=0), help="leave out the first N edits (after "
+              "shuffling, before --edits): a second, disjoint slice of the same file")
+@click.option("--edits", type=click.IntRange(min=1), help="keep only the first N edits (after shuffling and --skip)")
 @click.option("--skip-bad", is_flag=True, help="skip invalid records (counted and reported)")
 @click.option("--sentiment", type=click.Choice(["alternate", "positive", "negative"]), default="alternate",
               show_default=True, help="convsent: target sentiment (alternate: odd records positive)")
-def streams_import(input_file, output, fmt, spacing, start, shuffle, seed, edits, skip_bad, sentiment):
+def streams_import(input_file, output, fmt, spacing, start, shuffle, seed, skip, edits, skip_bad,
+                   sentiment):
     given = {"format": fmt, "spacing": spacing, "start": start, "shuffle": shuffle, "seed": seed,
-             "edits": edits, "skip_bad": skip_bad, "sentiment": sentiment}
+             "skip": skip, "edits": edits, "skip_bad": skip_bad, "sentiment": sentiment}
     opts = from_mapping(ImportOptions, {k: v for k, v in given.items() if v is not None},
                         "streams import")
     result = import_file(input_file, opts)
@@ -37,6 +40,7 @@ def streams_import(input_file, output, fmt, spacing, start, shuffle, seed, edits
             click.echo(f"  ... and {len(lines) - 20} more", err=True)
     write_events(result.events, output)
     order = f"shuffled with seed {opts.seed}" if opts.shuffle else "file order"
+    order += f", the first {opts.skip} edits left out" if opts.skip else ""
     unread = result.unread
     if unread["records"]:
         click.echo(f"  note: {unread['records']} record(s) have no locality/portability probe "

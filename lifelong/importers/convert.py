@@ -31,7 +31,10 @@ class ImportOptions:
     spacing: float = setting(3600.0, "seconds between consecutive edits", min=0.0)
     shuffle: bool = setting(False, "shuffle the records (seeded) instead of keeping file order")
     seed: int = setting(0, "seed of the shuffle")
-    edits: int | None = setting(None, "keep only the first N edits (after shuffling)", min=1)
+    skip: int = setting(0, "leave out the first N edits (after shuffling, before `edits`): a "
+                           "second, disjoint slice of the same file", min=0)
+    edits: int | None = setting(None, "keep only the first N edits (after shuffling and "
+                                      "`skip`)", min=1)
     skip_bad: bool = setting(False, "skip invalid records (counted and reported) instead of failing")
     sentiment: str = setting("alternate", "convsent: target sentiment of each edit",
                              choices=("alternate", "positive", "negative"))
@@ -208,7 +211,7 @@ def convert_records(records: list[tuple[int, Any]], source: str,
     many_valued = split_many_valued(unique_edits(units))  # in file order, over every record
     if opts.shuffle:
         random.Random(opts.seed).shuffle(units)
-    events = place(units, source, notes)
+    events = _skip(place(units, source, notes), opts.skip, source)
     if opts.edits is not None:
         events = events[:opts.edits]
     probes = sum(len(ev.get("locality", ())) + len(ev.get("portability", ())) for ev in events)
@@ -230,6 +233,24 @@ def convert_records(records: list[tuple[int, Any]], source: str,
     load_events_from_dicts(events, source=f"{source} (converted)")  # raises on a bug
     return ImportResult(source, name, len(records), tuple(events), tuple(firsts), tuple(notes),
                         info, dict(sorted(left_out.items())), many_valued, shared)
+
+
+def _skip(events: list[dict], n: int, source: str) -> list[dict]:
+    """`events` less the first `n`; a one-line error when a kept multi-hop probe `needs` a
+    left-out edit (a case cut in two) or nothing is left."""
+    if not n:
+        return events
+    gone = {ev["id"] for ev in events[:n]}
+    for ev in events[n:]:
+        for p in ev.get("portability", ()):
+            if gone & set(p.get("needs", ())):
+                raise ConfigError(f"streams import: {source}: --skip {n} leaves out edit(s) that "
+                                  f"a kept multi-hop probe of {ev['id']} needs; skip a number "
+                                  "that ends between cases")
+    if n >= len(events):
+        raise ConfigError(f"streams import: {source}: --skip {n} leaves none of its "
+                          f"{len(events)} edits")
+    return events[n:]
 
 
 #: top-level keys that hold locality or portability probes in one format or another

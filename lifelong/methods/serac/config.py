@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from ...config import setting
 from .._common.facts import FACT_IDENTITY_HELP
+from .._common.guard import CLAIM_RATE_HELP
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,9 @@ class SeracConfig:
     threshold: float = setting(0.5, "an input is in the scope of its nearest edit when the "
                                     "classifier's probability exp(-scale * d^2) exceeds this "
                                     "(paper: 0.5)", min=0.0, max=1.0)
+    claim_rate: float = setting(0.01, CLAIM_RATE_HELP.replace("every radius is", "the "
+                                "scope radius sqrt(-ln threshold / scale) is") + ". Not in the "
+                                "paper (its threshold is fixed)", min=0.0, max=1.0)
     cls_steps: int = setting(2000, "Adam updates of the scope classifier (projection and scale) "
                                   "at attach (paper: trained jointly with the counterfactual "
                                   "model, up to 100,000 updates, stopped early on a "

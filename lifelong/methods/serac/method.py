@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -28,6 +29,7 @@ from .._common.conditioning import RowServed, edit_prefix, forward_rows, max_pos
 from .._common.editlog import EditLog
 from .._common.facts import as_seen
 from .._common.features import block_features, pooled
+from .._common.guard import Guard, guard_from_context
 from .._common.hooks import Hooks
 from .._common.keys import router_tokens
 from ..base import (
@@ -96,6 +98,8 @@ class Serac(RowServed, MemoryBase, Retractable, Routing):
         self.classifier.requires_grad_(False)
         self.cf.model.requires_grad_(False).eval()
         self.digest = self._digest()
+        self.guard = self._pool_guard(ctx, width)
+        self._bound: float | None = None  # the scope bound, None: to recompute (`scope_bound`)
         self.hooks.open()
 
     def _second_model(self, ctx: AttachContext) -> LM:
@@ -112,7 +116,8 @@ class Serac(RowServed, MemoryBase, Retractable, Routing):
         """Every setting that shapes the trained parts, the block read, the projection's
         width, the training seed and the split's hash (never `threshold`, `use_fact_identity`)."""
         keys = {k: v for k, v in vars(self.config).items()
-                if k not in ("threshold", "use_fact_identity", "train_seed", "layer", "embed_dim")}
+                if k not in ("threshold", "claim_rate", "use_fact_identity", "train_seed",
+                             "layer", "embed_dim")}
         spec = json.dumps({"format": FORMAT, **keys, "layer": self.layer, "dim": self.dim,
                            "seed": self.train_seed, "split": split_digest(records)},
                           sort_keys=True)
@@ -194,6 +199,47 @@ class Serac(RowServed, MemoryBase, Retractable, Routing):
         return h.hexdigest()[:16]
 
     # ---- routing -------------------------------------------------------------------------------
+    def _pool_guard(self, ctx: AttachContext, width: int) -> Guard:
+        """The unrelated pool (`_common.guard`) in the classifier's embedding: the pool's
+        block features (cached per block and pooling, shared by every seed and classifier),
+        embedded by the trained classifier."""
+        feats = guard_from_context(ctx, f"layers.{self.layer}/output/{self.config.pool}", width,
+                                   self.config.claim_rate, self._features)
+        if not len(feats):
+            return feats
+        with torch.no_grad():
+            return Guard(self.classifier.embed(feats.keys.float().to(self.lm.device)))
+
+    def scope_factor(self) -> float:
+        """The guard's common factor c <= 1 on the scope radius ``r = sqrt(-ln threshold /
+        scale)``: the largest at which at most `claim_rate` of the unrelated pool lies within
+        ``c x r`` of a served key (`Guard.factor`; 1.0: no pool, no edit, or off).
+        Recomputed when the served edits change: a pure function of them, so retraction
+        stays exact."""
+        if self._factor is None:
+            keys, rate = self.memory.keys(), self.config.claim_rate
+            self._factor = 1.0 if not len(self.guard) or not keys.shape[0] or rate >= 1 else \
+                self.guard.factor(keys, torch.full((keys.shape[0],), self._radius(),
+                                                   dtype=torch.float64), rate)
+        return self._factor
+
+    def _radius(self) -> float:
+        """The embedding distance at which the probability equals `threshold` (a large finite
+        stand-in for threshold 0: every input in scope)."""
+        scale = float(self.classifier.log_scale.exp())
+        if self.config.threshold <= 0:
+            return 1e150
+        return math.sqrt(-math.log(self.config.threshold) / scale)
+
+    def scope_bound(self) -> float:
+        """The log-probability an input's nearest key must exceed to be in scope: ln
+        `threshold`, or, where the guard shrinks the radius by c < 1, ``-scale (c r)^2 = c^2
+        ln threshold``."""
+        c = self.scope_factor()
+        if c < 1:
+            return -float(self.classifier.log_scale.exp()) * (c * self._radius()) ** 2
+        return math.log(self.config.threshold) if self.config.threshold > 0 else -math.inf
+
     def _features(self, prompts: Sequence[str]) -> torch.Tensor:
         """Pooled features of `prompts` with the serving hooks out of the way."""
         with self.hooks.suspended():
@@ -203,15 +249,15 @@ class Serac(RowServed, MemoryBase, Retractable, Routing):
     def _decide(self, feats: torch.Tensor, valid: torch.Tensor) -> list[int | None]:
         """The served memory's index for each row of pooled features (None: out of scope of
         every edit, or a row without prompt tokens): the nearest key, the newest among equally
-        near ones, in scope when its probability exceeds `threshold`."""
+        near ones, in scope when its log-probability exceeds `scope_bound` (an edit's own
+        prompt, at distance 0, is in scope at any factor c > 0 and threshold < 1)."""
         keys = self.memory.keys()
         if keys.shape[0] == 0:
             return [None] * feats.shape[0]
         log_p = self.classifier.log_prob(self.classifier.embed(feats), keys.to(self.lm.device))
         best = keys.shape[0] - 1 - log_p.flip(-1).argmax(-1)
         top = log_p.gather(1, best.unsqueeze(1)).squeeze(1)
-        bound = torch.log(torch.tensor(self.config.threshold)).item()
-        hit = (top > bound).cpu() & valid.cpu()
+        hit = (top > self.scope_bound()).cpu() & valid.cpu()
         return [int(b) if h else None for b, h in zip(best.tolist(), hit.tolist())]
 
     def route(self, prompts: Sequence[str], router: str | None = None) -> list[int | None]:
@@ -255,11 +301,12 @@ class Serac(RowServed, MemoryBase, Retractable, Routing):
                 key = self.classifier.embed(self._features([r.prompt]))[0].cpu()
             self.memory.add(r, key, edit_prefix(self.lm, r.prompt, r.target,
                                                 self.config.separator))
+            self._factor = None
             after = self._loss(r)
         last = requests[-1].edit_id if requests else None
         return EditReceipt(applied=True, loss_before=before, loss_after=after, steps=0,
                            converged=None, detail={
-                               "memory": len(self.memory),
+                               "memory": len(self.memory), "scope_factor": self.scope_factor(),
                                "in_scope": bool(requests) and
                                self.route([requests[-1].prompt])[0] == self.memory_of(last)})
 
@@ -267,6 +314,7 @@ class Serac(RowServed, MemoryBase, Retractable, Routing):
         """Remove the edit from the log (exact: the parts never change after attach)."""
         if not self.memory.remove(edit_id):
             raise UnknownEdit(f"{self.name}: no active edit {edit_id!r} to retract")
+        self._factor = None
 
     # ---- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -278,6 +326,7 @@ class Serac(RowServed, MemoryBase, Retractable, Routing):
                              f"({state.get('parts')}, attached: {self.digest}); attach with the "
                              "same model, settings, seed and train split")
         self.memory.load_state_dict(state)
+        self._factor = None
 
     def footprint(self) -> int:
         """Stored edits (texts, conditioning tokens, keys) + the classifier's tensors + every
