@@ -229,9 +229,12 @@ def _resolve_paths(s: Scenario, base: Path) -> Scenario:
 def same_config(stored: dict, config: dict) -> bool:
     """Whether a run stored with config `stored` may continue as `config` (what `Runtime`
     stores with a run): equal, once settings added to the scenario or to the method since the
-    run was stored are left out where they hold their defaults (such a run ran with them)."""
+    run was stored are left out where they hold their defaults (such a run ran with them), and
+    but for the scenario's list of methods: a run is its own method (`config["method"]`), so
+    a scenario that gained or lost methods (or a `--method` pick) resumes the runs it kept."""
     from .methods import get_method
-    config = json.loads(json.dumps(config, default=str))
+    config, stored = (_without_methods(json.loads(json.dumps(c, default=str)))
+                      for c in (config, stored))
     defaults = {"scenario": to_dict(Scenario())}
     name = config.get("method", {}).get("name")
     try:
@@ -240,6 +243,14 @@ def same_config(stored: dict, config: dict) -> bool:
         pass
     defaults = json.loads(json.dumps(defaults, default=str))
     return _without_new_defaults(config, stored, defaults) == stored
+
+
+def _without_methods(config: dict) -> dict:
+    """`config` without its scenario's `methods` (a copy; `config` is left as it is)."""
+    scenario = config.get("scenario")
+    if not isinstance(scenario, dict):
+        return config
+    return {**config, "scenario": {k: v for k, v in scenario.items() if k != "methods"}}
 
 
 def _without_new_defaults(new: Any, stored: Any, defaults: Any) -> Any:

@@ -204,6 +204,17 @@ def test_existing_run_needs_resume_and_same_config(scenario_file, tmp_path):
         run_scenario(scenario_file, tmp_path / "a.db", resume=True, methods=["none"], edits=5)
 
 
+def test_a_scenario_that_gained_a_method_resumes_the_runs_it_had(scenario_file, tmp_path):
+    """The scenario's list of methods is not part of a run's identity: `--resume` after
+    adding a method (or picking one with --method) keeps the finished run and runs the new."""
+    store = run_scenario(scenario_file, tmp_path / "a.db", methods=["none"])
+    before = store.get_run("none@seed0")
+    store = run_scenario(scenario_file, tmp_path / "a.db", resume=True, methods=["none", "ft"])
+    assert store.get_run("none@seed0") == before
+    assert store.get_run("ft@seed0")["status"] == "complete"
+    run_scenario(scenario_file, tmp_path / "a.db", resume=True, methods=["ft"])  # complete: no-op
+
+
 def test_resume_refuses_a_stream_whose_content_changed(tiny_dir, tmp_path):
     """The run records its stream file's digest; resuming it against the same path with
     other content is refused (one line), and a store recorded before the digest resumes."""
