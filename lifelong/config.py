@@ -22,16 +22,23 @@ from .errors import ConfigError
 T = TypeVar("T")
 
 
+#: `setting(before=...)` not given: the default is how things behaved before the setting existed
+SAME_AS_DEFAULT = object()
+
+
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple | None = None,
-            min: float | None = None, max: float | None = None) -> Any:
+            min: float | None = None, max: float | None = None,
+            before: Any = SAME_AS_DEFAULT) -> Any:
     """Declare a config field with help text and optional range/choice checks.
 
     Mutable defaults (lists, dicts) are not allowed: configs are frozen and hashable-ish, so
-    use tuples.
+    use tuples. `before`: the value that reproduces what the code did before this setting
+    existed, where the default changed that behaviour (a run stored without the setting
+    resumes only with this value: `legacy_dict`).
     """
     if isinstance(default, (list, dict, set)):
         raise TypeError("config defaults must be immutable; use a tuple")
-    meta = {"help": help, "choices": choices, "min": min, "max": max}
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "before": before}
     if default is dataclasses.MISSING:
         return dataclasses.field(metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -178,6 +185,19 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: to_dict(v) for k, v in obj.items()}
     return obj
+
+
+def legacy_dict(obj: Any) -> Any:
+    """`to_dict(obj)` with each setting declared `before=` holding that value instead
+    (recursively): what a config stored before those settings existed ran with."""
+    if not (dataclasses.is_dataclass(obj) and not isinstance(obj, type)):
+        return to_dict(obj)
+    out = {}
+    for f in dataclasses.fields(obj):
+        before = f.metadata.get("before", SAME_AS_DEFAULT)
+        out[f.name] = to_dict(before) if before is not SAME_AS_DEFAULT else \
+            legacy_dict(getattr(obj, f.name))
+    return out
 
 
 def choices_of(cls: type) -> dict[str, tuple]:

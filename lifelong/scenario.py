@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import from_mapping, read_toml, setting, to_dict
+from .config import from_mapping, legacy_dict, read_toml, setting
 from .errors import ConfigError
 
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes 0 <= seed < 2**63
@@ -229,16 +229,17 @@ def _resolve_paths(s: Scenario, base: Path) -> Scenario:
 def same_config(stored: dict, config: dict) -> bool:
     """Whether a run stored with config `stored` may continue as `config` (what `Runtime`
     stores with a run): equal, once settings added to the scenario or to the method since the
-    run was stored are left out where they hold their defaults (such a run ran with them), and
+    run was stored are left out where they hold the value that reproduces how it ran (the
+    default, or the setting's `before=` where the default changed the behaviour), and
     but for the scenario's list of methods: a run is its own method (`config["method"]`), so
     a scenario that gained or lost methods (or a `--method` pick) resumes the runs it kept."""
     from .methods import get_method
     config, stored = (_without_methods(json.loads(json.dumps(c, default=str)))
                       for c in (config, stored))
-    defaults = {"scenario": to_dict(Scenario())}
+    defaults = {"scenario": legacy_dict(Scenario())}
     name = config.get("method", {}).get("name")
     try:
-        defaults["method"] = {"settings": to_dict(get_method(name).Config())}
+        defaults["method"] = {"settings": legacy_dict(get_method(name).Config())}
     except ConfigError:
         pass
     defaults = json.loads(json.dumps(defaults, default=str))

@@ -207,6 +207,28 @@ def test_a_run_stored_before_a_setting_existed_resumes(tiny, tmp_path):
     assert not same_config(old, changed)
 
 
+@pytest.mark.parametrize(("name", "key", "before", "default"), [
+    ("grace", "claim_rate", 1.0, 0.01), ("serac", "claim_rate", 1.0, 0.01),
+    ("wise-faiss", "protect_positions", "last", "all"), ("defer", "use_fact_identity", True, False)])
+def test_a_run_stored_before_a_behaviour_changing_setting_resumes_only_as_it_ran(
+        name, key, before, default):
+    """A setting whose default changed what the method does (`setting(before=...)`): a run
+    stored without it continues only where the setting holds the old behaviour's value."""
+    from lifelong.config import to_dict
+    from lifelong.methods import get_method
+    from lifelong.scenario import Scenario
+    settings = to_dict(get_method(name).Config())
+    assert settings[key] == default
+    now = {"scenario": to_dict(Scenario()), "method": {"name": name, "label": name,
+                                                        "settings": settings}, "seed": 0}
+    old = json.loads(json.dumps(now))
+    del old["method"]["settings"][key]
+    assert not same_config(old, now)
+    as_it_ran = json.loads(json.dumps(now))
+    as_it_ran["method"]["settings"][key] = before
+    assert same_config(old, as_it_ran)
+
+
 @pytest.mark.parametrize("name", ["grace", "defer", "wise-faiss", "wise"])
 def test_benchmarks_time_the_memory_against_the_bare_model(name, tiny):
     """`lifelong bench`: the bare model is the method's hooks suspended (`bypassed()`), and

@@ -91,14 +91,15 @@ class DeferConfig:
     retract: str = setting("retrain", "'retrain': exact, re-trains on the remaining edit log "
                                       "(cost of every remaining edit); 'unsupported': refuse",
                            choices=("retrain", "unsupported"))
-    use_fact_identity: bool = setting(False, FACT_IDENTITY_HELP)
+    use_fact_identity: bool = setting(False, FACT_IDENTITY_HELP, before=True)
     claim_rate: float = setting(0.01, "the largest share of held-out unrelated prompts (half "
                                       "the pool, never the gate's negatives) whose gate may "
                                       "open: the gate opens above the logit that keeps at most "
                                       "this share open, and never below 0. 0.01: chosen on "
                                       "dev organisms and the built-in dev stream "
                                       "(sweeps/dev-claim-rate.toml); 1: off, the whole pool is "
-                                      "negatives. Not in the papers", min=0.0, max=1.0)
+                                      "negatives. Not in the papers", min=0.0, max=1.0,
+                                before=1.0)
 
 
 class Defer(Served, MemoryBase, Retractable):

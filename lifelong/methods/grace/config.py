@@ -27,7 +27,8 @@ class GraceConfig:
     eps_relative: bool = setting(True, "eps is a share of the new key's norm (true) or an "
                                        "absolute Euclidean distance (false)")
     claim_rate: float = setting(0.01, CLAIM_RATE_HELP + ". Not in the paper (it tunes eps per "
-                                      "data set by hand)", min=0.0, max=1.0)
+                                      "data set by hand)", min=0.0, max=1.0,
+                                before=1.0)
     conflict: str = setting("coverage", "same-target key within reach: expand its radius "
                                         "('coverage') or move it to the members' mean "
                                         "('moving_average')", choices=("coverage", "moving_average"))
@@ -44,4 +45,4 @@ class GraceConfig:
                               min=1, max=256)
     approximate_above: int = setting(100_000, "codebook size above which the key index is "
                                               "approximate (HNSW); 0: always exact", min=0)
-    use_fact_identity: bool = setting(False, FACT_IDENTITY_HELP)
+    use_fact_identity: bool = setting(False, FACT_IDENTITY_HELP, before=True)

@@ -23,13 +23,24 @@ displaces the older one (the newest edit of an input wins).
 
 Serving (`method.py`): hooks on the token embedding (the batch's ids), on the classifier's
 block (its output) and on the output projection ``lm_head``: per row the nearest served key
-(newest among equally near ones); in scope when its probability exceeds `threshold`; the
+(newest among equally near ones); in scope when its probability exceeds `threshold` within
+the radius the scope guard allows (below); the
 routed rows run through the counterfactual model conditioned on their edit, and their logits
 at every real position are replaced by the counterfactual model's at the same token. Other
 rows are bit-identical to the base model's. The route reads prompt tokens only (scoring's
 `ForwardInfo.prompt_end`), so teacher-forced scoring and step-by-step generation route a row
 alike, and generation through the hooks is greedy decoding of the counterfactual model on the
 conditioned prompt.
+
+Scope guard (`claim_rate`, not in the paper): the in-scope region of every edit is the ball
+of radius ``r = sqrt(-ln threshold / scale)`` around its key; the guard
+(`_common/guard.py`, as GRACE's and wise-faiss's radii) shrinks r by one common factor c <= 1
+until at most `claim_rate` of the attach context's unrelated pool (locality prompts never
+probed while the method is attached) lies within ``c r`` of a served key, i.e. the bound on
+the log-probability becomes ``c^2 ln threshold``. Recomputed when the served edits change (a
+function of them: retraction stays exact). The classifier is trained on other records than
+the stream's, and on subword CounterFact organisms it put 0.77 to 0.83 of the unrelated
+prompts in some edit's scope (locality 0.38 to 0.48 on dev; sweeps/dev-serac-claim-rate.toml).
 
 Capabilities: `Routing` (a prompt goes to the index of its served edit, None: the base
 model) and `Retractable`, exact: the parts never change, so removing an edit from the log is
@@ -50,6 +61,7 @@ setting            ours                                 paper
 layer, pool        last block, last prompt token        distilBERT (a separate encoder)
 embed_dim          the model's width                    768 (distilBERT)
 threshold          0.5                                  0.5
+claim_rate         0.01 (scope guard; 1: off)           (no such guard)
 cls_steps, cls_lr  2000 Adam updates, 1e-2 (projection) joint, <= 100,000 updates, 1e-5
 cf_steps, cf_lr    1000 Adam updates, 1e-3              joint, <= 100,000 updates, 1e-5
 batch_size         10                                   10
@@ -87,6 +99,9 @@ Deviations from the paper and its reference code:
     stopping; features of the frozen base model computed once; the counterfactual model is
     trained on each edit's prompt and rephrases (in-scope inputs), the classifier's positives
     are the rephrases (an edit's prompt is at distance 0 of its key).
+  * the scope guard (`claim_rate`): the paper's threshold is fixed. 0.01 chosen on dev
+    subword organisms (sweeps/dev-serac-claim-rate.toml: the largest share that keeps
+    generated locality >= 0.95 on every dev set; without it, 0.38 to 0.94).
   * serving replaces whole rows' logits (hard routing at the threshold, the paper's test-time
     rule; the reference code's soft mixture is its training-time option).
 

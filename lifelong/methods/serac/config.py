@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 from ...config import setting
 from .._common.facts import FACT_IDENTITY_HELP
-from .._common.guard import CLAIM_RATE_HELP
 
 
 @dataclass(frozen=True)
@@ -29,9 +28,15 @@ class SeracConfig:
     threshold: float = setting(0.5, "an input is in the scope of its nearest edit when the "
                                     "classifier's probability exp(-scale * d^2) exceeds this "
                                     "(paper: 0.5)", min=0.0, max=1.0)
-    claim_rate: float = setting(0.01, CLAIM_RATE_HELP.replace("every radius is", "the "
-                                "scope radius sqrt(-ln threshold / scale) is") + ". Not in the "
-                                "paper (its threshold is fixed)", min=0.0, max=1.0)
+    claim_rate: float = setting(0.01, "the largest share of the unrelated pool (the stream's "
+                                      "locality prompts never probed while the method is "
+                                      "attached) the scope may claim: the scope radius "
+                                      "sqrt(-ln threshold / scale) is scaled by one common "
+                                      "factor (at most 1) until at most this share of the pool "
+                                      "lies within it of an edit's key. 0.01: chosen on dev "
+                                      "subword organisms (sweeps/dev-serac-claim-rate.toml); "
+                                      "1: off (paper: no such guard)", min=0.0, max=1.0,
+                                before=1.0)
     cls_steps: int = setting(2000, "Adam updates of the scope classifier (projection and scale) "
                                   "at attach (paper: trained jointly with the counterfactual "
                                   "model, up to 100,000 updates, stopped early on a "

@@ -27,7 +27,8 @@ class WiseFaissConfig:
                                      "the built-in model's dev stream at its default layer "
                                      "(scenarios/dev/wise-radius.toml: the largest radius tried "
                                      "keeping locality >= 0.98)", min=0.0)
-    claim_rate: float = setting(0.01, "FAISS router: " + CLAIM_RATE_HELP, min=0.0, max=1.0)
+    claim_rate: float = setting(0.01, "FAISS router: " + CLAIM_RATE_HELP, min=0.0, max=1.0,
+                                before=1.0)
     measure_activation_router: bool = setting(False, "FAISS router: also record where the "
                                                 "paper's activation router would send each "
                                                 "probe (the margin terms stay off: they cost "
@@ -75,7 +76,7 @@ class WiseFaissConfig:
         "all", "protect: the positions whose inputs are protected, every real token of the "
                "edit's prompt and target ('all': where the delta applies on the edit's own "
                "rows) or its last prompt token only ('last', the variant before v0.2: exact only "
-               "for one-token rows)")
+               "for one-token rows)", before="last")
     protect_share: float = setting(0.75, "protect: a memory is full once its protected keys "
                                          "span protect_share x the key width, and the next edit "
                                          "opens a new one (both modes; near 1.0 the last edits "
