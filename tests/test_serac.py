@@ -256,6 +256,7 @@ def test_the_scope_claims_at_most_claim_rate_of_the_unrelated_pool(cache, rate):
     function of the served edits: after a retraction, that of a memory that never had it."""
     import math
     m = make(tiny(), cache, pool=POOL, threshold=0.0, claim_rate=rate)
+    assert m.scope_factor() == 1.0 and m.route(POOL) == [None] * len(POOL)  # nothing stored
     for k, r in enumerate(EDITS):
         m.edit([r])
         claimed = sum(x is not None for x in m.route(POOL))

@@ -99,7 +99,7 @@ class Serac(RowServed, MemoryBase, Retractable, Routing):
         self.cf.model.requires_grad_(False).eval()
         self.digest = self._digest()
         self.guard = self._pool_guard(ctx, width)
-        self._bound: float | None = None  # the scope bound, None: to recompute (`scope_bound`)
+        self._factor: float | None = None  # the guard's factor, None: to recompute
         self.hooks.open()
 
     def _second_model(self, ctx: AttachContext) -> LM:
@@ -114,7 +114,8 @@ class Serac(RowServed, MemoryBase, Retractable, Routing):
 
     def cache_entry(self, records: Sequence[TrainRecord]) -> str:
         """Every setting that shapes the trained parts, the block read, the projection's
-        width, the training seed and the split's hash (never `threshold`, `use_fact_identity`)."""
+        width, the training seed and the split's hash (never `threshold`, `claim_rate`,
+        `use_fact_identity`: they do not shape the parts)."""
         keys = {k: v for k, v in vars(self.config).items()
                 if k not in ("threshold", "claim_rate", "use_fact_identity", "train_seed",
                              "layer", "embed_dim")}
