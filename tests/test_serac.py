@@ -270,6 +270,16 @@ def test_the_scope_claims_at_most_claim_rate_of_the_unrelated_pool(cache, rate):
     assert m.scope_factor() == never.scope_factor() and m.route(POOL) == never.route(POOL)
 
 
+def test_an_edit_keeps_its_own_prompt_when_the_pool_holds_it_too(cache):
+    """A pool prompt that is also an edit's prompt (its key equal up to the rounding of a
+    padded batch) is claimed whatever the factor: the guard does not shrink the other
+    edits' scope to nothing for it, and the edit keeps its prompt."""
+    m = make(tiny(), cache, pool=POOL + [EDITS[1].prompt], threshold=0.0, claim_rate=0.0)
+    m.edit(EDITS)
+    assert m.route([r.prompt for r in EDITS]) == [0, 1, 2]
+    assert m.scope_factor() * m._radius() > 1e-3  # set by the other pool prompts, not the edit's
+
+
 def test_the_guard_leaves_a_scope_that_claims_no_more_than_claim_rate_as_it_was(cache):
     narrow = make(tiny(), cache, pool=POOL, **NARROW)
     narrow.edit(EDITS)

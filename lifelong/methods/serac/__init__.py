@@ -37,8 +37,9 @@ of radius ``r = sqrt(-ln threshold / scale)`` around its key; the guard
 (`_common/guard.py`, as GRACE's and wise-faiss's radii) shrinks r by one common factor c <= 1
 until at most `claim_rate` of the attach context's unrelated pool (locality prompts never
 probed while the method is attached) lies within ``c r`` of a served key, i.e. the bound on
-the log-probability becomes ``c^2 ln threshold``. Recomputed when the served edits change (a
-function of them: retraction stays exact). The classifier is trained on other records than
+the log-probability becomes ``c^2 ln threshold``; no radius shrinks below 1e-4 of its key's
+norm (`SAME_KEY`: an edit keeps its own prompt, even one the pool also holds). Recomputed
+when the served edits change (a function of them: retraction stays exact). The classifier is trained on other records than
 the stream's, and on subword CounterFact organisms it put 0.77 to 0.83 of the unrelated
 prompts in some edit's scope (locality 0.38 to 0.48 on dev; sweeps/dev-serac-claim-rate.toml).
 

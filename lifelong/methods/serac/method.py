@@ -53,6 +53,9 @@ FORMAT = 1
 NO_SPLIT = ("serac trains its scope classifier and counterfactual model on a train split "
             "before the stream, and this run has none: set the scenario's `stream.train_file` "
             "(a stream file of edits; Python API: train_split=)")
+#: relative distance within which a key is an edit's own prompt's (the rounding of a padded
+#: batch moves an embedding by ~1e-7 of its norm): the guard shrinks no radius below it
+SAME_KEY = 1e-4
 META = ("cls_first", "cls_last", "cf_first", "cf_last", "cls_updates", "cf_updates", "seconds")
 
 
@@ -221,8 +224,15 @@ class Serac(RowServed, MemoryBase, Retractable, Routing):
             keys, rate = self.memory.keys(), self.config.claim_rate
             self._factor = 1.0 if not len(self.guard) or not keys.shape[0] or rate >= 1 else \
                 self.guard.factor(keys, torch.full((keys.shape[0],), self._radius(),
-                                                   dtype=torch.float64), rate)
+                                                   dtype=torch.float64), rate, self._floors(keys))
         return self._factor
+
+    def _floors(self, keys: torch.Tensor) -> torch.Tensor:
+        """(n,) float64: the distance each key keeps covering whatever the guard's factor,
+        `SAME_KEY` x its norm (never more than the radius): an edit never loses its own
+        prompt, even one the unrelated pool also holds."""
+        norms = keys.detach().double().cpu().norm(dim=1)
+        return torch.clamp(norms * SAME_KEY, max=self._radius())
 
     def _radius(self) -> float:
         """The embedding distance at which the probability equals `threshold` (a large finite
@@ -235,7 +245,7 @@ class Serac(RowServed, MemoryBase, Retractable, Routing):
     def scope_bound(self) -> float:
         """The log-probability an input's nearest key must exceed to be in scope: ln
         `threshold`, or, where the guard shrinks the radius by c < 1, ``-scale (c r)^2 = c^2
-        ln threshold``."""
+        ln threshold`` (within its floor, `_floors`, an input is in scope whatever this)."""
         c = self.scope_factor()
         if c < 1:
             return -float(self.classifier.log_scale.exp()) * (c * self._radius()) ** 2
@@ -250,15 +260,17 @@ class Serac(RowServed, MemoryBase, Retractable, Routing):
     def _decide(self, feats: torch.Tensor, valid: torch.Tensor) -> list[int | None]:
         """The served memory's index for each row of pooled features (None: out of scope of
         every edit, or a row without prompt tokens): the nearest key, the newest among equally
-        near ones, in scope when its log-probability exceeds `scope_bound` (an edit's own
-        prompt, at distance 0, is in scope at any factor c > 0 and threshold < 1)."""
+        near ones, in scope when its log-probability exceeds `scope_bound` or it lies within
+        that key's floor (`_floors`: an edit's own prompt whatever the guard's factor)."""
         keys = self.memory.keys()
         if keys.shape[0] == 0:
             return [None] * feats.shape[0]
         log_p = self.classifier.log_prob(self.classifier.embed(feats), keys.to(self.lm.device))
         best = keys.shape[0] - 1 - log_p.flip(-1).argmax(-1)
-        top = log_p.gather(1, best.unsqueeze(1)).squeeze(1)
-        hit = (top > self.scope_bound()).cpu() & valid.cpu()
+        top = log_p.gather(1, best.unsqueeze(1)).squeeze(1).double().cpu()
+        floor = self._floors(keys)[best.cpu()]
+        own = top > -float(self.classifier.log_scale.exp()) * floor.square()
+        hit = ((top > self.scope_bound()) | own) & valid.cpu()
         return [int(b) if h else None for b, h in zip(best.tolist(), hit.tolist())]
 
     def route(self, prompts: Sequence[str], router: str | None = None) -> list[int | None]:
