@@ -102,7 +102,7 @@ class Serac(RowServed, MemoryBase, Retractable, Routing):
         self.cf.model.requires_grad_(False).eval()
         self.digest = self._digest()
         self.guard = self._pool_guard(ctx, width)
-        self._factor: float | None = None  # the guard's factor, None: to recompute
+        self._cached: tuple[float, torch.Tensor] | None = None  # `_scope`, None: to recompute
         self.hooks.open()
 
     def _second_model(self, ctx: AttachContext) -> LM:
@@ -217,22 +217,28 @@ class Serac(RowServed, MemoryBase, Retractable, Routing):
     def scope_factor(self) -> float:
         """The guard's common factor c <= 1 on the scope radius ``r = sqrt(-ln threshold /
         scale)``: the largest at which at most `claim_rate` of the unrelated pool lies within
-        ``c x r`` of a served key (`Guard.factor`; 1.0: no pool, no edit, or off).
-        Recomputed when the served edits change: a pure function of them, so retraction
-        stays exact."""
-        if self._factor is None:
-            keys, rate = self.memory.keys(), self.config.claim_rate
-            self._factor = 1.0 if not len(self.guard) or not keys.shape[0] or rate >= 1 else \
-                self.guard.factor(keys, torch.full((keys.shape[0],), self._radius(),
-                                                   dtype=torch.float64), rate, self._floors(keys))
-        return self._factor
+        ``c x r`` of a served key (`Guard.factor`; 1.0: no pool, no edit, or off)."""
+        return self._scope()[0]
 
-    def _floors(self, keys: torch.Tensor) -> torch.Tensor:
-        """(n,) float64: the distance each key keeps covering whatever the guard's factor,
-        `SAME_KEY` x its norm (never more than the radius): an edit never loses its own
-        prompt, even one the unrelated pool also holds."""
-        norms = keys.detach().double().cpu().norm(dim=1)
-        return torch.clamp(norms * SAME_KEY, max=self._radius())
+    def _scope(self) -> tuple[float, torch.Tensor]:
+        """(c, bounds): the guard's factor and, per served key, the log-probability an input
+        nearest to it must exceed to be in scope: ln `threshold` while c = 1, else ``-scale x
+        max(c r, floor)^2``, the floor being `SAME_KEY` x the key's norm (at most r: an edit
+        keeps its own prompt, even one the pool also holds). Recomputed only when the served
+        edits change (a function of them, so retraction stays exact)."""
+        if self._cached is None:
+            keys, rate, r = self.memory.keys(), self.config.claim_rate, self._radius()
+            n = keys.shape[0]
+            floors = torch.clamp(keys.detach().double().cpu().norm(dim=1) * SAME_KEY, max=r)
+            c = 1.0 if not len(self.guard) or not n or rate >= 1 else self.guard.factor(
+                keys, torch.full((n,), r, dtype=torch.float64), rate, floors)
+            if c >= 1:
+                bound = math.log(self.config.threshold) if self.config.threshold > 0 else -math.inf
+                bounds = torch.full((n,), bound, dtype=torch.float64)
+            else:
+                bounds = -float(self.classifier.log_scale.exp()) * floors.clamp(min=c * r).square()
+            self._cached = (c, bounds)
+        return self._cached
 
     def _radius(self) -> float:
         """The embedding distance at which the probability equals `threshold` (a large finite
@@ -241,15 +247,6 @@ class Serac(RowServed, MemoryBase, Retractable, Routing):
         if self.config.threshold <= 0:
             return 1e150
         return math.sqrt(-math.log(self.config.threshold) / scale)
-
-    def scope_bound(self) -> float:
-        """The log-probability an input's nearest key must exceed to be in scope: ln
-        `threshold`, or, where the guard shrinks the radius by c < 1, ``-scale (c r)^2 = c^2
-        ln threshold`` (within its floor, `_floors`, an input is in scope whatever this)."""
-        c = self.scope_factor()
-        if c < 1:
-            return -float(self.classifier.log_scale.exp()) * (c * self._radius()) ** 2
-        return math.log(self.config.threshold) if self.config.threshold > 0 else -math.inf
 
     def _features(self, prompts: Sequence[str]) -> torch.Tensor:
         """Pooled features of `prompts` with the serving hooks out of the way."""
@@ -260,17 +257,14 @@ class Serac(RowServed, MemoryBase, Retractable, Routing):
     def _decide(self, feats: torch.Tensor, valid: torch.Tensor) -> list[int | None]:
         """The served memory's index for each row of pooled features (None: out of scope of
         every edit, or a row without prompt tokens): the nearest key, the newest among equally
-        near ones, in scope when its log-probability exceeds `scope_bound` or it lies within
-        that key's floor (`_floors`: an edit's own prompt whatever the guard's factor)."""
+        near ones, in scope when its log-probability exceeds that key's bound (`_scope`)."""
         keys = self.memory.keys()
         if keys.shape[0] == 0:
             return [None] * feats.shape[0]
         log_p = self.classifier.log_prob(self.classifier.embed(feats), keys.to(self.lm.device))
         best = keys.shape[0] - 1 - log_p.flip(-1).argmax(-1)
         top = log_p.gather(1, best.unsqueeze(1)).squeeze(1).double().cpu()
-        floor = self._floors(keys)[best.cpu()]
-        own = top > -float(self.classifier.log_scale.exp()) * floor.square()
-        hit = ((top > self.scope_bound()) | own) & valid.cpu()
+        hit = (top > self._scope()[1][best.cpu()]) & valid.cpu()
         return [int(b) if h else None for b, h in zip(best.tolist(), hit.tolist())]
 
     def route(self, prompts: Sequence[str], router: str | None = None) -> list[int | None]:
@@ -314,7 +308,7 @@ class Serac(RowServed, MemoryBase, Retractable, Routing):
                 key = self.classifier.embed(self._features([r.prompt]))[0].cpu()
             self.memory.add(r, key, edit_prefix(self.lm, r.prompt, r.target,
                                                 self.config.separator))
-            self._factor = None
+            self._cached = None
             after = self._loss(r)
         last = requests[-1].edit_id if requests else None
         return EditReceipt(applied=True, loss_before=before, loss_after=after, steps=0,
@@ -327,7 +321,7 @@ class Serac(RowServed, MemoryBase, Retractable, Routing):
         """Remove the edit from the log (exact: the parts never change after attach)."""
         if not self.memory.remove(edit_id):
             raise UnknownEdit(f"{self.name}: no active edit {edit_id!r} to retract")
-        self._factor = None
+        self._cached = None
 
     # ---- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -339,7 +333,7 @@ class Serac(RowServed, MemoryBase, Retractable, Routing):
                              f"({state.get('parts')}, attached: {self.digest}); attach with the "
                              "same model, settings, seed and train split")
         self.memory.load_state_dict(state)
-        self._factor = None
+        self._cached = None
 
     def footprint(self) -> int:
         """Stored edits (texts, conditioning tokens, keys) + the classifier's tensors + every
