@@ -176,13 +176,21 @@ def stream_of(rd: Any) -> dict:
 
 
 def group_key(rd: Any) -> tuple[str, str, Any, int]:
-    """(model, stream, events replayed, chunk size): runs compare only within one. The
-    stream is its file's digest where the run recorded one (the same file checked out in two
-    places, or on two machines of a sweep, is one stream), else its path."""
+    """(model, stream, events replayed, chunk size): runs compare only within one. The model
+    is its weights' fingerprint and the stream its file's digest where the run recorded them
+    (one model or file in two places, or on two machines of a sweep, is one; one path whose
+    model was rebuilt is two), else their paths."""
     stream = stream_of(rd)
     chunk = get(rd.run.get("config"), "scenario", "schedule", "restart_every") or 0
     ident = f"sha256:{stream['sha256']}" if stream.get("sha256") else str(stream.get("path") or "-")
-    return (str(rd.run.get("model") or "builtin"), ident, stream.get("events"), int(chunk))
+    fp = rd.run.get("model_fingerprint")
+    model = f"fingerprint:{fp}" if fp else model_path(rd)
+    return (model, ident, stream.get("events"), int(chunk))
+
+
+def model_path(rd: Any) -> str:
+    """The run's model as its scenario named it ("builtin" where none): what tables show."""
+    return str(rd.run.get("model") or "builtin")
 
 
 def stream_path(rd: Any) -> str:
@@ -351,7 +359,7 @@ def _measured(rd: Any) -> str:
 
 def _identity(line: Line, names: dict[str, str]) -> dict[str, str]:
     first = line.members[0]
-    model, stream = group_key(first)[0], stream_path(first)
+    model, stream = model_path(first), stream_path(first)
     seeds = [m.run.get("seed") for m in line.members]
     applied = mean_std([get(m.metrics or {}, "edits", "applied") for m in line.members])
     done = "-" if applied is None else fmt(applied["mean"], "count")
@@ -396,20 +404,22 @@ def _best(cols: list[Column], lines: list[Line], cells: list[dict[str, Cell]]) -
     return best
 
 
-def _describe(keys: list[tuple], paths: list[str], names: dict[str, str]) -> list[str]:
-    """One line per group; `paths[i]` is the stream file of group i's first run."""
-    return [f"model {names[m]}, stream {names[p]} ({ev if ev is not None else '?'} events)"
-            + (f", chunks of {t}" if t else "") for (m, _, ev, t), p in zip(keys, paths)]
+def _describe(keys: list[tuple], firsts: list[Any], names: dict[str, str]) -> list[str]:
+    """One line per group; `firsts[i]` is group i's first run (whose model and stream
+    paths name the group; the fingerprint is added where it tells groups apart)."""
+    return [f"model {names[model_path(r)]}"
+            + (f" ({m.split(':', 1)[1]})" if m.startswith("fingerprint:") else "")
+            + f", stream {names[stream_path(r)]} ({ev if ev is not None else '?'} events)"
+            + (f", chunks of {t}" if t else "") for (m, _, ev, t), r in zip(keys, firsts)]
 
 
 def comparison(runs: Sequence[Any]) -> Comparison:
     figs = {id(r): figures(r) for r in runs}
     means = seed_means(runs)
     lines, keys = _lines(runs, means)
-    paths = [stream_path(next(ln.members[0] for ln in lines if ln.group == g))
-             for g in range(len(keys))]
-    names = short_names([k[0] for k in keys]) | short_names(
-        list(dict.fromkeys(paths + [stream_path(r) for r in runs])))
+    firsts = [next(ln.members[0] for ln in lines if ln.group == g) for g in range(len(keys))]
+    names = short_names(list(dict.fromkeys(model_path(r) for r in runs))) | short_names(
+        list(dict.fromkeys(stream_path(r) for r in runs)))
     cols = [c for c in COLUMNS if any(
         f[c.key] is not None and (c.show == "any" or f[c.key] > 0) for f in figs.values())]
     raw = [{c.key: _cell(c, ln, figs) for c in cols} for ln in lines]
@@ -425,7 +435,7 @@ def comparison(runs: Sequence[Any]) -> Comparison:
             rows.append(_run_row(ln, ident, cols, figs, cell))
         else:
             mean_rows.append(_mean_row(ln, ident, cols, figs))
-    return Comparison(cols, lines, cells, rows, best, _describe(keys, paths, names), mean_rows)
+    return Comparison(cols, lines, cells, rows, best, _describe(keys, firsts, names), mean_rows)
 
 
 def _run_row(ln: Line, ident: dict, cols: list[Column], figs: dict, cell: dict[str, Cell]) -> dict:

@@ -209,6 +209,7 @@ class Runtime:
         torch.manual_seed(seed)
         lm, self._spare = self._spare or load_model(self.sc.model, self.sc.device), None
         fingerprint = lm.fingerprint()
+        self._check_model(run_id, existing, fingerprint)
         model_key = f"{lm.name}:{fingerprint}"
         pool, loc = self._locality(seed)
         self._ensure_reference(lm, model_key, loc)
@@ -223,7 +224,7 @@ class Runtime:
 
         method.attach(lm, context(chunk_start))
         counters = self._restore(run_id, method, saved)
-        self._mark_running(run_id, spec, seed, config, existing)
+        self._mark_running(run_id, spec, seed, config, existing, fingerprint)
         try:
             self._loop(run_id, lm, (method, fresh, context), model_key, loc, counters, seed)
             self._finish(run_id, lm)
@@ -286,8 +287,18 @@ class Runtime:
                              "use another --db")
         return existing
 
+    def _check_model(self, run_id: str, existing: dict | None, fingerprint: str) -> None:
+        """Refuse to continue a run on a model whose weights differ from those it started on
+        (a model rebuilt or replaced at the same path): its rows would not be one run's.
+        Runs recorded before fingerprints were stored are not checked."""
+        was = existing.get("model_fingerprint") if existing else None
+        if was and was != fingerprint:
+            raise StoreError(f"{self.store.path}: run {run_id} was started on another version "
+                             f"of model {self.sc.model or 'builtin'} (fingerprint {was}, now "
+                             f"{fingerprint}: its weights changed since); use another --db")
+
     def _mark_running(self, run_id: str, spec: MethodSpec, seed: int, config: dict,
-                      existing: dict | None) -> None:
+                      existing: dict | None, fingerprint: str) -> None:
         """Setup passed: create the run's row, or mark the existing one running again."""
         if existing:
             self.store.set_status(run_id, "running")
@@ -295,7 +306,8 @@ class Runtime:
         self.store.start_run({"run_id": run_id, "label": spec.display, "method": spec.name,
                               "seed": seed, "scenario": self.sc.name, "config": config,
                               "code_version": code_version(), "machine": machine(),
-                              "model": self.sc.model, "stream": self.stream_info,
+                              "model": self.sc.model, "model_fingerprint": fingerprint,
+                              "stream": self.stream_info,
                               "status": "running", "error": None, "started_at": time.time(),
                               "finished_at": None, "events_total": len(self.events),
                               "edits_total": self.n_edits})

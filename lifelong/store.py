@@ -2,7 +2,8 @@
 
 Tables (all keyed so that re-running an event upserts instead of duplicating):
 
-    runs         run_id                       resolved config, code version, seed, machine, status
+    runs         run_id                       resolved config, code version, seed, machine, status,
+                                              model path and fingerprint
     events       (run_id, event_id)           every event's outcome and timing (merges fired by the
                                               schedule get ids like "@merge-000100")
     checkpoints  (run_id, checkpoint)         when probes ran: edits done, memory bytes, probe time
@@ -25,6 +26,9 @@ Every SQLite failure (a damaged or foreign file, a read-only location, a full di
 Column types: columns are added as rows bring them (`alter`), typed from `_TYPES` where the
 first rows that bring a column may all hold NULL (`events.converged` is NULL for methods
 without a notion of convergence), so that later integers and floats are stored as numbers.
+`runs.model_fingerprint` was added after schema 1 was fixed: a store made before it gains the
+column with its next run (old rows hold NULL: model unknown beyond its path), and readers
+treat a missing column as NULL.
 """
 
 from __future__ import annotations
@@ -147,7 +151,8 @@ class Store:
         if not self.db["runs"].exists():
             self.db["runs"].create({"run_id": str, "label": str, "method": str, "seed": int,
                                     "scenario": str, "config": str, "code_version": str,
-                                    "machine": str, "model": str, "stream": str, "status": str,
+                                    "machine": str, "model": str, "model_fingerprint": str,
+                                    "stream": str, "status": str,
                                     "error": str, "started_at": float, "finished_at": float,
                                     "events_total": int, "edits_total": int}, pk="run_id")
         if not self.db["state"].exists():
@@ -166,10 +171,11 @@ class Store:
 
     @_sqlite_errors
     def start_run(self, row: dict) -> None:
-        """Create or replace a run's header row (configs are stored as JSON text)."""
+        """Create or replace a run's header row (configs are stored as JSON text); a column
+        the row brings and an older store lacks (`model_fingerprint`) is added."""
         row = {k: (_json(v) if isinstance(v, (dict, list)) else v) for k, v in row.items()}
         with self.db.conn:
-            self.db["runs"].upsert(row, pk="run_id")
+            self.db["runs"].upsert(row, pk="run_id", alter=True)
 
     @_sqlite_errors
     def set_status(self, run_id: str, status: str, error: str | None = None) -> None:

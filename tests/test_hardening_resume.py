@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from tinyrun import save_tiny_model, stream_events, write_jsonl, write_scenario
 
+from lifelong.errors import StoreError
 from lifelong.runtime import Runtime
 from lifelong.scenario import CRASH_POINTS, load_scenario
 from lifelong.store import Store
@@ -200,3 +201,27 @@ def test_real_kill_in_the_tail_via_the_cli(scenarios, tmp_path):
     assert len(got["timings"]) == len(ref["timings"])
     assert json.loads(dict(got["runs"][0])["config"])["scenario"]["faults"]["crash_at"] == \
         "after_query_timing"
+
+
+def test_resume_on_a_model_rebuilt_at_the_same_path_is_refused(tmp_path):
+    """A run killed midway is not continued on other weights at its model's path (the rows
+    would not be one run's): one line naming the store, the run and both fingerprints, and
+    every row already recorded kept as it was. The same weights resume."""
+    model = save_tiny_model(tmp_path / "model" / "tiny")
+    path = _scenario(tmp_path / "sc", model, "s", stream_events(n_edits=6, reedits=1,
+                                                               retracts=0, queries=0),
+                     "checkpoint_every = 3")
+    db = tmp_path / "s.db"
+    with pytest.raises(SimulatedKill):
+        run(path, db, kill_after_events=4)
+    recorded = Store(db).get_run("ft@seed0")["model_fingerprint"]
+    before = snapshot(db)
+    save_tiny_model(model, seed=1)  # rebuilt: same path, other weights
+    with pytest.raises(StoreError) as err:
+        run(path, db, resume=True)
+    msg = str(err.value)
+    assert "\n" not in msg and str(db) in msg and "ft@seed0" in msg and recorded in msg
+    assert snapshot(db) == before
+    save_tiny_model(model, seed=0)  # the weights it started on
+    run(path, db, resume=True)
+    assert Store(db).get_run("ft@seed0")["status"] == "complete"

@@ -310,3 +310,47 @@ def test_report_into_an_unwritable_place_is_one_line(honest_db, tmp_path):
     res = _cli([], dict(os.environ), "report", str(honest_db), "-o", str(blocker / "r.html"))
     assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
     assert res.stderr.startswith("lifelong: cannot write ") and "Traceback" not in res.stderr
+
+
+def test_runs_group_by_the_model_weights_not_its_path(honest_db, tmp_path):
+    """The same weights in another directory compare with the first run (one group, each run
+    showing its own path); other weights saved at that same path later are another group,
+    told apart by fingerprint."""
+    model = Path(json.loads(Store(honest_db).get_run("none@seed0")["config"])["scenario"]["model"])
+    stream = Path(json.loads(Store(honest_db).get_run("none@seed0")["stream"])["path"])
+    twin = tmp_path / "copy" / "tiny"
+    shutil.copytree(model, twin)
+    methods = '[[methods]]\nname = "none"\n'
+    db = _run(write_scenario(tmp_path / "twin.toml", twin, stream, methods), tmp_path / "twin.db")
+    doc, terminal = compare_json(tmp_path, honest_db, db)
+    assert {r["group"] for r in doc["rows"]} == {1} and "comparison groups" not in terminal
+    assert len({r["model"] for r in doc["rows"]}) == 2
+    save_tiny_model(twin, seed=1)  # rebuilt at the same path
+    db2 = _run(write_scenario(tmp_path / "rebuilt.toml", twin, stream, methods),
+               tmp_path / "rebuilt.db")
+    fps = [Store(d).get_run("none@seed0")["model_fingerprint"] for d in (db, db2)]
+    assert fps[0] != fps[1]
+    doc, terminal = compare_json(tmp_path, db, db2)
+    assert {r["group"] for r in doc["rows"]} == {1, 2}
+    text = " ".join(terminal.split())
+    assert "span 2 comparison groups" in text and all(fp in text for fp in fps)
+
+
+def test_a_store_made_before_fingerprints_reads_and_gains_the_column(honest_db, tmp_path):
+    """Old rows hold no fingerprint (their runs group by model path, as before); the next run
+    into that store adds the column and records its own."""
+    db = copy_store(honest_db, tmp_path / "old.db")
+    with sqlite3.connect(db) as con:
+        con.execute("alter table runs drop column model_fingerprint")
+    doc, _ = compare_json(tmp_path, db)
+    assert {r["group"] for r in doc["rows"]} == {1}
+    model = json.loads(Store(db).get_run("none@seed0")["config"])["scenario"]["model"]
+    stream = json.loads(Store(db).get_run("none@seed0")["stream"])["path"]
+    sc = write_scenario(tmp_path / "new.toml", Path(model), Path(stream),
+                        '[[methods]]\nname = "none"\nlabel = "later"\n')
+    _run(sc, db)
+    runs = {r["run_id"]: r for r in Store(db).runs()}
+    assert runs["none@seed0"]["model_fingerprint"] is None
+    assert runs["later@seed0"]["model_fingerprint"]
+    doc, terminal = compare_json(tmp_path, db)
+    assert {r["group"] for r in doc["rows"]} == {1, 2}  # unknown weights are not assumed equal
