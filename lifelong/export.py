@@ -142,8 +142,15 @@ def _check_out(out: Path, overwrite: bool) -> Path:
 
 
 def _check_base(store, run: dict, fingerprint: str, ref: str) -> str | None:
-    """Refuse a base model the run was not made on: the store keeps the pre-stream outputs
-    of each model under "name:fingerprint". None when verified, else a note."""
+    """Refuse a base model the run was not made on: the run records its model's fingerprint
+    (runs recorded before that: the store keeps the pre-stream outputs of each model under
+    "name:fingerprint"). None when verified, else a note."""
+    recorded = run.get("model_fingerprint")
+    if recorded:
+        if recorded == fingerprint:
+            return None
+        raise LifelongError(f"{ref}: fingerprint {fingerprint} is not that of the model run "
+                            f"{run['run_id']} was made on ({recorded}); give --model that model")
     if not store.db["reference"].exists():
         return "base model not verified: the store holds no reference outputs"
     keys = [r[0] for r in store.db.execute("select distinct model from reference")]

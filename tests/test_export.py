@@ -237,3 +237,19 @@ def test_unfinished_run_needs_allow_incomplete(tmp_path):
     assert [op["edit_id"] for op in ed.log] == [f"e{i:03d}" for i in range(position)]
     assert json.loads((out.out / "memory.json").read_text())["method"] == "ft"
     shutil.rmtree(out.out)
+
+
+def test_the_base_is_checked_against_the_runs_own_fingerprint(runs, tmp_path):
+    """Where a store holds reference outputs of two models, only the one the run was made on
+    passes (before fingerprints were recorded per run, either did)."""
+    db = tmp_path / "two.db"
+    shutil.copyfile(runs, db)
+    other = save_tiny_model(tmp_path / "other", seed=1)
+    store = Store(db)
+    fp = load_model(str(other)).fingerprint()
+    rows = [dict(r) for r in store.db["reference"].rows]
+    name = rows[0]["model"].rsplit(":", 1)[0]
+    store.db["reference"].insert_all([r | {"model": f"{name}:{fp}"} for r in rows], pk=("model", "prompt", "answer"))
+    store.close()
+    with pytest.raises(LifelongError, match="is not that of the model run grace@seed0"):
+        export_run(db, "grace@seed0", tmp_path / "b", model=str(other))
