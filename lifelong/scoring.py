@@ -153,6 +153,14 @@ def _generate(lm: LM, p_rows: list[list[int]], lengths: Sequence[int]) -> list[t
     return [tuple(g[:n]) for g, n in zip(gen, lengths)]
 
 
+def greedy_ids(lm: LM, prompts: Sequence[str], n_tokens: int) -> list[tuple[int, ...]]:
+    """The `n_tokens` token ids greedy decoding writes after each prompt (never stopped
+    early: an end-of-sequence token is written like any other), batched as the generated
+    protocol decodes."""
+    rows = [lm.tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    return _generate(lm, rows, [n_tokens] * len(rows))
+
+
 def score_pairs(lm: LM, prompts: Sequence[str], targets: Sequence[str],
                 batch_size: int = 128) -> list[PairScore]:
     """Score every (prompt, target) pair in both protocols, in input order.

@@ -17,7 +17,7 @@ from lifelong.methods import AttachContext, EditRequest, build_method
 from lifelong.methods.wise.memory import merge_shards
 from lifelong.model import LM
 from lifelong.nethook import Trace
-from lifelong.scoring import encode_pairs, forward_logits
+from lifelong.scoring import encode_pairs, forward_logits, greedy_ids
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -217,3 +217,29 @@ def test_bench_wise_command_benches_both_methods(tmp_path):
     assert res.exit_code == 0, res.output
     assert "method: wise\n" in res.output and "method: wise-faiss\n" in res.output
     assert set(json.loads(path.read_text())) == {"wise", "wise-faiss"}
+
+
+# ---- prefixes -------------------------------------------------------------------------------
+def test_prefixes_are_written_by_the_unedited_model_once_and_shared():
+    """`prefix_source = "generated"` (the reference): each prefix is a start followed by what
+    greedy decoding of the unedited model writes after it, prefix_tokens long for the first
+    five starts and twice that for the next; the same for every edit, seed and attach.
+    `random` draws other tokens per edit."""
+    model = lm()
+    a = attached(model, prefixes=7, prefix_tokens=3)
+    texts = a._prefixed(EDITS[0])
+    assert texts[0] == EDITS[0].prompt and len(texts) == 8
+    assert [t.removesuffix(" " + EDITS[1].prompt) for t in a._prefixed(EDITS[1])[1:]] == a.heads
+    for i, head in enumerate(a.heads):
+        start = ("I", "You", "Because", "Yes", "Q:")[i % 5]
+        written = model.tok.decode(list(greedy_ids(model, [start], 3 * (1 + i // 5))[0]),
+                                   skip_special_tokens=True)
+        assert head == f"{start} {written}".strip()
+    a.hooks.close()
+    again = build_method("wise", FAST | {"prefixes": 7, "prefix_tokens": 3}, seed=5)
+    again.attach(model, AttachContext(seed=5, unrelated_prompts=UNRELATED))
+    assert again.heads == a.heads
+    again.hooks.close()
+    r = attached(model, prefixes=7, prefix_tokens=3, prefix_source="random")
+    assert r.heads == [] and r._prefixed(EDITS[0])[1:] != texts[1:]
+    assert r._prefixed(EDITS[0])[1:] != r._prefixed(EDITS[1])[1:]

@@ -11,7 +11,8 @@ highest score if that score exceeds act_ratio x the smallest score an edit of it
 (WISE-Retrieve's top-1 routing; in merge mode the candidates are the merged memory and the
 shards not merged yet, as the reference routes between its merged and its current weight).
 Training adds the margin loss (unrelated below alpha, edits above beta, gap gamma; in units
-of the projection's median output norm) and random-token prefixes of the edit prompt.
+of the projection's median output norm) and prefixes of the edit prompt that the unedited
+model writes from the reference's five starts (`prefix_source`).
 
 Knowledge shards (`memory.py`): every `shard_size` edits a new shard starts from the same
 start (the main weights, as the reference; or the merged memory, `shard_start`) under its

@@ -17,7 +17,7 @@ from ... import layers
 from ...errors import NotSupported
 from ...model import LM
 from ...nethook import Trace, rewrite_output
-from ...scoring import encode_pairs, forward_logits
+from ...scoring import encode_pairs, forward_logits, greedy_ids
 from .._common.activations import output_scale
 from .._common.hooks import Hooks, Served
 from .._common.keys import forward_router_tokens, router_tokens, serve_routed
@@ -38,6 +38,9 @@ from ..wise_faiss.memory import activation_score
 from .config import WiseConfig
 from .memory import Shard, SideMemory, clamp, entry_mask, merge_shards, threshold
 from .trainer import Inputs, train_shard
+
+#: where the reference's prefixes start (EasyEdit's WISE: five starts, 5 and 10 tokens written)
+STARTS = ("I", "You", "Because", "Yes", "Q:")
 
 
 def top1(scores: torch.Tensor, limits: torch.Tensor) -> torch.Tensor:
@@ -70,6 +73,7 @@ class Wise(Served, MemoryBase, Retractable, Consolidating, Routing):
         self.since_merge = 0
         self._served: list[tuple[int, torch.Tensor, float]] | None = None
         self.scale = output_scale(lm, self.module, self.unrelated[:64])
+        self.heads = self._written_heads() if self.config.prefix_source == "generated" else []
         self.hooks = Hooks(lambda stack: stack.enter_context(
             rewrite_output(self.module, self._serve)))
         self.hooks.open()
@@ -140,12 +144,27 @@ class Wise(Served, MemoryBase, Retractable, Consolidating, Routing):
         n = min(self.config.negatives, len(self.unrelated))
         return seeded_rng(self.seed, "neg", edit_id).sample(self.unrelated, n)
 
+    def _written_heads(self) -> list[str]:
+        """The prefixes the unedited model writes (`prefix_source = "generated"`): greedy
+        continuations of the reference's starts, special tokens dropped; the same at every
+        attach of the same model, so nothing of them is saved."""
+        c = self.config
+        todo = [(STARTS[i % len(STARTS)], c.prefix_tokens * (1 + i // len(STARTS)))
+                for i in range(c.prefixes)]
+        out = []
+        for start, n in todo:
+            ids = greedy_ids(self.lm, [start], n)[0]
+            out.append(f"{start} {self.lm.tok.decode(list(ids), skip_special_tokens=True)}".strip())
+        return out
+
     def _prefixed(self, req: EditRequest) -> list[str]:
-        """The edit prompt and its random-prefix copies (prefix tokens drawn from the seed and
-        the edit id, special tokens excluded)."""
+        """The edit prompt and its prefixed copies: the model-written heads, or random tokens
+        drawn from the seed and the edit id (special tokens excluded)."""
         c, tok = self.config, self.lm.tok
         if not c.prefixes:
             return [req.prompt]
+        if c.prefix_source == "generated":
+            return [req.prompt, *(f"{h} {req.prompt}" for h in self.heads)]
         special = set(tok.all_special_ids)
         pool = [i for i in range(len(tok)) if i not in special]
         rng = seeded_rng(self.seed, "prefix", req.edit_id)
