@@ -148,13 +148,13 @@ class Wise(Served, MemoryBase, Retractable, Consolidating, Routing):
         """The prefixes the unedited model writes (`prefix_source = "generated"`): greedy
         continuations of the reference's starts, special tokens dropped; the same at every
         attach of the same model, so nothing of them is saved."""
-        c = self.config
-        todo = [(STARTS[i % len(STARTS)], c.prefix_tokens * (1 + i // len(STARTS)))
-                for i in range(c.prefixes)]
+        c, n = self.config, len(STARTS)
+        starts = [STARTS[i % n] for i in range(c.prefixes)]
         out = []
-        for start, n in todo:
-            ids = greedy_ids(self.lm, [start], n)[0]
-            out.append(f"{start} {self.lm.tok.decode(list(ids), skip_special_tokens=True)}".strip())
+        for k in range(0, c.prefixes, n):  # one batch per length: the starts of one round
+            ids = greedy_ids(self.lm, starts[k:k + n], c.prefix_tokens * (1 + k // n))
+            out += [f"{s} {self.lm.tok.decode(list(t), skip_special_tokens=True)}".strip()
+                    for s, t in zip(starts[k:k + n], ids)]
         return out
 
     def _prefixed(self, req: EditRequest) -> list[str]:
