@@ -1,7 +1,9 @@
 """LoRA (`lifelong/methods/lora.py`) and F-Learning's LoRA tuner: an edit makes its target
 likelier; while it trains only the adapter learns and the base weights stay as they were;
 after it the weights are exactly base + alpha/rank * B @ A and nothing else changed; one
-adapter carries every edit; detach restores the model bit for bit; the state round trip is
+adapter carries every edit, or one adapter per shard (merging a full shard moves no served
+weight, each shard adds its own subspace, a run resumed inside a shard merges where the
+uninterrupted one does); detach restores the model bit for bit; the state round trip is
 exact and a resumed run edits identically (dropout included); F-Learning's LoRA forgetting
 subtracts (lam 0 is no forgetting, bit for bit) and raises the old value's loss; without
 peft the method says which extra to install."""
@@ -129,6 +131,54 @@ def test_one_adapter_carries_every_edit():
     second = method.state_dict()["adapter"]
     assert len(second["a"]) == len(first["a"]) == 2  # one adapter per projection, still
     assert not torch.equal(second["b"][0], first["b"][0])
+
+
+def _delta(lm: LM, original: torch.Tensor) -> torch.Tensor:
+    return layers.weight_out_in(layers.resolve(lm.model, "layers.1.attn.out")).detach() - original
+
+
+def test_a_full_shard_is_merged_unchanged_and_the_next_shard_trains_its_own_subspace():
+    """shard_edits = 1 at rank 1: the merge moves no served weight (the first edit gives the
+    same weights as one shared adapter), and three shards' change has rank 3 where one
+    adapter's stays rank 1."""
+    pytest.importorskip("peft")
+    runs = {}
+    for shard_edits in (0, 1):
+        lm = fresh_lm()
+        original = _delta(lm, 0)
+        method = attached("lora", lm, rank=1, layers=[-1], dropout=0.0,
+                          shard_edits=shard_edits, **FAST)
+        firsts = [method.edit([EDITS[0]]), _delta(lm, original)]
+        for r in EDITS[1:]:
+            method.edit([r])
+        runs[shard_edits] = (firsts, _delta(lm, original), method)
+    (r0, w0), (r1, w1) = runs[0][0], runs[1][0]
+    assert torch.equal(w0, w1)  # the merge after the first edit left the served weights alone
+    assert "adapter" not in r0.detail and r1.detail["adapter"] == 0
+    assert int(torch.linalg.matrix_rank(runs[0][1])) == 1
+    assert int(torch.linalg.matrix_rank(runs[1][1])) == 3
+    state = runs[1][2].state_dict()
+    assert (state["n_shards"], state["in_shard"], state["adapter"]["a"]) == (3, 0, None)
+
+
+def test_a_run_resumed_inside_a_shard_merges_where_the_uninterrupted_one_does():
+    pytest.importorskip("peft")
+    lm, lm2 = fresh_lm(), fresh_lm()
+    settings = {"shard_edits": 2, "rank": 2, "layers": [-1], **FAST}
+    method = attached("lora", lm, **settings)
+    for r in EDITS:
+        method.edit([r])
+    state = method.state_dict()
+    assert (state["n_shards"], state["in_shard"]) == (1, 1)
+    resumed = attached("lora", lm2, **settings)
+    resumed.load_state_dict(state)
+    assert torch.equal(logits(lm), logits(lm2))
+    extra = EditRequest("e4", "Delphine plays the", "cello", "Delphine|instrument", "Delphine")
+    receipts = [m.edit([extra]) for m in (method, resumed)]
+    assert receipts[0].detail["adapter"] == receipts[1].detail["adapter"] == 1
+    assert torch.equal(logits(lm), logits(lm2))
+    assert method.state_dict()["adapter"]["a"] is None  # the second shard closed in both
+    assert resumed.state_dict()["adapter"]["a"] is None
 
 
 def test_detach_restores_the_model_bit_for_bit():

@@ -34,8 +34,16 @@ layer, target_modules q_proj and v_proj). Deviations, named:
   (`dropout = 0` is that);
 * plain LoRA: EasyEdit's `lora_type` may also select AdaLoRA (its GPT2-XL file does).
 
+Sequential edits train one adapter by default, as EasyEdit does (its behaviour is the
+reference's). `shard_edits = N` gives each shard of N edits its own adapter instead: a full
+shard's adapter is merged into the base (`LoraAdapter.fold`, peft's merge_and_unload: the
+served weights do not move) and the next shard trains a fresh one, so the stream is no longer
+confined to one rank-`rank` subspace (the merge-and-restart of ReLoRA, Lialin et al. 2023);
+a shard's adapter starts from the weights every earlier shard left.
+
 Serving the merged weight differs from the adapter's unmerged forward used in training by
-float rounding only. Not Retractable: every edit trains the same adapter.
+float rounding only. Not Retractable: every edit of a shard trains the same adapter, and a
+shard's change is entangled with every later one.
 
 `LoraAdapter` is shared with `f-learning` (`tuner = "lora"`), whose forgetting trains a
 fresh adapter on the old values and subtracts it from the base (`subtract_fitted`).
@@ -160,6 +168,17 @@ class LoraAdapter:
         for module, w in zip(self.modules, weights):
             layers.weight_out_in(module).copy_(w)
 
+    def fold(self) -> None:
+        """The adapter's delta moves into `base` and the adapter is dropped, as peft's
+        `merge_and_unload`: the served weights stay bit for bit what they were (`merge`
+        computes base + delta the same way) and the next optimisation starts a fresh adapter
+        (peft's initialisation: A drawn anew, B zero). No-op before the first optimisation."""
+        if self.a is None:
+            return
+        self.base = [(w.float() + d).to(w.dtype) for w, d in zip(self.base, self.deltas())]
+        self.a = self.b = None
+        self.merge()
+
     def merge(self) -> None:
         """The model's weights become base + the adapter's delta."""
         self._write([w if self.a is None else (w.float() + d).to(w.dtype)
@@ -226,6 +245,13 @@ class LoRAConfig:
     stop_loss: float = setting(1e-2, "stop early once the edit's target loss is below this (as "
                                      "ft-m; paper/EasyEdit: no early stop, all num_steps)",
                                min=0.0)
+    shard_edits: int = setting(0, "edits per adapter. 0: one adapter learns every edit of the "
+                                  "stream (EasyEdit's sequential LoRA). N: once an adapter has "
+                                  "learnt N edits it is merged into the weights (served outputs "
+                                  "unchanged, as peft's merge_and_unload) and the next edits "
+                                  "train a fresh one, so each shard of N edits gets its own "
+                                  "rank-`rank` subspace; a batch is never split",
+                               min=0, max=1_000_000)
 
     def __post_init__(self) -> None:
         if not self.targets:
@@ -237,12 +263,13 @@ class LoRAConfig:
 
 class LoRA(FineTune):
     """LoRA (module docstring): `FineTune`'s loop over one adapter's parameters. State: the
-    adapter (A and B per projection) and the edit count. Footprint: the adapter's bytes."""
+    adapter (A and B per projection, the base once shards were merged into it), the edit
+    count, the shards closed and the edits in the open one. Footprint: the adapter's bytes."""
 
     name = "lora"
     Config = LoRAConfig
     summary = ("LoRA: one low-rank adapter (peft) on every layer's attention output learns "
-               "every edit, merged into the weights (no retraction)")
+               "every edit (or one per shard of edits), merged into the weights (no retraction)")
     memory_kind = "weights"
     no_retraction = ("lora cannot retract one edit: every edit trains the same adapter, so "
                      "its change is entangled with every other edit's")
@@ -262,7 +289,7 @@ class LoRA(FineTune):
         every = not cfg.layers or len(index) == layers.num_layers(model)
         self.layer_name = (f"layers {'all' if every else ','.join(map(str, index))}: "
                            f"{'+'.join(cfg.targets)}")
-        self.n_edits = 0
+        self.n_edits, self.n_shards, self.in_shard = 0, 0, 0
 
     def _tuning(self, requests: Sequence[EditRequest]
                 ) -> contextlib.AbstractContextManager[list[nn.Parameter]]:
@@ -271,12 +298,26 @@ class LoRA(FineTune):
     def _constrain(self) -> None:
         """No bound: the rank is LoRA's constraint (EasyEdit: norm_constraint false)."""
 
+    def _after_edit(self, requests: Sequence[EditRequest]) -> dict[str, Any]:
+        """Counts the open shard; with `shard_edits`, a full shard's adapter is merged into
+        the weights (`LoraAdapter.fold`) and the next edit starts a fresh one."""
+        shard = self.n_shards
+        self.in_shard += len(requests)
+        if self.config.shard_edits and self.in_shard >= self.config.shard_edits:
+            self.adapter.fold()
+            self.n_shards, self.in_shard = self.n_shards + 1, 0
+        return {"adapter": shard} if self.config.shard_edits else {}
+
     def state_dict(self) -> dict[str, Any]:
-        return {"adapter": self.adapter.state_dict(), "n_edits": self.n_edits}
+        return {"adapter": self.adapter.state_dict(), "n_edits": self.n_edits,
+                "n_shards": self.n_shards, "in_shard": self.in_shard}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.adapter.load_state_dict(state["adapter"])
         self.n_edits = int(state["n_edits"])
+        # states saved before shards existed: one adapter, every edit in it
+        self.n_shards = int(state.get("n_shards", 0))
+        self.in_shard = int(state.get("in_shard", self.n_edits))
 
     def footprint(self) -> int:
         return self.adapter.nbytes()
