@@ -271,8 +271,9 @@ class LoRA(FineTune):
     summary = ("LoRA: one low-rank adapter (peft) on every layer's attention output learns "
                "every edit (or one per shard of edits), merged into the weights (no retraction)")
     memory_kind = "weights"
-    no_retraction = ("lora cannot retract one edit: every edit trains the same adapter, so "
-                     "its change is entangled with every other edit's")
+    no_retraction = ("lora cannot retract one edit: every edit of a shard (the whole stream "
+                     "by default) trains the same adapter, and merged shards share the weights, "
+                     "so its change is entangled with every other edit's")
 
     def __init__(self, config: LoRAConfig, seed: int = 0):
         super().__init__(config, seed)
