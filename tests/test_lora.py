@@ -133,8 +133,9 @@ def test_one_adapter_carries_every_edit():
     assert not torch.equal(second["b"][0], first["b"][0])
 
 
-def _delta(lm: LM, original: torch.Tensor) -> torch.Tensor:
-    return layers.weight_out_in(layers.resolve(lm.model, "layers.1.attn.out")).detach() - original
+def _weight(lm: LM) -> torch.Tensor:
+    """The last layer's attention output projection, (out, in), as served now."""
+    return layers.weight_out_in(layers.resolve(lm.model, "layers.1.attn.out")).detach().clone()
 
 
 def test_a_full_shard_is_merged_unchanged_and_the_next_shard_trains_its_own_subspace():
@@ -145,13 +146,13 @@ def test_a_full_shard_is_merged_unchanged_and_the_next_shard_trains_its_own_subs
     runs = {}
     for shard_edits in (0, 1):
         lm = fresh_lm()
-        original = _delta(lm, 0)
+        original = _weight(lm)
         method = attached("lora", lm, rank=1, layers=[-1], dropout=0.0,
                           shard_edits=shard_edits, **FAST)
-        firsts = [method.edit([EDITS[0]]), _delta(lm, original)]
+        firsts = [method.edit([EDITS[0]]), _weight(lm) - original]
         for r in EDITS[1:]:
             method.edit([r])
-        runs[shard_edits] = (firsts, _delta(lm, original), method)
+        runs[shard_edits] = (firsts, _weight(lm) - original, method)
     (r0, w0), (r1, w1) = runs[0][0], runs[1][0]
     assert torch.equal(w0, w1)  # the merge after the first edit left the served weights alone
     assert "adapter" not in r0.detail and r1.detail["adapter"] == 0
