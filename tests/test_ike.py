@@ -349,9 +349,10 @@ def test_paper_demonstrations_from_the_train_split_precede_the_new_fact():
 
 
 def test_the_train_splits_keys_are_read_from_the_cache_bit_for_bit(tmp_path, monkeypatch):
-    """The bank's keys (the train prompts' features, standardised) are computed once per base
-    model and read back from the cache by the next attach (every chunk of a chunked run):
-    the same tensor as computed without a cache."""
+    """The bank's keys (the train prompts' features, standardised) and the standardisation's
+    own features are computed once per base model and read back from the cache by the next
+    attach (every chunk of a chunked run, one chunk per edit at T = 1): the same tensors as
+    computed without a cache, and no forward pass for either."""
     from lifelong.methods._common import features
 
     def attach(cache: bool) -> Ike:
@@ -360,17 +361,20 @@ def test_the_train_splits_keys_are_read_from_the_cache_bit_for_bit(tmp_path, mon
                                        cache_dir=str(tmp_path) if cache else "",
                                        model_fingerprint="tiny-gpt2" if cache else ""))
         return m
-    bare = attach(cache=False).bank.keys
-    first = attach(cache=True).bank.keys
-    assert len(list(tmp_path.rglob("features-last-*.safetensors"))) == 1
+    bare = attach(cache=False)
+    first = attach(cache=True)
+    assert len(list(tmp_path.rglob("features-last-*.safetensors"))) == 2
     calls = []
     compute = features.block_features
     monkeypatch.setattr(features, "block_features",
                         lambda lm, block, prompts, pool: calls.append(list(prompts))
                         or compute(lm, block, prompts, pool))
-    again = attach(cache=True).bank.keys
-    assert calls == []  # the standardisation's texts are computed in ike.method, not here
-    assert torch.equal(bare, first) and torch.equal(first, again) and bare.shape[0] == 2
+    again = attach(cache=True)
+    assert calls == []
+    assert torch.equal(bare.bank.keys, first.bank.keys) and \
+        torch.equal(first.bank.keys, again.bank.keys) and bare.bank.keys.shape[0] == 2
+    for m in (first, again):
+        assert torch.equal(m.norm.mu, bare.norm.mu) and torch.equal(m.norm.sd, bare.norm.sd)
 
 
 def test_without_a_train_split_it_says_the_stored_edits_are_written_alone(capsys):

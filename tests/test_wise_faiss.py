@@ -342,6 +342,57 @@ def test_unroute_retraction_restores_the_base_model_and_the_previous_value():
     assert predicts(model, EDITS[1].prompt, EDITS[1].target)
 
 
+NEIGHBOUR = EditRequest("e5", "Aldric works for the", "Zentro", "f5")
+
+
+@pytest.mark.parametrize("tombstone", [True, False])
+def test_a_retracted_prompt_cannot_reach_its_step_through_a_neighbouring_key(tombstone):
+    """Unrouting drops the edit's key but not its trained step: a neighbour's key in the same
+    memory (the shipped 1000-edit run's leak) would route the retracted prompt back to it.
+    The tombstone keeps it on the main memory, bit-identical to the base model."""
+    model = lm()
+    base = logits(model, [EDITS[0].prompt])
+    w = wise(model, key_radius=50.0, claim_rate=1.0, tombstone=tombstone)
+    w.edit([EDITS[0]])
+    w.edit([NEIGHBOUR])
+    w.retract("e0")
+    if not tombstone:  # what unrouting alone leaves: the leak the tombstone closes
+        assert w.route([EDITS[0].prompt]) == [0]
+        return
+    assert w.route([EDITS[0].prompt]) == [None]
+    assert torch.equal(logits(model, [EDITS[0].prompt]), base)
+    assert w.route([NEIGHBOUR.prompt]) == [0], "the neighbour's own prompt is still served"
+
+
+@pytest.mark.parametrize("fact_identity", [True, False])
+def test_a_tombstone_never_blocks_a_later_edit_of_the_same_prompt(fact_identity):
+    """A re-edit with the retracted prompt lies at distance 0 from the tombstone: the live key
+    wins the tie (and, with the fact oracle, the fact's tombstone is retired)."""
+    model = lm()
+    w = wise(model, key_radius=50.0, claim_rate=1.0, use_fact_identity=fact_identity)
+    w.edit([EDITS[0]])
+    w.retract("e0")
+    assert len(w.tombs) == 1
+    w.edit([EditRequest("e7", EDITS[0].prompt, "Halvik", EDITS[0].fact)])
+    assert len(w.tombs) == (0 if fact_identity else 1)
+    assert w.route([EDITS[0].prompt]) == [0]
+
+
+def test_tombstones_survive_a_saved_state():
+    model = lm()
+    w = wise(model, key_radius=50.0, claim_rate=1.0)
+    w.edit([EDITS[0]])
+    w.edit([NEIGHBOUR])
+    w.retract("e0")
+    state = w.state_dict()
+    w.detach()
+    other = lm()
+    again = wise(other, key_radius=50.0, claim_rate=1.0)
+    again.load_state_dict(state)
+    assert again.route([EDITS[0].prompt, NEIGHBOUR.prompt]) == [None, 0]
+    assert len(again.tombs) == 1
+
+
 def test_unroute_needs_the_faiss_router():
     from lifelong.errors import NotSupported
     w = wise(lm(), router="activation", retract="unroute")

@@ -63,8 +63,10 @@ class Ike(RowServed, MemoryBase, Retractable, Routing):
         width = layers.hidden_size(lm.model)
         self.norm = Standardiser(width)
         texts = standardisation_texts(ctx)
-        if texts:  # the model is pristine here: no hook of ours is open yet
-            self.norm.fit(block_features(lm, self.block, texts, "last"))
+        if texts:  # the model is pristine here: no hook of ours is open yet; cached, as
+            # each chunk of the T = N protocol attaches to a fresh copy of the same model
+            self.norm.fit(cached_block_features(lm, self.block, texts, "last",
+                                                ctx.cache_if_known(), f"layers.{self.layer}"))
         self.memory = DemoMemory(width)
         self.hooks = Hooks(self._serving)
         self.hooks.open()

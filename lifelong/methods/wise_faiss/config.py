@@ -88,5 +88,11 @@ class WiseFaissConfig:
                 "re-apply the fact's previous edit if one is left (FAISS router only); rebuild: "
                 "retrain the edit's memory from its log without it (exact, costs one edit per "
                 "edit of that memory); auto: unroute with the FAISS router, else rebuild")
+    tombstone: bool = setting(True, "unroute: the retracted edit's key stays in the router as "
+                                    "a tombstone that sends a query nearer to it than to any "
+                                    "live key (within the radius) to the main memory, so the "
+                                    "retracted prompt cannot reach the edit's trained step "
+                                    "through another edit's key; a re-edit of the fact retires "
+                                    "it (ties go to the live key)", before=False)
     use_fact_identity: bool = setting(True, FACT_IDENTITY_HELP + "; ours: on, so a re-edit "
                                             "replaces the fact's older key")

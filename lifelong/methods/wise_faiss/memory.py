@@ -77,9 +77,18 @@ class SideMemory:
                 "n_shards": self.n_shards}
 
     @classmethod
-    def from_state(cls, m: dict[str, Any]) -> SideMemory:
-        return cls(merged=m["merged"], shards=list(m["shards"]), current=m["current"],
-                   mask=m["mask"], log=[EditRequest(**r) for r in m["log"]],
+    def from_state(cls, m: dict[str, Any], like: torch.Tensor | None = None) -> SideMemory:
+        """`like`: the main weight, whose memory layout (a GPT-2 Conv1D's is a transposed
+        view) the weight-shaped tensors get back. A saved memory file stores them
+        contiguous, and a matmul's rounding can depend on the layout, so without this a
+        loaded memory's later edits drift from the saved one's in the last bits."""
+        def laid(t: torch.Tensor | None) -> torch.Tensor | None:
+            if t is None or like is None or t.shape != like.shape:
+                return t
+            return torch.empty_like(like, dtype=t.dtype).copy_(t)
+        return cls(merged=laid(m["merged"]), shards=[laid(t) for t in m["shards"]],
+                   current=laid(m["current"]), mask=laid(m["mask"]),
+                   log=[EditRequest(**r) for r in m["log"]],
                    scores=list(m["scores"]), basis=m["basis"],
                    keys={f: k.reshape(-1, k.shape[-1]) for f, k in m["keys"].items()},
                    in_shard=m["in_shard"], n_shards=m["n_shards"])

@@ -67,6 +67,7 @@ class WiseFaiss(Served, MemoryBase, Retractable, Consolidating, Routing):
         self._deltas: list[torch.Tensor] | None = None
         self._factor: float | None = None
         self.table = KeyTable(self.w_main.shape[1], "l2")
+        self.tombs = KeyTable(self.w_main.shape[1], "l2")  # retracted edits' keys, by fact
         self.since_merge = 0
         self.scale = self._measure_scale()
         self.hooks = Hooks(lambda stack: stack.enter_context(
@@ -79,7 +80,7 @@ class WiseFaiss(Served, MemoryBase, Retractable, Consolidating, Routing):
 
     def footprint(self) -> int:
         return sum(tensor_bytes(m.merged, m.current, m.mask, *m.shards) for m in self.memories) \
-            + self.table.index.nbytes()
+            + self.table.index.nbytes() + self.tombs.index.nbytes()
 
     # ---- serving and routing ------------------------------------------------------------
     def _serve(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -95,7 +96,7 @@ class WiseFaiss(Served, MemoryBase, Retractable, Consolidating, Routing):
 
     def _route(self, x: torch.Tensor, mask: torch.Tensor, router: str | None = None) -> torch.Tensor:
         return route_rows(self.config, router or self.config.router, self.table, self.memories,
-                          self._served_deltas(), x, mask, self.radius_factor())
+                          self._served_deltas(), x, mask, self.radius_factor(), self.tombs)
 
     def radius_factor(self) -> float:
         """The guard's common factor on the FAISS router's radius (recomputed when the keys
@@ -256,10 +257,12 @@ class WiseFaiss(Served, MemoryBase, Retractable, Consolidating, Routing):
         return tr.input[0, mask[0].bool()].detach().clone()
 
     def _add_key(self, req: EditRequest, x: torch.Tensor, mask: torch.Tensor, k: int) -> None:
-        """The edit's key goes to the router; a re-edit's key replaces the fact's older ones."""
+        """The edit's key goes to the router; a re-edit's key replaces the fact's older ones
+        and retires the fact's tombstones."""
         older = {r.edit_id for m in self.memories for r in m.log
                  if r.fact == req.fact and r.edit_id != req.edit_id}
         self.table.remove(self.table.owned_by(older))
+        self.tombs.remove(self.tombs.owned_by({req.fact}))
         self.table.add(row_keys(x, mask), k, req.edit_id)
         self._factor = None
 
@@ -330,8 +333,10 @@ class WiseFaiss(Served, MemoryBase, Retractable, Consolidating, Routing):
 
     def _unroute(self, k: int, edit_id: str) -> None:
         """Retraction without retraining the memory: the edit's prompts route to the main
-        memory again (bit-identical outputs there), unless the fact has an earlier edit
-        left, which is applied again as the fact's newest edit (one edit's cost)."""
+        memory again (bit-identical outputs there; with `tombstone`, its key stays behind
+        to keep them there), unless the fact has an earlier edit left, which is applied
+        again as the fact's newest edit (one edit's cost; no tombstone then: the retracted
+        prompt is routed as any other prompt)."""
         req = self._drop(k, edit_id)
         mem = self.memories[k]
         if req.fact in mem.keys and not any(r.fact == req.fact for r in mem.log):
@@ -341,15 +346,20 @@ class WiseFaiss(Served, MemoryBase, Retractable, Consolidating, Routing):
             j, previous = earlier[-1]
             self._drop(j, previous.edit_id)
             self._edit_one(previous)
+        elif self.config.tombstone:
+            self.tombs.add(row_keys(*self._activations([req.prompt])), -1, req.fact)
 
     # ---- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"memories": [m.to_state() for m in self.memories], **self.table.to_state(),
-                "since_merge": self.since_merge, "scale": self.scale}
+                "tombstones": self.tombs.to_state(), "since_merge": self.since_merge,
+                "scale": self.scale}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.memories = [SideMemory.from_state(m) for m in state["memories"]]
+        self.memories = [SideMemory.from_state(m, self.w_main) for m in state["memories"]]
         self.table = KeyTable.from_state(state)
+        self.tombs = KeyTable.from_state(state["tombstones"]) if "tombstones" in state \
+            else KeyTable(self.w_main.shape[1], "l2")  # stored before tombstones: none
         self.since_merge = state["since_merge"]
         self.scale = state["scale"]
         self._changed()
