@@ -349,10 +349,11 @@ def test_paper_demonstrations_from_the_train_split_precede_the_new_fact():
 
 
 def test_the_train_splits_keys_are_read_from_the_cache_bit_for_bit(tmp_path, monkeypatch):
-    """The bank's keys (the train prompts' features, standardised) and the standardisation's
-    own features are computed once per base model and read back from the cache by the next
-    attach (every chunk of a chunked run, one chunk per edit at T = 1): the same tensors as
-    computed without a cache, and no forward pass for either."""
+    """The bank's keys (the train prompts' features, standardised), the standardisation's
+    own features and the demonstrations' token ids are computed once per base model and read
+    back from the cache by the next attach (every chunk of a chunked run, one chunk per edit
+    at T = 1): the same as computed without a cache, with no forward pass and no
+    tokenising."""
     from lifelong.methods._common import features
 
     def attach(cache: bool) -> Ike:
@@ -369,8 +370,15 @@ def test_the_train_splits_keys_are_read_from_the_cache_bit_for_bit(tmp_path, mon
     monkeypatch.setattr(features, "block_features",
                         lambda lm, block, prompts, pool: calls.append(list(prompts))
                         or compute(lm, block, prompts, pool))
+    from lifelong.methods.ike import method as ike_method
+    written = []
+    write = ike_method.edit_prefix
+    monkeypatch.setattr(ike_method, "edit_prefix",
+                        lambda *a: written.append(a) or write(*a))
     again = attach(cache=True)
-    assert calls == []
+    assert calls == [] and written == []
+    assert len(list(tmp_path.rglob("demos-*.safetensors"))) == 1
+    assert bare.bank.demos == first.bank.demos == again.bank.demos and len(bare.bank) > 2
     assert torch.equal(bare.bank.keys, first.bank.keys) and \
         torch.equal(first.bank.keys, again.bank.keys) and bare.bank.keys.shape[0] == 2
     for m in (first, again):

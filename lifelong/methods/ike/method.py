@@ -27,7 +27,7 @@ from .._common.hooks import Hooks
 from .._common.keys import read_keys
 from ..base import EditReceipt, EditRequest, MemoryBase, Retractable, Routing, UnknownEdit
 from ..context import AttachContext
-from .bank import DemoBank
+from .bank import DemoBank, cached_demos
 from .config import IkeConfig
 from .keys import Standardiser, standardisation_texts
 from .memory import DemoMemory
@@ -87,7 +87,9 @@ class Ike(RowServed, MemoryBase, Retractable, Routing):
             keys = self.norm.apply(cached_block_features(
                 self.lm, self.block, prompts, "last", ctx.cache_if_known(),
                 f"layers.{self.layer}")) if prompts else torch.zeros((0, 1))
-        return DemoBank(records, lambda p, t: edit_prefix(self.lm, p, t, sep), keys)
+        demos = cached_demos(records, lambda p, t: edit_prefix(self.lm, p, t, sep), sep,
+                             ctx.cache_if_known(), "ike-demos")
+        return DemoBank(demos, keys)
 
     # ---- keys, demonstrations, routing ------------------------------------------------------
     def _keys(self, prompts: Sequence[str]) -> torch.Tensor:
