@@ -93,7 +93,7 @@ def test_mask_ratio_one_with_one_shard_equals_side_memory_fine_tuning():
         p.requires_grad_(False)
     w0 = layers.weight_out_in(module).detach().clone()
     side = w0.clone().requires_grad_(True)
-    opt = torch.optim.SGD([side], lr=0.05)
+    opt = torch.optim.SGD([side], lr=0.05, momentum=w.config.momentum)  # 0.9 by default
     from lifelong.nethook import rewrite_output
     with rewrite_output(module, lambda x, y: layers.apply_linear(module, x, side)):
         for _ in range(6):
