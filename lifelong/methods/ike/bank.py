@@ -113,6 +113,7 @@ def _pack(demos: list[list[list[int]]]) -> dict[str, torch.Tensor]:
 
 
 def _unpack(saved: dict[str, torch.Tensor]) -> list[list[list[int]]]:
+    """What `_pack` saved, as each record's demonstrations again."""
     ids = saved["ids"].tolist()
     flat, at = [], 0
     for n in saved["lengths"].tolist():
