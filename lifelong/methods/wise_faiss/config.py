@@ -45,9 +45,9 @@ class WiseFaissConfig:
                                                 "the edit's activations) or Adam")
     momentum: float = setting(0.9, "SGD momentum (restarted for every edit). 0.9: chosen with "
                                    "protect_share 0.5 on the built-in model's dev stream "
-                                   "(scenarios/dev/wise-faiss-writing.toml: a projected step "
-                                   "is slow along the thin null space; 0 left 84 of 300 dev "
-                                   "edits unconverged, 0.9 with protect_share 0.5 left 10)",
+                                   "(scenarios/dev/wise-faiss-writing.toml: 0 left 84 of 300 "
+                                   "dev edits unconverged, 0.9 with protect_share 0.5 left "
+                                   "10)",
                               min=0.0, max=0.999)
     mask_ratio: float = setting(0.2, "share of weight entries a shard may change", min=0.0, max=1.0)
     mask_unit: Literal["row", "entry"] = setting("row", "what a mask keeps or drops: whole "
