@@ -114,16 +114,18 @@ pools = st.lists(point.map(lambda p: (p[0] + 0.15, p[1] + 0.15)), min_size=1, ma
 
 
 @settings(max_examples=50, deadline=None)
-@given(seq=ops, pool=pools, rate=st.sampled_from([0.0, 0.25, 0.5]))
-def test_lookups_claim_at_most_claim_rate_of_the_pool(seq, pool, rate):
+@given(seq=ops, pool=pools, rate=st.sampled_from([0.0, 0.25, 0.5]),
+       conflict=st.sampled_from(["coverage", "moving_average"]))
+def test_lookups_claim_at_most_claim_rate_of_the_pool(seq, pool, rate, conflict):
     """Whatever the codebook holds, lookups of the unrelated pool's keys hit at most
     floor(claim_rate x pool) of them (expansions never reach a pool key, so the floors that
     keep absorbed keys covered claim none); the factor is 1 when the bare radii claim no more;
-    every edit's keys still retrieve its target (check_invariants); the conflict rules hold."""
+    every edit's keys still retrieve its target (check_invariants); the conflict rules hold;
+    the factor kept across edits (`grace.calibration`) is the one computed from scratch."""
     import math
 
     from lifelong.methods._common.guard import Guard
-    g = grace(fresh_lm(), eps=0.5, eps_relative=False, claim_rate=rate)
+    g = grace(fresh_lm(), eps=0.5, eps_relative=False, claim_rate=rate, conflict=conflict)
     keys = torch.zeros(len(pool), g.key_dim)
     keys[:, 0], keys[:, 1] = torch.tensor([xy[0] for xy in pool]), torch.tensor([xy[1] for xy in pool])
     g.book.guard = Guard(keys)
@@ -136,6 +138,13 @@ def test_lookups_claim_at_most_claim_rate_of_the_pool(seq, pool, rate):
         bare = torch.cdist(keys.double(), g.book.keys[rows].double()) <= g.book.radii[rows]
         if int(bare.any(1).sum()) <= math.floor(rate * len(pool)):
             assert g.book.factor() == 1.0
+        reach = torch.tensor([g.book.farthest_member(r) for r in range(g.book.n)],
+                             dtype=torch.float64)
+        c = g.book.guard.factor(g.book.keys[rows], g.book.radii[rows], rate, reach[rows])
+        assert g.book.factor() == c
+        radii = g.book.radii[:g.book.n]
+        assert torch.equal(g.book.served_radii(), radii if c >= 1 else torch.maximum(radii * c, reach))
+        assert torch.equal(g.book._calib.reach[:g.book.n], reach)  # the kept reach is current
 
 
 def test_split_halves_both_radii_and_same_target_expands():

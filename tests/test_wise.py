@@ -106,6 +106,24 @@ def test_merging_shards_trained_from_one_start_is_order_independent():
                            merge_shards(deltas, prior, "ties", 0.53, 0.6, 0))
 
 
+def test_the_sum_control_adds_every_shard_and_the_merged_memory_at_weight_one():
+    """merge = "sum" (the control against TIES): a cycle's merged delta is the plain sum of
+    its shards and of the memory merged before it; where the shards overlap it differs from
+    what TIES serves."""
+    method = attached(lm(), shard_size=1, mask_ratio=0.5, merge="sum")
+    for r in EDITS[:2]:
+        method.edit([r])
+    a, b = (s.delta.clone() for s in method.memories[0].shards)
+    method.consolidate()
+    first = method.memories[0].merged.clone()
+    assert torch.equal(first, a + b)
+    assert float((first - merge_shards([a, b], None, "ties", 0.53, 0.6, 0)).abs().max()) > 0
+    method.edit([EDITS[2]])
+    c = method.memories[0].shards[0].delta.clone()
+    method.consolidate()
+    assert torch.equal(method.memories[0].merged, c + first)
+
+
 def test_shards_can_start_from_the_merged_memory():
     method = attached(lm(), shard_size=1, shard_start="merged")
     method.edit([EDITS[0]])

@@ -65,24 +65,43 @@ class Guard:
         no keys or rate >= 1. A floor is a distance an entry must keep covering whatever the
         factor (GRACE: its farthest member key, so no edit loses its own prompt)."""
         n = len(self)
-        allowed = math.floor(rate * n)
-        if not n or not keys.shape[0] or allowed >= n:
+        if not n or not keys.shape[0] or math.floor(rate * n) >= n:
             return 1.0
-        k, r = keys.detach().double().cpu(), radii.detach().double().cpu()
+        r = radii.detach().double().cpu()
         f = torch.zeros_like(r) if floors is None else floors.detach().double().cpu()
         need = torch.full((n,), float("inf"), dtype=torch.float64)
         forced = torch.zeros(n, dtype=torch.bool)
-        for i in range(0, k.shape[0], chunk):  # bounded memory: pool x chunk distances
-            d = torch.cdist(self.keys, k[i:i + chunk])
-            ratio = torch.where(d > 0, d / r[i:i + chunk].clamp_min(1e-300), torch.zeros_like(d))
-            need = torch.minimum(need, ratio.min(dim=1).values)
-            forced |= (d <= f[i:i + chunk]).any(dim=1)
-        rest = need[~forced].sort().values
-        left = max(0, allowed - int(forced.sum()))
-        if left >= rest.shape[0]:
-            return 1.0
-        kth = float(rest[left])  # the first pool key too many is claimed at any c >= kth
-        return 1.0 if kth > 1 else kth * (1 - 1e-5)  # below it, room for float32 lookups
+        for i in range(0, keys.shape[0], chunk):  # bounded memory: pool x chunk distances
+            d = torch.cdist(self.keys, keys[i:i + chunk].detach().double().cpu())
+            part_need, part_forced = claims(d, r[i:i + chunk], f[i:i + chunk])
+            need, forced = torch.minimum(need, part_need), forced | part_forced
+        return factor_of(need, forced, rate)
+
+
+def claims(d: torch.Tensor, radii: torch.Tensor, floors: torch.Tensor,
+           live: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """For pool-to-key distances `d` (pool, m) of keys with `radii` and `floors` (m,): per
+    pool key, the smallest radius factor at which one of the (`live`) keys claims it, and
+    whether a floor claims it at any factor. Both combine over key sets by min and or."""
+    ratio = torch.where(d > 0, d / radii.clamp_min(1e-300), torch.zeros_like(d))
+    hit = d <= floors
+    if live is not None:
+        ratio = torch.where(live, ratio, torch.full_like(ratio, float("inf")))
+        hit &= live
+    return (ratio.min(dim=1).values if d.shape[1] else torch.full((d.shape[0],), float("inf"),
+                                                                  dtype=torch.float64),
+            hit.any(dim=1))
+
+
+def factor_of(need: torch.Tensor, forced: torch.Tensor, rate: float) -> float:
+    """`Guard.factor` from the pool's `claims` over every key."""
+    allowed = math.floor(rate * need.shape[0])
+    rest = need[~forced].sort().values
+    left = max(0, allowed - int(forced.sum()))
+    if left >= rest.shape[0]:
+        return 1.0
+    kth = float(rest[left])  # the first pool key too many is claimed at any c >= kth
+    return 1.0 if kth > 1 else kth * (1 - 1e-5)  # below it, room for float32 lookups
 
 
 def pool_digest(prompts: Sequence[str]) -> str:

@@ -16,18 +16,20 @@ layer's own output), the target's tokens and an initial deferral radius `eps`. A
 fact (same ``EditRequest.fact``) displaces every entry of that fact and also trains an entry
 for each displaced prompt, so the newest value answers the old prompts too.
 
-Lookup (per row, in the serving hook): FAISS (`lifelong.index.KeyIndex`) returns the
-`candidates` nearest keys; distances are recomputed exactly in torch; the nearest key whose
+Lookup (per row, in the serving hook): the `candidates` nearest entries by exact float64
+distance (`_common/nearest.py`: one matrix product per batch shortlists them; the HNSW index
+of `lifelong.index.KeyIndex` instead above `approximate_above` entries); the nearest whose
 radius covers the query wins, and its value replaces the layer output at the positions of
-`replace`. Other rows are left bit-identical. The conflict rules and exact retraction:
-`codebook.py`.
+`replace`. Other rows are left bit-identical. Placement's range searches go through the
+FAISS index. The conflict rules and exact retraction: `codebook.py`.
 
 Radius calibrated on the run's own unrelated prompts (`claim_rate`, not in the paper, which
 tunes eps per data set by hand): lookups scale every radius by one common factor (at most 1,
 never below the distance to an entry's farthest member key, so an edit keeps its own prompt),
 the largest at which at most `claim_rate` (0.01) of the attach context's unrelated prompts (the
 stream's locality prompts never probed while the method is attached) lie within reach of an
-entry (`_common/guard.py`). Where eps already claims fewer, nothing changes (the built-in
+entry (`_common/guard.py`; the per-entry figures it reads are kept across edits and
+recomputed only for the entries an edit touches, `calibration.py`). Where eps already claims fewer, nothing changes (the built-in
 model, ZsRE); on a CounterFact organism, whose paraphrases and neighbourhood prompts lie at the
 same key distances, it shrinks the radii to about 0.2 x the key's norm: locality is kept and
 generalization pays. With no unrelated prompts (every locality prompt probed) it is off; the
@@ -39,7 +41,8 @@ setting means the same on a 128-wide and a 4096-wide model, and the value's lear
 units of the layer output's RMS.
 
 Layout: `config.py` (settings), `codebook.py` (placement rules, lookups, retraction),
-`method.py` (hooks, key capture, value training).
+`calibration.py` (the radius factor kept across edits), `method.py` (hooks, key capture,
+value training).
 """
 
 from .codebook import Codebook

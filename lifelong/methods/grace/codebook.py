@@ -35,7 +35,9 @@ import torch
 
 from ...index import KeyIndex
 from .._common.guard import Guard
+from .._common.nearest import nearest_rows, squared_norms
 from ..base import UnknownEdit, tensor_bytes
+from .calibration import Calibration
 from .config import GraceConfig
 
 Member = tuple[int, int]  # (log position, key index)
@@ -67,6 +69,8 @@ class Codebook:
         self.fact_rows: dict[str, list[int]] = {}
         self.fact_prompts: dict[str, list[str]] = {}
         self._factor: float | None = None  # the guard's radius factor, None: to recompute
+        self._norms: torch.Tensor | None = None  # squared key norms for lookups, None: stale
+        self._calib = Calibration(self.guard)  # per-entry inputs of the factor, kept across edits
         self.index = KeyIndex(self.key_dim, "l2", approximate_above=self.config.approximate_above)
 
     # ---- lookups ------------------------------------------------------------------------
@@ -75,14 +79,12 @@ class Codebook:
         if self._factor is None and (not len(self.guard) or self.config.claim_rate >= 1):
             self._factor = 1.0  # no pool, or off: nothing to scale, no member reach to find
         if self._factor is None:
-            alive = self.alive[:self.n]
-            self._reach = torch.tensor([self._farthest_member(r) for r in range(self.n)],
-                                       dtype=torch.float64)
-            self._factor = self.guard.factor(self.keys[:self.n][alive], self.radii[:self.n][alive],
-                                             self.config.claim_rate, self._reach[alive])
+            if self._calib.guard is not self.guard:  # a guard set after the codebook was made
+                self._calib = Calibration(self.guard)
+            self._factor, self._reach = self._calib.factor(self, self.config.claim_rate)
         return self._factor
 
-    def _farthest_member(self, row: int) -> float:
+    def farthest_member(self, row: int) -> float:
         """How far from its key an entry must reach to cover every key it holds."""
         if not self.alive[row] or not self.members[row]:
             return 0.0
@@ -99,24 +101,35 @@ class Codebook:
 
     @torch.no_grad()
     def lookup(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(entry row, hit) per query: the nearest of the FAISS candidates whose radius, scaled
-        by `factor`, covers the query (exact torch distances; ties go to the older entry)."""
+        """(entry row, hit) per query: of the `candidates` entries nearest to it, the nearest
+        whose radius, scaled by `factor`, covers it (exact float64 distances; ties go to the
+        older entry)."""
         q = queries.detach().float().cpu()
-        _, cand = self.index.search(q.numpy(), min(self.config.candidates, len(self.index)))
-        cand = torch.from_numpy(cand)
-        valid = cand >= 0
-        c = cand.clamp(min=0)
+        rows, dist = self._nearest(q, min(self.config.candidates, len(self.index)))
+        c = rows.clamp(min=0)
         # float64, as placement measures: a member a split left exactly at the radius stays in
-        dist = (self.keys[c].double() - q.double().unsqueeze(1)).norm(dim=-1)
-        covered = valid & (dist <= self.served_radii()[c])
+        covered = (rows >= 0) & (dist <= self.served_radii()[c])
         dist = torch.where(covered, dist, torch.full_like(dist, float("inf")))
-        # stable tie-break on the entry row: sort candidates by row first
-        order = torch.argsort(c + (~covered).long() * (1 << 40), dim=1, stable=True)
-        dist, c = dist.gather(1, order), c.gather(1, order)
-        best = dist.argmin(dim=1)
+        best = dist.argmin(dim=1)  # candidates come by (distance, row): the first is the older
         hit = torch.isfinite(dist.gather(1, best.unsqueeze(1)).squeeze(1))
         entry = torch.where(hit, c.gather(1, best.unsqueeze(1)).squeeze(1), torch.full_like(best, -1))
         return entry, hit
+
+    def _nearest(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, float64 distances), (B, k), ordered by (distance, row); -1 / inf pad. Exact
+        (`_common.nearest`: one matrix product per batch) unless the index is approximate,
+        whose HNSW candidates are then measured exactly."""
+        if not self.index.approximate:
+            if self._norms is None:
+                self._norms = squared_norms(self.keys[:self.n], self.alive[:self.n])
+            return nearest_rows(self.keys[:self.n], self._norms, q, k)
+        _, cand = self.index.search(q.numpy(), k)
+        rows = torch.from_numpy(cand).sort(dim=1).values  # by row first: ties to the older
+        rows = torch.where(rows >= 0, rows, torch.full_like(rows, -1))
+        dist = (self.keys[rows.clamp(min=0)].double() - q.double().unsqueeze(1)).norm(dim=-1)
+        dist = torch.where(rows >= 0, dist, torch.full_like(dist, float("inf")))
+        order = dist.argsort(dim=1, stable=True)
+        return rows.gather(1, order), dist.gather(1, order)
 
     def prompts_of(self, fact: str) -> list[str]:
         """Prompts of the fact's newest active edit (displaced by a re-edit, so re-trained)."""
@@ -127,7 +140,7 @@ class Codebook:
         """Append an item (``edit_id``, ``fact``, ``target``, ``target_ids``, ``prompts`` and
         ``keys``/``values`` tensors of shape (len(prompts), dim)) and place it."""
         self.log.append(item)
-        self._factor = None
+        self._factor = self._norms = None
         return self._insert(len(self.log) - 1)
 
     def retract(self, edit_id: str) -> None:
@@ -144,15 +157,22 @@ class Codebook:
     def _eps0(self, key: torch.Tensor) -> float:
         return self.config.eps * (float(key.double().norm()) if self.config.eps_relative else 1.0)
 
-    def _neighbours(self, key: torch.Tensor, reach: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Alive entries within `reach` of `key` (exact float64 distances), by row."""
+    def _neighbours(self, key: torch.Tensor, extra: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Alive entries whose own radius plus `extra` reaches `key`, by row, with exact
+        float64 distances. Rows up to 1e-6 (relative) beyond are kept too, so that the
+        callers' own comparisons (with their 1e-9 margins) see every row that can matter."""
         if len(self.index) == 0:
             return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.float64)
+        reach = extra + float(self.radii[self.alive].max())
         r2 = (reach * (1 + 1e-4) + 1e-6) ** 2
-        _, ids = self.index.range(key.numpy()[None], r2)[0]
+        d2, ids = self.index.range(key.numpy()[None], r2)[0]
+        # a float32 shortlist by each row's own reach (its margin far above float32 rounding),
+        # so that float64 distances are computed for the few rows near the key, not for all
+        own = (self.radii[torch.from_numpy(ids)] + extra).numpy()
+        ids = ids[np.sqrt(d2) <= own * (1 + 1e-4) + 1e-6]
         rows = torch.from_numpy(np.sort(ids)).long()
         dist = (self.keys[rows].double() - key.double()).norm(dim=-1)
-        keep = dist <= reach
+        keep = (dist <= reach) & (dist <= (self.radii[rows] + extra) * (1 + 1e-6))
         return rows[keep], dist[keep]
 
     def _room(self, center: torch.Tensor, target: tuple[int, ...], want: float,
@@ -162,8 +182,7 @@ class Codebook:
         (an expansion's reach is a floor the guard's factor cannot shrink)."""
         if self.config.claim_rate < 1:
             want = min(want, self.guard.nearest(center) * (1 - 1e-5))
-        rmax = float(self.radii[self.alive].max()) if bool(self.alive.any()) else 0.0
-        rows, dist = self._neighbours(center, want + rmax)
+        rows, dist = self._neighbours(center, want)
         room = want
         for r, d in zip(rows.tolist(), dist.tolist()):
             if r != skip and self.targets[r] != target:
@@ -183,6 +202,7 @@ class Codebook:
                 orphans += [m for m in self._kill(row) if self.log[m[0]]["fact"] != item["fact"]]
         for row in self.absorbed.pop(item["fact"], set()):  # its keys absorbed elsewhere leave
             self.members[row] = [m for m in self.members[row] if self.log[m[0]]["fact"] != item["fact"]]
+            self._calib.touch(row)
         self.fact_prompts[item["fact"]] = list(item["prompts"])
         placed = [self._place(pos, k, orphans) for k in range(len(item["keys"]))]
         tries: dict[Member, int] = {}
@@ -203,6 +223,7 @@ class Codebook:
             d = float((self._member_key(m).double() - self.keys[row].double()).norm())
             (keep if d <= float(self.radii[row]) else orphans).append(m)
         self.members[row] = keep
+        self._calib.touch(row)
         if not keep:  # a moved key that covers none of its members any more
             self._kill(row)
 
@@ -210,8 +231,7 @@ class Codebook:
         item = self.log[pos]
         key, value, target = item["keys"][k], item["values"][k], tuple(item["target_ids"])
         eps0 = self._eps0(key)
-        rmax = float(self.radii[self.alive].max()) if bool(self.alive.any()) else 0.0
-        rows, dist = self._neighbours(key, eps0 + rmax)
+        rows, dist = self._neighbours(key, eps0)
         for r, d in zip(rows.tolist(), dist.tolist()):
             if d == 0.0:  # identical input: the newest edit wins
                 same_input = [m for m in self.members[r] if torch.equal(self._member_key(m), key)]
@@ -246,6 +266,7 @@ class Codebook:
             self.radii[r] = room
             self.members[r].append((pos, k))
             self.absorbed.setdefault(fact, set()).add(r)
+            self._calib.touch(r)
             return f"expanded:{r}"
         n = len(self.members[r])
         center = (self.keys[r].double() * n + key.double()) / (n + 1)
@@ -259,6 +280,7 @@ class Codebook:
         self.radii[r] = room
         self.members[r].append((pos, k))
         self.absorbed.setdefault(fact, set()).add(r)
+        self._calib.touch(r)
         self.index.remove([r])
         self.index.add(self.keys[r].numpy()[None], [r])
         return f"moved:{r}"
@@ -285,6 +307,7 @@ class Codebook:
     def _kill(self, row: int) -> list[Member]:
         """Remove an entry from the index; returns its members (the callers re-place them)."""
         self.alive[row] = False
+        self._calib.touch(row)
         self.index.remove([row])
         members, self.members[row] = self.members[row], []
         return members
@@ -326,12 +349,14 @@ class Codebook:
                 self.fact_rows.setdefault(fact, []).append(row)
         self.fact_prompts = {k: list(v) for k, v in state["fact_prompts"].items()}
         self.index = KeyIndex.from_bytes(state["index"].numpy())
-        self._factor = None
+        self._factor = self._norms = None
+        self._calib = Calibration(self.guard)
 
     def footprint(self) -> int:
         """Keys + values + radii + the FAISS index, plus the log's keys and values (kept so
-        that retraction can replay without retraining)."""
+        that retraction can replay without retraining), plus the radius calibration's
+        per-entry figures (`calibration.Calibration`)."""
         log = sum(tensor_bytes(it["keys"], it["values"]) for it in self.log)
         n = self.n
         held = tensor_bytes(self.keys[:n], self.values[:n], self.radii[:n])
-        return held + self.index.nbytes() + log
+        return held + self.index.nbytes() + log + self._calib.nbytes()

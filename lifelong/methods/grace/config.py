@@ -41,8 +41,8 @@ class GraceConfig:
                              "layer output's RMS)", min=0.0)
     stop_loss: float = setting(0.02, "stop training a value once the target loss is below this "
                                      "(or once it stops improving: 0.1% over 8 steps)", min=0.0)
-    candidates: int = setting(4, "nearest keys FAISS returns per query; the nearest covering one wins",
-                              min=1, max=256)
+    candidates: int = setting(4, "nearest entries a lookup considers per query; the nearest "
+                                 "covering one wins", min=1, max=256)
     approximate_above: int = setting(100_000, "codebook size above which the key index is "
                                               "approximate (HNSW); 0: always exact", min=0)
     use_fact_identity: bool = setting(False, FACT_IDENTITY_HELP, before=True)

@@ -36,8 +36,11 @@ class WiseConfig:
         "main", "where every shard starts: the main weights (the reference: its side weight "
                 "is reset to the original after each shard) or the memory's merged weights "
                 "at the start of the cycle; either way never on top of the cycle's other shards")
-    merge: Literal["ties", "linear", "dare"] = setting("ties", "how a cycle's shards are merged "
-                                                       "(paper: ties)")
+    merge: Literal["ties", "linear", "dare", "sum"] = setting(
+        "ties", "how a cycle's shards are merged (paper: ties); 'linear' and 'dare' weight "
+                "them as merged_weight says, 'sum' adds every shard and the merged memory at "
+                "weight 1 (no trim, no sign vote, no averaging: the control that shows what "
+                "TIES buys)")
     density: float = setting(0.53, "TIES: share of each shard's entries kept by magnitude; "
                                    "DARE: 1 - drop (paper: 0.53)", min=0.01, max=1.0)
     merged_weight: float = setting(0.6, "weight of the already merged memory against the new "

@@ -93,8 +93,12 @@ def merge_shards(shards: Sequence[torch.Tensor], merged: torch.Tensor | None, ho
                  density: float, merged_weight: float, seed: int) -> torch.Tensor:
     """One merged delta from a cycle's shards (weights 1/k each) and, if there is one, the
     memory merged so far (weight `merged_weight` against the shards' 1 - merged_weight), as
-    the reference weights them (0.6 / 0.4); `lifelong.merging` does the merge."""
+    the reference weights them (0.6 / 0.4); `lifelong.merging` does the merge. ``how="sum"``:
+    every shard and the merged memory added at weight 1 (`merged_weight` and `density`
+    unused)."""
     k = len(shards)
+    if how == "sum":
+        return merge_deltas("linear", [*shards, *([] if merged is None else [merged])])
     if merged is None:
         return merge_deltas(how, list(shards), [1.0 / k] * k, density, seed)
     share = (1.0 - merged_weight) / k
