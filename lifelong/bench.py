@@ -10,13 +10,8 @@ against the exact answer, and the bytes held. Memory: the keys alone take
 4096 floats: 1.6 GB each), plus HNSW's links (``n * M * 8`` bytes); combinations above
 ``--max-mb`` are skipped (and listed) unless the limit is raised.
 
-``lifelong bench grace`` loads a model (default: the built-in one), fills a GRACE codebook to
-each size with keys and values of the model's own world prompts (untrained values: this
-measures lookup and placement cost, not editing quality), then times real edits (per-edit
-wall time, steps) and query forwards with the codebook against the bare model (the hook
-short-circuited), interleaved so that machine load hits both alike. GRACE is attached with
-``--pool`` unrelated prompts (its radius calibration, as in real runs), and each edit's value
-training is also timed alone: the bare cost the per-edit time is set against.
+``lifelong bench grace`` (`lifelong.bench_grace`) times GRACE's edits and queries at growing
+codebook sizes against its bare training cost and the bare model.
 
 ``lifelong bench edit`` (`lifelong.bench_edit`) times any registered method: attach (with
 what it says it computed or read), per-edit time, footprint, and query overhead.
@@ -166,76 +161,6 @@ def time_bare_vs_memory(lm, prompts: list[str], targets: list[str],
     return {m: {"batch1_ms": _pct(v["b1"]), "batch32_ms": _pct(v["b32"])} for m, v in out.items()}
 
 
-def bench_grace(model: str | None, sizes: list[int], edits: int = 20, queries: int = 64,
-                seed: int = 0, settings: dict | None = None, echo=print,
-                pool: int = 300) -> dict[str, Any]:
-    """Per-edit time (against its value training alone) and query overhead of GRACE at each
-    codebook size (module docstring), attached with `pool` unrelated prompts (the radius
-    calibration real runs have; disjoint from every prompt the bench edits or queries)."""
-    import torch
-
-    from .methods import AttachContext, EditRequest, build_method
-
-    lm, world = model_world(model, "grace")
-    facts = list(world)
-    rng = np.random.default_rng(seed)
-    pairs = [(f, t) for f in facts for t in range(len(world.templates(f.relation)))]
-    order = rng.permutation(len(pairs))
-    need = max(sizes) + edits + queries
-    if need + pool > len(pairs):
-        raise click.ClickException(f"the world has {len(pairs)} prompts; sizes need {need + pool}")
-    chosen = [pairs[i] for i in order[:need]]
-    unrelated = tuple(world.prompt(*pairs[i]) for i in order[need:need + pool])
-    probe = [(world.prompt(f, t), f.value) for f, t in chosen[-queries:]]
-    edit_pairs = chosen[-queries - edits:-queries]
-
-    rows = []
-    for size in sizes:
-        g = build_method("grace", settings or {}, seed)
-        g.attach(lm, AttachContext(seed=seed, unrelated_prompts=unrelated))
-        t0 = time.perf_counter()
-        fill = chosen[:size]
-        for s in range(0, size, 256):
-            chunk = fill[s:s + 256]
-            prompts = [world.prompt(f, t) for f, t in chunk]
-            keys, outs, tids, _ = g.keys_of(prompts, [f.value for f, _ in chunk])
-            for i, (f, t) in enumerate(chunk):
-                item = {"edit_id": f"fill{s + i}", "fact": f"{f.key}#{t}", "target": f.value,
-                        "target_ids": list(tids[i]), "prompts": [prompts[i]],
-                        "keys": keys[i:i + 1], "values": outs[i:i + 1]}
-                g.insert_item(item)
-        g.book.factor()  # the radius calibration over the filled codebook, once
-        fill_s = time.perf_counter() - t0
-        edit_ms, train_ms, steps = [], [], []
-        for k, (f, t) in enumerate(edit_pairs):
-            new = next(o for o in world.objects(f.relation) if o != f.value)
-            t0 = time.perf_counter()
-            g._train([world.prompt(f, t)], [new])  # the bare cost: its value training alone
-            train_ms.append((time.perf_counter() - t0) * 1e3)
-            t0 = time.perf_counter()
-            rc = g.edit([EditRequest(f"bench{k}", world.prompt(f, t), new, f.key, f.subject)])
-            edit_ms.append((time.perf_counter() - t0) * 1e3)
-            steps.append(rc.steps)
-        q = time_bare_vs_memory(lm, [p for p, _ in probe], [a for _, a in probe],
-                                g.bypassed)
-        bare, mem = q["bare"], q["memory"]
-        row = {"keys": len(g.book.index), "fill_s": round(fill_s, 2), "edit_ms": _pct(edit_ms),
-               "edit_ms_mean": round(float(np.mean(edit_ms)), 2), "steps_mean": float(np.mean(steps)),
-               "train_ms": _pct(train_ms),
-               "edit_over_train": round(float(np.median(edit_ms)) / float(np.median(train_ms)), 3),
-               **q, "overhead_batch1": round(mem["batch1_ms"]["p50"] / bare["batch1_ms"]["p50"] - 1, 4),
-               "overhead_batch32": round(mem["batch32_ms"]["p50"] / bare["batch32_ms"]["p50"] - 1, 4),
-               "footprint_mb": round(g.footprint() / 2**20, 2)}
-        echo(f"{row['keys']:>6} keys: edit p50 {row['edit_ms']['p50']:.1f} ms (mean {row['edit_ms_mean']:.1f}, "
-             f"{row['steps_mean']:.1f} steps; {row['edit_over_train']:.2f}x its training alone); query p50 batch-1 {mem['batch1_ms']['p50']:.2f} ms vs bare "
-             f"{bare['batch1_ms']['p50']:.2f} ({row['overhead_batch1']:+.1%}), batch-32 "
-             f"{mem['batch32_ms']['p50']:.2f} vs {bare['batch32_ms']['p50']:.2f} ms "
-             f"({row['overhead_batch32']:+.1%}); {row['footprint_mb']} MB")
-        g.detach()
-        rows.append(row)
-    return {"model": lm.name, "rows": rows, "threads": torch.get_num_threads()}
-
-
 @click.group()
 def bench() -> None:
     """Micro-benchmarks: the FAISS key index; GRACE's and WISE's edit and query cost; any
@@ -272,10 +197,14 @@ def bench_index_cmd(sizes, dims, queries, seed, max_mb, hnsw_m, ef_construction,
               help="unrelated prompts GRACE calibrates its radii on (0: none)")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="also write the results as JSON")
-def bench_grace_cmd(model, sizes, edits, queries, pool, seed, json_path):
+@click.option("--hnsw-ef", default="", help="also measure how often an HNSW index (efSearch "
+              "values, comma-separated) gives the exact lookup's answer, and its cost")
+def bench_grace_cmd(model, sizes, edits, queries, pool, seed, json_path, hnsw_ef):
     """GRACE per-edit time (against its value training alone) and query overhead against
     the bare model."""
-    out = bench_grace(model, _ints(sizes), edits, queries, seed, echo=click.echo, pool=pool)
+    from .bench_grace import bench_grace
+    out = bench_grace(model, _ints(sizes), edits, queries, seed, echo=click.echo, pool=pool,
+                      hnsw_ef=_ints(hnsw_ef) if hnsw_ef else [])
     if json_path:
         Path(json_path).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
         click.echo(f"json: {json_path}")
