@@ -26,7 +26,9 @@ def nearest_rows(keys: torch.Tensor, norms: torch.Tensor, queries: torch.Tensor,
                  k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The `k` live rows nearest each query, nearest first, ties to the lower row:
     ``(rows, distances)`` of shape (B, k), rows -1 and distances +inf where fewer than k
-    rows are live. Distances are exact float64 Euclidean (not squared)."""
+    rows are live. Distances are exact float64 Euclidean (not squared). (Should more than
+    `SHORTLIST_MARGIN` rows tie at the k-th distance, which of them are kept is the float32
+    shortlist's choice, not necessarily the lowest rows.)"""
     n, b = keys.shape[0], queries.shape[0]
     live = int(torch.isfinite(norms).sum())
     if live == 0:
