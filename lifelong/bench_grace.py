@@ -137,7 +137,8 @@ def lookup_agreement(g, prompts: dict[str, list[str]], efs: list[int], m: int = 
             book.index = hnsw
             agree = {name: float((book.lookup(q)[0] == exact[name]).float().mean())
                      for name, q in keys.items()}
-            out.append({"ef_search": ef, "hnsw_m": m, "agree": agree,
+            out.append({"ef_search": ef, "hnsw_m": m, "approximate": book.index.approximate,
+                        "agree": agree,
                         "batch1_ms": _lookup_ms(book, every[:1], repeats),
                         "batch32_ms": _lookup_ms(book, every[:32], repeats), **timing})
     finally:

@@ -116,6 +116,12 @@ pools = st.lists(point.map(lambda p: (p[0] + 0.15, p[1] + 0.15)), min_size=1, ma
 @settings(max_examples=50, deadline=None)
 @given(seq=ops, pool=pools, rate=st.sampled_from([0.0, 0.25, 0.5]),
        conflict=st.sampled_from(["coverage", "moving_average"]))
+# a split shrinks an entry that had absorbed a key: its reach must be recomputed
+@example(seq=[((0.0, 0.6), 1, 1), ((0.3, 0.3), 1, 0), ((0.0, 0.0), 0, 2)], pool=[(0.15, 0.15)],
+         rate=0.0, conflict="coverage")
+# an identical key displaces (kills) an entry: its kept figures must be recomputed
+@example(seq=[((0.3, 0.3), 1, 0), ((0.3, 0.6), 1, 1), ((0.3, 0.3), 2, 2)], pool=[(1.65, 1.65)],
+         rate=0.0, conflict="coverage")
 def test_lookups_claim_at_most_claim_rate_of_the_pool(seq, pool, rate, conflict):
     """Whatever the codebook holds, lookups of the unrelated pool's keys hit at most
     floor(claim_rate x pool) of them (expansions never reach a pool key, so the floors that
@@ -125,10 +131,11 @@ def test_lookups_claim_at_most_claim_rate_of_the_pool(seq, pool, rate, conflict)
     import math
 
     from lifelong.methods._common.guard import Guard
+    from lifelong.methods.grace import Codebook
     g = grace(fresh_lm(), eps=0.5, eps_relative=False, claim_rate=rate, conflict=conflict)
     keys = torch.zeros(len(pool), g.key_dim)
     keys[:, 0], keys[:, 1] = torch.tensor([xy[0] for xy in pool]), torch.tensor([xy[1] for xy in pool])
-    g.book.guard = Guard(keys)
+    g.book = Codebook(g.book.config, g.key_dim, g.value_dim, Guard(keys))
     for i, (xy, target, fact) in enumerate(seq):
         g.insert_item(item(g, i, xy, target, fact))
         check_invariants(g)

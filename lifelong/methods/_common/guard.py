@@ -80,7 +80,7 @@ class Guard:
 
 def claims(d: torch.Tensor, radii: torch.Tensor, floors: torch.Tensor,
            live: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """For pool-to-key distances `d` (pool, m) of keys with `radii` and `floors` (m,): per
+    """For pool-to-key distances `d` (pool, m >= 1) of keys with `radii` and `floors` (m,): per
     pool key, the smallest radius factor at which one of the (`live`) keys claims it, and
     whether a floor claims it at any factor. Both combine over key sets by min and or."""
     ratio = torch.where(d > 0, d / radii.clamp_min(1e-300), torch.zeros_like(d))
@@ -88,9 +88,7 @@ def claims(d: torch.Tensor, radii: torch.Tensor, floors: torch.Tensor,
     if live is not None:
         ratio = torch.where(live, ratio, torch.full_like(ratio, float("inf")))
         hit &= live
-    return (ratio.min(dim=1).values if d.shape[1] else torch.full((d.shape[0],), float("inf"),
-                                                                  dtype=torch.float64),
-            hit.any(dim=1))
+    return ratio.min(dim=1).values, hit.any(dim=1)
 
 
 def factor_of(need: torch.Tensor, forced: torch.Tensor, rate: float) -> float:

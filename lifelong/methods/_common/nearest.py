@@ -30,10 +30,6 @@ def nearest_rows(keys: torch.Tensor, norms: torch.Tensor, queries: torch.Tensor,
     `SHORTLIST_MARGIN` rows tie at the k-th distance, which of them are kept is the float32
     shortlist's choice, not necessarily the lowest rows.)"""
     n, b = keys.shape[0], queries.shape[0]
-    live = int(torch.isfinite(norms).sum())
-    if live == 0:
-        return (torch.full((b, k), -1, dtype=torch.long),
-                torch.full((b, k), float("inf"), dtype=torch.float64))
     m = min(n, k + SHORTLIST_MARGIN)
     q = queries.float()
     # |q - k|^2 up to |q|^2, which is the same for every row of a query

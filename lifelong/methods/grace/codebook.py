@@ -79,8 +79,6 @@ class Codebook:
         if self._factor is None and (not len(self.guard) or self.config.claim_rate >= 1):
             self._factor = 1.0  # no pool, or off: nothing to scale, no member reach to find
         if self._factor is None:
-            if self._calib.guard is not self.guard:  # a guard set after the codebook was made
-                self._calib = Calibration(self.guard)
             self._factor, self._reach = self._calib.factor(self, self.config.claim_rate)
         return self._factor
 
@@ -125,7 +123,6 @@ class Codebook:
             return nearest_rows(self.keys[:self.n], self._norms, q, k)
         _, cand = self.index.search(q.numpy(), k)
         rows = torch.from_numpy(cand).sort(dim=1).values  # by row first: ties to the older
-        rows = torch.where(rows >= 0, rows, torch.full_like(rows, -1))
         dist = (self.keys[rows.clamp(min=0)].double() - q.double().unsqueeze(1)).norm(dim=-1)
         dist = torch.where(rows >= 0, dist, torch.full_like(dist, float("inf")))
         order = dist.argsort(dim=1, stable=True)
