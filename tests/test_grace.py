@@ -3,6 +3,9 @@ retraction, re-edits, and the key taken at the last prompt token in left-padded 
 
 from __future__ import annotations
 
+import contextlib
+from unittest import mock
+
 import pytest
 import torch
 from conftest import make_tiny_model, tiny_tokenizer
@@ -18,6 +21,18 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 FAST = {"steps": 15, "lr": 1.0, "eps": 0.02}  # a small radius: the tests place keys by hand
 PROMPTS = ["Aldric works for", "The employer of Aldric is", "Brenna was born in",
            "Caspar speaks", "Who employs Delphine ? Answer :", "Evander plays the"]
+
+
+@contextlib.contextmanager
+def lookups(through: str):
+    """Codebooks made inside look up by a full scan ('scan', below the sketch's size
+    threshold) or through the distance sketch from their first entry on ('sketch', rank 2:
+    the synthetic keys below span two dimensions)."""
+    from lifelong.methods.grace import Codebook
+    rows = 1 if through == "sketch" else 10**9
+    with mock.patch.object(Codebook, "sketch_min_rows", rows), \
+            mock.patch.object(Codebook, "sketch_rank", 2):
+        yield
 
 
 def fresh_lm(seed: int = 0) -> LM:
@@ -74,22 +89,33 @@ point = st.tuples(st.integers(0, 6), st.integers(0, 6)).map(lambda p: (p[0] * 0.
 ops = st.lists(st.tuples(point, st.integers(0, 2), st.integers(0, 5)), min_size=1, max_size=14)
 
 
+@pytest.mark.parametrize("through", ["scan", "sketch"])
 @pytest.mark.parametrize("conflict", ["coverage", "moving_average"])
 @settings(max_examples=60, deadline=None)
 @given(seq=ops)
 # a split leaves an absorbed key exactly at the radius (float32 keys): lookups must measure as
 # placement does (float64), or the key's own edit is lost
 @example(seq=[((1.2, 1.2), 0, 2), ((1.5, 1.5), 0, 0), ((1.8, 1.8), 1, 1)])
-def test_split_expand_rules_keep_the_invariants(conflict, seq):
-    g = grace(fresh_lm(), eps=0.5, eps_relative=False, conflict=conflict)
-    for i, (xy, target, fact) in enumerate(seq):
-        g.insert_item(item(g, i, xy, target, fact))
-        check_invariants(g)
+# a moving average moves a key: its sketch must be redone, or the sketch rules out its entry
+@example(seq=[((0.0, 0.0), 0, 0), ((0.0, 0.0), 0, 0), ((0.0, 0.0), 0, 0), ((0.0, 0.3), 1, 0),
+              ((0.0, 0.6), 1, 2), ((0.0, 0.0), 0, 1)])
+def test_split_expand_rules_keep_the_invariants(conflict, through, seq):
+    with lookups(through):
+        g = grace(fresh_lm(), eps=0.5, eps_relative=False, conflict=conflict)
+        for i, (xy, target, fact) in enumerate(seq):
+            g.insert_item(item(g, i, xy, target, fact))
+            check_invariants(g)
 
 
+@pytest.mark.parametrize("through", ["scan", "sketch"])
 @settings(max_examples=40, deadline=None)
 @given(seq=ops, data=st.data())
-def test_retraction_replays_to_the_never_edited_codebook(seq, data):
+def test_retraction_replays_to_the_never_edited_codebook(through, seq, data):
+    with lookups(through):
+        retraction_replays(seq, data)
+
+
+def retraction_replays(seq, data):
     lm = fresh_lm()
     g = grace(lm, eps=0.5, eps_relative=False)
     items = [item(g, i, xy, t, f) for i, (xy, t, f) in enumerate(seq)]
@@ -115,19 +141,25 @@ pools = st.lists(point.map(lambda p: (p[0] + 0.15, p[1] + 0.15)), min_size=1, ma
 
 @settings(max_examples=50, deadline=None)
 @given(seq=ops, pool=pools, rate=st.sampled_from([0.0, 0.25, 0.5]),
-       conflict=st.sampled_from(["coverage", "moving_average"]))
+       conflict=st.sampled_from(["coverage", "moving_average"]),
+       through=st.sampled_from(["scan", "sketch"]))
 # a split shrinks an entry that had absorbed a key: its reach must be recomputed
 @example(seq=[((0.0, 0.6), 1, 1), ((0.3, 0.3), 1, 0), ((0.0, 0.0), 0, 2)], pool=[(0.15, 0.15)],
-         rate=0.0, conflict="coverage")
+         rate=0.0, conflict="coverage", through="scan")
 # an identical key displaces (kills) an entry: its kept figures must be recomputed
 @example(seq=[((0.3, 0.3), 1, 0), ((0.3, 0.6), 1, 1), ((0.3, 0.3), 2, 2)], pool=[(1.65, 1.65)],
-         rate=0.0, conflict="coverage")
-def test_lookups_claim_at_most_claim_rate_of_the_pool(seq, pool, rate, conflict):
+         rate=0.0, conflict="coverage", through="scan")
+def test_lookups_claim_at_most_claim_rate_of_the_pool(seq, pool, rate, conflict, through):
     """Whatever the codebook holds, lookups of the unrelated pool's keys hit at most
     floor(claim_rate x pool) of them (expansions never reach a pool key, so the floors that
     keep absorbed keys covered claim none); the factor is 1 when the bare radii claim no more;
     every edit's keys still retrieve its target (check_invariants); the conflict rules hold;
     the factor kept across edits (`grace.calibration`) is the one computed from scratch."""
+    with lookups(through):
+        claims_at_most(seq, pool, rate, conflict)
+
+
+def claims_at_most(seq, pool, rate, conflict):
     import math
 
     from lifelong.methods._common.guard import Guard

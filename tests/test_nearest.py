@@ -1,4 +1,6 @@
-"""`methods/_common/nearest.py`: the batched exact k-nearest rows GRACE's lookups use."""
+"""`methods/_common/nearest.py` and `sketch.py`: the batched exact k-nearest rows GRACE's
+lookups use, the sketch's lower bounds on distances, and the nearest covering row found
+through them."""
 
 from __future__ import annotations
 
@@ -6,7 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lifelong.methods._common.nearest import nearest_rows, squared_norms
+from lifelong.methods._common.nearest import nearest_covering, nearest_rows, squared_norms
+from lifelong.methods._common.sketch import Sketch
 
 
 def brute(keys, live, q, k):
@@ -36,3 +39,67 @@ def test_nearest_rows_is_the_exact_float64_ranking(n, k, seed, dead, grid):
         want_rows, want_dist = brute(keys, live, queries[i], k)
         assert rows[i].tolist() == want_rows
         assert dist[i].tolist() == want_dist
+
+
+def covering_by_scan(keys, live, radii, q, k):
+    """The lookup rule on a brute-force ranking: of the k nearest live rows, the first whose
+    radius covers the query; -1 if none."""
+    rows, dist = brute(keys, live, q, k)
+    return next((r for r, d in zip(rows, dist) if r >= 0 and d <= radii[r]), -1)
+
+
+def sketched(n, dim, seed, grid, dead, rank):
+    """Keys far from the origin (the bounds' float32 cancellation at work), a few moved after
+    the first sketch, live rows, radii that put some keys exactly at a radius (a radius is
+    another key's distance), and queries: keys themselves, their neighbours and strangers."""
+    g = torch.Generator().manual_seed(seed)
+    keys = torch.randn(n, dim, generator=g) + 50.0
+    if grid:
+        keys = keys.round()
+    live = torch.rand(n, generator=g) >= dead
+    sketch = Sketch(rank=rank, min_rows=1)
+    sketch.lower_bounds(keys, live, keys[:1])
+    for row in torch.randint(0, n, (3,), generator=g).tolist():  # keys that move
+        keys[row] += torch.randn(dim, generator=g).round() if grid else torch.randn(dim, generator=g)
+        sketch.touch(row)
+    some = keys[torch.arange(4) % n]
+    queries = torch.cat([some, some + torch.randn(4, dim, generator=g).round() * 0.5,
+                         torch.randn(4, dim, generator=g) + 50.0])
+    other = torch.randint(0, n, (n,), generator=g)
+    radii = (keys.double() - keys[other].double()).norm(dim=-1).numpy()
+    radii = radii * (torch.rand(n, generator=g).double().numpy() < 0.5)
+    return keys, live, sketch, queries, radii
+
+
+@settings(max_examples=80, deadline=None)
+@given(n=st.integers(1, 40), dim=st.integers(9, 14), seed=st.integers(0, 10_000),
+       grid=st.booleans(), dead=st.floats(0.0, 0.5), rank=st.integers(1, 4))
+def test_sketch_bounds_never_exceed_the_float64_distance(n, dim, seed, grid, dead, rank):
+    """The sketch's squared bound is at most the squared float64 distance for every live row
+    (keys moved and touched included, rows appended past a basis rebuild), +inf for the
+    others."""
+    keys, live, sketch, queries, _ = sketched(n, dim, seed, grid, dead, rank)
+    more = torch.cat([keys, keys[:n] + 0.25])  # doubles the rows: a new basis
+    live = torch.cat([live, live])
+    for ks in (keys, more):
+        bounds = sketch.lower_bounds(ks, live[:len(ks)], queries)
+        d2 = ((ks.double()[None] - queries.double()[:, None]).norm(dim=-1) ** 2).numpy()
+        on = live[:len(ks)].numpy()
+        assert (bounds[:, on] <= d2[:, on]).all()
+        assert (bounds[:, ~on] == float("inf")).all()
+
+
+@settings(max_examples=80, deadline=None)
+@given(n=st.integers(1, 40), dim=st.integers(9, 14), seed=st.integers(0, 10_000),
+       grid=st.booleans(), dead=st.floats(0.0, 0.5), rank=st.integers(1, 4), k=st.integers(1, 6))
+def test_nearest_covering_through_the_sketch_is_the_scan_rule(n, dim, seed, grid, dead, rank, k):
+    """With the sketch's bounds, the nearest covering row among the k nearest is the
+    brute-force answer (ties to the lower row, keys exactly at a radius covered), or None
+    when more rows than the limit would need measuring."""
+    keys, live, sketch, queries, radii = sketched(n, dim, seed, grid, dead, rank)
+    bounds = sketch.lower_bounds(keys, live, queries)
+    want = [covering_by_scan(keys, live, radii, q, k) for q in queries]
+    entry, hit = nearest_covering(keys, radii, queries, k, bounds, limit=n)
+    assert entry.tolist() == want and hit.tolist() == [w >= 0 for w in want]
+    found = nearest_covering(keys, radii, queries, k, bounds, limit=1)
+    assert found is None or found[0].tolist() == want

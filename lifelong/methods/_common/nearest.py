@@ -9,6 +9,7 @@ rows, and a row could be lost only if float32 rounding moved it past that many o
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 #: extra rows the float32 shortlist keeps beyond k before the float64 ranking
@@ -45,3 +46,55 @@ def nearest_rows(keys: torch.Tensor, norms: torch.Tensor, queries: torch.Tensor,
         rows = torch.cat([rows, torch.full((b, pad), -1, dtype=torch.long)], 1)
         dist = torch.cat([dist, torch.full((b, pad), float("inf"), dtype=torch.float64)], 1)
     return rows, dist
+
+
+def nearest_covering(keys: torch.Tensor, radii: np.ndarray, queries: torch.Tensor, k: int,
+                     bounds: np.ndarray, limit: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(row, hit) per query: of the `k` rows nearest to it (by exact float64 distance, ties to
+    the lower row), the nearest whose radius covers it (``distance <= radii[row]``), row -1
+    where none does. The answer `nearest_rows` followed by that rule gives, computed from
+    `bounds` ((B, n) float32 squared lower bounds on the distances, `sketch.Sketch`, whose
+    margin covers their float32 rounding) without a full
+    scan: exact distances only for rows the bound leaves within reach. None when some query
+    leaves more than `limit` rows to measure (then scan).
+
+    Why it is exact: let j be the nearest covering row. A row whose bound exceeds its radius
+    covers nothing, so j is among the rows measured first; j is the answer iff fewer than k
+    rows come before it in (distance, row) order, and every such row has its bound at most
+    j's distance, so the second measurement counts them all."""
+    # the bounds' margin (>= 3e-6 of the squared distance) exceeds float32 rounding of r^2: a
+    # row exactly at its radius stays in
+    near = bounds <= (radii * radii).astype(np.float32)[None, :]
+    if int(np.count_nonzero(near, axis=1).max(initial=0)) > limit:
+        return None
+    entry = np.full(queries.shape[0], -1, dtype=np.int64)
+    q64 = queries.double()
+    qi, rows = np.nonzero(near)  # by query, then row
+    dist = _distances(keys, rows, q64, qi)
+    covered = dist <= radii[rows]
+    qi, rows, dist = qi[covered], rows[covered], dist[covered]
+    if len(qi):
+        first = np.lexsort((rows, dist, qi))  # per query: nearest, then lower row
+        first = first[np.r_[True, qi[first][1:] != qi[first][:-1]]]
+        qj, j, dj = qi[first], rows[first], dist[first]
+        before = bounds[qj] <= (dj * dj).astype(np.float32)[:, None]
+        count = np.count_nonzero(before, axis=1)  # j among them: its rank is below count
+        if int(count.max()) > limit:
+            return None
+        won = count <= k
+        if not won.all():  # measure who comes before j where k or more rows might
+            bi, brows = np.nonzero(before & ~won[:, None])
+            d = _distances(keys, brows, q64, qj[bi])
+            ahead = (d < dj[bi]) | ((d == dj[bi]) & (brows < j[bi]))
+            won |= np.bincount(bi, weights=ahead, minlength=len(qj)) < k
+        entry[qj[won]] = j[won]
+    entry = torch.from_numpy(entry)
+    return entry, entry >= 0
+
+
+def _distances(keys: torch.Tensor, rows: np.ndarray, queries: torch.Tensor,
+               which: np.ndarray) -> np.ndarray:
+    """Exact float64 distances from `queries[which[i]]` to `keys[rows[i]]`, the expression
+    `nearest_rows` and GRACE's placement use (so a key exactly at a radius stays in)."""
+    picked = keys[torch.from_numpy(rows)].double()
+    return (picked - queries[torch.from_numpy(which)]).norm(dim=-1).numpy()

@@ -35,7 +35,8 @@ import torch
 
 from ...index import KeyIndex
 from .._common.guard import Guard
-from .._common.nearest import nearest_rows, squared_norms
+from .._common.nearest import nearest_covering, nearest_rows, squared_norms
+from .._common.sketch import MIN_ROWS, RANK, Sketch
 from ..base import UnknownEdit, tensor_bytes
 from .calibration import Calibration
 from .config import GraceConfig
@@ -45,6 +46,10 @@ Member = tuple[int, int]  # (log position, key index)
 
 class Codebook:
     """Invariant: ``self.log`` (the active edits, in order) determines every other field."""
+
+    #: the lookup sketch's basis width and the codebook size it starts at (`_common.sketch`;
+    #: class attributes so that tests can run the sketch on small codebooks)
+    sketch_rank, sketch_min_rows = RANK, MIN_ROWS
 
     def __init__(self, config: GraceConfig, key_dim: int, value_dim: int,
                  guard: Guard | None = None):
@@ -70,6 +75,9 @@ class Codebook:
         self.fact_prompts: dict[str, list[str]] = {}
         self._factor: float | None = None  # the guard's radius factor, None: to recompute
         self._norms: torch.Tensor | None = None  # squared key norms for lookups, None: stale
+        self._served: np.ndarray | None = None  # `served_radii()` for lookups, None: stale
+        # distance bounds for lookups, touched wherever a key changes
+        self._sketch = Sketch(self.sketch_rank, self.sketch_min_rows)
         self._calib = Calibration(self.guard)  # per-entry inputs of the factor, kept across edits
         self.index = KeyIndex(self.key_dim, "l2", approximate_above=self.config.approximate_above)
 
@@ -103,7 +111,11 @@ class Codebook:
         whose radius, scaled by `factor`, covers it (exact float64 distances; ties go to the
         older entry)."""
         q = queries.detach().float().cpu()
-        rows, dist = self._nearest(q, min(self.config.candidates, len(self.index)))
+        k = min(self.config.candidates, len(self.index))
+        found = self._covering(q, k)
+        if found is not None:
+            return found
+        rows, dist = self._nearest(q, k)
         c = rows.clamp(min=0)
         # float64, as placement measures: a member a split left exactly at the radius stays in
         covered = (rows >= 0) & (dist <= self.served_radii()[c])
@@ -112,6 +124,20 @@ class Codebook:
         hit = torch.isfinite(dist.gather(1, best.unsqueeze(1)).squeeze(1))
         entry = torch.where(hit, c.gather(1, best.unsqueeze(1)).squeeze(1), torch.full_like(best, -1))
         return entry, hit
+
+    def _covering(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """`lookup`'s answer from the sketch's distance bounds (`_common.nearest.
+        nearest_covering`), without a full scan; None where the bounds rule out too little
+        (or the index is approximate, or the codebook small): scan instead."""
+        if self.index.approximate:
+            return None
+        n = self.n
+        bounds = self._sketch.lower_bounds(self.keys[:n], self.alive[:n], q)
+        if bounds is None:
+            return None
+        if self._served is None:
+            self._served = self.served_radii().numpy().copy()  # radii change in place
+        return nearest_covering(self.keys[:n], self._served, q, k, bounds, limit=max(32, n // 8))
 
     def _nearest(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows, float64 distances), (B, k), ordered by (distance, row); -1 / inf pad. Exact
@@ -137,7 +163,7 @@ class Codebook:
         """Append an item (``edit_id``, ``fact``, ``target``, ``target_ids``, ``prompts`` and
         ``keys``/``values`` tensors of shape (len(prompts), dim)) and place it."""
         self.log.append(item)
-        self._factor = self._norms = None
+        self._factor = self._norms = self._served = None
         return self._insert(len(self.log) - 1)
 
     def retract(self, edit_id: str) -> None:
@@ -274,6 +300,7 @@ class Codebook:
         if not room >= max(need, float(self.radii[r]) + shift) - 1e-12:
             return None
         self.keys[r] = center.float()
+        self._sketch.touch(r)
         self.radii[r] = room
         self.members[r].append((pos, k))
         self.absorbed.setdefault(fact, set()).add(r)
@@ -346,8 +373,9 @@ class Codebook:
                 self.fact_rows.setdefault(fact, []).append(row)
         self.fact_prompts = {k: list(v) for k, v in state["fact_prompts"].items()}
         self.index = KeyIndex.from_bytes(state["index"].numpy())
-        self._factor = self._norms = None
+        self._factor = self._norms = self._served = None
         self._calib = Calibration(self.guard)
+        self._sketch = Sketch(self.sketch_rank, self.sketch_min_rows)
 
     def footprint(self) -> int:
         """Keys + values + radii + the FAISS index, plus the log's keys and values (kept so
@@ -356,4 +384,4 @@ class Codebook:
         log = sum(tensor_bytes(it["keys"], it["values"]) for it in self.log)
         n = self.n
         held = tensor_bytes(self.keys[:n], self.values[:n], self.radii[:n])
-        return held + self.index.nbytes() + log + self._calib.nbytes()
+        return held + self.index.nbytes() + log + self._calib.nbytes() + self._sketch.nbytes()
