@@ -4,6 +4,7 @@ through them."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -103,3 +104,24 @@ def test_nearest_covering_through_the_sketch_is_the_scan_rule(n, dim, seed, grid
     assert entry.tolist() == want and hit.tolist() == [w >= 0 for w in want]
     found = nearest_covering(keys, radii, queries, k, bounds, limit=1)
     assert found is None or found[0].tolist() == want
+
+
+@settings(max_examples=80, deadline=None)
+@given(n=st.integers(1, 40), dim=st.integers(9, 14), seed=st.integers(0, 10_000),
+       grid=st.booleans(), dead=st.floats(0.0, 0.5), rank=st.integers(1, 4),
+       wide=st.booleans())
+def test_sketch_within_keeps_every_row_in_reach(n, dim, seed, grid, dead, rank, wide):
+    """`Sketch.within` returns ascending live rows, among them every live row whose float64
+    distance is within its reach, rows exactly at it included: one such row (the bounds then
+    leave few rows, measured one by one) or half the rows (`wide`: the bounds cannot narrow
+    them, one product with every row)."""
+    keys, live, sketch, queries, _ = sketched(n, dim, seed, grid, dead, rank)
+    g = torch.Generator().manual_seed(seed)
+    for q in queries:
+        d = (keys.double() - q.double()).norm(dim=-1).numpy()
+        edge = (torch.rand(n, generator=g) < 0.5).numpy() if wide else np.arange(n) == seed % n
+        reach = np.where(edge, d, 0.0)
+        rows = sketch.within(keys, live, q, reach)
+        want = set(np.flatnonzero((d <= reach) & live.numpy()).tolist())
+        assert list(rows) == sorted(rows) and want <= set(rows.tolist())
+        assert live.numpy()[rows].all()

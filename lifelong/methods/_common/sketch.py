@@ -34,6 +34,12 @@ BASIS_SAMPLE = 2048
 #: ~m * 6e-8 * |x| |y| (m = 65: 4e-6 (|x|^2 + |y|^2) / 2), the sums and the stored figures by a
 #: few 6e-8 (|x|^2 + |y|^2): well inside this share of |x|^2 + |y|^2
 SLACK = 1e-5
+#: `within`: relative float32 error allowed for a squared distance summed from differences
+#: (d terms: at most ~d * 6e-8 of it, 5e-5 at d = 768; typical far less)
+GATHER_SLACK = 1e-3
+#: `within`: margin for a squared distance from norms and one float32 product, relative to
+#: |k|^2 + |q|^2 (rounding of the product of d terms: at most ~d * 6e-8 |k| |q|)
+GEMV_SLACK = 1e-4
 
 
 class Sketch:
@@ -48,6 +54,7 @@ class Sketch:
         self.based_on = 0                      # rows when the basis was built
         self.vecs = np.zeros((0, rank + 1), dtype=np.float32)  # [a, |p|] per row
         self.sq = np.zeros(0, dtype=np.float32)  # (1 - SLACK) |k - mu|^2 per row
+        self.norms = np.zeros(0, dtype=np.float32)  # |k|^2 per row (`within`)
         self.done = 0                          # rows [0, done) are sketched, bar `stale`
         self.stale: set[int] = set()
 
@@ -58,7 +65,28 @@ class Sketch:
 
     def nbytes(self) -> int:
         basis = 0 if self.basis is None else self.basis.nbytes + self.mean.nbytes
-        return basis + self.vecs.nbytes + self.sq.nbytes
+        return basis + self.vecs.nbytes + self.sq.nbytes + self.norms.nbytes
+
+    def within(self, keys: torch.Tensor, live: torch.Tensor, query: torch.Tensor,
+               reach: np.ndarray) -> np.ndarray | None:
+        """Rows (ascending) of live keys that may lie within ``reach[row]`` of one `query`
+        (d,): a superset of those whose float64 distance does. From the bounds where they
+        rule out most rows, else from one float32 product with every row, its rounding
+        covered by a margin of GEMV_SLACK (|k|^2 + |q|^2). None below `min_rows` rows."""
+        bounds = self.lower_bounds(keys, live, query[None])
+        if bounds is None:
+            return None
+        r2 = (reach * reach).astype(np.float32)
+        rows = np.flatnonzero(bounds[0] <= r2)
+        n = keys.shape[0]
+        if len(rows) <= n // 8:  # few: measure just those, in float32
+            d2 = (keys[torch.from_numpy(rows)] - query).pow(2).sum(1).numpy()
+            return rows[d2 <= r2[rows] * (1 + GATHER_SLACK)]
+        q = query.float()
+        qq = float(q.double().pow(2).sum())
+        d2 = self.norms[:n] + np.float32(qq) - 2.0 * (keys @ q).numpy()
+        d2 -= GEMV_SLACK * (self.norms[:n] + np.float32(qq))
+        return rows[d2[rows] <= r2[rows]]
 
     def lower_bounds(self, keys: torch.Tensor, live: torch.Tensor,
                      queries: torch.Tensor) -> np.ndarray | None:
@@ -94,6 +122,8 @@ class Sketch:
             self.vecs = np.concatenate([self.vecs, np.zeros((grow - self.vecs.shape[0],
                                                              self.vecs.shape[1]), dtype=np.float32)])
             self.sq = np.concatenate([self.sq, np.zeros(grow - self.sq.shape[0], dtype=np.float32)])
+            self.norms = np.concatenate([self.norms, np.zeros(grow - self.norms.shape[0],
+                                                              dtype=np.float32)])
         rows = sorted(self.stale) + list(range(self.done, n))
         if rows:
             self._sketch(keys, np.asarray(rows, dtype=np.int64))
@@ -112,6 +142,7 @@ class Sketch:
         self.based_on = keys.shape[0]
         self.vecs = np.zeros((0, self.basis.shape[1] + 1), dtype=np.float32)
         self.sq = np.zeros(0, dtype=np.float32)
+        self.norms = np.zeros(0, dtype=np.float32)
         self.done, self.stale = 0, set()
 
     def _sketch(self, keys: torch.Tensor, rows: np.ndarray) -> None:
@@ -121,6 +152,8 @@ class Sketch:
         rest = np.sqrt(np.maximum(sq - (a * a).sum(1), 0.0))
         self.vecs[rows] = np.concatenate([a, rest[:, None]], 1).astype(np.float32)
         self.sq[rows] = ((1 - SLACK) * sq).astype(np.float32)
+        raw = keys[torch.from_numpy(rows)].double()
+        self.norms[rows] = (raw * raw).sum(1).numpy().astype(np.float32)
 
 
 def leading_directions(centred: np.ndarray, rank: int, power: int = 2) -> np.ndarray:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from .codebook import Codebook
 
 #: rows per block of cached claims (a touched row costs pool x BLOCK work)
-BLOCK = 256
+BLOCK = 64
 
 
 class Calibration:

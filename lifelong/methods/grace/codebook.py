@@ -187,13 +187,16 @@ class Codebook:
         if len(self.index) == 0:
             return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.float64)
         reach = extra + float(self.radii[self.alive].max())
-        r2 = (reach * (1 + 1e-4) + 1e-6) ** 2
-        d2, ids = self.index.range(key.numpy()[None], r2)[0]
-        # a float32 shortlist by each row's own reach (its margin far above float32 rounding),
-        # so that float64 distances are computed for the few rows near the key, not for all
-        own = (self.radii[torch.from_numpy(ids)] + extra).numpy()
-        ids = ids[np.sqrt(d2) <= own * (1 + 1e-4) + 1e-6]
-        rows = torch.from_numpy(np.sort(ids)).long()
+        # a shortlist by each row's own reach (its margin far above float32 rounding), so that
+        # float64 distances are computed for the few rows near the key, not for all: by the
+        # lookup sketch where it runs (`Sketch.within`), else a FAISS range search
+        own = (self.radii[:self.n] + extra).numpy() * (1 + 1e-4) + 1e-6
+        ids = None if self.index.approximate else \
+            self._sketch.within(self.keys[:self.n], self.alive[:self.n], key, own)
+        if ids is None:
+            d2, ids = self.index.range(key.numpy()[None], (reach * (1 + 1e-4) + 1e-6) ** 2)[0]
+            ids = np.sort(ids[np.sqrt(d2) <= own[ids]])
+        rows = torch.from_numpy(ids).long()
         dist = (self.keys[rows].double() - key.double()).norm(dim=-1)
         keep = (dist <= reach) & (dist <= (self.radii[rows] + extra) * (1 + 1e-6))
         return rows[keep], dist[keep]
