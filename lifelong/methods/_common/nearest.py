@@ -52,11 +52,11 @@ def nearest_covering(keys: torch.Tensor, radii: np.ndarray, queries: torch.Tenso
                      bounds: np.ndarray, limit: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(row, hit) per query: of the `k` rows nearest to it (by exact float64 distance, ties to
     the lower row), the nearest whose radius covers it (``distance <= radii[row]``), row -1
-    where none does. The answer `nearest_rows` followed by that rule gives, computed from
-    `bounds` ((B, n) float32 squared lower bounds on the distances, `sketch.Sketch`, whose
-    margin covers their float32 rounding) without a full
-    scan: exact distances only for rows the bound leaves within reach. None when some query
-    leaves more than `limit` rows to measure (then scan).
+    where none does: the answer `nearest_rows` followed by that rule gives, computed without
+    a full scan from `bounds` ((B, n) float32 squared lower bounds on the distances,
+    `sketch.Sketch`, whose margin covers their float32 rounding): exact distances only for
+    the rows the bounds leave within reach. None when some query leaves more than `limit`
+    rows to measure (then scan).
 
     Why it is exact: let j be the nearest covering row. A row whose bound exceeds its radius
     covers nothing, so j is among the rows measured first; j is the answer iff fewer than k

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .._common.guard import Guard, claims, factor_of
+from .._common.keptfactor import padded
 
 if TYPE_CHECKING:
     from .codebook import Codebook
@@ -87,18 +88,12 @@ class Calibration:
         if n > self.reach.shape[0]:
             cap, p = max(n, self.reach.shape[0] * 5 // 4, BLOCK), len(self.guard)
             f64 = {"dtype": torch.float64}
-            self.reach = _padded(self.reach, torch.zeros(cap, **f64))
-            self.pool = _padded(self.pool, torch.zeros((p, cap), **f64))
-            self.radii = _padded(self.radii, torch.full((cap,), float("nan"), **f64))
-            self.live = _padded(self.live, torch.zeros(cap, dtype=torch.bool))
+            self.reach = padded(self.reach, torch.zeros(cap, **f64))
+            self.pool = padded(self.pool, torch.zeros((p, cap), **f64))
+            self.radii = padded(self.radii, torch.full((cap,), float("nan"), **f64))
+            self.live = padded(self.live, torch.zeros(cap, dtype=torch.bool))
             blocks = -(-cap // BLOCK)
-            self.need = _padded(self.need, torch.full((p, blocks), float("inf"), **f64))
-            self.forced = _padded(self.forced, torch.zeros((p, blocks), dtype=torch.bool))
+            self.need = padded(self.need, torch.full((p, blocks), float("inf"), **f64))
+            self.forced = padded(self.forced, torch.zeros((p, blocks), dtype=torch.bool))
         self.stale.update(range(known, n))
         self.known = n
-
-
-def _padded(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-    """`new` with `old` copied into its leading entries along the last dimension."""
-    new[..., :old.shape[-1]] = old
-    return new

@@ -23,6 +23,7 @@ from .._common.activations import output_scale
 from .._common.facts import as_seen
 from .._common.guard import guard_from_context
 from .._common.hooks import Hooks, Served
+from .._common.keptfactor import KeptFactor
 from .._common.keys import forward_router_tokens, router_tokens, row_keys, serve_routed
 from .._common.keytable import KeyTable
 from .._common.loop import LoopResult, receipt
@@ -77,10 +78,11 @@ class WiseFaiss(Served, MemoryBase, Retractable, Consolidating, Routing):
             ctx, f"{layer_name}/input/{self.config.key_token}", self.w_main.shape[1],
             self.config.claim_rate if self.config.router == "faiss" else 1.0,
             lambda prompts: torch.from_numpy(row_keys(*self._activations(prompts))))
+        self._kept = KeptFactor(self.guard)  # the guard's factor, kept as keys come and go
 
     def footprint(self) -> int:
         return sum(tensor_bytes(m.merged, m.current, m.mask, *m.shards) for m in self.memories) \
-            + self.table.index.nbytes() + self.tombs.index.nbytes()
+            + self.table.index.nbytes() + self.tombs.index.nbytes() + self._kept.nbytes()
 
     # ---- serving and routing ------------------------------------------------------------
     def _serve(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -99,13 +101,11 @@ class WiseFaiss(Served, MemoryBase, Retractable, Consolidating, Routing):
                           self._served_deltas(), x, mask, self.radius_factor(), self.tombs)
 
     def radius_factor(self) -> float:
-        """The guard's common factor on the FAISS router's radius (recomputed when the keys
-        change; `_common.guard`)."""
+        """The guard's common factor on the FAISS router's radius (`_common.guard`), updated
+        for the keys added and removed since (`_common.keptfactor`)."""
         if self._factor is None:
-            ids = sorted(self.table.norm)
-            keys = torch.from_numpy(self.table.index.get(ids)) if ids else torch.zeros((0, 1))
-            radii = self.config.key_radius * torch.tensor([self.table.norm[i] for i in ids])
-            self._factor = self.guard.factor(keys, radii, self.config.claim_rate)
+            self._factor = self._kept.factor(self.table, self.config.key_radius,
+                                             self.config.claim_rate)
         return self._factor
 
     @property
@@ -362,4 +362,5 @@ class WiseFaiss(Served, MemoryBase, Retractable, Consolidating, Routing):
             else KeyTable(self.w_main.shape[1], "l2")  # stored before tombstones: none
         self.since_merge = state["since_merge"]
         self.scale = state["scale"]
+        self._kept = KeptFactor(self.guard)  # rebuilt from the loaded table
         self._changed()
