@@ -21,7 +21,8 @@ Invariants: `factor` is a pure function of the pool keys, the edit keys and thei
 method's memory; so retraction by replay stays exact); the pool keys are computed once per
 (model, key reader, prompts) and cached (`AttachContext.cache`), so a chunked run that
 re-attaches per chunk pays the forward passes once. Cost of `factor`: one distance matrix
-pool x edit keys, computed when the edits change (``limit`` pool prompts).
+pool x edit keys (``limit`` pool prompts); the methods keep its inputs across edits instead of
+calling it after each (GRACE: `grace.calibration`; `wise-faiss`: `keptfactor`).
 """
 
 from __future__ import annotations
