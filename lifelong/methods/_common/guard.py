@@ -92,6 +92,13 @@ def claims(d: torch.Tensor, radii: torch.Tensor, floors: torch.Tensor,
     return ratio.min(dim=1).values, hit.any(dim=1)
 
 
+def padded(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """`new` with `old` copied into its leading entries along the last dimension (the kept
+    claims' storage grows this way: `grace.calibration`, `keptfactor`)."""
+    new[..., :old.shape[-1]] = old
+    return new
+
+
 def factor_of(need: torch.Tensor, forced: torch.Tensor, rate: float) -> float:
     """`Guard.factor` from the pool's `claims` over every key."""
     allowed = math.floor(rate * need.shape[0])

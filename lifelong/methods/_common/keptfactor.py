@@ -22,7 +22,7 @@ import math
 import numpy as np
 import torch
 
-from .guard import Guard, claims, factor_of
+from .guard import Guard, claims, factor_of, padded
 from .keytable import KeyTable
 
 #: keys per block of kept claims (a change costs pool x BLOCK work)
@@ -101,9 +101,3 @@ class KeptFactor:
         self.live = padded(self.live, torch.zeros(cap, dtype=torch.bool))
         self.need = padded(self.need, torch.full((p, blocks), np.inf, dtype=torch.float64))
         self.forced = padded(self.forced, torch.zeros((p, blocks), dtype=torch.bool))
-
-
-def padded(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-    """`new` with `old` copied into its leading entries along the last dimension."""
-    new[..., :old.shape[-1]] = old
-    return new

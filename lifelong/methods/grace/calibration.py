@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .._common.guard import Guard, claims, factor_of
-from .._common.keptfactor import padded
+from .._common.guard import Guard, claims, factor_of, padded
 
 if TYPE_CHECKING:
     from .codebook import Codebook
