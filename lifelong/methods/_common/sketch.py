@@ -35,11 +35,18 @@ BASIS_SAMPLE = 2048
 #: few 6e-8 (|x|^2 + |y|^2): well inside this share of |x|^2 + |y|^2
 SLACK = 1e-5
 #: `within`: relative float32 error allowed for a squared distance summed from differences
-#: (d terms: at most ~d * 6e-8 of it, 5e-5 at d = 768; typical far less)
+#: (d terms: at most ~d * 6e-8 of it, 5e-5 at d = 768; typical far less); at least
+#: `width_slack(d)` for wider keys
 GATHER_SLACK = 1e-3
 #: `within`: margin for a squared distance from norms and one float32 product, relative to
-#: |k|^2 + |q|^2 (rounding of the product of d terms: at most ~d * 6e-8 |k| |q|)
+#: |k|^2 + |q|^2 (rounding of the product of d terms: at most ~d * 6e-8 |k| |q|, so half that
+#: share); at least `width_slack(d)` for wider keys (a 7B model's 11,008-wide MLP: 1.3e-3)
 GEMV_SLACK = 1e-4
+
+
+def width_slack(d: int) -> float:
+    """Twice the worst-case relative float32 rounding of a d-term sum (unit roundoff 6e-8)."""
+    return 2 * d * 6e-8
 
 
 class Sketch:
@@ -74,7 +81,8 @@ class Sketch:
         """Rows (ascending) of live keys that may lie within ``reach[row]`` of one `query`
         (d,): a superset of those whose float64 distance does. From the bounds where they
         rule out most rows, else from one float32 product with every row, its rounding
-        covered by a margin of GEMV_SLACK (|k|^2 + |q|^2). None below `min_rows` rows."""
+        covered by a margin of GEMV_SLACK (|k|^2 + |q|^2) or more for wide keys. None below
+        `min_rows` rows."""
         bounds = self.lower_bounds(keys, live, query[None])
         if bounds is None:
             return None
@@ -83,11 +91,11 @@ class Sketch:
         n = keys.shape[0]
         if len(rows) <= n // 8:  # few: measure just those, in float32
             d2 = (keys[torch.from_numpy(rows)] - query).pow(2).sum(1).numpy()
-            return rows[d2 <= r2[rows] * (1 + GATHER_SLACK)]
+            return rows[d2 <= r2[rows] * (1 + max(GATHER_SLACK, width_slack(keys.shape[1])))]
         q = query.float()
         qq = float(q.double().pow(2).sum())
         d2 = self.norms[:n] + np.float32(qq) - 2.0 * (keys @ q).numpy()
-        d2 -= GEMV_SLACK * (self.norms[:n] + np.float32(qq))
+        d2 -= max(GEMV_SLACK, width_slack(keys.shape[1])) * (self.norms[:n] + np.float32(qq))
         return rows[d2[rows] <= r2[rows]]
 
     def lower_bounds(self, keys: torch.Tensor, live: torch.Tensor,
