@@ -8,8 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lifelong.methods._common.guard import Guard
-from lifelong.methods._common.keptfactor import BLOCK, KeptFactor
+from lifelong.methods._common.guard import BLOCK, Guard
+from lifelong.methods._common.keptfactor import KeptFactor
 from lifelong.methods._common.keytable import KeyTable
 
 DIM = 4

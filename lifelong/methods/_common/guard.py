@@ -92,9 +92,76 @@ def claims(d: torch.Tensor, radii: torch.Tensor, floors: torch.Tensor,
     return ratio.min(dim=1).values, hit.any(dim=1)
 
 
-def padded(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-    """`new` with `old` copied into its leading entries along the last dimension (the kept
-    claims' storage grows this way: `grace.calibration`, `keptfactor`)."""
+#: columns per block of kept claims (a changed column costs pool x BLOCK work)
+BLOCK = 64
+
+
+class BlockClaims:
+    """The inputs of `Guard.factor` kept for columns (keys) that change a few at a time: per
+    column its pool distances, radius, floor and liveness; per block of `BLOCK` columns the
+    pool's `claims`, recomputed only for the blocks a change touched. The factor over columns
+    ``0..n-1`` is then a min / any over blocks: what `Guard.factor` gives for the live columns
+    from the same distances. Capacity grows by a quarter (at most a fifth is spare); radii of
+    columns never set are NaN (unequal to anything, so callers can find them changed)."""
+
+    def __init__(self, pool: int):
+        f64 = {"dtype": torch.float64}
+        self.dist = torch.zeros((pool, 0), **f64)
+        self.radii = torch.zeros(0, **f64)
+        self.floors = torch.zeros(0, **f64)
+        self.live = torch.zeros(0, dtype=torch.bool)
+        self.need = torch.zeros((pool, 0), **f64)
+        self.forced = torch.zeros((pool, 0), dtype=torch.bool)
+        self.dirty: set[int] = set()  # blocks to recompute
+
+    def grow(self, n: int) -> None:
+        """Room for `n` columns."""
+        cap = self.radii.shape[0]
+        if n <= cap:
+            return
+        cap, p = max(n, cap * 5 // 4, BLOCK), self.dist.shape[0]
+        f64 = {"dtype": torch.float64}
+        self.dist = _padded(self.dist, torch.zeros((p, cap), **f64))
+        self.radii = _padded(self.radii, torch.full((cap,), float("nan"), **f64))
+        self.floors = _padded(self.floors, torch.zeros(cap, **f64))
+        self.live = _padded(self.live, torch.zeros(cap, dtype=torch.bool))
+        blocks = -(-cap // BLOCK)
+        self.need = _padded(self.need, torch.full((p, blocks), float("inf"), **f64))
+        self.forced = _padded(self.forced, torch.zeros((p, blocks), dtype=torch.bool))
+
+    def set(self, cols: list[int], *, dist: torch.Tensor | None = None,
+            radii: torch.Tensor | None = None, floors: torch.Tensor | None = None,
+            live: torch.Tensor | bool | None = None) -> None:
+        """Change some columns' figures (the others given stay); their blocks go stale."""
+        for name, value in (("radii", radii), ("floors", floors), ("live", live)):
+            if value is not None:
+                getattr(self, name)[cols] = value
+        if dist is not None:
+            self.dist[:, cols] = dist
+        self.dirty.update(c // BLOCK for c in cols)
+
+    def factor(self, n: int, rate: float) -> float:
+        """`Guard.factor` over the live columns among ``0..n-1`` (1.0 when none is live)."""
+        for b in sorted(self.dirty):
+            s = slice(b * BLOCK, min(n, (b + 1) * BLOCK))
+            if s.start < s.stop:
+                self.need[:, b], self.forced[:, b] = claims(self.dist[:, s], self.radii[s],
+                                                            self.floors[s], self.live[s])
+        self.dirty.clear()
+        if n == 0 or not bool(self.live[:n].any()):
+            return 1.0
+        blocks = -(-n // BLOCK)
+        return factor_of(self.need[:, :blocks].min(dim=1).values,
+                         self.forced[:, :blocks].any(dim=1), rate)
+
+    def nbytes(self) -> int:
+        """Bytes held: the pool distances dominate (pool x columns x 8)."""
+        return sum(t.numel() * t.element_size() for t in (self.dist, self.radii, self.floors,
+                                                          self.live, self.need, self.forced))
+
+
+def _padded(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """`new` with `old` copied into its leading entries along the last dimension."""
     new[..., :old.shape[-1]] = old
     return new
 
