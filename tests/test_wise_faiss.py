@@ -121,7 +121,7 @@ def test_masks_confine_each_shard(unit):
 
 def test_disjoint_masks_partition_each_cycle_and_ties_of_them_is_their_sum():
     model = lm()
-    w = wise(model, shard_size=1, mask_ratio=0.25, merge="ties", density=1.0)
+    w = wise(model, shard_size=1, mask_ratio=0.25, mask_unit="row", merge="ties", density=1.0)
     masks = torch.stack([w._new_mask(0, s) for s in range(4)])
     assert torch.equal(masks.sum(0), torch.ones_like(masks[0], dtype=torch.long))
     assert not torch.equal(w._new_mask(0, 4), masks[0])  # the next cycle draws a new partition
@@ -135,7 +135,8 @@ def test_disjoint_masks_partition_each_cycle_and_ties_of_them_is_their_sum():
 def test_one_late_merge_equals_a_merge_at_every_cycle_end():
     """Shards of different mask cycles overlap; consolidating them together must not average
     them (that lost edits in a development trial): it folds cycle by cycle."""
-    late, scheduled = (wise(lm(), shard_size=1, mask_ratio=0.5, steps=20, lr=0.5)
+    late, scheduled = (wise(lm(), shard_size=1, mask_ratio=0.5, mask_unit="row", merge="ties",
+                            steps=20, lr=0.5)
                        for _ in range(2))
     for i, r in enumerate(EDITS):  # 4 shards of one edit: 2 cycles of 2
         late.edit([r])
@@ -145,6 +146,32 @@ def test_one_late_merge_equals_a_merge_at_every_cycle_end():
     late.consolidate()
     assert torch.allclose(late.memories[0].merged, scheduled.memories[0].merged, atol=1e-6)
     assert all(predicts(late.lm, r.prompt, r.target) for r in EDITS)
+
+
+@pytest.mark.parametrize("merge", ["ties", "linear"])
+def test_entry_masked_shards_overlap_under_protect_and_only_a_sum_keeps_them(merge):
+    """With entry masks, `protect` projects each masked step along its rows, so the shards of
+    one cycle overlap: TIES's disjoint mean then changes what the memory serves, a sum (the
+    default merge) does not. With row masks both are the sum (the test above)."""
+    w = wise(lm(), shard_size=1, mask_ratio=0.5, mask_unit="entry", merge=merge, steps=20, lr=0.5)
+    for r in EDITS[:2]:  # two shards of one cycle: disjoint masks, overlapping steps
+        w.edit([r])
+    mem = w.memories[0]
+    assert torch.equal(w._new_mask(0, 0) & w._new_mask(0, 1), torch.zeros_like(mem.mask))
+    assert ((mem.shards[0] != 0) & (mem.current != 0)).any()
+    total = mem.delta().clone()
+    w.consolidate()
+    assert torch.allclose(mem.merged, total, atol=1e-6) == (merge == "linear")
+
+
+def test_the_default_merge_changes_no_served_weight():
+    w = wise(lm(), shard_size=1, mask_ratio=0.5, steps=20, lr=0.5)
+    assert (w.config.mask_unit, w.config.merge) == ("entry", "linear")
+    for r in EDITS:
+        w.edit([r])
+    total = w.memories[0].delta().clone()
+    w.consolidate()
+    assert torch.allclose(w.memories[0].merged, total, atol=1e-6)
 
 
 @torch.no_grad()
@@ -178,6 +205,21 @@ def test_protect_keeps_earlier_keys_outputs(positions):
         unprotected.edit([r])
     um = unprotected.memories[0]
     assert not torch.allclose(um.delta() @ keys.T, before, atol=1e-4)
+
+
+@pytest.mark.parametrize("unit", ["entry", "row"])
+def test_protect_holds_under_either_mask(unit):
+    """The projection comes after the mask, so a masked step stays in the null space whether
+    the mask keeps entries (the step then leaves its entries) or rows (it stays in them)."""
+    w = wise(lm(), shard_size=1, mask_ratio=0.3, mask_unit=unit)
+    w.edit([EDITS[0]])
+    mem = w.memories[0]
+    keys = mem.keys[EDITS[0].fact]
+    before = mem.delta() @ keys.T
+    w.edit([EDITS[1]])
+    assert mem.current.abs().sum() > 0
+    assert torch.allclose(mem.delta() @ keys.T, before, atol=1e-4)
+    assert bool((mem.current[~mem.mask] != 0).any()) == (unit == "entry")
 
 
 def test_a_memory_full_of_keys_hands_new_edits_to_a_new_memory():

@@ -1,9 +1,9 @@
 """`wise-faiss`: a key-routed side memory after WISE (Wang et al. 2024, arXiv 2405.14768).
 
 Not the paper's method (that is `wise`, `lifelong/methods/wise/`): its default router is the
-nearest edit key in a FAISS index within a radius (GRACE's key and rule), and with its
-default disjoint row masks (density 1.0) the shards of a cycle touch disjoint rows, so a
-TIES merge of them is their sum: `consolidate()` is bookkeeping and leaves the served
+nearest edit key in a FAISS index within a radius (GRACE's key and rule), every step is
+projected off the earlier edits' keys (`protect`), and its default merge is the shards' sum
+(`merge = "linear"`): `consolidate()` folds the shards into the memory and leaves the served
 weights unchanged. Kept as a named variant: its results are reported (docs/wise.md).
 
 A side copy of one FFN output projection (`layers.{L}.mlp.out`) holds the edits; the main
@@ -22,10 +22,13 @@ the largest at which at most `claim_rate` of the attach context's unrelated prom
 routed to a side memory; the receipt records it (`radius_factor`).
 
 Knowledge sharding (`memory.py`): shards of `shard_size` edits, each under its own random
-gradient mask (`mask_ratio` of the output rows, or of the entries); `consolidate()` folds
-the shards into the memory with TIES (or linear / DARE, `lifelong.merging`), cycle by cycle
-with disjoint row masks: the shards of a cycle touch disjoint rows, so their TIES merge is
-their sum.
+gradient mask (`mask_ratio` of the entries, default, or of the output rows);
+`consolidate()` folds the shards into the memory by their sum (or TIES / DARE,
+`lifelong.merging`), cycle by cycle with disjoint masks. With row masks the shards of a
+cycle touch disjoint rows, so a TIES merge of them is also their sum; with entry masks and
+`protect`, each masked step is projected along its rows, the shards overlap, and TIES's
+disjoint mean would average overlapping edits (on the dev stream that lost reliability: the
+reason the default merge is a sum).
 
 WISE-Retrieve (`mode = "retrieve"`) starts a new side memory every `memory_size` edits;
 with `protect`, either mode also starts one when the newest holds `protect_share` x key

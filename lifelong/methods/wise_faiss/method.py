@@ -53,7 +53,7 @@ class WiseFaiss(Served, MemoryBase, Retractable, Consolidating, Routing):
     name = "wise-faiss"
     Config = WiseFaissConfig
     summary = ("key-routed side memory (FAISS nearest edit key + radius), WISE-style sharded side "
-               "memory; with its default disjoint row masks a merge is a sum (bookkeeping)")
+               "memory; its default merge is a sum (folds the shards, changes no served weight)")
     memory_kind = "hooks"
 
     # ---- lifecycle ----------------------------------------------------------------------
