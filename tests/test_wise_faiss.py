@@ -222,6 +222,30 @@ def test_protect_holds_under_either_mask(unit):
     assert bool((mem.current[~mem.mask] != 0).any()) == (unit == "entry")
 
 
+def test_momentum_restart_drops_the_momentum_only_when_the_loss_rose():
+    from lifelong.methods.wise_faiss.trainer import restart_if_worse
+    p = torch.zeros(3, requires_grad=True)
+    opt = torch.optim.SGD([p], lr=0.1, momentum=0.9)
+    p.grad = torch.ones(3)
+    opt.step()
+    buffer = opt.state[p]["momentum_buffer"]
+    seen = [float("inf")]
+    for loss, kept in [(1.0, True), (0.5, True), (0.5, True), (0.7, False)]:
+        restart_if_worse(opt, loss, seen)
+        assert bool(buffer.abs().sum() > 0) == kept
+        buffer.fill_(1.0)
+
+
+def test_momentum_restart_changes_a_step_that_overshoots():
+    """A step size at which the loss rises on some step: with restart the edit trains
+    differently (without the setting nothing changes: the golden rows)."""
+    steps = [wise(lm(), lr=0.5, momentum=0.9, steps=30, stop_loss=0.0, momentum_restart=on)
+             for on in (False, True)]
+    for w in steps:
+        w.edit([EDITS[0]])
+    assert not torch.allclose(steps[0].memories[0].delta(), steps[1].memories[0].delta())
+
+
 def test_a_memory_full_of_keys_hands_new_edits_to_a_new_memory():
     """Earlier keys spanning the key width would leave the next edit no null space to be
     written in: the memory counts as full and the edit opens a new memory, where it is

@@ -50,6 +50,10 @@ class WiseFaissConfig:
                                    "before, 0 before that "
                                    "(scenarios/dev/wise-faiss-writing.toml)",
                               min=0.0, max=0.999)
+    momentum_restart: bool = setting(False, "SGD momentum: drop it whenever a step raised the "
+                                            "loss (adaptive restart, O'Donoghue and Candes "
+                                            "2015), so momentum cannot carry a step past "
+                                            "the minimum it overshot")
     mask_ratio: float = setting(0.2, "share of weight entries a shard may change", min=0.0, max=1.0)
     mask_unit: Literal["row", "entry"] = setting("entry", "what a mask keeps or drops: single "
                                                  "entries (the paper; with `protect` the "

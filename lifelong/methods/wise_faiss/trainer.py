@@ -54,6 +54,7 @@ def train_delta(lm: LM, module: torch.nn.Module, hooks: Hooks, cfg: WiseFaissCon
     shape_scores = cfg.router == "activation" or cfg.faiss_check
     a, b, g = cfg.alpha * scale, cfg.beta * scale, cfg.gamma * scale
     trained = [base]
+    seen = [float("inf")]  # the last step's loss (momentum_restart)
 
     def step() -> Step:
         delta = base + masked_step(p, mask, rows, inp.basis)
@@ -65,11 +66,24 @@ def train_delta(lm: LM, module: torch.nn.Module, hooks: Hooks, cfg: WiseFaissCon
             s_neg = activation_score(inp.x_neg, inp.m_neg, delta)
             margin = margin + torch.relu(s_neg - a).mean() + torch.relu(g - (s_edit - s_neg)).mean()
         value = float(nll.detach())
-        return Step(nll + cfg.margin_weight * margin, value,
-                    value < cfg.stop_loss and float(margin.detach()) == 0.0)
+        total = nll + cfg.margin_weight * margin
+        if cfg.momentum_restart:
+            restart_if_worse(opt, float(total.detach()), seen)
+        return Step(total, value, value < cfg.stop_loss and float(margin.detach()) == 0.0)
 
     with frozen(lm.model), hooks.suspended(), \
             rewrite_output(module, lambda x, y: y + x @ trained[0].T):
         result = optimise(opt, step, cfg.steps, fresh_last=False)
     with torch.no_grad():  # the final parameter (the last evaluated step predates its update)
         return result, masked_step(p, mask, rows, inp.basis)
+
+
+def restart_if_worse(opt: torch.optim.Optimizer, loss: float, seen: list[float]) -> None:
+    """Adaptive restart (O'Donoghue and Candes 2015, the function scheme): when the loss
+    went up since the last step, drop the momentum, so the next update is the plain
+    gradient step. `seen` holds the last loss."""
+    if loss > seen[0]:
+        for state in opt.state.values():
+            if "momentum_buffer" in state and state["momentum_buffer"] is not None:
+                state["momentum_buffer"].zero_()
+    seen[0] = loss
