@@ -46,7 +46,7 @@ class WiseFaissConfig:
                                                 "the edit's activations) or Adam")
     momentum: float = setting(0.7, "SGD momentum (restarted for every edit). 0.7 with lr 2.0: "
                                    "chosen on three dev sets (see lr; momentum 0.9 wins on the "
-                                   "built-in model, 0 on the one-layer organisms); 0.9 "
+                                   "built-in model, 0-0.5 on the one-layer organisms); 0.9 "
                                    "before, 0 before that "
                                    "(scenarios/dev/wise-faiss-writing.toml)",
                               min=0.0, max=0.999)
@@ -62,9 +62,9 @@ class WiseFaissConfig:
                                                  "rows beyond the mask, and shards overlap) or "
                                                  "whole output rows (commutes with `protect`: a "
                                                  "step stays in its rows). entry: chosen on "
-                                                 "the three dev sets of lr, where a shard's 20% "
-                                                 "of rows left a one-layer organism unable to "
-                                                 "write most edits; row before")
+                                                 "three dev sets (see lr), where a shard's 20% "
+                                                 "of the rows left the one-layer organisms "
+                                                 "unable to write most edits; row before")
     disjoint_masks: bool = setting(True, "shards of a cycle of round(1 / mask_ratio) get "
                                          "disjoint masks (with row masks a TIES merge of them "
                                          "is then their sum; each shard also trains on top of "
@@ -76,8 +76,8 @@ class WiseFaissConfig:
                                                        "served weight). linear: chosen on the "
                                                        "built-in dev stream in merge mode, "
                                                        "where TIES's disjoint mean of the "
-                                                       "overlapping entry-mask shards lost 0.08 "
-                                                       "reliability (scenarios/dev/"
+                                                       "overlapping entry-mask shards lost "
+                                                       "0.08-0.09 reliability (scenarios/dev/"
                                                        "wise-faiss-masks-merge.toml); ties "
                                                        "before (the paper)")
     density: float = setting(1.0, "TIES: share of each shard kept by magnitude; DARE: 1 - drop "
