@@ -33,6 +33,7 @@ class KeptFactor:
         self.kept = BlockClaims(len(guard))
         self.column: dict[int, int] = {}  # live key id -> column
         self.used = 0  # columns 0..used-1 hold keys, live or dead
+        self.seen = 0  # table ids below this have been looked at (ids only grow)
 
     def factor(self, table: KeyTable, key_radius: float, rate: float) -> float:
         """`Guard.factor` of the table's live keys at radii ``key_radius x norm``."""
@@ -47,12 +48,15 @@ class KeptFactor:
         return self.kept.nbytes()
 
     def _sync(self, table: KeyTable, key_radius: float) -> None:
-        """Columns for keys added to the table since, dead columns for keys removed."""
-        now = table.norm.keys()
-        gone = [self.column.pop(i) for i in [i for i in self.column if i not in now]]
-        if gone:
+        """Columns for keys added to the table since, dead columns for keys removed. Ids are
+        never reused and only grow (`KeyTable`), so the new ones are those from `seen` on;
+        the live columns are scanned only when the counts say some key went."""
+        now = table.norm
+        new = [i for i in range(self.seen, table.next_id) if i in now]
+        self.seen = table.next_id
+        if len(self.column) + len(new) != len(now):
+            gone = [self.column.pop(i) for i in [i for i in self.column if i not in now]]
             self.kept.set(gone, live=False)
-        new = sorted(i for i in now if i not in self.column)
         if not new:
             return
         cols = list(range(self.used, self.used + len(new)))
