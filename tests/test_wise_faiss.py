@@ -236,7 +236,7 @@ def test_momentum_restart_drops_the_momentum_only_when_the_loss_rose():
         buffer.fill_(1.0)
 
 
-def test_momentum_restart_changes_a_step_that_overshoots():
+def test_momentum_restart_changes_what_an_edit_trains():
     """A step size at which the loss rises on some step: with restart the edit trains
     differently (without the setting nothing changes: the golden rows)."""
     steps = [wise(lm(), lr=0.5, momentum=0.9, steps=30, stop_loss=0.0, momentum_restart=on)
