@@ -222,7 +222,13 @@ class Runtime:
         def context(start: int) -> AttachContext:
             return self._context(pool, loc, seed, start, fingerprint)
 
-        method.attach(lm, context(chunk_start))
+        first = context(chunk_start)
+        if not first.unrelated_prompts and not first.train_split:
+            self.reporter.note(f"{run_id}: note: every locality prompt of the stream is probed, so "
+                               "methods that calibrate on unrelated prompts (claim_rate) run "
+                               "uncalibrated; name a train split (stream.train_file) or probe "
+                               "fewer (schedule.locality_sample)")
+        method.attach(lm, first)
         counters = self._restore(run_id, method, saved)
         self._mark_running(run_id, spec, seed, config, existing, fingerprint)
         try:
@@ -349,6 +355,7 @@ class Runtime:
                              train_split=sc.stream.train_file,
                              held_out_subjects=frozenset(e.subject for e in held if e.subject),
                              held_out_facts=frozenset(e.fact for e in held),
+                             probed_prompts=frozenset(probed),
                              corpus=sc.corpus or default_corpus(model_dir),
                              cache_dir=sc.cache_dir, model_fingerprint=fingerprint,
                              device=sc.device,

@@ -100,3 +100,18 @@ def test_gate_threshold_is_calibrated_on_held_out_unrelated_prompts(rate):
     assert whole.negatives.shape[0] == len(UNRELATED) and whole.calibration.shape[0] == 0
     whole.edit([EDITS[0]])
     assert whole.threshold == 0.0
+
+
+@pytest.mark.parametrize("pool", ["stream", "stream+train"])
+def test_an_empty_stream_pool_is_filled_from_the_train_split(pool):
+    """With no unrelated prompt from the stream, the train split's locality prompts (none of
+    them probed) become the gate's negatives and calibration prompts (claim_pool default);
+    with the stream's pool alone the gate has neither."""
+    from lifelong.methods import TrainRecord
+    split = tuple(TrainRecord(EditRequest(f"t{i}", f"p{i}", "x", f"f{i}"), (), ((p, "a"),))
+                  for i, p in enumerate(UNRELATED))
+    d = build_method("defer", {**FAST, "claim_pool": pool}, 0)
+    d.attach(fresh_lm(), AttachContext(seed=0, train_split=split,
+                                       probed_prompts=frozenset({UNRELATED[0]})))
+    sizes = (d.negatives.shape[0], d.calibration.shape[0])
+    assert sizes == ((0, 0) if pool == "stream" else (3, 3))

@@ -467,6 +467,22 @@ def test_shipped_stream_is_what_the_importer_makes(rel, fmt, n, opts):
     assert shipped.stat().st_size < 5_000_000
 
 
+SLICES = [  # (file under ../shared/data, shipped stream under streams/real, importer options)
+    ("counterfact/counterfact-train.json", "counterfact-train-1001-2000.jsonl",
+     {"skip": 1000, "edits": 1000}),
+]
+
+
+@pytest.mark.parametrize("rel,name,opts", SLICES, ids=[s[1] for s in SLICES])
+def test_shipped_slice_is_what_the_importer_makes(rel, name, opts):
+    """Streams of a slice of a large file (a train split for calibration, never evaluated)."""
+    path, shipped = DATA / rel, ROOT / "streams" / "real" / name
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    res = import_file(path, ImportOptions(**opts))
+    assert [json.loads(x) for x in shipped.read_text(encoding="utf-8").splitlines()] == list(res.events)
+
+
 # ----------------------------------------------------------------------------- command line
 
 def cli(*args: str) -> subprocess.CompletedProcess:

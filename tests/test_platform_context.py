@@ -246,3 +246,77 @@ def test_benchmarks_time_the_memory_against_the_bare_model(name, tiny):
     assert set(out) == {"bare", "memory"} and out["bare"]["batch32_ms"]["p50"] > 0
     assert score_pairs(lm, ["Aldric works for"], ["Zentro"]) == served
     method.detach()
+
+
+def test_calibration_prompts_top_up_from_the_train_split_and_never_hold_a_probed_one():
+    """Unrelated prompts first, then the train split's locality prompts in file order, each
+    once, none of them probed, none from a held-out subject's record, at most `limit`; only
+    the unrelated ones without the train split; the probed set survives a save and load."""
+    def record(i: int, subject: str, *loc: str) -> TrainRecord:
+        return TrainRecord(EditRequest(f"r{i}", f"p{i}", "t", f"f{i}", subject), (),
+                           tuple((p, "a") for p in loc))
+    split = (record(0, "Ann", "u1", "t1"), record(1, "Bob", "held"), record(2, "Cy", "probed", "t2", "t3"))
+    ctx = AttachContext(seed=0, unrelated_prompts=("u1", "u2", "u1"), train_split=split,
+                        probed_prompts=frozenset({"probed"}), held_out_subjects=frozenset({"Bob"}))
+    assert ctx.calibration_prompts(10) == ["u1", "u2", "t1", "t2", "t3"]
+    assert ctx.calibration_prompts(3) == ["u1", "u2", "t1"]
+    assert ctx.calibration_prompts(10, with_train=False) == ["u1", "u2"]
+    restored = AttachContext(seed=0, **context_fields(json.loads(json.dumps(ctx.to_meta()))))
+    assert restored.probed_prompts == {"probed"} and restored.calibration_prompts(10) == ["u1", "u2", "t1", "t2", "t3"]
+
+
+@pytest.mark.parametrize("pool", ["stream", "stream+train"])
+def test_a_fully_probed_stream_is_calibrated_on_the_train_split(tiny, tmp_path, monkeypatch, pool):
+    """A stream whose every locality prompt is probed leaves no unrelated prompt: GRACE's
+    guard then holds the keys of the train split's locality prompts that are not probed
+    (the calibration in tests/test_grace.py acts on them); with the stream's pool alone it
+    is empty and the radius goes uncalibrated (factor 1). The runtime hands the probed
+    prompts over."""
+    from lifelong.methods.grace import Grace
+    seen: list = []
+    attach = Grace.attach
+    monkeypatch.setattr(Grace, "attach", lambda self, lm, ctx: (seen.append((self, ctx)), attach(self, lm, ctx))[1])
+    events = stream_events(n_edits=12, seed=5, retracts=0, queries=0)
+    names = ["Ulrich", "Xanthe", "Yusuf", "Zora"]  # the stream's own locality prompts, and four others
+    extra = [{"prompt": f"{n} was born in", "answer": "Paris"} for n in names]
+    for i, e in enumerate(x for x in events if x["kind"] == "edit"):
+        e["locality"] = list(e.get("locality", ())) + [extra[i % 4]]
+    train = write_jsonl(events, tmp_path / "t.jsonl")
+    grace = f'[[methods]]\nname = "grace"\nsettings = {{ eps = 50.0, claim_rate = 0.0, claim_pool = "{pool}" }}\n'
+    toml = write_scenario(tmp_path / "s.toml", tiny[0], tiny[1], methods=grace,
+                          schedule="checkpoint_every = 0\nlocality_sample = 300",
+                          stream_extra=f'train_file = "{train}"')
+    sc = load_scenario(toml)
+    Runtime(sc, parse_stream(sc.stream.file), Store(tmp_path / "r.db")).run_all()
+    method, ctx = seen[-1]
+    book = method.book
+    probed = {p["prompt"] for e in stream_events(n_edits=4) for p in e.get("locality", ())}
+    assert probed and ctx.probed_prompts == probed and not ctx.unrelated_prompts
+    assert set(ctx.calibration_prompts(1024)) == {x["prompt"] for x in extra}
+    if pool == "stream":
+        assert len(book.guard) == 0 and book.factor() == 1.0
+    else:
+        want = method._prompt_keys([x["prompt"] for x in extra]).double()
+        assert torch.allclose(book.guard.keys, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_a_run_whose_pool_is_empty_says_so_unless_a_train_split_fills_it(tiny, tmp_path, train):
+    """Every locality prompt probed and no train split: the run notes that calibrating
+    methods go uncalibrated, and what to set; with a train split it does not."""
+    from lifelong.progress import Reporter
+    notes: list[str] = []
+
+    class Recording(Reporter):
+        def note(self, text: str) -> None:
+            notes.append(text)
+    toml = write_scenario(tmp_path / "s.toml", tiny[0], tiny[1], methods='[[methods]]\nname = "none"\n',
+                          schedule="checkpoint_every = 0\nlocality_sample = 300",
+                          stream_extra=f'train_file = "{tiny[1]}"' if train else "")
+    sc = load_scenario(toml)
+    Runtime(sc, parse_stream(sc.stream.file), Store(tmp_path / "r.db"), Recording(quiet=True)).run_all()
+    said = [n for n in notes if "uncalibrated" in n]
+    if train:
+        assert not said
+    else:
+        assert len(said) == 1 and "stream.train_file" in said[0] and "locality_sample" in said[0]

@@ -208,7 +208,9 @@ class AttachContext:
     these subjects or facts (the stream's own, when a scenario holds them out of training:
     `stream.train_exclude`), so a trained editor is scored on people it never trained on.
     model_factory: a fresh, pristine `LM` of the same base model per call (`new_model()`),
-    for methods that need a second model (SERAC's counterfactual model).
+    for methods that need a second model (SERAC's counterfactual model). probed_prompts: the
+    locality prompts probed while the method is attached; `calibration_prompts` never
+    returns one of them (locality is never measured on what a method calibrated on).
     """
 
     seed: int
@@ -220,6 +222,7 @@ class AttachContext:
     device: str = "cpu"
     held_out_subjects: frozenset[str] = frozenset()
     held_out_facts: frozenset[str] = frozenset()
+    probed_prompts: frozenset[str] = frozenset()
     model_factory: Callable[[], LM] | None = field(default=None, compare=False, repr=False)
     _memo: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
@@ -232,6 +235,21 @@ class AttachContext:
                 if not (r.request.subject and r.request.subject in self.held_out_subjects)
                 and not (r.request.fact and r.request.fact in self.held_out_facts))
         return self._memo["train"]
+
+    def calibration_prompts(self, limit: int, with_train: bool = True) -> list[str]:
+        """At most `limit` distinct prompts known to be unrelated to the edits: the unrelated
+        prompts first, then (`with_train`) the locality prompts of the train split's records
+        (`train_records()`, so held-out subjects' records are not read), less any probed
+        prompt. The train split tops the pool up where the stream leaves it short: a stream
+        whose every locality prompt is probed, or a chunk that holds the whole stream."""
+        out = dict.fromkeys(p for p in self.unrelated_prompts if p not in self.probed_prompts)
+        if with_train and len(out) < limit:
+            for record in self.train_records():
+                out.update(dict.fromkeys(p for p, _ in record.locality
+                                         if p not in self.probed_prompts))
+                if len(out) >= limit:
+                    break
+        return list(out)[:limit]
 
     def corpus_texts(self) -> tuple[str, ...]:
         """The corpus's texts (read once; LifelongError saying what to set when there is none)."""
@@ -270,6 +288,8 @@ class AttachContext:
                  "locality": [list(p) for p in r.locality]} for r in self.train_split]
         if self.corpus:
             meta["corpus"] = self.corpus if isinstance(self.corpus, str) else list(self.corpus)
+        if self.probed_prompts:
+            meta["probed_prompts"] = sorted(self.probed_prompts)
         if self.held_out_subjects or self.held_out_facts:
             meta["held_out"] = {"subjects": sorted(self.held_out_subjects),
                                 "facts": sorted(self.held_out_facts)}
@@ -288,6 +308,8 @@ def context_fields(meta: dict[str, Any]) -> dict[str, Any]:
     if meta.get("corpus"):
         corpus = meta["corpus"]
         out["corpus"] = corpus if isinstance(corpus, str) else tuple(corpus)
+    if meta.get("probed_prompts"):
+        out["probed_prompts"] = frozenset(meta["probed_prompts"])
     held = meta.get("held_out") or {}
     if held:
         out["held_out_subjects"] = frozenset(held.get("subjects", ()))

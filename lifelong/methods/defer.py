@@ -27,7 +27,9 @@ gate opens only above the larger of 0 (probability 0.5) and the logit that keeps
 `claim_rate` of the calibration prompts open (`_common/guard.py` does the same for the key
 routers' radii). A linear gate trained against the pool need not close on unrelated prompts it
 never saw: on a CounterFact organism it opened on 0.7 of the neighbourhood prompts. With
-`claim_rate` 1 the whole pool is negatives and the threshold is 0, as before.
+`claim_rate` 1 the whole pool is negatives and the threshold is 0, as before. `claim_pool`
+("stream+train", the default) tops the pool up with the train split's locality prompts
+(`AttachContext.calibration_prompts`), as GRACE's and `wise-faiss`'s.
 
 Modes are which `lifelong.nethook` context is open on the projection: serving (opened at
 attach), capturing keys (`Trace`, serving suspended), training (a soft-gated
@@ -58,6 +60,7 @@ from ..model import LM
 from ..nethook import Trace, rewrite_output
 from ..scoring import batch_target_loss, encode_pairs, forward_logits
 from ._common.facts import FACT_IDENTITY_HELP, as_seen
+from ._common.guard import CLAIM_POOL_HELP, CLAIM_POOLS
 from ._common.hooks import Hooks, Served
 from ._common.keys import batch_info, key_positions, position_mask
 from ._common.loop import Step, frozen, optimise, receipt
@@ -100,6 +103,9 @@ class DeferConfig:
                                       "(sweeps/dev-claim-rate.toml); 1: off, the whole pool is "
                                       "negatives. Not in the papers", min=0.0, max=1.0,
                                 before=1.0)
+    claim_pool: str = setting("stream+train", CLAIM_POOL_HELP + " (here the pool is the "
+                              "negatives and the calibration prompts: 2 x negatives)",
+                              choices=CLAIM_POOLS, before="stream")
 
 
 class Defer(Served, MemoryBase, Retractable):
@@ -120,7 +126,8 @@ class Defer(Served, MemoryBase, Retractable):
             rewrite_output(self.module, self._serve)))
         self.hooks.open()
         self.log: list[dict[str, Any]] = []
-        pool = list(ctx.unrelated_prompts)
+        pool = (list(ctx.unrelated_prompts) if cfg.claim_pool == "stream"
+                else ctx.calibration_prompts(2 * cfg.negatives))
         held_out = cfg.claim_rate < 1
         self.negatives = self._keys((pool[0::2] if held_out else pool)[:cfg.negatives])
         self.calibration = self._keys(pool[1::2][:cfg.negatives] if held_out else [])

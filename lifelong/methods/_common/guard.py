@@ -42,6 +42,17 @@ CLAIM_RATE_HELP = ("the largest share of the unrelated pool (the stream's locali
                    "data at hand. 0.01: chosen on dev organisms (CounterFact, ZsRE) and the "
                    "built-in dev stream (sweeps/dev-claim-rate.toml); 1: off")
 
+#: where the guard's pool comes from (`AttachContext.calibration_prompts`)
+CLAIM_POOLS = ("stream", "stream+train")
+CLAIM_POOL_HELP = ("the unrelated pool claim_rate is measured on: the stream's locality "
+                   "prompts never probed while the method is attached ('stream'), topped up "
+                   "to the pool's size (1024 prompts) with the locality prompts of the "
+                   "scenario's train split (stream.train_file) where it names one "
+                   "('stream+train'), none of them a probed prompt. Without the "
+                   "train split a stream whose every locality prompt is probed (300 or fewer "
+                   "at the default locality_sample), or a chunk holding the whole stream, "
+                   "leaves the pool empty and the radius uncalibrated")
+
 
 class Guard:
     """The keys of known-unrelated prompts, and the radius factor they allow."""
@@ -187,12 +198,15 @@ def pool_digest(prompts: Sequence[str]) -> str:
 
 def guard_from_context(ctx: AttachContext, reader: str, dim: int, rate: float,
                        keys_of: Callable[[list[str]], torch.Tensor], limit: int = 1024,
-                       batch: int = 64) -> Guard:
-    """The guard of `ctx`'s unrelated prompts (the first `limit` distinct ones; none when
-    `rate` >= 1), their keys computed by `keys_of` (a batch of prompts -> (n, dim) keys) in
-    batches, or read from the cache under `reader` (it names the layer and the key reading:
-    keys of different readers never mix)."""
-    prompts = list(dict.fromkeys(ctx.unrelated_prompts))[:limit] if rate < 1 else []
+                       batch: int = 64, pool: str = "stream") -> Guard:
+    """The guard of `ctx`'s calibration prompts (`AttachContext.calibration_prompts`: at most
+    `limit`, the train split's only with `pool` = "stream+train"; none when `rate` >= 1),
+    their keys computed by `keys_of` (a batch of prompts -> (n, dim) keys) in batches, or
+    read from the cache under `reader` (it names the layer and the key reading: keys of
+    different readers never mix)."""
+    if pool not in CLAIM_POOLS:
+        raise ValueError(f"claim pool {pool!r} is not one of {CLAIM_POOLS}")
+    prompts = ctx.calibration_prompts(limit, pool == "stream+train") if rate < 1 else []
     if not prompts:
         return Guard(torch.zeros((0, dim)))
     what = f"guard-{pool_digest(prompts)}"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ...config import setting
 from .._common.facts import FACT_IDENTITY_HELP
-from .._common.guard import CLAIM_RATE_HELP
+from .._common.guard import CLAIM_POOL_HELP, CLAIM_POOLS, CLAIM_RATE_HELP
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,8 @@ class GraceConfig:
     claim_rate: float = setting(0.01, CLAIM_RATE_HELP + ". Not in the paper (it tunes eps per "
                                       "data set by hand)", min=0.0, max=1.0,
                                 before=1.0)
+    claim_pool: str = setting("stream+train", CLAIM_POOL_HELP, choices=CLAIM_POOLS,
+                              before="stream")
     conflict: str = setting("coverage", "same-target key within reach: expand its radius "
                                         "('coverage') or move it to the members' mean "
                                         "('moving_average')", choices=("coverage", "moving_average"))

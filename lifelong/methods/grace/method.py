@@ -53,7 +53,8 @@ class Grace(Served, MemoryBase, Retractable):
         self.hooks = Hooks(self._serving)
         self.hooks.open()
         guard = guard_from_context(ctx, f"{self.layer_name}/{cfg.key}/{cfg.key_token}",
-                                   self.key_dim, cfg.claim_rate, self._prompt_keys)
+                                   self.key_dim, cfg.claim_rate, self._prompt_keys,
+                                   pool=cfg.claim_pool)
         self.book = Codebook(cfg, self.key_dim, self.value_dim, guard)
 
     def _serving(self, stack: contextlib.ExitStack) -> None:

@@ -77,7 +77,8 @@ class WiseFaiss(Served, MemoryBase, Retractable, Consolidating, Routing):
         self.guard = guard_from_context(
             ctx, f"{layer_name}/input/{self.config.key_token}", self.w_main.shape[1],
             self.config.claim_rate if self.config.router == "faiss" else 1.0,
-            lambda prompts: torch.from_numpy(row_keys(*self._activations(prompts))))
+            lambda prompts: torch.from_numpy(row_keys(*self._activations(prompts))),
+            pool=self.config.claim_pool)
         self._kept = KeptFactor(self.guard)  # the guard's factor, kept as keys come and go
 
     def footprint(self) -> int:
