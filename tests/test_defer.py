@@ -102,7 +102,7 @@ def test_gate_threshold_is_calibrated_on_held_out_unrelated_prompts(rate):
     assert whole.threshold == 0.0
 
 
-@pytest.mark.parametrize("pool", ["stream", "stream+train"])
+@pytest.mark.parametrize("pool", ["stream", "stream+train", "stream-or-train"])
 def test_an_empty_stream_pool_is_filled_from_the_train_split(pool):
     """With no unrelated prompt from the stream, the train split's locality prompts (none of
     them probed) become the gate's negatives and calibration prompts (claim_pool default);

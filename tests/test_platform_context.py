@@ -251,7 +251,8 @@ def test_benchmarks_time_the_memory_against_the_bare_model(name, tiny):
 def test_calibration_prompts_top_up_from_the_train_split_and_never_hold_a_probed_one():
     """Unrelated prompts first, then the train split's locality prompts in file order, each
     once, none of them probed, none from a held-out subject's record, at most `limit`; only
-    the unrelated ones without the train split; the probed set survives a save and load."""
+    the unrelated ones with pool "stream", and with "stream-or-train" unless there are none;
+    an unknown pool is refused; the probed set survives a save and load."""
     def record(i: int, subject: str, *loc: str) -> TrainRecord:
         return TrainRecord(EditRequest(f"r{i}", f"p{i}", "t", f"f{i}", subject), (),
                            tuple((p, "a") for p in loc))
@@ -260,12 +261,19 @@ def test_calibration_prompts_top_up_from_the_train_split_and_never_hold_a_probed
                         probed_prompts=frozenset({"probed"}), held_out_subjects=frozenset({"Bob"}))
     assert ctx.calibration_prompts(10) == ["u1", "u2", "t1", "t2", "t3"]
     assert ctx.calibration_prompts(3) == ["u1", "u2", "t1"]
-    assert ctx.calibration_prompts(10, with_train=False) == ["u1", "u2"]
+    assert ctx.calibration_prompts(10, "stream") == ["u1", "u2"]
+    assert ctx.calibration_prompts(10, "stream-or-train") == ["u1", "u2"]
+    bare = AttachContext(seed=0, unrelated_prompts=("probed",), train_split=split,
+                         probed_prompts=frozenset({"probed"}), held_out_subjects=frozenset({"Bob"}))
+    assert bare.calibration_prompts(10, "stream-or-train") == ["u1", "t1", "t2", "t3"]
+    assert bare.calibration_prompts(10, "stream") == []
+    with pytest.raises(LifelongError, match="not one of"):
+        ctx.calibration_prompts(10, "train")
     restored = AttachContext(seed=0, **context_fields(json.loads(json.dumps(ctx.to_meta()))))
     assert restored.probed_prompts == {"probed"} and restored.calibration_prompts(10) == ["u1", "u2", "t1", "t2", "t3"]
 
 
-@pytest.mark.parametrize("pool", ["stream", "stream+train"])
+@pytest.mark.parametrize("pool", ["stream", "stream+train", "stream-or-train"])
 def test_a_fully_probed_stream_is_calibrated_on_the_train_split(tiny, tmp_path, monkeypatch, pool):
     """A stream whose every locality prompt is probed leaves no unrelated prompt: GRACE's
     guard then holds the keys of the train split's locality prompts that are not probed

@@ -193,6 +193,10 @@ class Cache:
         return where
 
 
+#: where a calibration pool comes from (`AttachContext.calibration_prompts`)
+CALIBRATION_POOLS = ("stream", "stream+train", "stream-or-train")
+
+
 @dataclass(frozen=True)
 class AttachContext:
     """What the runtime hands a method when attaching it.
@@ -236,19 +240,23 @@ class AttachContext:
                 and not (r.request.fact and r.request.fact in self.held_out_facts))
         return self._memo["train"]
 
-    def calibration_prompts(self, limit: int, with_train: bool = True) -> list[str]:
-        """At most `limit` distinct prompts known to be unrelated to the edits: the unrelated
-        prompts first, then (`with_train`) the locality prompts of the train split's records
-        (`train_records()`, so held-out subjects' records are not read), less any probed
-        prompt. The train split tops the pool up where the stream leaves it short: a stream
-        whose every locality prompt is probed, or a chunk that holds the whole stream."""
+    def calibration_prompts(self, limit: int, pool: str = "stream+train") -> list[str]:
+        """At most `limit` distinct prompts known to be unrelated to the edits, none of them
+        probed: the unrelated prompts, and, by `pool` (`CALIBRATION_POOLS`), the locality
+        prompts of the train split's records after them ("stream+train": always, up to
+        `limit`; "stream-or-train": only when the stream leaves none; "stream": never).
+        The train split (`train_records()`: held-out subjects' records are not read) fills
+        the pool where the stream leaves it empty: a stream whose every locality prompt is
+        probed, or a chunk holding the whole stream."""
+        if pool not in CALIBRATION_POOLS:
+            raise LifelongError(f"calibration pool {pool!r} is not one of {CALIBRATION_POOLS}")
         out = dict.fromkeys(p for p in self.unrelated_prompts if p not in self.probed_prompts)
-        if with_train and len(out) < limit:
-            for record in self.train_records():
-                out.update(dict.fromkeys(p for p, _ in record.locality
-                                         if p not in self.probed_prompts))
-                if len(out) >= limit:
-                    break
+        if pool == "stream" or (pool == "stream-or-train" and out):
+            return list(out)[:limit]
+        for record in self.train_records():
+            if len(out) >= limit:
+                break
+            out.update(dict.fromkeys(p for p, _ in record.locality if p not in self.probed_prompts))
         return list(out)[:limit]
 
     def corpus_texts(self) -> tuple[str, ...]:

@@ -28,8 +28,8 @@ gate opens only above the larger of 0 (probability 0.5) and the logit that keeps
 routers' radii). A linear gate trained against the pool need not close on unrelated prompts it
 never saw: on a CounterFact organism it opened on 0.7 of the neighbourhood prompts. With
 `claim_rate` 1 the whole pool is negatives and the threshold is 0, as before. `claim_pool`
-("stream+train", the default) tops the pool up with the train split's locality prompts
-(`AttachContext.calibration_prompts`), as GRACE's and `wise-faiss`'s.
+takes the train split's locality prompts into the pool (`AttachContext.calibration_prompts`),
+as GRACE's and `wise-faiss`'s.
 
 Modes are which `lifelong.nethook` context is open on the projection: serving (opened at
 attach), capturing keys (`Trace`, serving suspended), training (a soft-gated
@@ -104,7 +104,9 @@ class DeferConfig:
                                       "negatives. Not in the papers", min=0.0, max=1.0,
                                 before=1.0)
     claim_pool: str = setting("stream+train", CLAIM_POOL_HELP + " (here the pool is the "
-                              "negatives and the calibration prompts: 2 x negatives)",
+                              "negatives and the calibration prompts: 2 x negatives). "
+                              "'stream+train': chosen on dev organisms "
+                              "(sweeps/dev-claim-pool.toml)",
                               choices=CLAIM_POOLS, before="stream")
 
 
@@ -127,7 +129,7 @@ class Defer(Served, MemoryBase, Retractable):
         self.hooks.open()
         self.log: list[dict[str, Any]] = []
         pool = (list(ctx.unrelated_prompts) if cfg.claim_pool == "stream"
-                else ctx.calibration_prompts(2 * cfg.negatives))
+                else ctx.calibration_prompts(2 * cfg.negatives, cfg.claim_pool))
         held_out = cfg.claim_rate < 1
         self.negatives = self._keys((pool[0::2] if held_out else pool)[:cfg.negatives])
         self.calibration = self._keys(pool[1::2][:cfg.negatives] if held_out else [])

@@ -9,7 +9,9 @@ model (0.5 x the key's norm) claims 0.97 of the unrelated prompts.
 
 The guard holds the keys of the attach context's unrelated prompts (the stream's locality
 prompts that are never probed while the method is attached: data the method may train on,
-never what locality is measured on) and gives the largest common factor ``c <= 1`` by which
+never what locality is measured on), topped up with the train split's locality prompts
+(`claim_pool`, `AttachContext.calibration_prompts`: a stream whose every locality prompt is
+probed, or a chunk holding the whole stream, leaves no pool of its own) and gives the largest common factor ``c <= 1`` by which
 every radius may be scaled so that at most ``claim_rate`` of those prompts lie within reach
 of an edit: with ``m_p = min_e d(p, k_e) / r_e`` (the smallest factor at which pool prompt
 ``p`` is claimed), ``c`` is just below (by 1e-5, relative) the ``floor(claim_rate * n) + 1``-th smallest ``m_p``,
@@ -33,7 +35,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ..context import AttachContext
+from ..context import CALIBRATION_POOLS, AttachContext
 
 CLAIM_RATE_HELP = ("the largest share of the unrelated pool (the stream's locality prompts "
                    "never probed while the method is attached) the router may claim: every "
@@ -43,15 +45,16 @@ CLAIM_RATE_HELP = ("the largest share of the unrelated pool (the stream's locali
                    "built-in dev stream (sweeps/dev-claim-rate.toml); 1: off")
 
 #: where the guard's pool comes from (`AttachContext.calibration_prompts`)
-CLAIM_POOLS = ("stream", "stream+train")
+CLAIM_POOLS = CALIBRATION_POOLS
 CLAIM_POOL_HELP = ("the unrelated pool claim_rate is measured on: the stream's locality "
-                   "prompts never probed while the method is attached ('stream'), topped up "
-                   "to the pool's size (1024 prompts) with the locality prompts of the "
+                   "prompts never probed while the method is attached ('stream'); those topped "
+                   "up to the pool's size (1024 prompts) with the locality prompts of the "
                    "scenario's train split (stream.train_file) where it names one "
-                   "('stream+train'), none of them a probed prompt. Without the "
-                   "train split a stream whose every locality prompt is probed (300 or fewer "
-                   "at the default locality_sample), or a chunk holding the whole stream, "
-                   "leaves the pool empty and the radius uncalibrated")
+                   "('stream+train'); or the train split's only when the stream leaves none "
+                   "('stream-or-train'); never a probed prompt. Without the train split a "
+                   "stream whose every locality prompt is probed (300 or fewer at the default "
+                   "locality_sample), or a chunk holding the whole stream, leaves the pool "
+                   "empty and the radius uncalibrated")
 
 
 class Guard:
@@ -200,13 +203,11 @@ def guard_from_context(ctx: AttachContext, reader: str, dim: int, rate: float,
                        keys_of: Callable[[list[str]], torch.Tensor], limit: int = 1024,
                        batch: int = 64, pool: str = "stream") -> Guard:
     """The guard of `ctx`'s calibration prompts (`AttachContext.calibration_prompts`: at most
-    `limit`, the train split's only with `pool` = "stream+train"; none when `rate` >= 1),
+    `limit`, the train split's by `pool`; none when `rate` >= 1),
     their keys computed by `keys_of` (a batch of prompts -> (n, dim) keys) in batches, or
     read from the cache under `reader` (it names the layer and the key reading: keys of
     different readers never mix)."""
-    if pool not in CLAIM_POOLS:
-        raise ValueError(f"claim pool {pool!r} is not one of {CLAIM_POOLS}")
-    prompts = ctx.calibration_prompts(limit, pool == "stream+train") if rate < 1 else []
+    prompts = ctx.calibration_prompts(limit, pool) if rate < 1 else []
     if not prompts:
         return Guard(torch.zeros((0, dim)))
     what = f"guard-{pool_digest(prompts)}"

@@ -29,8 +29,10 @@ class GraceConfig:
     claim_rate: float = setting(0.01, CLAIM_RATE_HELP + ". Not in the paper (it tunes eps per "
                                       "data set by hand)", min=0.0, max=1.0,
                                 before=1.0)
-    claim_pool: str = setting("stream+train", CLAIM_POOL_HELP, choices=CLAIM_POOLS,
-                              before="stream")
+    claim_pool: str = setting("stream-or-train", CLAIM_POOL_HELP + ". 'stream-or-train': "
+                              "chosen on dev organisms (sweeps/dev-claim-pool.toml: tied with "
+                              "'stream', which leaves the radius uncalibrated without a pool)",
+                              choices=CLAIM_POOLS, before="stream")
     conflict: str = setting("coverage", "same-target key within reach: expand its radius "
                                         "('coverage') or move it to the members' mean "
                                         "('moving_average')", choices=("coverage", "moving_average"))

@@ -29,8 +29,10 @@ class WiseFaissConfig:
                                      "keeping locality >= 0.98)", min=0.0)
     claim_rate: float = setting(0.01, "FAISS router: " + CLAIM_RATE_HELP, min=0.0, max=1.0,
                                 before=1.0)
-    claim_pool: str = setting("stream+train", "FAISS router: " + CLAIM_POOL_HELP,
-                              choices=CLAIM_POOLS, before="stream")
+    claim_pool: str = setting("stream+train", "FAISS router: " + CLAIM_POOL_HELP + ". "
+                              "'stream+train': chosen on dev organisms "
+                              "(sweeps/dev-claim-pool.toml)", choices=CLAIM_POOLS,
+                              before="stream")
     measure_activation_router: bool = setting(False, "FAISS router: also record where the "
                                                 "paper's activation router would send each "
                                                 "probe (the margin terms stay off: they cost "
