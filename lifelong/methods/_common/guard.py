@@ -9,15 +9,16 @@ model (0.5 x the key's norm) claims 0.97 of the unrelated prompts.
 
 The guard holds the keys of the attach context's unrelated prompts (the stream's locality
 prompts that are never probed while the method is attached: data the method may train on,
-never what locality is measured on), topped up with the train split's locality prompts
-(`claim_pool`, `AttachContext.calibration_prompts`: a stream whose every locality prompt is
-probed, or a chunk holding the whole stream, leaves no pool of its own) and gives the largest common factor ``c <= 1`` by which
-every radius may be scaled so that at most ``claim_rate`` of those prompts lie within reach
-of an edit: with ``m_p = min_e d(p, k_e) / r_e`` (the smallest factor at which pool prompt
-``p`` is claimed), ``c`` is just below (by 1e-5, relative) the ``floor(claim_rate * n) + 1``-th smallest ``m_p``,
-or 1 when that many are never claimed. The false-positive rate is calibrated on data of the
-run's own distribution, the way a detection threshold is set on held-out negatives; where
-the radii already claim fewer (the built-in model, ZsRE at their defaults) nothing changes.
+never what locality is measured on) and, by `claim_pool`, the train split's locality
+prompts (`AttachContext.calibration_prompts`: a stream whose every locality prompt is probed,
+or a chunk holding the whole stream, leaves no pool of its own). It gives the largest common
+factor ``c <= 1`` by which every radius may be scaled so that at most ``claim_rate`` of those
+prompts lie within reach of an edit: with ``m_p = min_e d(p, k_e) / r_e`` (the smallest
+factor at which pool prompt ``p`` is claimed), ``c`` is just below (by 1e-5, relative) the
+``floor(claim_rate * n) + 1``-th smallest ``m_p``, or 1 when that many are never claimed.
+The false-positive rate is calibrated on data of the run's own distribution, the way a
+detection threshold is set on held-out negatives; where the radii already claim fewer (the
+built-in model, ZsRE at their defaults) nothing changes.
 
 Invariants: `factor` is a pure function of the pool keys, the edit keys and their radii (the
 method's memory; so retraction by replay stays exact); the pool keys are computed once per
@@ -38,7 +39,8 @@ import torch
 from ..context import CALIBRATION_POOLS, AttachContext
 
 CLAIM_RATE_HELP = ("the largest share of the unrelated pool (the stream's locality prompts "
-                   "never probed while the method is attached) the router may claim: every "
+                   "never probed while the method is attached, and the train split's: "
+                   "claim_pool) the router may claim: every "
                    "radius is scaled by one common factor (at most 1) until at most this share "
                    "of the pool lies within reach of an edit, so the radius is calibrated on the "
                    "data at hand. 0.01: chosen on dev organisms (CounterFact, ZsRE) and the "
@@ -203,10 +205,9 @@ def guard_from_context(ctx: AttachContext, reader: str, dim: int, rate: float,
                        keys_of: Callable[[list[str]], torch.Tensor], limit: int = 1024,
                        batch: int = 64, pool: str = "stream") -> Guard:
     """The guard of `ctx`'s calibration prompts (`AttachContext.calibration_prompts`: at most
-    `limit`, the train split's by `pool`; none when `rate` >= 1),
-    their keys computed by `keys_of` (a batch of prompts -> (n, dim) keys) in batches, or
-    read from the cache under `reader` (it names the layer and the key reading: keys of
-    different readers never mix)."""
+    `limit`, the train split's by `pool`; none when `rate` >= 1), their keys computed by
+    `keys_of` (a batch of prompts -> (n, dim) keys) in batches, or read from the cache under
+    `reader` (it names the layer and the key reading: keys of different readers never mix)."""
     prompts = ctx.calibration_prompts(limit, pool) if rate < 1 else []
     if not prompts:
         return Guard(torch.zeros((0, dim)))
