@@ -99,6 +99,9 @@ ops = st.lists(st.tuples(point, st.integers(0, 2), st.integers(0, 5)), min_size=
 # a moving average moves a key: its sketch must be redone, or the sketch rules out its entry
 @example(seq=[((0.0, 0.0), 0, 0), ((0.0, 0.0), 0, 0), ((0.0, 0.0), 0, 0), ((0.0, 0.3), 1, 0),
               ((0.0, 0.6), 1, 2), ((0.0, 0.0), 0, 1)])
+# a split leaves a member on both balls' edge; a move of its entry, the mean rounded to float32,
+# must not leave it outside (measured from the stored key) nor nearer the other target
+@example(seq=[((1.8, 0.9), 0, 0), ((1.8, 1.5), 0, 1), ((1.8, 1.8), 1, 2)])
 def test_split_expand_rules_keep_the_invariants(conflict, through, seq):
     with lookups(through):
         g = grace(fresh_lm(), eps=0.5, eps_relative=False, conflict=conflict)

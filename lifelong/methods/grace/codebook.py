@@ -295,14 +295,18 @@ class Codebook:
             self._calib.touch(r)
             return f"expanded:{r}"
         n = len(self.members[r])
-        center = (self.keys[r].double() * n + key.double()) / (n + 1)
-        shift = float((center - self.keys[r].double()).norm())
-        need = float((center - key.double()).norm())
-        want = max(float(self.radii[r]) + shift, need + 0.01 * eps0)
-        room = self._room(center.float(), target, want, skip=r)
-        if not room >= max(need, float(self.radii[r]) + shift) - 1e-12:
+        # the key as it will be stored (float32): every distance below is measured from it,
+        # so rounding the mean cannot leave a member just outside the radius
+        center = ((self.keys[r].double() * n + key.double()) / (n + 1)).float()
+        shift = float((center.double() - self.keys[r].double()).norm())
+        need = float((center.double() - key.double()).norm())
+        reach = max([need] + [float((self._member_key(m).double() - center.double()).norm())
+                              for m in self.members[r]])
+        want = max(float(self.radii[r]) + shift, need + 0.01 * eps0, reach)
+        room = self._room(center, target, want, skip=r)
+        if not (room >= reach and room >= float(self.radii[r]) + shift - 1e-12):
             return None
-        self.keys[r] = center.float()
+        self.keys[r] = center
         self._sketch.touch(r)
         self.radii[r] = room
         self.members[r].append((pos, k))
