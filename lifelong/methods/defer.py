@@ -60,7 +60,7 @@ from ..model import LM
 from ..nethook import Trace, rewrite_output
 from ..scoring import batch_target_loss, encode_pairs, forward_logits
 from ._common.facts import FACT_IDENTITY_HELP, as_seen
-from ._common.guard import CLAIM_POOL_HELP, CLAIM_POOLS
+from ._common.guard import CLAIM_POOL_HELP
 from ._common.hooks import Hooks, Served
 from ._common.keys import batch_info, key_positions, position_mask
 from ._common.loop import Step, frozen, optimise, receipt
@@ -72,7 +72,7 @@ from .base import (
     UnknownEdit,
     tensor_bytes,
 )
-from .context import AttachContext
+from .context import CALIBRATION_POOLS, AttachContext
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ class DeferConfig:
                               "negatives and the calibration prompts: 2 x negatives). "
                               "'stream+train': chosen on dev organisms "
                               "(sweeps/dev-claim-pool.toml)",
-                              choices=CLAIM_POOLS, before="stream")
+                              choices=CALIBRATION_POOLS, before="stream")
 
 
 class Defer(Served, MemoryBase, Retractable):
@@ -128,8 +128,7 @@ class Defer(Served, MemoryBase, Retractable):
             rewrite_output(self.module, self._serve)))
         self.hooks.open()
         self.log: list[dict[str, Any]] = []
-        pool = (list(ctx.unrelated_prompts) if cfg.claim_pool == "stream"
-                else ctx.calibration_prompts(2 * cfg.negatives, cfg.claim_pool))
+        pool = ctx.calibration_prompts(2 * cfg.negatives, cfg.claim_pool)
         held_out = cfg.claim_rate < 1
         self.negatives = self._keys((pool[0::2] if held_out else pool)[:cfg.negatives])
         self.calibration = self._keys(pool[1::2][:cfg.negatives] if held_out else [])

@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ..context import CALIBRATION_POOLS, AttachContext
+from ..context import AttachContext
 
 CLAIM_RATE_HELP = ("the largest share of the unrelated pool (the stream's locality prompts "
                    "never probed while the method is attached, and the train split's: "
@@ -46,8 +46,7 @@ CLAIM_RATE_HELP = ("the largest share of the unrelated pool (the stream's locali
                    "data at hand. 0.01: chosen on dev organisms (CounterFact, ZsRE) and the "
                    "built-in dev stream (sweeps/dev-claim-rate.toml); 1: off")
 
-#: where the guard's pool comes from (`AttachContext.calibration_prompts`)
-CLAIM_POOLS = CALIBRATION_POOLS
+#: help text of a `claim_pool` setting (choices: `CALIBRATION_POOLS`)
 CLAIM_POOL_HELP = ("the unrelated pool claim_rate is measured on: the stream's locality "
                    "prompts never probed while the method is attached ('stream'); those topped "
                    "up to the pool's size (1024 prompts) with the locality prompts of the "

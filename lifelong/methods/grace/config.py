@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from ...config import setting
 from .._common.facts import FACT_IDENTITY_HELP
-from .._common.guard import CLAIM_POOL_HELP, CLAIM_POOLS, CLAIM_RATE_HELP
+from .._common.guard import CLAIM_POOL_HELP, CLAIM_RATE_HELP
+from ..context import CALIBRATION_POOLS
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class GraceConfig:
     claim_pool: str = setting("stream-or-train", CLAIM_POOL_HELP + ". 'stream-or-train': "
                               "chosen on dev organisms (sweeps/dev-claim-pool.toml: tied with "
                               "'stream', which leaves the radius uncalibrated without a pool)",
-                              choices=CLAIM_POOLS, before="stream")
+                              choices=CALIBRATION_POOLS, before="stream")
     conflict: str = setting("coverage", "same-target key within reach: expand its radius "
                                         "('coverage') or move it to the members' mean "
                                         "('moving_average')", choices=("coverage", "moving_average"))

@@ -7,7 +7,8 @@ from typing import Literal
 
 from ...config import setting
 from .._common.facts import FACT_IDENTITY_HELP
-from .._common.guard import CLAIM_POOL_HELP, CLAIM_POOLS, CLAIM_RATE_HELP
+from .._common.guard import CLAIM_POOL_HELP, CLAIM_RATE_HELP
+from ..context import CALIBRATION_POOLS
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class WiseFaissConfig:
                                 before=1.0)
     claim_pool: str = setting("stream+train", "FAISS router: " + CLAIM_POOL_HELP + ". "
                               "'stream+train': chosen on dev organisms "
-                              "(sweeps/dev-claim-pool.toml)", choices=CLAIM_POOLS,
+                              "(sweeps/dev-claim-pool.toml)", choices=CALIBRATION_POOLS,
                               before="stream")
     measure_activation_router: bool = setting(False, "FAISS router: also record where the "
                                                 "paper's activation router would send each "
