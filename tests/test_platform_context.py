@@ -259,8 +259,8 @@ def test_calibration_prompts_top_up_from_the_train_split_and_never_hold_a_probed
     split = (record(0, "Ann", "u1", "t1"), record(1, "Bob", "held"), record(2, "Cy", "probed", "t2", "t3"))
     ctx = AttachContext(seed=0, unrelated_prompts=("u1", "u2", "u1"), train_split=split,
                         probed_prompts=frozenset({"probed"}), held_out_subjects=frozenset({"Bob"}))
-    assert ctx.calibration_prompts(10) == ["u1", "u2", "t1", "t2", "t3"]
-    assert ctx.calibration_prompts(3) == ["u1", "u2", "t1"]
+    assert ctx.calibration_prompts(10, "stream+train") == ["u1", "u2", "t1", "t2", "t3"]
+    assert ctx.calibration_prompts(3, "stream+train") == ["u1", "u2", "t1"]
     assert ctx.calibration_prompts(10, "stream") == ["u1", "u2"]
     assert ctx.calibration_prompts(10, "stream-or-train") == ["u1", "u2"]
     bare = AttachContext(seed=0, unrelated_prompts=("probed",), train_split=split,
@@ -270,7 +270,7 @@ def test_calibration_prompts_top_up_from_the_train_split_and_never_hold_a_probed
     with pytest.raises(LifelongError, match="not one of"):
         ctx.calibration_prompts(10, "train")
     restored = AttachContext(seed=0, **context_fields(json.loads(json.dumps(ctx.to_meta()))))
-    assert restored.probed_prompts == {"probed"} and restored.calibration_prompts(10) == ["u1", "u2", "t1", "t2", "t3"]
+    assert restored.probed_prompts == {"probed"} and restored.calibration_prompts(10, "stream+train") == ["u1", "u2", "t1", "t2", "t3"]
 
 
 @pytest.mark.parametrize("pool", ["stream", "stream+train", "stream-or-train"])
@@ -300,7 +300,7 @@ def test_a_fully_probed_stream_is_calibrated_on_the_train_split(tiny, tmp_path, 
     book = method.book
     probed = {p["prompt"] for e in stream_events(n_edits=4) for p in e.get("locality", ())}
     assert probed and ctx.probed_prompts == probed and not ctx.unrelated_prompts
-    assert set(ctx.calibration_prompts(1024)) == {x["prompt"] for x in extra}
+    assert set(ctx.calibration_prompts(1024, "stream+train")) == {x["prompt"] for x in extra}
     if pool == "stream":
         assert len(book.guard) == 0 and book.factor() == 1.0
     else:

@@ -240,7 +240,7 @@ class AttachContext:
                 and not (r.request.fact and r.request.fact in self.held_out_facts))
         return self._memo["train"]
 
-    def calibration_prompts(self, limit: int, pool: str = "stream+train") -> list[str]:
+    def calibration_prompts(self, limit: int, pool: str) -> list[str]:
         """At most `limit` distinct prompts known to be unrelated to the edits, none of them
         probed: the unrelated prompts, and, by `pool` (`CALIBRATION_POOLS`), the locality
         prompts of the train split's records after them ("stream+train": always, up to
