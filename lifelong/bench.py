@@ -123,12 +123,12 @@ INDEX_HEADER = (f"{'keys':>7} {'dim':>5} {'index':>5} {'build_s':>8} {'b1 p50':>
                 f"{'b32 p50':>8} {'b32 p95':>8} {'rec@1':>7} {'MB':>8}")
 
 
-def model_world(model: str | None, command: str):
-    """The model (default: the built-in one) and the world it was trained on, which the
-    GRACE and WISE benchmarks draw their edits and queries from."""
+def model_world(model: str | None, command: str, device: str = "cpu"):
+    """The model (default: the built-in one), on `device`, and the world it was trained on,
+    which the GRACE and WISE benchmarks draw their edits and queries from."""
     from .model import load_model
     from .world import World
-    lm = load_model(model)
+    lm = load_model(model, device)
     wpath = Path(lm.path) / "world.json"
     if not wpath.exists():
         raise click.ClickException(f"{wpath}: bench {command} needs the model's world.json")
@@ -155,8 +155,10 @@ def time_bare_vs_memory(lm, prompts: list[str], targets: list[str],
         for kind, batch in batches:
             for mode in ("bare", "memory"):
                 with bare() if mode == "bare" else contextlib.nullcontext():
+                    lm.wait()
                     t0 = time.perf_counter()
                     forward_logits(lm, *batch)
+                    lm.wait()
                     out[mode][kind].append((time.perf_counter() - t0) * 1e3)
     return {m: {"batch1_ms": _pct(v["b1"]), "batch32_ms": _pct(v["b32"])} for m, v in out.items()}
 
@@ -199,12 +201,14 @@ def bench_index_cmd(sizes, dims, queries, seed, max_mb, hnsw_m, ef_construction,
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="also write the results as JSON")
 @click.option("--hnsw-ef", default="", help="also measure how often an HNSW index (efSearch "
               "values, comma-separated) gives the exact lookup's answer, and its cost")
-def bench_grace_cmd(model, sizes, edits, queries, pool, seed, json_path, hnsw_ef):
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="torch device for the model (timings wait for the device)")
+def bench_grace_cmd(model, sizes, edits, queries, pool, seed, json_path, hnsw_ef, device):
     """GRACE per-edit time (against its value training alone) and query overhead against
     the bare model."""
     from .bench_grace import bench_grace
     out = bench_grace(model, _ints(sizes), edits, queries, seed, echo=click.echo, pool=pool,
-                      hnsw_ef=_ints(hnsw_ef) if hnsw_ef else [])
+                      hnsw_ef=_ints(hnsw_ef) if hnsw_ef else [], device=device)
     if json_path:
         Path(json_path).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
         click.echo(f"json: {json_path}")
@@ -222,13 +226,16 @@ def bench_grace_cmd(model, sizes, edits, queries, pool, seed, json_path, hnsw_ef
               help="wise: the paper's method; wise-faiss: the FAISS-routed variant")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="also write the results as JSON")
-def bench_wise_cmd(model, edits, memories, queries, mode, seed, methods, json_path):
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="torch device for the model (timings wait for the device)")
+def bench_wise_cmd(model, edits, memories, queries, mode, seed, methods, json_path, device):
     """`wise` (the paper's method) and `wise-faiss` (the FAISS-routed variant): per-edit
     time, merge time, and query latency against the bare model, each under its name."""
     from .bench_wise import bench_wise
     names = ("wise", "wise-faiss") if methods == "both" else (methods,)
     out = {name: bench_wise(model, edits, tuple(_ints(memories)), queries, seed,
-                            {"mode": mode}, echo=click.echo, method=name) for name in names}
+                            {"mode": mode}, echo=click.echo, method=name, device=device)
+           for name in names}
     if json_path:
         Path(json_path).write_text(json.dumps(out, indent=2, default=str) + "\n", encoding="utf-8")
         click.echo(f"json: {json_path}")
@@ -252,17 +259,19 @@ def bench_wise_cmd(model, edits, memories, queries, mode, seed, methods, json_pa
 @click.option("--fresh-cache", is_flag=True,
               help="a temporary cache per method: statistics and editors are computed, not read")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="torch device for the model and the methods (timings wait for the device)")
 @click.option("--query-at", "query_at", multiple=True, type=click.IntRange(min=1),
               help="also time the queries (and read the footprint) after this many edits "
                    "(repeat for several): how query cost grows with the memory")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="also write the results as JSON")
 def bench_edit_cmd(methods, model, edits, batch, queries, settings, train_file, cache_dir,
-                   fresh_cache, seed, query_at, json_path):
+                   fresh_cache, seed, device, query_at, json_path):
     """Attach cost (statistics, editors), per-edit time, footprint and query overhead of
     each method, on a model's own world facts."""
     from .bench_edit import bench_edit, write_json
     out = bench_edit(methods, model, edits, batch, queries, settings, train_file, fresh_cache,
-                     cache_dir, seed, echo=click.echo, query_at=query_at)
+                     cache_dir, seed, echo=click.echo, query_at=query_at, device=device)
     if json_path:
         write_json(out, json_path)
         click.echo(f"json: {json_path}")

@@ -161,7 +161,7 @@ def bench_method(name: str, settings: dict[str, Any], model: str | None, pool: l
                  n_edits: int, batch: int, probe: list[tuple[str, str]], seed: int,
                  cache_dir: str, fresh_cache: bool, train_file: str,
                  echo: Callable[[str], None] = print,
-                 query_at: Sequence[int] = ()) -> dict[str, Any]:
+                 query_at: Sequence[int] = (), device: str = "cpu") -> dict[str, Any]:
     """Attach, edits and queries of one method (module docstring); prints its lines."""
     from .config import to_dict
     from .methods import AttachContext, BatchEditing, EditRequest, build_method, edit_batch
@@ -172,14 +172,14 @@ def bench_method(name: str, settings: dict[str, Any], model: str | None, pool: l
     method = build_method(name, settings, seed, where="--settings")
     torch.manual_seed(seed)
     t0 = time.perf_counter()
-    lm = load_model(model)
+    lm = load_model(model, device)
     load_s = time.perf_counter() - t0
     unrelated = tuple(p for p, _, _, _ in pool[n_edits + len(probe):][:UNRELATED])
     with _cache_dir(fresh_cache, cache_dir) as where:
         ctx = AttachContext(seed=seed, unrelated_prompts=unrelated, train_split=train_file,
                             corpus=default_corpus(lm.path), cache_dir=where,
                             model_fingerprint=lm.fingerprint(), device=str(lm.device),
-                            model_factory=functools.partial(load_model, model))
+                            model_factory=functools.partial(load_model, model, device))
         t0 = time.perf_counter()
         method.attach(lm, ctx)
         attach_s = time.perf_counter() - t0
@@ -196,8 +196,10 @@ def bench_method(name: str, settings: dict[str, Any], model: str | None, pool: l
     try:
         for s in range(0, n_edits, batch):
             chunk = requests[s:s + batch]
+            lm.wait()
             t0 = time.perf_counter()
             receipts += edit_batch(method, chunk)
+            lm.wait()
             per_edit_ms.append((time.perf_counter() - t0) * 1e3 / len(chunk))
             done = s + len(chunk)
             report.update(done)
@@ -271,7 +273,8 @@ def growth_line(method: str, g: dict[str, Any]) -> str:
 # ---- the command -----------------------------------------------------------------------------
 def command_line(methods: Sequence[str], model: str | None, edits: int, batch: int, queries: int,
                  settings: str | None, train_file: str | None, fresh_cache: bool,
-                 cache_dir: str | None, seed: int, query_at: Sequence[int] = ()) -> str:
+                 cache_dir: str | None, seed: int, query_at: Sequence[int] = (),
+                 device: str = "cpu") -> str:
     """The `lifelong bench edit` command that repeats this benchmark (every option explicit,
     `--json` left out)."""
     args = ["lifelong", "bench", "edit"]
@@ -279,6 +282,8 @@ def command_line(methods: Sequence[str], model: str | None, edits: int, batch: i
         args += ["--method", m]
     args += ["--model", model or "builtin", "--edits", str(edits), "--batch", str(batch),
              "--queries", str(queries), "--seed", str(seed)]
+    if device != "cpu":
+        args += ["--device", device]
     for k in query_at:
         args += ["--query-at", str(k)]
     if settings:
@@ -296,10 +301,11 @@ def bench_edit(methods: Sequence[str], model: str | None = None, edits: int = 20
                queries: int = 64, settings: str | None = None, train_file: str | None = None,
                fresh_cache: bool = False, cache_dir: str | None = None, seed: int = 0,
                echo: Callable[[str], None] = print,
-               query_at: Sequence[int] = ()) -> dict[str, Any]:
+               query_at: Sequence[int] = (), device: str = "cpu") -> dict[str, Any]:
     """The benchmark of the module docstring for each of `methods`, in order. Every method
     and its settings are checked before any model is loaded (ConfigError, one line).
-    `query_at`: edit counts after which the queries are timed too (each 1..edits)."""
+    `query_at`: edit counts after which the queries are timed too (each 1..edits).
+    `device`: where the model and the methods run ("cuda": timings wait for the GPU)."""
     import click
 
     from .methods import build_method
@@ -313,7 +319,7 @@ def bench_edit(methods: Sequence[str], model: str | None = None, edits: int = 20
     if query_at and not 1 <= query_at[0] <= query_at[-1] <= edits:
         bad = query_at[0] if query_at[0] < 1 else query_at[-1]
         raise click.UsageError(f"--query-at {bad}: not between 1 and --edits {edits}")
-    lm, world = model_world(model, "edit")
+    lm, world = model_world(model, "edit", device)
     n_other = queries - min(edits, queries // 2)
     pool = _world_edits(world, edits + n_other + UNRELATED, seed)
     if len(pool) < edits + n_other:
@@ -322,20 +328,22 @@ def bench_edit(methods: Sequence[str], model: str | None = None, edits: int = 20
     probe = [(p, t) for p, t, _, _ in pool[:queries - n_other] + pool[edits:edits + n_other]]
     out: dict[str, Any] = {
         "command": command_line(methods, model, edits, batch, queries, settings, train_file,
-                                fresh_cache, cache_dir, seed, query_at),
+                                fresh_cache, cache_dir, seed, query_at, device),
         "argv": list(sys.argv), "model": lm.name, "model_path": lm.path,
-        "fingerprint": lm.fingerprint(), "threads": torch.get_num_threads(),
+        "fingerprint": lm.fingerprint(), "threads": torch.get_num_threads(), "device": device,
+        "gpu": torch.cuda.get_device_name(lm.device) if lm.device.type == "cuda" else None,
         "torch": torch.__version__, "code_version": code_version(), "machine": machine(),
         "edits": edits, "batch": batch, "queries": queries, "seed": seed,
         "fresh_cache": fresh_cache, "train_file": train_file or "", "query_at": query_at,
         "methods": []}
     del lm
-    echo(f"bench edit: model {out['model']} ({out['fingerprint']}), {out['threads']} thread(s), "
+    echo(f"bench edit: model {out['model']} ({out['fingerprint']}), {out['gpu'] or 'cpu'}, "
+         f"{out['threads']} thread(s), "
          f"torch {out['torch']}; {edits} edits in calls of {batch}, {queries} queries, seed {seed}")
     for name in methods:
         out["methods"].append(bench_method(name, per_method[name], model, pool, edits,
                                            batch, probe, seed, cache_dir or "", fresh_cache,
-                                           train_file or "", echo, query_at))
+                                           train_file or "", echo, query_at, device))
     return out
 
 

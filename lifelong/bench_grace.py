@@ -30,12 +30,12 @@ from .index import KeyIndex
 
 def bench_grace(model: str | None, sizes: list[int], edits: int = 20, queries: int = 64,
                 seed: int = 0, settings: dict | None = None, echo=print, pool: int = 300,
-                hnsw_ef: list[int] | None = None) -> dict[str, Any]:
+                hnsw_ef: list[int] | None = None, device: str = "cpu") -> dict[str, Any]:
     """Per-edit time (against its value training alone) and query overhead of GRACE at each
-    codebook size (module docstring)."""
+    codebook size (module docstring), with the model on `device`."""
     from .methods import AttachContext, build_method
 
-    lm, world = model_world(model, "grace")
+    lm, world = model_world(model, "grace", device)
     rng = np.random.default_rng(seed)
     pairs = [(f, t) for f in world for t in range(len(world.templates(f.relation)))]
     order = rng.permutation(len(pairs))
@@ -82,7 +82,8 @@ def bench_grace(model: str | None, sizes: list[int], edits: int = 20, queries: i
                      f"(exact {r['exact_batch1_ms']:.3f}, {r['exact_batch32_ms']:.3f})")
         g.detach()
         rows.append(row)
-    return {"model": lm.name, "rows": rows, "threads": torch.get_num_threads(), "pool": pool}
+    return {"model": lm.name, "rows": rows, "threads": torch.get_num_threads(), "pool": pool,
+            "device": device}
 
 
 def fill(g, world, pairs) -> None:
@@ -104,11 +105,14 @@ def time_edits(g, world, pairs) -> dict[str, Any]:
     edit_ms, train_ms, steps = [], [], []
     for k, (f, t) in enumerate(pairs):
         new = next(o for o in world.objects(f.relation) if o != f.value)
+        g.lm.wait()
         t0 = time.perf_counter()
         g._train([world.prompt(f, t)], [new])
+        g.lm.wait()
         train_ms.append((time.perf_counter() - t0) * 1e3)
         t0 = time.perf_counter()
         rc = g.edit([EditRequest(f"bench{k}", world.prompt(f, t), new, f.key, f.subject)])
+        g.lm.wait()
         edit_ms.append((time.perf_counter() - t0) * 1e3)
         steps.append(rc.steps)
     return {"edit_ms": _pct(edit_ms), "edit_ms_mean": round(float(np.mean(edit_ms)), 2),

@@ -50,10 +50,10 @@ ROUTING = {"wise-faiss": {"faiss": {"router": "faiss", "negatives": 0},
 
 def bench_wise(model: str | None, edits: int = 50, memories: tuple[int, ...] = (1, 8, 32),
                queries: int = 64, seed: int = 0, settings: dict | None = None,
-               echo=print, method: str = "wise-faiss") -> dict[str, Any]:
-    """The three measurements of the module docstring, for `method`."""
+               echo=print, method: str = "wise-faiss", device: str = "cpu") -> dict[str, Any]:
+    """The three measurements of the module docstring, for `method`, the model on `device`."""
     from .methods import AttachContext, EditRequest, build_method
-    lm, world = model_world(model, "wise")
+    lm, world = model_world(model, "wise", device)
     pool = _world_edits(world, edits + queries + 4 * max(memories), seed)
     probe = [p for p, _, _, _ in pool[edits:edits + queries]]
     unrelated = tuple(p for p, _, _, _ in pool[edits + queries:])
@@ -62,16 +62,20 @@ def bench_wise(model: str | None, edits: int = 50, memories: tuple[int, ...] = (
     w.attach(lm, AttachContext(seed=seed, unrelated_prompts=unrelated))
     ms, steps = [], []
     for k, (prompt, new, fact, subject) in enumerate(pool[:edits]):
+        lm.wait()
         t0 = time.perf_counter()
         rc = w.edit([EditRequest(f"b{k}", prompt, new, fact, subject)])
+        lm.wait()
         ms.append((time.perf_counter() - t0) * 1e3)
         steps.append(rc.steps)
     t0 = time.perf_counter()
     shards = (w.consolidate() or {}).get("shards_merged", 0)
+    lm.wait()
     merge_ms = (time.perf_counter() - t0) * 1e3
     served = _time_queries(lm, w, [p for p, _, _, _ in pool[:edits]][:queries] + probe)
     w.detach()
-    out = {"method": method, "model": lm.name, "threads": torch.get_num_threads(), "settings": dict(w.config.__dict__),
+    out = {"method": method, "model": lm.name, "threads": torch.get_num_threads(), "device": device,
+           "settings": dict(w.config.__dict__),
            "edits": edits, "edit_ms": _pct(ms), "edit_ms_mean": float(np.mean(ms)),
            "steps_mean": float(np.mean(steps)), "merge": {"shards": shards, "ms": merge_ms},
            "queries": served, "routing": []}

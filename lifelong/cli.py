@@ -44,9 +44,11 @@ def cli() -> None:
 @click.option("--allow-unknown", is_flag=True, help="run even when the stream's answers are "
               "mostly words the model does not know (sets stream.max_unknown_share = 1)")
 @click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]),
+              help="torch device for the model and the method; overrides the scenario's `device`")
 @click.option("--quiet", is_flag=True, help="no progress display")
 def simulate(scenario, stream, methods, model, edits, seed, db, json_path, resume, skip_bad,
-             allow_unknown, threads, quiet):
+             allow_unknown, threads, device, quiet):
     """Replay an edit stream against each method of SCENARIO and report the results."""
     import dataclasses
 
@@ -57,7 +59,8 @@ def simulate(scenario, stream, methods, model, edits, seed, db, json_path, resum
     from .stream import parse_stream
 
     sc = load_scenario(scenario, {"stream": stream, "methods": list(methods), "model": model,
-                                  "edits": edits, "seed": seed, "allow_unknown": allow_unknown},
+                                  "edits": edits, "seed": seed, "allow_unknown": allow_unknown,
+                                  "device": device},
                        methods=True)
     if skip_bad:
         sc = dataclasses.replace(sc, stream=dataclasses.replace(sc.stream, skip_bad=True))

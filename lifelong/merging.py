@@ -54,7 +54,7 @@ def ties(deltas: Sequence[torch.Tensor], density: float = 0.5,
     already-merged memory that holds many edits can be weighted against new shards)."""
     w = _weights(deltas, weights)
     stack = torch.stack([trim(d.float(), density) for d in deltas])  # (n, ...)
-    wv = w.view(-1, *([1] * (stack.dim() - 1)))
+    wv = w.to(stack.device).view(-1, *([1] * (stack.dim() - 1)))
     sign = torch.sign(_ordered_sum(stack * wv))
     agree = (torch.sign(stack) == sign) & (stack != 0)
     num = _ordered_sum(stack * wv * agree)
@@ -82,7 +82,7 @@ def dare(deltas: Sequence[torch.Tensor], drop: float = 0.5, seed: int = 0,
     kept = []
     for i, d in enumerate(deltas):
         g = torch.Generator().manual_seed(seed * 100_003 + i)
-        mask = (torch.rand(d.shape, generator=g) >= drop).to(d.dtype)
+        mask = (torch.rand(d.shape, generator=g) >= drop).to(d.device, d.dtype)  # drawn on the CPU
         kept.append(d * mask / (1.0 - drop))
     return linear(kept, weights)
 

@@ -67,6 +67,12 @@ class LM:
         finally:
             self.forward_info = previous
 
+    def wait(self) -> None:
+        """Block until the work queued on the model's device is done (a no-op on the CPU):
+        CUDA runs kernels asynchronously, so a wall-clock reading must come after this."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def clone(self) -> LM:
         """An independent copy (weights deep-copied; the tokenizer is shared, it is read-only)."""
         return LM(copy.deepcopy(self.model), self.tok, self.name, self.path)

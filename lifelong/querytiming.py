@@ -29,8 +29,10 @@ def timing_pairs(events: Sequence[Event], k: int) -> tuple[list[str], list[str]]
 
 
 def _time(lm: LM, batch) -> float:
+    lm.wait()
     t0 = time.perf_counter()
     forward_logits(lm, *batch)
+    lm.wait()
     return (time.perf_counter() - t0) * 1e3
 
 

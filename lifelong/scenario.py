@@ -281,7 +281,8 @@ def _pick_methods(s: Scenario, names: list[str]) -> tuple[MethodSpec, ...]:
 
 
 def apply_overrides(s: Scenario, o: dict[str, Any]) -> Scenario:
-    """Apply command-line overrides: stream, methods (names or labels), model, edits, seed."""
+    """Apply command-line overrides: stream, methods (names or labels), model, edits, seed,
+    device."""
     if o.get("stream"):
         s = dataclasses.replace(s, stream=dataclasses.replace(s.stream, file=str(Path(o["stream"]).resolve())))
     if o.get("methods"):
@@ -298,6 +299,8 @@ def apply_overrides(s: Scenario, o: dict[str, Any]) -> Scenario:
         s = dataclasses.replace(s, seeds=(seed,))
     if o.get("allow_unknown"):
         s = dataclasses.replace(s, stream=dataclasses.replace(s.stream, max_unknown_share=1.0))
+    if o.get("device"):
+        s = dataclasses.replace(s, device=o["device"])
     if not s.stream.file:
         raise ConfigError("no stream: give a scenario with [stream] file = ..., or --stream FILE")
     if not s.methods:

@@ -112,7 +112,8 @@ class DeferConfig:
 
 class Defer(Served, MemoryBase, Retractable):
     """DEFER. Invariants: the adaptor and its threshold are a deterministic function of (seed,
-    negatives, calibration prompts, active edit log); detach leaves the model as it was (only hooks are added)."""
+    negatives, calibration prompts, active edit log); detach leaves the model as it was (only hooks are added).
+    Every tensor it holds is on the model's device (a loaded state is moved there)."""
 
     name = "defer"
     Config = DeferConfig
@@ -121,7 +122,7 @@ class Defer(Served, MemoryBase, Retractable):
 
     def attach(self, lm: LM, ctx: AttachContext) -> None:
         cfg = self.config
-        self.lm = lm
+        self.lm, self.device = lm, lm.device
         self.layer_name, self.module = layers.edit_target(lm.model, cfg.layer)
         self.key_dim, self.value_dim = layers.in_out_features(self.module)
         self.hooks = Hooks(lambda stack: stack.enter_context(
@@ -136,10 +137,11 @@ class Defer(Served, MemoryBase, Retractable):
         self._init_params()
 
     def _init_params(self) -> None:
-        g = torch.Generator().manual_seed(self.seed)
-        h, dk, dv = self.config.hidden, self.key_dim, self.value_dim
-        self.features = torch.randn(h, dk, generator=g) / dk ** 0.5  # fixed
-        self.params = {"w": torch.zeros(dk), "b": torch.tensor(-3.0), "B": torch.zeros(dv, h)}
+        g = torch.Generator().manual_seed(self.seed)  # on the CPU: the same draw on any device
+        h, dk, dv, dev = self.config.hidden, self.key_dim, self.value_dim, self.device
+        self.features = (torch.randn(h, dk, generator=g) / dk ** 0.5).to(dev)  # fixed
+        self.params = {"w": torch.zeros(dk, device=dev), "b": torch.tensor(-3.0, device=dev),
+                       "B": torch.zeros(dv, h, device=dev)}
 
     # ---- the adaptor --------------------------------------------------------------------
     @staticmethod
@@ -181,7 +183,7 @@ class Defer(Served, MemoryBase, Retractable):
         """Keys (key token) of prompts, computed with the adaptor out of the way; the forward
         stops at the projection."""
         if not prompts:
-            return torch.zeros((0, self.key_dim))
+            return torch.zeros((0, self.key_dim), device=self.device)
         out = []
         for i in range(0, len(prompts), 128):
             chunk = prompts[i:i + 128]
@@ -228,17 +230,17 @@ class Defer(Served, MemoryBase, Retractable):
         """Keys of the active edits (only the newest edit of each fact)."""
         newest = {it["fact"]: it for it in self.log}
         keys = [it["keys"] for it in newest.values()]
-        return torch.cat(keys) if keys else torch.zeros((0, self.key_dim))
+        return torch.cat(keys) if keys else torch.zeros((0, self.key_dim), device=self.device)
 
     def _train(self, item: dict[str, Any]):
         cfg, lm = self.config, self.lm
         prompts, targets = item["prompts"], [item["target"]] * len(item["prompts"])
         pos, neg = self._positives(), self.negatives
         gate_x = torch.cat([pos, neg])
-        gate_y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))])
+        gate_y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))]).to(self.device)
         # balance: positives and negatives weigh the same in total
         gate_w = torch.cat([torch.full((len(pos),), 0.5 / max(len(pos), 1)),
-                            torch.full((len(neg),), 0.5 / max(len(neg), 1))])
+                            torch.full((len(neg),), 0.5 / max(len(neg), 1))]).to(self.device)
         leaves = list(self.params.values())
         opt = torch.optim.Adam(leaves, lr=cfg.lr)
         batch = encode_pairs(lm, prompts, targets)
@@ -278,11 +280,13 @@ class Defer(Served, MemoryBase, Retractable):
                 "log": [dict(it, keys=it["keys"].clone(), prompts=list(it["prompts"])) for it in self.log]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.params = {k: v.clone() for k, v in state["params"].items()}
-        self.negatives = state["negatives"].clone()
-        self.calibration = state.get("calibration", torch.zeros((0, self.key_dim))).clone()
+        dev = self.device
+        self.params = {k: v.to(dev).clone() for k, v in state["params"].items()}
+        self.negatives = state["negatives"].to(dev).clone()
+        self.calibration = state.get("calibration", torch.zeros((0, self.key_dim))).to(dev).clone()
         self.threshold = float(state.get("threshold", 0.0))
-        self.log = [dict(it, keys=it["keys"].clone(), prompts=list(it["prompts"])) for it in state["log"]]
+        self.log = [dict(it, keys=it["keys"].to(dev).clone(), prompts=list(it["prompts"]))
+                    for it in state["log"]]
 
     def footprint(self) -> int:
         """Adaptor weights + cached negative keys + the log's keys."""

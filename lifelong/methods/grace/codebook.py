@@ -161,7 +161,10 @@ class Codebook:
     # ---- the log --------------------------------------------------------------------------
     def add(self, item: dict[str, Any]) -> list[str]:
         """Append an item (``edit_id``, ``fact``, ``target``, ``target_ids``, ``prompts`` and
-        ``keys``/``values`` tensors of shape (len(prompts), dim)) and place it."""
+        ``keys``/``values`` tensors of shape (len(prompts), dim), on any device) and place
+        it. The codebook lives on the CPU beside its FAISS index: the tensors are copied there."""
+        item = {**item, "keys": item["keys"].detach().float().cpu(),
+                "values": item["values"].detach().float().cpu()}
         self.log.append(item)
         self._factor = self._norms = self._served = None
         return self._insert(len(self.log) - 1)
@@ -356,7 +359,8 @@ class Codebook:
                 "index": torch.from_numpy(self.index.to_bytes())}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.log = [dict(it, keys=it["keys"].clone(), values=it["values"].clone()) for it in state["log"]]
+        self.log = [dict(it, keys=it["keys"].cpu().clone(), values=it["values"].cpu().clone())
+                    for it in state["log"]]
         self.n = n = int(state["keys"].shape[0])
         cap = max(16, n)
         self.keys = torch.zeros((cap, self.key_dim))

@@ -75,8 +75,8 @@ class Grace(Served, MemoryBase, Retractable):
                                       .detach().float())
         if not bool(hit.any()):
             return output
-        values = self.book.values[entry.clamp(min=0)].to(output.device)
-        mask = position_mask(info, self.config.replace, kpos, width) & hit.unsqueeze(1)
+        values = self.book.values[entry.clamp(min=0)].to(output.device)  # the book is on the CPU
+        mask = position_mask(info, self.config.replace, kpos, width) & hit.to(output.device).unsqueeze(1)
         return torch.where(mask.unsqueeze(-1), values.to(output.dtype).unsqueeze(1), output)
 
     # ---- keys and values ----------------------------------------------------------------

@@ -66,6 +66,14 @@ class SideMemory:
                 "merged_scores": list(self.merged_scores),
                 "shards": [s.to_state() for s in self.shards], "n_shards": self.n_shards}
 
+    def to(self, device: torch.device) -> SideMemory:
+        """The same memory with its tensors on `device` (a state saved elsewhere)."""
+        if self.merged is not None:
+            self.merged = self.merged.to(device)
+        for s in self.shards:
+            s.delta, s.mask = s.delta.to(device), s.mask.to(device)
+        return self
+
     @classmethod
     def from_state(cls, m: dict[str, Any]) -> SideMemory:
         return cls(m["merged"], [[EditRequest(**r) for r in g] for g in m["merges"]],

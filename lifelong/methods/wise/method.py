@@ -138,7 +138,8 @@ class Wise(Served, MemoryBase, Retractable, Consolidating, Routing):
         with torch.no_grad(), self.hooks.suspended(), \
                 Trace(self.module, capture="input", stop=True) as tr:
             forward_logits(self.lm, ids, mask, end)
-        return tr.input, router_tokens(mask, end, self.config.score_tokens)
+        x = tr.input
+        return x, router_tokens(mask.to(x.device), end.to(x.device), self.config.score_tokens)
 
     def _negatives(self, edit_id: str) -> list[str]:
         n = min(self.config.negatives, len(self.unrelated))
@@ -267,7 +268,7 @@ class Wise(Served, MemoryBase, Retractable, Consolidating, Routing):
                 "since_merge": self.since_merge, "scale": self.scale}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.memories = [SideMemory.from_state(m) for m in state["memories"]]
+        self.memories = [SideMemory.from_state(m).to(self.w_main.device) for m in state["memories"]]
         self.since_merge = state["since_merge"]
         self.scale = state["scale"]
         self._changed()

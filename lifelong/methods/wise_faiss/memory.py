@@ -83,14 +83,16 @@ class SideMemory:
         contiguous, and a matmul's rounding can depend on the layout, so without this a
         loaded memory's later edits drift from the saved one's in the last bits."""
         def laid(t: torch.Tensor | None) -> torch.Tensor | None:
-            if t is None or like is None or t.shape != like.shape:
+            if t is None or like is None:
                 return t
+            if t.shape != like.shape:  # keys and bases: only moved to the weight's device
+                return t.to(like.device)
             return torch.empty_like(like, dtype=t.dtype).copy_(t)
         return cls(merged=laid(m["merged"]), shards=[laid(t) for t in m["shards"]],
                    current=laid(m["current"]), mask=laid(m["mask"]),
                    log=[EditRequest(**r) for r in m["log"]],
-                   scores=list(m["scores"]), basis=m["basis"],
-                   keys={f: k.reshape(-1, k.shape[-1]) for f, k in m["keys"].items()},
+                   scores=list(m["scores"]), basis=laid(m["basis"]),
+                   keys={f: laid(k.reshape(-1, k.shape[-1])) for f, k in m["keys"].items()},
                    in_shard=m["in_shard"], n_shards=m["n_shards"])
 
 
@@ -130,7 +132,7 @@ def masked_step(p: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor | None,
         step = step - (step @ basis) @ basis.T
     if rows is None:
         return step
-    return torch.zeros(mask.shape, dtype=p.dtype).index_add(0, rows, step)
+    return torch.zeros(mask.shape, dtype=p.dtype, device=p.device).index_add(0, rows, step)
 
 
 def shard_mask(shape: torch.Size, ratio: float, unit: str, disjoint: bool, seed: int,

@@ -165,7 +165,8 @@ class WiseFaiss(Served, MemoryBase, Retractable, Consolidating, Routing):
         with torch.no_grad(), self.hooks.suspended(), \
                 Trace(self.module, capture="input", stop=True) as tr:
             forward_logits(self.lm, ids, mask, end)
-        return tr.input, router_tokens(mask, end, self.config.key_token)
+        x = tr.input
+        return x, router_tokens(mask.to(x.device), end.to(x.device), self.config.key_token)
 
     def _negatives(self, edit_id: str) -> list[str]:
         if not self.unrelated or not self.config.negatives:
@@ -186,7 +187,7 @@ class WiseFaiss(Served, MemoryBase, Retractable, Consolidating, Routing):
     def _new_mask(self, memory: int, shard: int) -> torch.Tensor:
         c = self.config
         return shard_mask(self.w_main.shape, c.mask_ratio, c.mask_unit, c.disjoint_masks,
-                          self.seed * 1_000_003 + memory * 10_007, shard)
+                          self.seed * 1_000_003 + memory * 10_007, shard).to(self.w_main.device)
 
     def _memory_for_edit(self) -> int:
         """The newest memory, or a new one if there is none or the newest is full (retrieve
@@ -255,7 +256,7 @@ class WiseFaiss(Served, MemoryBase, Retractable, Consolidating, Routing):
         ids, mask, end, _, _ = encode_pairs(self.lm, [req.prompt], [req.target])
         with self.hooks.suspended(), Trace(self.module, capture="input", stop=True) as tr:
             forward_logits(self.lm, ids, mask, end)
-        return tr.input[0, mask[0].bool()].detach().clone()
+        return tr.input[0, mask[0].bool().to(tr.input.device)].detach().clone()
 
     def _add_key(self, req: EditRequest, x: torch.Tensor, mask: torch.Tensor, k: int) -> None:
         """The edit's key goes to the router; a re-edit's key replaces the fact's older ones

@@ -46,7 +46,7 @@ def train_delta(lm: LM, module: torch.nn.Module, hooks: Hooks, cfg: WiseFaissCon
     rows = mem.mask[:, 0].nonzero()[:, 0] if cfg.mask_unit == "row" else None
     # a row mask trains only its rows: a smaller parameter, and a cheaper projection
     p = torch.zeros((len(rows), base.shape[1]) if rows is not None else base.shape,
-                    dtype=base.dtype, requires_grad=True)
+                    dtype=base.dtype, device=base.device, requires_grad=True)
     opt = (torch.optim.SGD([p], lr=cfg.lr, momentum=cfg.momentum) if cfg.optimizer == "sgd"
            else torch.optim.Adam([p], lr=cfg.lr))
     # the margin terms shape the activation score; with the FAISS router serving nothing
@@ -61,7 +61,7 @@ def train_delta(lm: LM, module: torch.nn.Module, hooks: Hooks, cfg: WiseFaissCon
         trained[0] = delta
         nll = batch_target_loss(lm, inp.batch)
         s_edit = activation_score(inp.x_edit, inp.m_edit, delta).mean()
-        margin = torch.relu(b - s_edit) if shape_scores else torch.zeros(())
+        margin = torch.relu(b - s_edit) if shape_scores else nll.new_zeros(())
         if inp.x_neg is not None:
             s_neg = activation_score(inp.x_neg, inp.m_neg, delta)
             margin = margin + torch.relu(s_neg - a).mean() + torch.relu(g - (s_edit - s_neg)).mean()

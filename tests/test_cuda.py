@@ -1,0 +1,177 @@
+"""The CUDA paths: every registered method, the runtime, saved memories and the CLI with the
+model on a GPU.
+
+Skipped where torch sees no CUDA device (CI has none; `python -m pytest tests/test_cuda.py`
+on a GPU machine runs them), except the tests that check what a CPU-only machine answers.
+
+CPU and CUDA kernels round differently, so a CUDA run is not compared with the CPU run bit
+for bit: the same events must get the same outcomes and the probes' teacher-forced accuracy
+must agree to within a tolerance. Within one device, exactness holds as on the CPU: a
+method's state round trip and its detach are exact.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_tiny_model, tiny_tokenizer
+from test_platform_matrix import FAST, PROBES, attached
+from tinyrun import save_tiny_model, stream_events, write_jsonl
+
+import lifelong
+from lifelong.errors import NotSupported
+from lifelong.methods import EditRequest, available_methods, consolidate_memory, retract_edit
+from lifelong.model import LM
+from lifelong.runtime import Runtime
+from lifelong.scenario import load_scenario
+from lifelong.scoring import encode_pairs, forward_logits
+from lifelong.store import Store
+from lifelong.stream import parse_stream
+
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+METHODS = sorted(available_methods())
+#: largest mean |difference| of the probes' teacher-forced accuracy, CPU against CUDA
+TF_TOLERANCE = 0.1
+
+
+def cuda_lm() -> LM:
+    return LM(make_tiny_model("gpt2", n_layer=2, width=32).to("cuda"), tiny_tokenizer(), "tiny", "")
+
+
+@torch.no_grad()
+def logits(lm: LM) -> torch.Tensor:
+    ids, mask, end, _, _ = encode_pairs(lm, PROBES, ["Zentro"] * len(PROBES))
+    return forward_logits(lm, ids, mask, end)
+
+
+@needs_cuda
+@pytest.mark.parametrize("name", METHODS)
+def test_every_method_keeps_the_core_contract_on_cuda(name):
+    """Attach, edit, consolidate, retract on a GPU model: no tensor left on the CPU (a mix
+    raises), the state round trip is exact on a second GPU model and detach restores the
+    base bit for bit."""
+    model = cuda_lm()
+    base = logits(model)
+    method = attached(name, FAST.get(name, {}), model)
+    method.edit([EditRequest("e1", PROBES[0], "Zentro", "a")])
+    method.edit([EditRequest("e2", PROBES[1], "Kyoto", "b")])
+    consolidate_memory(method)
+    try:
+        retract_edit(method, "e1")
+    except NotSupported as exc:
+        assert str(exc)
+    expected = logits(model)
+    assert expected.device.type == "cuda"
+    model2 = cuda_lm()
+    attached(name, FAST.get(name, {}), model2).load_state_dict(method.state_dict())
+    assert torch.equal(logits(model2), expected)
+    method.detach()
+    assert torch.equal(logits(model), base)
+    assert all(p.device.type == "cuda" for p in model.model.parameters())
+
+
+def _scenario(d: Path, name: str, device: str) -> Path:
+    """One method (its cheapest settings) on one tiny stream, on `device`."""
+    model = d / "tiny"
+    if not model.exists():
+        save_tiny_model(model)
+        write_jsonl(stream_events(n_edits=6, reedits=1, retracts=1, queries=1), d / "s.jsonl")
+        write_jsonl(stream_events(n_edits=4, seed=1, reedits=0, retracts=0, queries=0),
+                    d / "train.jsonl")
+    settings = ", ".join(f"{k} = {json.dumps(v)}" for k, v in FAST.get(name, {}).items())
+    path = d / f"{name}-{device}.toml"
+    path.write_text(f'name = "cuda-{device}"\nmodel = "{model}"\nthreads = 1\ndevice = "{device}"\n'
+                    f'[stream]\nfile = "{d / "s.jsonl"}"\ntrain_file = "{d / "train.jsonl"}"\n'
+                    f'[schedule]\ncheckpoint_every = 3\nmerge_every = 2\nlocality_sample = 2\n'
+                    f'latency_queries = 2\nlatency_rounds = 1\nhealth_texts = 0\n'
+                    f'[[methods]]\nname = "{name}"\nsettings = {{ {settings} }}\n', encoding="utf-8")
+    return path
+
+
+def _run(path: Path, db: Path) -> dict:
+    """The run's rows, or the error that stopped it (one method's failure fails its test only)."""
+    sc = load_scenario(path)
+    store = Store(db)
+    try:
+        Runtime(sc, parse_stream(sc.stream.file), store).run_all()
+    except Exception as exc:  # noqa: BLE001  (reported by the test that reads it)
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    (run,) = store.runs()
+    return {"run": run, "events": store.rows("events", run["run_id"]),
+            "probes": store.rows("probes", run["run_id"])}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cuda")
+
+
+@needs_cuda
+@pytest.mark.parametrize("name", METHODS)
+def test_a_cuda_run_records_what_the_cpu_run_does(name, run_dir):
+    cpu, gpu = (_run(_scenario(run_dir, name, dev), run_dir / f"{name}-{dev}.db")
+                for dev in ("cpu", "cuda"))
+    assert "error" not in cpu, cpu.get("error")
+    assert "error" not in gpu, gpu.get("error")
+    assert gpu["run"]["status"] == "complete"
+    assert json.loads(gpu["run"]["config"])["scenario"]["device"] == "cuda"
+    assert ([(e["event_id"], e["outcome"]) for e in gpu["events"]]
+            == [(e["event_id"], e["outcome"]) for e in cpu["events"]])
+    key = [(p["checkpoint"], p["item"]) for p in cpu["probes"]]
+    assert [(p["checkpoint"], p["item"]) for p in gpu["probes"]] == key
+    diff = [abs(a["tf_acc"] - b["tf_acc"]) for a, b in zip(cpu["probes"], gpu["probes"])
+            if a["tf_acc"] is not None]
+    assert sum(diff) / max(len(diff), 1) <= TF_TOLERANCE
+
+
+@needs_cuda
+@pytest.mark.parametrize(("made_on", "loaded_on"), [("cuda", "cpu"), ("cpu", "cuda"), ("cuda", "cuda")])
+def test_a_saved_memory_loads_on_either_device(made_on, loaded_on, tmp_path):
+    model = save_tiny_model(tmp_path / "tiny")
+    editor = lifelong.open(str(model), "grace", {"steps": 5}, device=made_on)
+    editor.edit(PROBES[0], "Zentro")
+    editor.save(tmp_path / "mem")
+    again = lifelong.load(tmp_path / "mem", device=loaded_on)
+    assert again.lm.device.type == loaded_on
+    want = logits(editor.lm).cpu()
+    got = logits(again.lm).cpu()
+    if made_on == loaded_on:
+        assert torch.equal(got, want)
+    else:
+        assert torch.allclose(got, want, atol=1e-4)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lifelong.cli", *args], capture_output=True,
+                          text=True, timeout=600)
+
+
+@needs_cuda
+def test_simulate_device_option_runs_on_the_gpu(tmp_path):
+    model = save_tiny_model(tmp_path / "tiny")
+    stream = write_jsonl(stream_events(n_edits=4), tmp_path / "s.jsonl")
+    proc = _cli("simulate", "--model", str(model), "--stream", str(stream), "--method", "grace",
+                "--device", "cuda", "--quiet", "--db", str(tmp_path / "r.db"))
+    assert proc.returncode == 0, proc.stderr
+    (run,) = Store(tmp_path / "r.db").runs()
+    assert json.loads(run["config"])["scenario"]["device"] == "cuda"
+
+
+@pytest.mark.skipif(CUDA, reason="checks what a machine without CUDA answers")
+@pytest.mark.parametrize("command", [["simulate"], ["bench", "edit", "--method", "grace"]])
+def test_device_cuda_without_a_gpu_is_one_line(command, tmp_path):
+    model = save_tiny_model(tmp_path / "tiny")
+    stream = write_jsonl(stream_events(n_edits=4), tmp_path / "s.jsonl")
+    extra = (["--model", str(model), "--stream", str(stream), "--method", "grace",
+              "--db", str(tmp_path / "r.db")] if command == ["simulate"] else [])
+    proc = _cli(*command, *extra, "--device", "cuda")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "lifelong: device 'cuda': torch sees no CUDA device here; use device = \"cpu\""]
+    assert not (tmp_path / "r.db").exists()  # refused before the store is made
