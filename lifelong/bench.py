@@ -139,7 +139,8 @@ def time_bare_vs_memory(lm, prompts: list[str], targets: list[str],
                         bare: Callable[[], AbstractContextManager], rounds: int = 3) -> dict[str, Any]:
     """Query latency with the method's memory against the bare model (inside `bare()`, e.g.
     a hook-based method's `bypassed()`: its hooks removed), each prompt alone and in batches
-    of 32 (`rounds` times), the two interleaved so that load on the machine hits both alike.
+    of 32 (`rounds` times), the two interleaved, in alternating order, so that load on the
+    machine hits both alike.
     Leaves the memory serving."""
     import contextlib
 
@@ -152,8 +153,10 @@ def time_bare_vs_memory(lm, prompts: list[str], targets: list[str],
                 for s in range(0, len(prompts) - 31, 32) for _ in range(rounds)]
     with torch.no_grad():
         forward_logits(lm, *batches[0][1])
-        for kind, batch in batches:
-            for mode in ("bare", "memory"):
+        for i, (kind, batch) in enumerate(batches):
+            # the order flips from one batch to the next, so neither runs second (on warmer
+            # caches) every time
+            for mode in ("bare", "memory") if i % 2 == 0 else ("memory", "bare"):
                 with bare() if mode == "bare" else contextlib.nullcontext():
                     lm.wait()
                     t0 = time.perf_counter()
