@@ -213,6 +213,28 @@ def streams_reedits(file, output, pairs):
     click.echo(f"{output}: {len(out) // 2} re-edit pairs ({len(out)} edits) from {file}")
 
 
+@streams.command("merge")
+@click.option("--task", "tasks", multiple=True, required=True, metavar="NAME=FILE",
+              help="a task's stream file (repeat for each task; instructedit knows the tasks "
+                   "zsre, counterfact, recent and convsent)")
+@click.option("--all", "keep_all", is_flag=True,
+              help="keep every edit of every file (default: as many of each task as the "
+                   "smallest file holds, the first ones)")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="JSONL file to write")
+def streams_merge(tasks, keep_all, output):
+    """One multi-task train split from several stream files: each edit tagged with its task
+    (meta.task), ids prefixed NAME/, the tasks interleaved and, by default, balanced."""
+    from .stream import dump_stream, parse_stream
+    from .streamtasks import merge_tasks, parse_task_spec
+    specs = [parse_task_spec(t) for t in tasks]
+    out = merge_tasks([(name, parse_stream(path).events) for name, path in specs],
+                      balance=not keep_all)
+    dump_stream(out, output)
+    counts = {name: sum(1 for e in out if e.meta["task"] == name) for name, _ in specs}
+    click.echo(f"{output}: {len(out)} edits (" + ", ".join(f"{k} {v}" for k, v in counts.items())
+               + ")")
+
+
 def _world(load, path):
     """A world file loaded, or one line saying why it cannot be."""
     try:

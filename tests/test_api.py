@@ -46,7 +46,7 @@ TRAIN = (TrainRecord(EditRequest("t0", UNRELATED[0], "Lima", "t0"), (UNRELATED[2
 FAST = {"none": {}, "ft": {"steps": 5}, "grace": {"steps": 10},
         "defer": {"steps": 5, "negatives": 8}, "wise-faiss": {"steps": 10},
         "wise": {"steps": 5, "prefixes": 1, "negatives": 2},
-        "kn": {"ig_steps": 4}, "mend": {"steps": 2, "accumulate": 2}, "ke": {"steps": 2}, "serac": {"cls_steps": 20, "cf_steps": 5, "batch_size": 4},
+        "kn": {"ig_steps": 4}, "mend": {"steps": 2, "accumulate": 2}, "instructedit": {"steps": 2, "accumulate": 2}, "ke": {"steps": 2}, "serac": {"cls_steps": 20, "cf_steps": 5, "batch_size": 4},
         "rome": {"stats_texts": 2000, "prefixes": 2, "steps": 5},
         "memit": {"stats_texts": 2000, "prefixes": 2, "steps": 5},
         "alphaedit": {"stats_texts": 2000, "prefixes": 2, "steps": 5}}

@@ -45,7 +45,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 FAST_SETTINGS: dict[str, dict] = {"ft": {"steps": 8, "lr": 0.02}, "wise-faiss": {"steps": 8, "shard_size": 1},
                                    "wise": {"steps": 8, "shard_size": 1, "prefixes": 1, "lr": 4.0},
                                    "grace": {"steps": 10}, "defer": {"steps": 10},
-                                   "template": {"steps": 10}, "mend": {"steps": 2, "accumulate": 2}, "ke": {"steps": 2}, "serac": {"cls_steps": 20, "cf_steps": 5, "batch_size": 4},
+                                   "template": {"steps": 10}, "mend": {"steps": 2, "accumulate": 2}, "instructedit": {"steps": 2, "accumulate": 2}, "ke": {"steps": 2}, "serac": {"cls_steps": 20, "cf_steps": 5, "batch_size": 4},
                                    "kn": {"ig_steps": 4},
                                    "rome": {"stats_fallback": True, "prefixes": 2, "steps": 5},
                                    "memit": {"stats_fallback": True, "prefixes": 2, "steps": 5},

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FAST = {"none": "{}", "ft": "{ steps = 4 }", "grace": "{ steps = 5 }",
         "defer": "{ steps = 4, negatives = 8 }", "wise-faiss": "{ steps = 5 }",
         "wise": "{ steps = 4, prefixes = 1, negatives = 2 }",
-        "kn": "{ ig_steps = 4 }", "mend": "{ steps = 2, accumulate = 2 }", "ke": "{ steps = 2 }", "serac": "{ cls_steps = 20, cf_steps = 5, batch_size = 4 }",
+        "kn": "{ ig_steps = 4 }", "mend": "{ steps = 2, accumulate = 2 }", "instructedit": "{ steps = 2, accumulate = 2 }", "ke": "{ steps = 2 }", "serac": "{ cls_steps = 20, cf_steps = 5, batch_size = 4 }",
         "rome": "{ stats_fallback = true, prefixes = 2, steps = 4 }",
         "memit": "{ stats_fallback = true, prefixes = 2, steps = 4 }",
         "alphaedit": "{ stats_fallback = true, prefixes = 2, steps = 4 }"}

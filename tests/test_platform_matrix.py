@@ -40,7 +40,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 FAST = {"ft": {"steps": 2}, "grace": {"steps": 2}, "defer": {"steps": 2, "negatives": 4},
         "wise-faiss": {"steps": 2, "shard_size": 2, "negatives": 2},
         "wise": {"steps": 2, "shard_size": 2, "negatives": 2, "prefixes": 1},
-        "kn": {"ig_steps": 2}, "mend": {"steps": 2, "accumulate": 2}, "ke": {"steps": 2}, "serac": {"cls_steps": 20, "cf_steps": 5, "batch_size": 4},
+        "kn": {"ig_steps": 2}, "mend": {"steps": 2, "accumulate": 2}, "instructedit": {"steps": 2, "accumulate": 2}, "ke": {"steps": 2}, "serac": {"cls_steps": 20, "cf_steps": 5, "batch_size": 4},
         "rome": {"stats_fallback": True, "prefixes": 2, "steps": 2},
         "memit": {"stats_fallback": True, "prefixes": 2, "steps": 2},
         "alphaedit": {"stats_fallback": True, "prefixes": 2, "steps": 2},

@@ -36,7 +36,7 @@ VOLATILE = {"ms", "probe_ms", "saved_at", "started_at", "finished_at"}
 FAST = {"ft": {"steps": 3, "lr": 0.02}, "grace": {"steps": 4}, "defer": {"steps": 3, "negatives": 4},
         "wise-faiss": {"steps": 3, "shard_size": 2},
         "wise": {"steps": 3, "shard_size": 2, "prefixes": 1, "negatives": 2},
-        "kn": {"ig_steps": 3}, "mend": {"steps": 2, "accumulate": 2}, "ke": {"steps": 2}, "serac": {"cls_steps": 20, "cf_steps": 5, "batch_size": 4},
+        "kn": {"ig_steps": 3}, "mend": {"steps": 2, "accumulate": 2}, "instructedit": {"steps": 2, "accumulate": 2}, "ke": {"steps": 2}, "serac": {"cls_steps": 20, "cf_steps": 5, "batch_size": 4},
         "rome": {"stats_fallback": True, "prefixes": 2, "steps": 3},
         "memit": {"stats_fallback": True, "prefixes": 2, "steps": 3},
         "alphaedit": {"stats_fallback": True, "prefixes": 2, "steps": 3},

@@ -101,7 +101,7 @@ def test_another_seed_trains_its_own_parts(setup, tmp_path):
 
 
 @pytest.mark.parametrize(("args", "fragment"), [
-    (["rome"], "rome trains nothing before a stream; train-editor trains ke, mend, serac"),
+    (["rome"], "rome trains nothing before a stream; train-editor trains instructedit, ke, mend, serac"),
     (["mend", "--settings", '{"stepz": 1}'], "unknown key(s) stepz"),
     (["mend", "--settings", "[1]"], "--settings: expected a JSON object, got list"),
 ])

@@ -34,11 +34,14 @@ if TYPE_CHECKING:
 class TrainRecord:
     """One edit of a data set's train split, for methods that learn before the stream (MEND,
     KE, SERAC): the request plus its rephrases and locality pairs (training data here, never
-    the stream's evaluation data)."""
+    the stream's evaluation data). `task`: the data set the record comes from, in a
+    multi-task split (a stream line's ``meta.task``; `lifelong streams merge` writes it), or
+    "" where the split does not say."""
 
     request: EditRequest
     rephrases: tuple[str, ...] = ()
     locality: tuple[tuple[str, str], ...] = ()
+    task: str = ""
 
 
 def default_cache_dir() -> Path:
@@ -110,7 +113,8 @@ def read_train_split(source: tuple[TrainRecord, ...] | str) -> tuple[TrainRecord
     from .base import EditRequest
     events = parse_stream(source).events
     return tuple(TrainRecord(EditRequest(e.id, e.prompt, e.target, e.fact, e.subject, e.previous),
-                             tuple(e.rephrases), tuple((p.prompt, p.answer) for p in e.locality))
+                             tuple(e.rephrases), tuple((p.prompt, p.answer) for p in e.locality),
+                             str((e.meta or {}).get("task", "")))
                  for e in events if isinstance(e, Edit))
 
 

@@ -26,9 +26,7 @@ from .config import MendConfig
 from .editor import MendEditor
 from .train import cache_entry, factors, split_digest, train_editor
 
-#: the cache's folder for trained editors (`Cache.load(layer, what)`'s `layer`)
-CACHE_FOLDER = "mend"
-NO_SPLIT = ("mend trains its editor on a train split before the stream, and this run has none: "
+NO_SPLIT = ("{name} trains its editor on a train split before the stream, and this run has none: "
             "set the scenario's `stream.train_file` (a stream file of edits; Python API: "
             "train_split=)")
 
@@ -42,6 +40,10 @@ class Mend(TrainedUpdates):
     summary = ("MEND: a meta-trained editor maps each edit's fine-tuning gradient to a "
                "low-rank update of the last MLPs")
     no_retraction = "mend with retract = \"unsupported\" cannot retract"
+    #: the cache's folder for trained editors (`Cache.load(layer, what)`'s `layer`)
+    cache_folder = "mend"
+    #: settings that act only after training (left out of the cache entry's name)
+    test_time_settings: tuple[str, ...] = ()
 
     # ---- the editor ------------------------------------------------------------------------
     def fresh_editor(self) -> MendEditor:
@@ -56,23 +58,35 @@ class Mend(TrainedUpdates):
     def _train_or_read(self, ctx: AttachContext) -> dict[str, Any]:
         """Read the trained editor from the cache, else train it (and cache it when the
         context knows the model's fingerprint). Returns what happened, for `info`."""
-        records: Sequence[TrainRecord] = ctx.train_records()
+        records = self.training_records(ctx.train_records())
         if not records:
-            raise LifelongError(NO_SPLIT)
-        entry = cache_entry(self.config, self.layer_ids, self.train_seed, split_digest(records))
+            raise LifelongError(NO_SPLIT.format(name=self.name))
+        entry = cache_entry(self.config, self.layer_ids, self.train_seed, split_digest(records),
+                            self.test_time_settings)
         info, self.training = train_or_read(
-            ctx, CACHE_FOLDER, entry, self.editor,
+            ctx, self.cache_folder, entry, self.editor,
             lambda checkpoint: train_editor(self.lm, self.modules, self.editor, self.config,
                                             records, self.train_seed, self.name, checkpoint),
             f"{self.name}: editor")
         return info
+
+    def training_records(self, records: Sequence[TrainRecord]) -> Sequence[TrainRecord]:
+        """The records the editor trains on (MEND: the train split as it is; a subclass may
+        rewrite them, e.g. InstructEdit's instructions)."""
+        return records
+
+    def edit_prompt(self, request: EditRequest) -> str:
+        """The prompt whose fine-tuning gradient the editor maps to the update (MEND: the
+        request's own)."""
+        return request.prompt
 
     # ---- editing -----------------------------------------------------------------------------
     def edit_batch(self, requests: Sequence[EditRequest]) -> list[EditReceipt]:
         """One update from the batch's joint edit gradient (its rows together), added to the
         weights; a receipt per request with its own target loss before and after."""
         before = [self.target_loss(r) for r in requests]
-        batch = encode_pairs(self.lm, [r.prompt for r in requests], [r.target for r in requests])
+        batch = encode_pairs(self.lm, [self.edit_prompt(r) for r in requests],
+                             [r.target for r in requests])
         _, facs = factors(self.lm, self.modules, batch)
         norms = []
         with torch.no_grad():

@@ -92,15 +92,20 @@ def kl_pre_post(pre: torch.Tensor, post: torch.Tensor, mask: torch.Tensor) -> to
 
 
 def split_digest(records: Sequence[TrainRecord]) -> str:
-    """A hash of the train split's content (requests, rephrases, locality pairs)."""
-    rows = [[vars(r.request), list(r.rephrases), [list(p) for p in r.locality]] for r in records]
+    """A hash of the train split's content (requests, rephrases, locality pairs, and the
+    task where a record names one: a split without tasks hashes as it did before them)."""
+    rows = [[vars(r.request), list(r.rephrases), [list(p) for p in r.locality]]
+            + ([r.task] if r.task else []) for r in records]
     return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def cache_entry(cfg: MendConfig, layer_ids: Sequence[int], seed: int, digest: str) -> str:
+def cache_entry(cfg: MendConfig, layer_ids: Sequence[int], seed: int, digest: str,
+                skip: Sequence[str] = ()) -> str:
     """The cache entry's name: every setting that shapes the trained editor, the edited
-    layers, the training seed and the train split's hash (never `retract`)."""
-    keys = {k: v for k, v in vars(cfg).items() if k not in ("retract", "editor_seed", "layers")}
+    layers, the training seed and the train split's hash (never `retract`, nor the
+    settings in `skip`: ones that act only after training)."""
+    keys = {k: v for k, v in vars(cfg).items()
+            if k not in ("retract", "editor_seed", "layers", *skip)}
     spec = json.dumps({"format": FORMAT, **keys, "layers": list(layer_ids), "seed": seed,
                        "split": digest}, sort_keys=True)
     return "editor-" + hashlib.sha256(spec.encode()).hexdigest()[:16]
