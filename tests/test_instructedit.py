@@ -186,3 +186,13 @@ def test_an_instruction_is_cut_from_its_start_to_fit_a_short_context():
     full = instructed(req.prompt, "zsre", 0, req.subject)
     assert full.endswith(text)  # what is kept is the instruction's end, then the prompt
     assert len(text) < len(full)
+
+
+def test_the_shipped_multitask_split_is_what_merge_makes(tmp_path):
+    from pathlib import Path
+    real = Path(__file__).resolve().parent.parent / "streams" / "real"
+    out = merge_tasks([(name, parse_stream(real / f).events) for name, f in (
+        ("recent", "recent-train.jsonl"), ("counterfact", "counterfact-train-1001-2000.jsonl"),
+        ("convsent", "convsent-test.jsonl"))])
+    dump_stream(out, tmp_path / "m.jsonl")
+    assert (tmp_path / "m.jsonl").read_bytes() == (real / "multitask-train.jsonl").read_bytes()
