@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_tiny_model, tiny_tokenizer
-from test_platform_matrix import FAST, PROBES, attached
+from test_platform_matrix import FAST, PROBES, check_core_contract
+from test_platform_runtime import scenario, tiny_stream
 from tinyrun import save_tiny_model, stream_events, write_jsonl
 
 import lifelong
-from lifelong.errors import NotSupported
-from lifelong.methods import EditRequest, available_methods, consolidate_memory, retract_edit
+from lifelong.methods import available_methods
 from lifelong.model import LM
 from lifelong.runtime import Runtime
 from lifelong.scenario import load_scenario
@@ -56,42 +56,9 @@ def test_every_method_keeps_the_core_contract_on_cuda(name):
     """Attach, edit, consolidate, retract on a GPU model: no tensor left on the CPU (a mix
     raises), the state round trip is exact on a second GPU model and detach restores the
     base bit for bit."""
-    model = cuda_lm()
-    base = logits(model)
-    method = attached(name, FAST.get(name, {}), model)
-    method.edit([EditRequest("e1", PROBES[0], "Zentro", "a")])
-    method.edit([EditRequest("e2", PROBES[1], "Kyoto", "b")])
-    consolidate_memory(method)
-    try:
-        retract_edit(method, "e1")
-    except NotSupported as exc:
-        assert str(exc)
-    expected = logits(model)
+    model, expected = check_core_contract(name, FAST.get(name, {}), cuda_lm)
     assert expected.device.type == "cuda"
-    model2 = cuda_lm()
-    attached(name, FAST.get(name, {}), model2).load_state_dict(method.state_dict())
-    assert torch.equal(logits(model2), expected)
-    method.detach()
-    assert torch.equal(logits(model), base)
     assert all(p.device.type == "cuda" for p in model.model.parameters())
-
-
-def _scenario(d: Path, name: str, device: str) -> Path:
-    """One method (its cheapest settings) on one tiny stream, on `device`."""
-    model = d / "tiny"
-    if not model.exists():
-        save_tiny_model(model)
-        write_jsonl(stream_events(n_edits=6, reedits=1, retracts=1, queries=1), d / "s.jsonl")
-        write_jsonl(stream_events(n_edits=4, seed=1, reedits=0, retracts=0, queries=0),
-                    d / "train.jsonl")
-    settings = ", ".join(f"{k} = {json.dumps(v)}" for k, v in FAST.get(name, {}).items())
-    path = d / f"{name}-{device}.toml"
-    path.write_text(f'name = "cuda-{device}"\nmodel = "{model}"\nthreads = 1\ndevice = "{device}"\n'
-                    f'[stream]\nfile = "{d / "s.jsonl"}"\ntrain_file = "{d / "train.jsonl"}"\n'
-                    f'[schedule]\ncheckpoint_every = 3\nmerge_every = 2\nlocality_sample = 2\n'
-                    f'latency_queries = 2\nlatency_rounds = 1\nhealth_texts = 0\n'
-                    f'[[methods]]\nname = "{name}"\nsettings = {{ {settings} }}\n', encoding="utf-8")
-    return path
 
 
 def _run(path: Path, db: Path) -> dict:
@@ -110,6 +77,16 @@ def _run(path: Path, db: Path) -> dict:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cuda")
+
+
+def _scenario(d: Path, name: str, device: str) -> Path:
+    """`test_platform_runtime`'s scenario of one method (retractions, a merge, a query, a
+    train split), one edit per call, on `device`."""
+    if not (d / "tiny").exists():
+        save_tiny_model(d / "tiny")
+        write_jsonl(stream_events(n_edits=4, seed=1, reedits=0, retracts=0, queries=0), d / "train.jsonl")
+        write_jsonl(tiny_stream(), d / "s.jsonl")
+    return scenario(d, d / "tiny", d / "s.jsonl", name, 1, device)
 
 
 @needs_cuda

@@ -132,10 +132,12 @@ def attached(name: str, settings: dict, model: LM):
     return method
 
 
-@pytest.mark.parametrize(("name", "field", "value"), VARIANTS, ids=IDS)
-def test_every_choice_keeps_the_core_contract(name, field, value):
-    settings = settings_of(name, field, value)
-    model = lm()
+def check_core_contract(name: str, settings: dict, make_lm=lm) -> tuple[LM, torch.Tensor]:
+    """Attach to `make_lm()`, two edits, a consolidation, a retraction (or its one-line
+    refusal); the state loaded into a method on a second `make_lm()` serves exactly the same
+    logits, and detach restores the base bit for bit. Returns the model and the edited
+    logits."""
+    model = make_lm()
     base = logits(model)
     method = attached(name, settings, model)
     method.edit([EditRequest("e1", PROBES[0], "Zentro", "a")])
@@ -146,11 +148,17 @@ def test_every_choice_keeps_the_core_contract(name, field, value):
     except NotSupported as exc:
         assert str(exc)
     expected = logits(model)
-    model2 = lm()
+    model2 = make_lm()
     attached(name, settings, model2).load_state_dict(method.state_dict())
     assert torch.equal(logits(model2), expected)
     method.detach()
     assert torch.equal(logits(model), base)
+    return model, expected
+
+
+@pytest.mark.parametrize(("name", "field", "value"), VARIANTS, ids=IDS)
+def test_every_choice_keeps_the_core_contract(name, field, value):
+    check_core_contract(name, settings_of(name, field, value))
 
 
 def test_the_matrix_covers_every_method_and_choice():

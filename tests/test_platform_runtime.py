@@ -71,10 +71,13 @@ def setup_dir(tmp_path_factory) -> tuple[Path, Path]:
     return save_tiny_model(d / "tiny"), write_jsonl(tiny_stream(), d / "s.jsonl")
 
 
-def scenario(d: Path, model: Path, stream: Path, name: str, batch: int) -> Path:
+def scenario(d: Path, model: Path, stream: Path, name: str, batch: int, device: str = "cpu") -> Path:
+    """One method at its cheapest settings (`FAST`) over `stream`, with the train split
+    beside it, edits in batches of `batch`, the model on `device`."""
     settings = ", ".join(f"{k} = {json.dumps(v)}" for k, v in FAST.get(name, {}).items())
-    path = d / f"{name}-{batch}.toml"
-    path.write_text(f'name = "p"\nmodel = "{model}"\nthreads = 1\n[stream]\nfile = "{stream}"\n'
+    path = d / f"{name}-{batch}-{device}.toml"
+    path.write_text(f'name = "p"\nmodel = "{model}"\nthreads = 1\ndevice = "{device}"\n'
+                    f'[stream]\nfile = "{stream}"\n'
                     f'train_file = "{stream.parent / "train.jsonl"}"\n'
                     f'[schedule]\ncheckpoint_every = 2\nmerge_every = 3\nedit_batch = {batch}\n'
                     f'locality_sample = 1\nlatency_queries = 2\nlatency_rounds = 1\n'
