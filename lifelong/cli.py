@@ -235,6 +235,24 @@ def streams_merge(tasks, keep_all, output):
                + ")")
 
 
+@streams.command("instruct")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--task", required=True, help="the task whose instruction goes before the prompts "
+              "(zsre, counterfact, recent, convsent)")
+@click.option("--held-out", is_flag=True, help="the task's held-out instruction (default: its first)")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="JSONL file to write")
+def streams_instruct(file, task, held_out, output):
+    """FILE with every edit's prompt, rephrases and portability prompts behind a task
+    instruction, locality prompts plain: the stream InstructEdit's reference code scores
+    (run instructedit on it with instruction = "in-stream")."""
+    from .methods.instructedit.instructions import HELD_OUT
+    from .stream import dump_stream, parse_stream
+    from .streamtasks import instruct_stream
+    out = instruct_stream(parse_stream(file).events, task, HELD_OUT if held_out else 0)
+    dump_stream(out, output)
+    click.echo(f"{output}: {len(out)} events of {file}, edits behind the {task} instruction")
+
+
 def _world(load, path):
     """A world file loaded, or one line saying why it cannot be."""
     try:

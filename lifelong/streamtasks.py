@@ -50,3 +50,28 @@ def merge_tasks(sources: Sequence[tuple[str, Sequence[Event]]], balance: bool = 
                 out.append(dataclasses.replace(e, id=f"{name}/{e.id}", t=float(len(out)),
                                                meta={**(e.meta or {}), "task": name}))
     return tuple(out)
+
+
+def instruct_stream(events: Sequence[Event], task: str, which: int) -> tuple[Event, ...]:
+    """The stream as InstructEdit's reference code evaluates it: every edit's prompt,
+    rephrases, out-of-distribution rephrases and portability prompts behind task `task`'s
+    instruction number `which` (`methods/instructedit/instructions.py`; one instruction for
+    the whole stream, the subject filled in per edit), its locality prompts left as they are
+    (the reference leaves them plain), ``meta.instruction`` saying which. Other events are
+    unchanged. Run `instructedit` on it with ``instruction = "in-stream"``."""
+    from .methods.instructedit.instructions import TASK_NAMES, instruction
+    if task not in TASK_NAMES:
+        raise LifelongError(f"--task {task!r}: no instructions for it; known: {', '.join(TASK_NAMES)}")
+    out: list[Event] = []
+    for e in events:
+        if isinstance(e, Edit):
+            head = instruction(task, which, e.subject or "")
+            e = dataclasses.replace(
+                e, prompt=f"{head} {e.prompt}",
+                rephrases=tuple(f"{head} {r}" for r in e.rephrases),
+                ood_rephrases=tuple(f"{head} {r}" for r in e.ood_rephrases),
+                portability=tuple(dataclasses.replace(p, prompt=f"{head} {p.prompt}")
+                                  for p in e.portability),
+                meta={**(e.meta or {}), "instruction": {"task": task, "which": which}})
+        out.append(e)
+    return tuple(out)

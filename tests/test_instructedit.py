@@ -196,3 +196,23 @@ def test_the_shipped_multitask_split_is_what_merge_makes(tmp_path):
         ("convsent", "convsent-test.jsonl"))])
     dump_stream(out, tmp_path / "m.jsonl")
     assert (tmp_path / "m.jsonl").read_bytes() == (real / "multitask-train.jsonl").read_bytes()
+
+
+def test_an_instructed_stream_carries_one_instruction_and_keeps_locality_plain():
+    from lifelong.events import Probe
+    from lifelong.streamtasks import instruct_stream
+    edit = Edit(id="e", t=0.0, prompt="Who made X?", target="Y", subject="X", rephrases=("X maker?",),
+                locality=(Probe("Who made Z?", "W"),), portability=(Probe("Where is X's maker?", "V"),))
+    (out,) = instruct_stream([edit], "zsre", 0)
+    head = instructed("", "zsre", 0, "X").rstrip()
+    assert out.prompt == f"{head} Who made X?" and out.rephrases == (f"{head} X maker?",)
+    assert out.portability[0].prompt == f"{head} Where is X's maker?"
+    assert out.locality == edit.locality
+    assert out.meta["instruction"] == {"task": "zsre", "which": 0}
+    with pytest.raises(LifelongError, match="no instructions"):
+        instruct_stream([edit], "mquake", 0)
+
+
+def test_in_stream_edits_on_the_streams_own_prompt():
+    method = make(InstructEdit, instruction="in-stream")
+    assert method.edit_prompt(EDITS[0]) == EDITS[0].prompt

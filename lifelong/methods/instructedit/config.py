@@ -19,6 +19,9 @@ class InstructEditConfig(MendConfig):
                         choices=TASK_NAMES)
     instruction: str = setting("seen", "which of the task's instructions goes before the "
                                        "stream's edits: 'seen' (its first description, one "
-                                       "training draws from) or 'held-out' (its last, never "
+                                       "training draws from), 'held-out' (its last, never "
                                        "used in training: the paper's unseen-instruction "
-                                       "check)", choices=("seen", "held-out"))
+                                       "check), or 'in-stream': none added, the stream's "
+                                       "prompts carry it (`lifelong streams instruct`: the "
+                                       "reference code's evaluation, whose probes are "
+                                       "instructed too)", choices=("seen", "held-out", "in-stream"))

@@ -48,6 +48,8 @@ class InstructEdit(Mend):
         return tuple(out)
 
     def edit_prompt(self, request: EditRequest) -> str:
+        if self.config.instruction == "in-stream":  # the stream's prompt carries it
+            return request.prompt
         which = 0 if self.config.instruction == "seen" else HELD_OUT
         return self._behind(instruction(self.config.task, which, request.subject or ""), request)
 
