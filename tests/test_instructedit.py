@@ -216,3 +216,15 @@ def test_an_instructed_stream_carries_one_instruction_and_keeps_locality_plain()
 def test_in_stream_edits_on_the_streams_own_prompt():
     method = make(InstructEdit, instruction="in-stream")
     assert method.edit_prompt(EDITS[0]) == EDITS[0].prompt
+
+
+@pytest.mark.parametrize(("name", "which"), [("instructed", 0), ("instructed-heldout", HELD_OUT)])
+def test_the_shipped_counterfact_check_streams_are_records_1571_to_1670_instructed(name, which):
+    from pathlib import Path
+    real = Path(__file__).resolve().parent.parent / "streams" / "real"
+    source = [e for e in parse_stream(real / "counterfact-train-1001-2000.jsonl").events][570:670]
+    shipped = parse_stream(real / f"counterfact-train-1571-1670-{name}.jsonl").events
+    assert [e.id for e in shipped] == [e.id for e in source]
+    assert [e.prompt for e in shipped] == [instructed(e.prompt, "counterfact", which, e.subject)
+                                           for e in source]
+    assert [e.locality for e in shipped] == [e.locality for e in source]
