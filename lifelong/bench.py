@@ -157,12 +157,10 @@ def time_bare_vs_memory(lm, prompts: list[str], targets: list[str],
             # the order flips from one batch to the next, so neither runs second (on warmer
             # caches) every time
             for mode in ("bare", "memory") if i % 2 == 0 else ("memory", "bare"):
-                with bare() if mode == "bare" else contextlib.nullcontext():
-                    lm.wait()
-                    t0 = time.perf_counter()
+                with bare() if mode == "bare" else contextlib.nullcontext(), \
+                        lm.stopwatch() as clock:
                     forward_logits(lm, *batch)
-                    lm.wait()
-                    out[mode][kind].append((time.perf_counter() - t0) * 1e3)
+                out[mode][kind].append(clock.ms)
     return {m: {"batch1_ms": _pct(v["b1"]), "batch32_ms": _pct(v["b32"])} for m, v in out.items()}
 
 

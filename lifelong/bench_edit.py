@@ -196,11 +196,9 @@ def bench_method(name: str, settings: dict[str, Any], model: str | None, pool: l
     try:
         for s in range(0, n_edits, batch):
             chunk = requests[s:s + batch]
-            lm.wait()
-            t0 = time.perf_counter()
-            receipts += edit_batch(method, chunk)
-            lm.wait()
-            per_edit_ms.append((time.perf_counter() - t0) * 1e3 / len(chunk))
+            with lm.stopwatch() as clock:
+                receipts += edit_batch(method, chunk)
+            per_edit_ms.append(clock.ms / len(chunk))
             done = s + len(chunk)
             report.update(done)
             if pending and done >= pending[0]:  # a batch may pass several: timed once

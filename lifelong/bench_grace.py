@@ -105,15 +105,12 @@ def time_edits(g, world, pairs) -> dict[str, Any]:
     edit_ms, train_ms, steps = [], [], []
     for k, (f, t) in enumerate(pairs):
         new = next(o for o in world.objects(f.relation) if o != f.value)
-        g.lm.wait()
-        t0 = time.perf_counter()
-        g._train([world.prompt(f, t)], [new])
-        g.lm.wait()
-        train_ms.append((time.perf_counter() - t0) * 1e3)
-        t0 = time.perf_counter()
-        rc = g.edit([EditRequest(f"bench{k}", world.prompt(f, t), new, f.key, f.subject)])
-        g.lm.wait()
-        edit_ms.append((time.perf_counter() - t0) * 1e3)
+        with g.lm.stopwatch() as clock:
+            g._train([world.prompt(f, t)], [new])
+        train_ms.append(clock.ms)
+        with g.lm.stopwatch() as clock:
+            rc = g.edit([EditRequest(f"bench{k}", world.prompt(f, t), new, f.key, f.subject)])
+        edit_ms.append(clock.ms)
         steps.append(rc.steps)
     return {"edit_ms": _pct(edit_ms), "edit_ms_mean": round(float(np.mean(edit_ms)), 2),
             "steps_mean": float(np.mean(steps)), "train_ms": _pct(train_ms),

@@ -17,7 +17,6 @@ edit a real fact of the world set to another object of its relation:
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
@@ -62,16 +61,13 @@ def bench_wise(model: str | None, edits: int = 50, memories: tuple[int, ...] = (
     w.attach(lm, AttachContext(seed=seed, unrelated_prompts=unrelated))
     ms, steps = [], []
     for k, (prompt, new, fact, subject) in enumerate(pool[:edits]):
-        lm.wait()
-        t0 = time.perf_counter()
-        rc = w.edit([EditRequest(f"b{k}", prompt, new, fact, subject)])
-        lm.wait()
-        ms.append((time.perf_counter() - t0) * 1e3)
+        with lm.stopwatch() as clock:
+            rc = w.edit([EditRequest(f"b{k}", prompt, new, fact, subject)])
+        ms.append(clock.ms)
         steps.append(rc.steps)
-    t0 = time.perf_counter()
-    shards = (w.consolidate() or {}).get("shards_merged", 0)
-    lm.wait()
-    merge_ms = (time.perf_counter() - t0) * 1e3
+    with lm.stopwatch() as clock:
+        shards = (w.consolidate() or {}).get("shards_merged", 0)
+    merge_ms = clock.ms
     served = _time_queries(lm, w, [p for p, _, _, _ in pool[:edits]][:queries] + probe)
     w.detach()
     out = {"method": method, "model": lm.name, "threads": torch.get_num_threads(), "device": device,

@@ -11,6 +11,7 @@ import contextlib
 import copy
 import hashlib
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,30 @@ class ForwardInfo:
     prompt_end: torch.Tensor
 
 
+class Stopwatch:
+    """Wall-clock milliseconds of a ``with`` block (`ms`, set when it ends), the work the
+    block queued on `device` included: CUDA runs kernels asynchronously, so the clock is
+    read after a synchronize, at the start and at the end (a no-op on the CPU). The device
+    is resolved before the clock starts, never inside the timed span."""
+
+    def __init__(self, device: torch.device | str):
+        self._cuda = torch.device(device) if torch.device(device).type == "cuda" else None
+        self.ms = 0.0
+
+    def _sync(self) -> None:
+        if self._cuda is not None:
+            torch.cuda.synchronize(self._cuda)
+
+    def __enter__(self) -> Stopwatch:
+        self._sync()
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._sync()
+        self.ms = (time.perf_counter() - self._t0) * 1e3
+
+
 @dataclass
 class LM:
     """A causal LM with its tokenizer. `model` is in eval mode; `tok` pads on the left."""
@@ -67,11 +92,9 @@ class LM:
         finally:
             self.forward_info = previous
 
-    def wait(self) -> None:
-        """Block until the work queued on the model's device is done (a no-op on the CPU):
-        CUDA runs kernels asynchronously, so a wall-clock reading must come after this."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+    def stopwatch(self) -> Stopwatch:
+        """A timer for work on this model's device (see `Stopwatch`)."""
+        return Stopwatch(self.device)
 
     def clone(self) -> LM:
         """An independent copy (weights deep-copied; the tokenizer is shared, it is read-only)."""

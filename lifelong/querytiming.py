@@ -12,7 +12,6 @@ ratio can be taken per round and prompt.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 import torch
@@ -29,11 +28,9 @@ def timing_pairs(events: Sequence[Event], k: int) -> tuple[list[str], list[str]]
 
 
 def _time(lm: LM, batch) -> float:
-    lm.wait()
-    t0 = time.perf_counter()
-    forward_logits(lm, *batch)
-    lm.wait()
-    return (time.perf_counter() - t0) * 1e3
+    with lm.stopwatch() as clock:
+        forward_logits(lm, *batch)
+    return clock.ms
 
 
 def time_queries(edited: LM, base: LM, prompts: list[str], targets: list[str],

@@ -152,3 +152,18 @@ def test_device_cuda_without_a_gpu_is_one_line(command, tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "lifelong: device 'cuda': torch sees no CUDA device here; use device = \"cpu\""]
     assert not (tmp_path / "r.db").exists()  # refused before the store is made
+
+
+def test_a_stopwatch_times_its_block_on_any_device():
+    import time
+
+    from lifelong.model import Stopwatch
+    with Stopwatch("cpu") as clock:
+        time.sleep(0.02)
+    assert clock.ms >= 20
+    if CUDA:
+        x = torch.randn(2048, 2048, device="cuda")
+        with Stopwatch("cuda") as clock:
+            for _ in range(20):
+                x = x @ x / 2048  # queued kernels: the clock must wait for them
+        assert clock.ms > 0 and torch.isfinite(x).all()

@@ -60,10 +60,13 @@ def read_keys(source: torch.Tensor, key_pos: torch.Tensor, info: ForwardInfo | N
 
 
 def router_tokens(attention_mask: torch.Tensor, prompt_end: torch.Tensor,
-                  which: str) -> torch.Tensor:
+                  which: str, device: torch.device | None = None) -> torch.Tensor:
     """(B, T) bool: the tokens a router reads: every real prompt token ('mean') or only the
     last one ('last'). Positions at or after `prompt_end` (the target, generated tokens) are
-    never read, so a row's route does not depend on its target."""
+    never read, so a row's route does not depend on its target. On `device` (default: the
+    mask's): an `encode_pairs` batch is on the CPU, the activations it is read with may not."""
+    if device is not None:
+        attention_mask, prompt_end = attention_mask.to(device), prompt_end.to(device)
     pos = torch.arange(attention_mask.shape[1], device=attention_mask.device).unsqueeze(0)
     prompt = (attention_mask > 0) & (pos < prompt_end.unsqueeze(1))
     if which == "mean":

@@ -138,8 +138,7 @@ class Wise(Served, MemoryBase, Retractable, Consolidating, Routing):
         with torch.no_grad(), self.hooks.suspended(), \
                 Trace(self.module, capture="input", stop=True) as tr:
             forward_logits(self.lm, ids, mask, end)
-        x = tr.input
-        return x, router_tokens(mask.to(x.device), end.to(x.device), self.config.score_tokens)
+        return tr.input, router_tokens(mask, end, self.config.score_tokens, tr.input.device)
 
     def _negatives(self, edit_id: str) -> list[str]:
         n = min(self.config.negatives, len(self.unrelated))

@@ -126,8 +126,7 @@ class WiseFaiss(Served, MemoryBase, Retractable, Consolidating, Routing):
         with self.hooks.suspended(), Trace(self.module, capture="input", stop=True) as t:
             forward_logits(self.lm, ids, mask, end)
         x = t.input
-        routes = self._route(x, router_tokens(mask.to(x.device), end.to(x.device),
-                                              self.config.key_token), router)
+        routes = self._route(x, router_tokens(mask, end, self.config.key_token, x.device), router)
         return [None if r < 0 else int(r) for r in routes.tolist()]
 
     def memory_of(self, edit_id: str) -> int | None:
@@ -165,8 +164,7 @@ class WiseFaiss(Served, MemoryBase, Retractable, Consolidating, Routing):
         with torch.no_grad(), self.hooks.suspended(), \
                 Trace(self.module, capture="input", stop=True) as tr:
             forward_logits(self.lm, ids, mask, end)
-        x = tr.input
-        return x, router_tokens(mask.to(x.device), end.to(x.device), self.config.key_token)
+        return tr.input, router_tokens(mask, end, self.config.key_token, tr.input.device)
 
     def _negatives(self, edit_id: str) -> list[str]:
         if not self.unrelated or not self.config.negatives:
