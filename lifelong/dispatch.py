@@ -17,7 +17,6 @@ not hold: `UnknownEdit`, or of one made in an earlier chunk), "unsupported" (Not
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 from .errors import NotSupported
@@ -53,10 +52,6 @@ def truncate(events: Sequence[Event], max_edits: int) -> list[Event]:
 def settled_position(events: Sequence[Event]) -> int:
     """The position after the last event that changes the model (only queries follow it)."""
     return max((i + 1 for i, e in enumerate(events) if not isinstance(e, Query)), default=0)
-
-
-def ms_since(t0: float) -> float:
-    return (time.perf_counter() - t0) * 1e3
 
 
 def base_row(run_id: str, ev: Event, seq: int, edits: int) -> dict:
@@ -101,14 +96,14 @@ def _scored(lm: LM, ev: Edit) -> dict:
 def apply_edits(lm: LM, method: Memory, events: Sequence[Edit], rows: list[dict],
                 eval_after: bool) -> None:
     """One `edit_batch` call for `events`; fills their rows (module docstring)."""
-    t0 = time.perf_counter()
+    clock = lm.stopwatch().start()
     try:
         receipts = edit_batch(method, [request(ev) for ev in events])
     except NotSupported as exc:
         for row in rows:
-            row.update(ms=ms_since(t0) / len(events), outcome="unsupported", error=str(exc))
+            row.update(ms=clock.elapsed_ms() / len(events), outcome="unsupported", error=str(exc))
         return
-    ms = ms_since(t0) / len(events)
+    ms = clock.elapsed_ms() / len(events)
     for row, receipt in zip(rows, receipts):
         row.update(ms=ms, **_receipt_columns(receipt))
     if eval_after:
@@ -120,41 +115,41 @@ def apply_event(lm: LM, method: Memory, ev: Event, row: dict, eval_after: bool,
                 outside: bool = False) -> None:
     """Apply one event and fill its row. `outside`: a retraction of an edit made in an
     earlier chunk (`restart_every`), which the fresh method never saw: recorded, not sent."""
-    t0 = time.perf_counter()
     if outside:
         row.update(fact=None, ms=0.0, target_id=ev.edit_id, outcome="nothing",
                    error="the edit was made in an earlier chunk")
         return
+    clock = lm.stopwatch().start()  # a GPU's queued work counts to the event that queued it
     try:
         if isinstance(ev, Edit):
             receipt = method.edit([request(ev)])
-            row.update(ms=ms_since(t0), **_receipt_columns(receipt))
+            row.update(ms=clock.elapsed_ms(), **_receipt_columns(receipt))
             if eval_after:
                 row.update(_scored(lm, ev))
         elif isinstance(ev, Retract):  # target first: a refused retraction names it too
             row.update(fact=None, target_id=ev.edit_id)
             retract_edit(method, ev.edit_id)
-            row["ms"] = ms_since(t0)
+            row["ms"] = clock.elapsed_ms()
         elif isinstance(ev, Query):
             answer = ev.answer or ""
             s = score_pairs(lm, [ev.prompt], [answer or "?"])[0]
-            row.update(ms=ms_since(t0), gen_text=s.gen_text, answer=ev.answer,
+            row.update(ms=clock.elapsed_ms(), gen_text=s.gen_text, answer=ev.answer,
                        tf_acc=s.tf_acc if answer else None,
                        gen_exact=int(s.gen_exact) if answer else None)
         elif isinstance(ev, Merge):
             info = consolidate_memory(method)
-            row.update(ms=ms_since(t0), outcome="applied" if info is not None else "nothing")
+            row.update(ms=clock.elapsed_ms(), outcome="applied" if info is not None else "nothing")
     except NotSupported as exc:
-        row.update(ms=ms_since(t0), outcome="unsupported", error=str(exc))
+        row.update(ms=clock.elapsed_ms(), outcome="unsupported", error=str(exc))
     except UnknownEdit as exc:
-        row.update(ms=ms_since(t0), outcome="nothing", error=str(exc))
+        row.update(ms=clock.elapsed_ms(), outcome="nothing", error=str(exc))
 
 
-def merge_row(run_id: str, method: Memory, position: int, edits: int) -> dict:
+def merge_row(lm: LM, run_id: str, method: Memory, position: int, edits: int) -> dict:
     """Consolidate as the schedule says, and the row that records it."""
-    t0 = time.perf_counter()
+    clock = lm.stopwatch().start()
     info = consolidate_memory(method)
     return {"run_id": run_id, "event_id": f"@merge-{edits:06d}", "seq": position,
             "kind": "merge", "t": None, "fact": None, "edit_index": edits, "scheduled": 1,
             "outcome": "applied" if info is not None else "nothing", "error": None,
-            "ms": ms_since(t0)}
+            "ms": clock.elapsed_ms()}

@@ -59,14 +59,22 @@ class Stopwatch:
         if self._cuda is not None:
             torch.cuda.synchronize(self._cuda)
 
-    def __enter__(self) -> Stopwatch:
+    def start(self) -> Stopwatch:
+        """Start the clock (after the work queued so far); returns self."""
         self._sync()
         self._t0 = time.perf_counter()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def elapsed_ms(self) -> float:
+        """Milliseconds since `start`, the work queued since included; the clock runs on."""
         self._sync()
-        self.ms = (time.perf_counter() - self._t0) * 1e3
+        return (time.perf_counter() - self._t0) * 1e3
+
+    def __enter__(self) -> Stopwatch:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.ms = self.elapsed_ms()
 
 
 @dataclass

@@ -52,7 +52,6 @@ from .dispatch import (
     base_row,
     edit_count,
     merge_row,
-    ms_since,
     settled_position,
     truncate,
 )
@@ -463,7 +462,7 @@ class Runtime:
         saved = False
         if sched.merge_every and c.edits % sched.merge_every == 0:
             c.merges += 1
-            self.store.buffer("events", [merge_row(run_id, method, c.position, c.edits)])
+            self.store.buffer("events", [merge_row(lm, run_id, method, c.position, c.edits)])
         if sched.checkpoint_every and c.edits % sched.checkpoint_every == 0:
             self._checkpoint(run_id, lm, method, ledger, loc, reference, c, seed,
                              "final" if self._is_final(c) else "checkpoint")
@@ -493,9 +492,9 @@ class Runtime:
         items = plan(ledger, loc, sample=sched.probe_edits if when == "checkpoint" else 0,
                      seed=seed, total_facts=self.n_facts) if probe else []
         self.reporter.update(c.position, f"probing {len(items)} prompts", force=True)
-        t0 = time.perf_counter()
-        rows = run_probes(lm, items, reference, sched.batch_size)
-        probe_ms = ms_since(t0)
+        with lm.stopwatch() as clock:
+            rows = run_probes(lm, items, reference, sched.batch_size)
+        probe_ms = clock.ms
         if isinstance(method, Routing):
             with torch.no_grad():
                 add_routing(method, rows, sched.batch_size)

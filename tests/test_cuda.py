@@ -167,3 +167,46 @@ def test_a_stopwatch_times_its_block_on_any_device():
             for _ in range(20):
                 x = x @ x / 2048  # queued kernels: the clock must wait for them
         assert clock.ms > 0 and torch.isfinite(x).all()
+
+
+def test_a_started_stopwatch_reads_the_time_so_far_and_runs_on():
+    import time
+
+    from lifelong.model import Stopwatch
+    clock = Stopwatch("cpu").start()
+    time.sleep(0.01)
+    first = clock.elapsed_ms()
+    time.sleep(0.01)
+    assert 10 <= first < clock.elapsed_ms() and clock.elapsed_ms() >= 20
+
+
+class _QueuesGpuWork:
+    """A memory whose edit queues GPU work and returns without waiting for it (as a method
+    that never reads a loss back would)."""
+
+    def __init__(self, x: torch.Tensor, rounds: int):
+        self.x, self.rounds = x, rounds
+
+    def edit(self, requests):
+        from lifelong.methods import EditReceipt
+        for _ in range(self.rounds):
+            self.x = self.x @ self.x / self.x.shape[0]
+        return EditReceipt()
+
+
+@needs_cuda
+def test_an_edit_row_counts_the_gpu_work_its_edit_queued():
+    from lifelong.dispatch import apply_edits, apply_event
+    from lifelong.events import Edit
+    from lifelong.model import Stopwatch
+    lm = cuda_lm()
+    method = _QueuesGpuWork(torch.randn(4096, 4096, device="cuda"), rounds=40)
+    method.edit([])  # warm up
+    with Stopwatch("cuda") as clock:  # what the edit's kernels take, waited for
+        method.edit([])
+    assert clock.ms > 20  # far above the time to queue them
+    ev = Edit(id="e1", t=0.0, prompt="p", target="t", fact="f")
+    single, batched = {}, {}
+    apply_event(lm, method, ev, single, eval_after=False)
+    apply_edits(lm, method, [ev], [batched], eval_after=False)
+    assert single["ms"] >= 0.5 * clock.ms and batched["ms"] >= 0.5 * clock.ms

@@ -15,6 +15,13 @@ Invariants: the bound holds whatever the basis (a poor basis only rules out fewe
 only for rows whose sketch is of their current key: the owner calls `touch(row)` whenever a
 row's key changes; rows past the last sketched one are sketched on the next call. The bound
 is relaxed by a float32 rounding margin, so it never exceeds the float64 distance.
+
+The products run in torch, on arrays shared with numpy (no copies): numpy's BLAS (OpenBLAS)
+keeps a thread pool of its own, and a lookup that alternates it with torch's (the model's
+forward, the exact distances) waits for the other pool's spinning threads to yield. With the
+numpy products a 32-query lookup over ~1000 keys took 8 ms on 2 cores at 2 threads against
+0.3 ms at one, and added 12-16 ms to each batch-32 query on a GPU machine's 16 cores
+(`reports/cuda-h200/README.md`, third and fourth calls).
 """
 
 from __future__ import annotations
@@ -106,17 +113,20 @@ class Sketch:
         if n < self.min_rows or keys.shape[1] <= 2 * self.rank:  # a scan costs as little
             return None
         self._refresh(keys, live)
-        q = queries.double().numpy() - self.mean
-        a = q @ self.basis
+        # torch, not numpy, for the products: numpy's BLAS keeps its own thread pool, and
+        # alternating it with torch's made a 32-query lookup 25x slower on 2 cores (module
+        # docstring); the arrays are shared, not copied
+        q = queries.double() - torch.from_numpy(self.mean)
+        a = q @ torch.from_numpy(self.basis)
         qsq = (q * q).sum(1)
-        rest = np.sqrt(np.maximum(qsq - (a * a).sum(1), 0.0))
-        qv = np.concatenate([a, rest[:, None]], 1).astype(np.float32)
+        rest = (qsq - (a * a).sum(1)).clamp(min=0.0).sqrt()
+        qv = torch.cat([a, rest[:, None]], 1).float()
         # in place, float32: |q~|^2 + |k~|^2 - 2 q~.k~, less the slack (module docstring)
-        lb = qv @ self.vecs[:n].T
+        lb = qv @ torch.from_numpy(self.vecs[:n]).T
         lb *= -2.0
-        lb += self.sq[None, :n]
-        lb += ((1 - SLACK) * qsq).astype(np.float32)[:, None]
-        np.maximum(lb, 0.0, out=lb)
+        lb += torch.from_numpy(self.sq[:n])[None, :]
+        lb += ((1 - SLACK) * qsq).float()[:, None]
+        lb = lb.clamp_(min=0.0).numpy()
         dead = np.flatnonzero(~live.numpy())
         if len(dead):
             lb[:, dead] = np.inf
@@ -156,14 +166,14 @@ class Sketch:
         self.done, self.stale = 0, set()
 
     def _sketch(self, keys: torch.Tensor, rows: np.ndarray) -> None:
-        k = keys[torch.from_numpy(rows)].double().numpy() - self.mean
-        a = k @ self.basis
-        sq = (k * k).sum(1)
-        rest = np.sqrt(np.maximum(sq - (a * a).sum(1), 0.0))
-        self.vecs[rows] = np.concatenate([a, rest[:, None]], 1).astype(np.float32)
-        self.sq[rows] = ((1 - SLACK) * sq).astype(np.float32)
         raw = keys[torch.from_numpy(rows)].double()
-        self.norms[rows] = (raw * raw).sum(1).numpy().astype(np.float32)
+        k = raw - torch.from_numpy(self.mean)
+        a = k @ torch.from_numpy(self.basis)
+        sq = (k * k).sum(1)
+        rest = (sq - (a * a).sum(1)).clamp(min=0.0).sqrt()
+        self.vecs[rows] = torch.cat([a, rest[:, None]], 1).float().numpy()
+        self.sq[rows] = ((1 - SLACK) * sq).float().numpy()
+        self.norms[rows] = (raw * raw).sum(1).float().numpy()
 
 
 def leading_directions(centred: np.ndarray, rank: int, power: int = 2) -> np.ndarray:
@@ -171,10 +181,11 @@ def leading_directions(centred: np.ndarray, rank: int, power: int = 2) -> np.nda
     the rows of `centred`: a randomized range finder with `power` power iterations, from a
     fixed seed (the same rows give the same basis). Cost O(rows x d x rank), not O(d^3)."""
     rng = np.random.default_rng(0)
-    y = centred @ rng.standard_normal((centred.shape[1], rank + 8))
+    x = torch.from_numpy(centred)
+    y = x @ torch.from_numpy(rng.standard_normal((centred.shape[1], rank + 8)))
     for _ in range(power):
-        y, _ = np.linalg.qr(y)
-        y = centred @ (centred.T @ y)
-    y, _ = np.linalg.qr(y)
-    _, _, vt = np.linalg.svd(y.T @ centred, full_matrices=False)
-    return np.ascontiguousarray(vt[:rank].T)
+        y = torch.linalg.qr(y).Q
+        y = x @ (x.T @ y)
+    y = torch.linalg.qr(y).Q
+    vt = torch.linalg.svd(y.T @ x, full_matrices=False).Vh
+    return np.ascontiguousarray(vt[:rank].T.numpy())
