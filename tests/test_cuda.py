@@ -210,3 +210,25 @@ def test_an_edit_row_counts_the_gpu_work_its_edit_queued():
     apply_event(lm, method, ev, single, eval_after=False)
     apply_edits(lm, method, [ev], [batched], eval_after=False)
     assert single["ms"] >= 0.5 * clock.ms and batched["ms"] >= 0.5 * clock.ms
+
+
+@needs_cuda
+def test_grace_looks_up_on_the_gpu_what_the_cpu_lookup_finds():
+    """Queries from a GPU model are looked up on the GPU (`Codebook.lookup_on`, a mirror of
+    the keys there): the same entries as the CPU lookup of the same keys, for the edits' own
+    keys and for other prompts, and a mirror made again after the codebook changes."""
+    from lifelong.methods import AttachContext, EditRequest, build_method
+    lm = cuda_lm()
+    g = build_method("grace", {"steps": 5, "lr": 1.0}, 0)
+    g.attach(lm, AttachContext(seed=0))
+    prompts = ["Aldric works for", "Brenna was born in", "Caspar speaks", "Delphine plays the",
+               "Evander lives in", "Who employs Aldric ?"]
+    for i, p in enumerate(prompts[:4]):
+        g.edit([EditRequest(f"e{i}", p, ["Zentro", "Kyoto", "Oslo"][i % 3], f"f{i}")])
+        keys = g._prompt_keys(prompts)
+        assert keys.is_cuda
+        on_gpu, on_cpu = g.book.lookup(keys), g.book.lookup(keys.cpu())
+        assert on_gpu[0].is_cuda
+        assert on_gpu[0].cpu().tolist() == on_cpu[0].tolist()
+        assert on_gpu[1].cpu().tolist() == on_cpu[1].tolist()
+        assert on_cpu[1][:i + 1].all()  # every edit so far retrieves its own entry

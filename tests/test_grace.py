@@ -26,12 +26,15 @@ PROMPTS = ["Aldric works for", "The employer of Aldric is", "Brenna was born in"
 @contextlib.contextmanager
 def lookups(through: str):
     """Codebooks made inside look up by a full scan ('scan', below the sketch's size
-    threshold) or through the distance sketch from their first entry on ('sketch', rank 2:
-    the synthetic keys below span two dimensions)."""
+    threshold), through the distance sketch from their first entry on ('sketch', rank 2:
+    the synthetic keys below span two dimensions), or as queries from a GPU are ('device':
+    `Codebook.lookup_on`, its mirror and slack, run here on the CPU)."""
     from lifelong.methods.grace import Codebook
     rows = 1 if through == "sketch" else 10**9
+    on_device = Codebook.lookup_on if through == "device" else Codebook.lookup
     with mock.patch.object(Codebook, "sketch_min_rows", rows), \
-            mock.patch.object(Codebook, "sketch_rank", 2):
+            mock.patch.object(Codebook, "sketch_rank", 2), \
+            mock.patch.object(Codebook, "lookup", on_device):
         yield
 
 
@@ -89,7 +92,7 @@ point = st.tuples(st.integers(0, 6), st.integers(0, 6)).map(lambda p: (p[0] * 0.
 ops = st.lists(st.tuples(point, st.integers(0, 2), st.integers(0, 5)), min_size=1, max_size=14)
 
 
-@pytest.mark.parametrize("through", ["scan", "sketch"])
+@pytest.mark.parametrize("through", ["scan", "sketch", "device"])
 @pytest.mark.parametrize("conflict", ["coverage", "moving_average"])
 @settings(max_examples=60, deadline=None)
 @given(seq=ops)
@@ -110,7 +113,7 @@ def test_split_expand_rules_keep_the_invariants(conflict, through, seq):
             check_invariants(g)
 
 
-@pytest.mark.parametrize("through", ["scan", "sketch"])
+@pytest.mark.parametrize("through", ["scan", "sketch", "device"])
 @settings(max_examples=40, deadline=None)
 @given(seq=ops, data=st.data())
 def test_retraction_replays_to_the_never_edited_codebook(through, seq, data):
@@ -145,7 +148,7 @@ pools = st.lists(point.map(lambda p: (p[0] + 0.15, p[1] + 0.15)), min_size=1, ma
 @settings(max_examples=50, deadline=None)
 @given(seq=ops, pool=pools, rate=st.sampled_from([0.0, 0.25, 0.5]),
        conflict=st.sampled_from(["coverage", "moving_average"]),
-       through=st.sampled_from(["scan", "sketch"]))
+       through=st.sampled_from(["scan", "sketch", "device"]))
 # a split shrinks an entry that had absorbed a key: its reach must be recomputed
 @example(seq=[((0.0, 0.6), 1, 1), ((0.3, 0.3), 1, 0), ((0.0, 0.0), 0, 2)], pool=[(0.15, 0.15)],
          rate=0.0, conflict="coverage", through="scan")

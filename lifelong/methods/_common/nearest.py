@@ -43,8 +43,9 @@ def nearest_rows(keys: torch.Tensor, norms: torch.Tensor, queries: torch.Tensor,
     rows = torch.where(torch.isfinite(dist), rows, torch.full_like(rows, -1))
     if k > m:  # fewer rows than k at all
         pad = k - m
-        rows = torch.cat([rows, torch.full((b, pad), -1, dtype=torch.long)], 1)
-        dist = torch.cat([dist, torch.full((b, pad), float("inf"), dtype=torch.float64)], 1)
+        rows = torch.cat([rows, torch.full((b, pad), -1, dtype=torch.long, device=rows.device)], 1)
+        dist = torch.cat([dist, torch.full((b, pad), float("inf"), dtype=torch.float64,
+                                           device=dist.device)], 1)
     return rows, dist
 
 

@@ -24,10 +24,15 @@ Conflict rules, applied when an entry is placed (invariants, checked by tests/te
 The codebook is a pure function of its ordered log of items (each an edit with its trained
 keys and values): `retract` removes an item and replays the rest, giving exactly the codebook
 that would exist had the edit never been made. Cost: O(active edits) range searches.
+
+The codebook lives on the CPU, beside its FAISS index. Lookups of queries on a GPU run there,
+against a copy of the keys, served radii and values made after each change (`Mirror`), so a
+forward never waits for the host (`Codebook.lookup_on`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -42,6 +47,37 @@ from .calibration import Calibration
 from .config import GraceConfig
 
 Member = tuple[int, int]  # (log position, key index)
+
+#: how far (relative) beyond its served radius a lookup on a GPU still counts a key covered
+#: (`Codebook.lookup_on`): above float64 rounding of a distance over 10^4 terms (~1e-12 at
+#: worst), below the 1e-9 margins the placement rules keep between radii (`Codebook._room`)
+DEVICE_SLACK = 1e-11
+
+
+@dataclass(frozen=True)
+class Mirror:
+    """A codebook's lookup tensors on a device: keys, squared norms (+inf: dead rows), served
+    radii (float64) and values, rows ``0..n-1``."""
+
+    device: torch.device
+    keys: torch.Tensor
+    norms: torch.Tensor
+    radii: torch.Tensor
+    values: torch.Tensor
+
+
+def first_covering(rows: torch.Tensor, dist: torch.Tensor,
+                   radii: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(entry, hit) per query from its candidates (rows -1 pad, by (distance, row)): the
+    first candidate within its radius, -1 where none is. On the candidates' device."""
+    c = rows.clamp(min=0)
+    # float64, as placement measures: a member a split left exactly at the radius stays in
+    covered = (rows >= 0) & (dist <= radii[c])
+    dist = torch.where(covered, dist, torch.full_like(dist, float("inf")))
+    best = dist.argmin(dim=1)  # candidates come by (distance, row): the first is the older
+    hit = torch.isfinite(dist.gather(1, best.unsqueeze(1)).squeeze(1))
+    entry = torch.where(hit, c.gather(1, best.unsqueeze(1)).squeeze(1), torch.full_like(best, -1))
+    return entry, hit
 
 
 class Codebook:
@@ -76,6 +112,7 @@ class Codebook:
         self._factor: float | None = None  # the guard's radius factor, None: to recompute
         self._norms: torch.Tensor | None = None  # squared key norms for lookups, None: stale
         self._served: np.ndarray | None = None  # `served_radii()` for lookups, None: stale
+        self._mirror: Mirror | None = None  # the lookup's tensors on a GPU, None: stale
         # distance bounds for lookups, touched wherever a key changes
         self._sketch = Sketch(self.sketch_rank, self.sketch_min_rows)
         self._calib = Calibration(self.guard)  # per-entry inputs of the factor, kept across edits
@@ -109,21 +146,45 @@ class Codebook:
     def lookup(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(entry row, hit) per query: of the `candidates` entries nearest to it, the nearest
         whose radius, scaled by `factor`, covers it (exact float64 distances; ties go to the
-        older entry)."""
+        older entry). Queries on a GPU are looked up there (`lookup_on`), on the CPU here."""
+        if queries.device.type != "cpu" and not self.index.approximate:
+            return self.lookup_on(queries)
         q = queries.detach().float().cpu()
         k = min(self.config.candidates, len(self.index))
         found = self._covering(q, k)
         if found is not None:
             return found
         rows, dist = self._nearest(q, k)
-        c = rows.clamp(min=0)
-        # float64, as placement measures: a member a split left exactly at the radius stays in
-        covered = (rows >= 0) & (dist <= self.served_radii()[c])
-        dist = torch.where(covered, dist, torch.full_like(dist, float("inf")))
-        best = dist.argmin(dim=1)  # candidates come by (distance, row): the first is the older
-        hit = torch.isfinite(dist.gather(1, best.unsqueeze(1)).squeeze(1))
-        entry = torch.where(hit, c.gather(1, best.unsqueeze(1)).squeeze(1), torch.full_like(best, -1))
-        return entry, hit
+        return first_covering(rows, dist, self.served_radii())
+
+    @torch.no_grad()
+    def lookup_on(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`lookup` on the queries' device, against a copy of the keys and served radii kept
+        there (`Mirror`, made again after any change): one scan (`nearest_rows`), no trip to
+        the host and no wait for the GPU. Float64 on a GPU rounds differently from the CPU,
+        and an entry's served radius can be exactly its farthest member's distance (as the
+        CPU measured it): so a radius here covers ``DEVICE_SLACK`` (relative) beyond itself."""
+        m = self.mirror(queries.device)
+        k = min(self.config.candidates, len(self.index))
+        rows, dist = nearest_rows(m.keys, m.norms, queries.detach().float(), k)
+        return first_covering(rows, dist, m.radii * (1 + DEVICE_SLACK))
+
+    def mirror(self, device: torch.device) -> Mirror:
+        """The lookup's tensors on `device` (made on first use after a change)."""
+        if self._mirror is None or self._mirror.device != torch.device(device):
+            n = self.n
+            if self._norms is None:
+                self._norms = squared_norms(self.keys[:n], self.alive[:n])
+            self._mirror = Mirror(torch.device(device), self.keys[:n].to(device),
+                                  self._norms.to(device), self.served_radii().to(device),
+                                  self.values[:n].to(device))
+        return self._mirror
+
+    def values_of(self, entry: torch.Tensor) -> torch.Tensor:
+        """(B, value_dim) the values of `lookup`'s entries (a miss: any row's), on their device."""
+        if entry.device.type == "cpu":
+            return self.values[entry.clamp(min=0)]
+        return self.mirror(entry.device).values[entry.clamp(min=0)]
 
     def _covering(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """`lookup`'s answer from the sketch's distance bounds (`_common.nearest.
@@ -166,7 +227,7 @@ class Codebook:
         item = {**item, "keys": item["keys"].detach().float().cpu(),
                 "values": item["values"].detach().float().cpu()}
         self.log.append(item)
-        self._factor = self._norms = self._served = None
+        self._factor = self._norms = self._served = self._mirror = None
         return self._insert(len(self.log) - 1)
 
     def retract(self, edit_id: str) -> None:
@@ -384,7 +445,7 @@ class Codebook:
                 self.fact_rows.setdefault(fact, []).append(row)
         self.fact_prompts = {k: list(v) for k, v in state["fact_prompts"].items()}
         self.index = KeyIndex.from_bytes(state["index"].numpy())
-        self._factor = self._norms = self._served = None
+        self._factor = self._norms = self._served = self._mirror = None
         self._calib = Calibration(self.guard)
         self._sketch = Sketch(self.sketch_rank, self.sketch_min_rows)
 

@@ -73,9 +73,9 @@ class Grace(Served, MemoryBase, Retractable):
         kpos = key_positions(info, batch, width, output.device)
         entry, hit = self.book.lookup(read_keys(source, kpos, info, self.config.key_token)
                                       .detach().float())
-        if not bool(hit.any()):
+        if hit.device.type == "cpu" and not bool(hit.any()):  # (on a GPU, asking would wait)
             return output
-        values = self.book.values[entry.clamp(min=0)].to(output.device)  # the book is on the CPU
+        values = self.book.values_of(entry).to(output.device)
         mask = position_mask(info, self.config.replace, kpos, width) & hit.to(output.device).unsqueeze(1)
         return torch.where(mask.unsqueeze(-1), values.to(output.dtype).unsqueeze(1), output)
 
