@@ -218,8 +218,10 @@ class Runtime:
         saved = self.store.load_state(run_id) if existing else None
         chunk_start = saved[1]["counters"]["extra"].get("chunk_start", 0) if saved else 0
 
+        memo: dict = {}  # one for the run's chunks: the train split and corpus are read once
+
         def context(start: int) -> AttachContext:
-            return self._context(pool, loc, seed, start, fingerprint)
+            return self._context(pool, loc, seed, start, fingerprint, memo)
 
         first = context(chunk_start)
         if not first.unrelated_prompts and not first.train_split:
@@ -331,7 +333,7 @@ class Runtime:
         return pool, locality_sample(pool, self.sc.schedule.locality_sample, seed)
 
     def _context(self, pool, loc, seed: int, chunk_start: int,
-                 fingerprint: str = "") -> AttachContext:
+                 fingerprint: str = "", memo: dict | None = None) -> AttachContext:
         """What a method is attached with. Methods that train against unrelated inputs get
         the locality prompts that are never probed while it is attached, so locality is never
         measured on what a method trained on: the stream's pool minus the probed sample, or,
@@ -339,7 +341,7 @@ class Runtime:
         `chunk_start` (the ones its end probes). The train split, corpus and a second model
         are named here and read only when the method asks (`AttachContext`); with
         `stream.train_exclude`, the subjects and facts of this run's edits are held out of
-        the train split."""
+        the train split. `memo`: shared by the contexts of one run (`AttachContext.memo`)."""
         sc = self.sc
         if sc.schedule.restart_every:
             edits = [e for e in self.events[chunk_start:] if isinstance(e, Edit)]
@@ -358,7 +360,8 @@ class Runtime:
                              corpus=sc.corpus or default_corpus(model_dir),
                              cache_dir=sc.cache_dir, model_fingerprint=fingerprint,
                              device=sc.device,
-                             model_factory=functools.partial(load_model, sc.model, sc.device))
+                             model_factory=functools.partial(load_model, sc.model, sc.device),
+                             memo={} if memo is None else memo)
 
     def _restore(self, run_id: str, method, saved) -> Counters:
         if saved is None:

@@ -41,7 +41,7 @@ def test_nothing_is_read_until_asked_and_then_once(tmp_path):
     corpus.write_text("one text\n\nanother text\n", encoding="utf-8")
     train = write_jsonl(stream_events(n_edits=3, retracts=0, queries=0), tmp_path / "train.jsonl")
     ctx = AttachContext(seed=1, corpus=str(corpus), train_split=str(train))
-    assert ctx._memo == {}
+    assert ctx.memo == {}
     assert ctx.corpus_texts() == ("one text", "another text")
     records = ctx.train_records()
     assert len(records) == 3 and isinstance(records[0], TrainRecord)
@@ -271,6 +271,30 @@ def test_calibration_prompts_top_up_from_the_train_split_and_never_hold_a_probed
         ctx.calibration_prompts(10, "train")
     restored = AttachContext(seed=0, **context_fields(json.loads(json.dumps(ctx.to_meta()))))
     assert restored.probed_prompts == {"probed"} and restored.calibration_prompts(10, "stream+train") == ["u1", "u2", "t1", "t2", "t3"]
+
+
+def test_a_chunked_run_reads_its_train_split_once(tiny, tmp_path, monkeypatch):
+    """Every chunk of a `restart_every` run attaches a fresh method with a context of its
+    own; they share the run's memo, so the train split is parsed once per run, not once per
+    chunk (each chunk's method reads it: GRACE tops its calibration pool up from it)."""
+    import lifelong.methods.context as context
+    from lifelong.methods.grace import Grace
+    reads: list[str] = []
+    read = context.read_train_split
+    monkeypatch.setattr(context, "read_train_split", lambda src: (reads.append(src), read(src))[1])
+    seen: list = []
+    attach = Grace.attach
+    monkeypatch.setattr(Grace, "attach", lambda self, lm, ctx: (seen.append(ctx), attach(self, lm, ctx))[1])
+    train = write_jsonl(stream_events(n_edits=6, seed=3, retracts=0, queries=0), tmp_path / "t.jsonl")
+    grace = '[[methods]]\nname = "grace"\nsettings = { steps = 2, claim_pool = "stream+train" }\n'
+    toml = write_scenario(tmp_path / "s.toml", tiny[0], tiny[1], methods=grace,
+                          schedule="checkpoint_every = 0\nrestart_every = 1",
+                          stream_extra=f'train_file = "{train}"')
+    sc = load_scenario(toml)
+    Runtime(sc, parse_stream(sc.stream.file), Store(tmp_path / "r.db")).run_all()
+    assert len(seen) >= 4 and len({id(c) for c in seen}) == len(seen)  # a context per chunk
+    assert all(len(c.train_records()) == 6 for c in seen)
+    assert reads == [str(train)]
 
 
 @pytest.mark.parametrize("pool", ["stream", "stream+train", "stream-or-train"])

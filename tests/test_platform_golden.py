@@ -200,7 +200,9 @@ def main() -> None:
     p.add_argument("--repo", required=True, help="checkout whose code runs")
     p.add_argument("-o", "--out", help="record: where to write")
     a = p.parse_intermixed_args()
-    rows = json.loads(json.dumps(run_all(Path(a.repo).resolve()), default=str))
+    with tempfile.TemporaryDirectory() as cache:  # trained editors and statistics: not the user's cache
+        os.environ.setdefault("LIFELONG_CACHE", cache)
+        rows = json.loads(json.dumps(run_all(Path(a.repo).resolve()), default=str))
     if a.action == "record":
         Path(a.out).write_text(json.dumps(rows))
         print(f"{len(rows)} runs recorded in {a.out}")

@@ -6,7 +6,10 @@ that costs something to produce is named here and read only when a method asks (
 
 Invariants: an AttachContext is a value (frozen; equal contexts describe the same inputs;
 the model factory and the memo of what was read are not part of equality); the accessors are
-pure functions of the fields (a second call returns the same objects, read once).
+pure functions of the fields (a second call returns the same objects, read once). The memo
+is keyed by every field a reading depends on, so contexts may share one: the runtime hands
+the same memo to every chunk of a run (`restart_every`), which then reads the train split
+and the corpus once, not once per chunk.
 """
 
 from __future__ import annotations
@@ -219,6 +222,8 @@ class AttachContext:
     for methods that need a second model (SERAC's counterfactual model). probed_prompts: the
     locality prompts probed while the method is attached; `calibration_prompts` never
     returns one of them (locality is never measured on what a method calibrated on).
+    memo: what the accessors read, keyed by what it was read from (module docstring); a
+    fresh dict unless given.
     """
 
     seed: int
@@ -232,17 +237,18 @@ class AttachContext:
     held_out_facts: frozenset[str] = frozenset()
     probed_prompts: frozenset[str] = frozenset()
     model_factory: Callable[[], LM] | None = field(default=None, compare=False, repr=False)
-    _memo: dict = field(default_factory=dict, init=False, compare=False, repr=False)
+    memo: dict = field(default_factory=dict, compare=False, repr=False)
 
     def train_records(self) -> tuple[TrainRecord, ...]:
         """The train split less the held-out subjects' and facts' records (read once; empty
         when none was given)."""
-        if "train" not in self._memo:
-            self._memo["train"] = tuple(
+        key = ("train", self.train_split, self.held_out_subjects, self.held_out_facts)
+        if key not in self.memo:
+            self.memo[key] = tuple(
                 r for r in read_train_split(self.train_split)
                 if not (r.request.subject and r.request.subject in self.held_out_subjects)
                 and not (r.request.fact and r.request.fact in self.held_out_facts))
-        return self._memo["train"]
+        return self.memo[key]
 
     def calibration_prompts(self, limit: int, pool: str) -> list[str]:
         """At most `limit` distinct prompts known to be unrelated to the edits, none of them
@@ -265,9 +271,10 @@ class AttachContext:
 
     def corpus_texts(self) -> tuple[str, ...]:
         """The corpus's texts (read once; LifelongError saying what to set when there is none)."""
-        if "corpus" not in self._memo:
-            self._memo["corpus"] = read_corpus(self.corpus)
-        return self._memo["corpus"]
+        key = ("corpus", self.corpus)
+        if key not in self.memo:
+            self.memo[key] = read_corpus(self.corpus)
+        return self.memo[key]
 
     def cache(self) -> Cache:
         """This model's cache (LifelongError when the model's fingerprint is not known)."""
