@@ -229,14 +229,22 @@ def bench_grace_cmd(model, sizes, edits, queries, pool, seed, json_path, hnsw_ef
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="also write the results as JSON")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="torch device for the model (timings wait for the device)")
-def bench_wise_cmd(model, edits, memories, queries, mode, seed, methods, json_path, device):
+@click.option("--keys", default=None, help="comma-separated router sizes: time wise-faiss's "
+              "FAISS router holding that many keys of world prompts (untrained; module "
+              "docstring of bench_wise), instead of the other measurements")
+def bench_wise_cmd(model, edits, memories, queries, mode, seed, methods, json_path, device, keys):
     """`wise` (the paper's method) and `wise-faiss` (the FAISS-routed variant): per-edit
-    time, merge time, and query latency against the bare model, each under its name."""
-    from .bench_wise import bench_wise
-    names = ("wise", "wise-faiss") if methods == "both" else (methods,)
-    out = {name: bench_wise(model, edits, tuple(_ints(memories)), queries, seed,
-                            {"mode": mode}, echo=click.echo, method=name, device=device)
-           for name in names}
+    time, merge time, and query latency against the bare model, each under its name; with
+    --keys, `wise-faiss`'s router at that many keys instead."""
+    from .bench_wise import bench_router_keys, bench_wise
+    if keys:
+        out: dict = {"wise-faiss router keys": bench_router_keys(
+            model, _ints(keys), seed, echo=click.echo, device=device)}
+    else:
+        names = ("wise", "wise-faiss") if methods == "both" else (methods,)
+        out = {name: bench_wise(model, edits, tuple(_ints(memories)), queries, seed,
+                                {"mode": mode}, echo=click.echo, method=name, device=device)
+               for name in names}
     if json_path:
         Path(json_path).write_text(json.dumps(out, indent=2, default=str) + "\n", encoding="utf-8")
         click.echo(f"json: {json_path}")

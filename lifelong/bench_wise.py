@@ -11,14 +11,21 @@ edit a real fact of the world set to another object of its relation:
    batch 32, interleaved so that machine load hits both alike;
 3. routing cost against the number of side memories: retrieve mode with `memories` side
    memories of a few cheap edits each (quality is not the point here), query latency with
-   `wise-faiss`'s FAISS router (one index search) and activation router, and with `wise`'s
-   activation router (one score per memory, and per shard not merged yet).
+   `wise-faiss`'s FAISS router (one search per batch) and activation router, and with `wise`'s
+   activation router (one score per memory, and per shard not merged yet);
+4. with `keys` (`wise-faiss` only): the FAISS router's cost against the number of edit keys it
+   holds, without training that many edits: a memory of 4 real edits, its key table filled
+   with the keys of `size` distinct world prompts (fact, template) labelled with that memory
+   (untrained: the lookup's cost, not its quality, as `bench grace` fills GRACE's codebook),
+   attached with 300 unrelated prompts for the radius calibration; queries of 32 prompts it
+   holds (routed to the memory) and 32 it does not, against the bare model.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import click
 import numpy as np
 import torch
 
@@ -90,6 +97,42 @@ def bench_wise(model: str | None, edits: int = 50, memories: tuple[int, ...] = (
             r.detach()
             out["routing"].append({"memories": len(r.memories), "router": router, **t})
             echo(_query_line(f"{len(r.memories):>3} memories, {router:<10}", t))
+    return out
+
+
+def bench_router_keys(model: str | None, sizes: list[int], seed: int = 0, echo=print,
+                      device: str = "cpu") -> list[dict[str, Any]]:
+    """Measurement 4 of the module docstring: query latency against the bare model with the
+    router holding each of `sizes` keys."""
+    from .methods import AttachContext, EditRequest, build_method
+    from .methods._common.keys import row_keys
+    lm, world = model_world(model, "wise", device)
+    pairs = [(f, t) for f in world for t in range(len(world.templates(f.relation)))]
+    need = max(sizes) + 32 + 300
+    if need > len(pairs):
+        raise click.ClickException(f"the world has {len(pairs)} prompts; --keys needs {need}")
+    order = np.random.default_rng(seed).permutation(len(pairs))[:need]
+    prompts = [world.prompt(*pairs[int(i)]) for i in order]
+    unrelated, strangers = tuple(prompts[-300:]), prompts[max(sizes):max(sizes) + 32]
+    out = []
+    for size in sizes:
+        w = build_method("wise-faiss", {"mode": "retrieve", "negatives": 0}, seed)
+        w.attach(lm, AttachContext(seed=seed, unrelated_prompts=unrelated))
+        for k, (prompt, new, fact, subject) in enumerate(_world_edits(world, 4, seed)):
+            w.edit([EditRequest(f"k{k}", prompt, new, fact, subject)])
+        for s in range(0, size, 256):
+            for i, key in enumerate(row_keys(*w._activations(prompts[s:min(size, s + 256)]))):
+                w.table.add(key[None], 0, f"fill{s + i}")
+        w._changed()  # the router's radius factor, recomputed over the filled table
+        w.radius_factor()
+        t = _time_queries(lm, w, prompts[:32] + strangers)
+        routed = w.route(prompts[:32] + strangers)
+        out.append({"keys": len(w.table), "held_routed": sum(r is not None for r in routed[:32]),
+                    "strangers_routed": sum(r is not None for r in routed[32:]),
+                    "footprint_mb": round(w.footprint() / 2**20, 2),
+                    "threads": torch.get_num_threads(), "device": device, **t})
+        echo(_query_line(f"{len(w.table):>6} router keys", t))
+        w.detach()
     return out
 
 

@@ -9,7 +9,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lifelong.methods._common.nearest import nearest_covering, nearest_rows, squared_norms
+from lifelong.methods._common.keytable import KeyTable
+from lifelong.methods._common.nearest import (
+    nearest_covering,
+    nearest_one,
+    nearest_rows,
+    squared_norms,
+)
 from lifelong.methods._common.sketch import Sketch
 
 
@@ -125,3 +131,53 @@ def test_sketch_within_keeps_every_row_in_reach(n, dim, seed, grid, dead, rank, 
         want = set(np.flatnonzero((d <= reach) & live.numpy()).tolist())
         assert list(rows) == sorted(rows) and want <= set(rows.tolist())
         assert live.numpy()[rows].all()
+
+
+@settings(max_examples=80, deadline=None)
+@given(n=st.integers(1, 40), dim=st.integers(9, 14), seed=st.integers(0, 10_000),
+       grid=st.booleans(), dead=st.floats(0.0, 1.0), rank=st.integers(1, 4))
+def test_nearest_one_through_the_sketch_is_the_exact_nearest(n, dim, seed, grid, dead, rank):
+    """With the sketch's bounds, each query's nearest live row and its float64 distance are
+    the brute-force answer (ties to the lower row; -1 / inf when no row is live), or None
+    when more rows than the limit would need measuring."""
+    keys, live, sketch, queries, _ = sketched(n, dim, seed, grid, dead, rank)
+    bounds = sketch.lower_bounds(keys, live, queries)
+    want = [brute(keys, live, q, 1) for q in queries]
+    rows, dist = nearest_one(keys, queries, bounds, limit=n)
+    assert rows.tolist() == [r[0] for r, _ in want] and dist.tolist() == [d[0] for _, d in want]
+    found = nearest_one(keys, queries, bounds, limit=1)
+    assert found is None or found[0].tolist() == rows.tolist()
+
+
+@settings(max_examples=40, deadline=None)
+@given(ops=st.lists(st.tuples(st.booleans(), st.integers(0, 10_000)), min_size=1, max_size=40),
+       sketch_from=st.sampled_from([1, 10**9]), grid=st.booleans())
+def test_a_key_table_finds_the_exact_nearest_key_as_keys_come_and_go(ops, sketch_from, grid):
+    """Adds and removals in any order, searched through the sketch from the first key or by
+    scan, and after a save and load: each query's nearest live key by float64 distance, ties
+    to the lower id, and its distance (the router's rule reads both)."""
+    from unittest import mock
+    with mock.patch.object(KeyTable, "sketch_min_rows", sketch_from), \
+            mock.patch.object(KeyTable, "sketch_rank", 2):
+        table, keys = KeyTable(12), {}
+        g = torch.Generator().manual_seed(len(ops))
+        for add, r in ops:
+            if add or not keys:
+                key = torch.randn(1, 12, generator=g) + 20.0
+                key = key.round() if grid else key
+                keys[table.add(key.numpy(), label=r % 3, owner=f"e{r}")] = key[0]
+            else:
+                gone = sorted(keys)[r % len(keys)]
+                table.remove([gone])
+                del keys[gone]
+            ids = sorted(keys)
+            held = [keys[i] for i in ids]
+            queries = torch.cat([torch.stack(held or [torch.zeros(12)])[:3],
+                                 (torch.randn(3, 12, generator=g) + 20.0).round()])
+            if held:
+                d = (torch.stack(held).double()[None] - queries.double()[:, None]).norm(dim=-1)
+                want = [min(zip(row.tolist(), ids)) for row in d]
+            else:
+                want = [(float("inf"), -1)] * len(queries)
+            for t in (table, KeyTable.from_state(table.to_state())):
+                assert t.nearest(queries.numpy()) == want

@@ -495,3 +495,13 @@ def test_bench_wise_runs_small():
     assert {"bare", "memory"} <= set(out["queries"])
     assert [(r["memories"], r["router"]) for r in out["routing"]] == [
         (1, "faiss"), (1, "activation"), (2, "faiss"), (2, "activation")]
+
+
+def test_bench_router_keys_fills_the_table_and_routes_what_it_holds():
+    """`bench wise --keys`: the router holds the 4 edits' keys plus the filled ones; the
+    prompts it holds go to the memory, prompts it does not hold stay on the main one (the
+    radius calibrated on the unrelated pool), and queries are timed both ways."""
+    from lifelong.bench_wise import bench_router_keys
+    (row,) = bench_router_keys(None, [40], echo=lambda *_: None)
+    assert row["keys"] == 44 and row["held_routed"] == 32 and row["strangers_routed"] <= 2
+    assert row["memory"]["batch1_ms"]["p50"] > 0 and row["bare"]["batch32_ms"]["p50"] > 0

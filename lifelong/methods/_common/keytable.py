@@ -3,6 +3,14 @@ edit's id (WISE's router; any method that routes by nearest edit key).
 
 Invariant: the index and the three maps hold the same ids; ids are never reused (`next_id`
 only grows), so a saved table loads to the same search results.
+
+Search (`nearest`) is exact, in float64, ties to the lower id, and reads a copy of the keys
+held here by id (row = id; a removed id's row stays, dead): below `MIN_ROWS` keys one
+float32 product with every key shortlists and float64 ranks (`nearest.nearest_rows`: a batch
+costs one product, where FAISS's flat index scans once per query); above, the distance
+sketch's bounds (`sketch.Sketch`) leave a handful of keys to measure (`nearest.nearest_one`),
+as GRACE's lookups do. The FAISS index stays the table's saved form and its key store for
+`get`.
 """
 
 from __future__ import annotations
@@ -14,15 +22,46 @@ import numpy as np
 import torch
 
 from ...index import KeyIndex
+from .nearest import nearest_one, nearest_rows
+from .sketch import MIN_ROWS, RANK, Sketch
 
 
 class KeyTable:
+    #: the search sketch's basis width and the table size it starts at (class attributes so
+    #: that tests can run the sketch on small tables)
+    sketch_rank, sketch_min_rows = RANK, MIN_ROWS
+
     def __init__(self, dim: int, metric: str = "l2"):
+        if metric != "l2":
+            raise ValueError(f"a key table searches by Euclidean distance, got metric {metric!r}")
         self.index = KeyIndex(dim, metric)
         self.label: dict[int, int] = {}   # id -> memory
         self.owner: dict[int, str] = {}   # id -> edit id
         self.norm: dict[int, float] = {}  # id -> norm of the key
         self.next_id = 0
+        self._searchable()
+
+    def _searchable(self) -> None:
+        """The search copy of the keys, empty: rows by id, live flags, squared norms (+inf:
+        dead, so `nearest_rows` never returns the row) and the sketch."""
+        dim = self.index.dim
+        self._keys = torch.zeros((0, dim))
+        self._live = torch.zeros(0, dtype=torch.bool)
+        self._sq = torch.zeros(0)
+        self._sketch = Sketch(self.sketch_rank, self.sketch_min_rows)
+
+    def _put(self, ids: list[int], keys: np.ndarray) -> None:
+        """Rows `ids` of the search copy hold `keys` and are live (buffers grow by doubling)."""
+        need = max(ids) + 1
+        if need > self._keys.shape[0]:
+            grow = max(need, 2 * self._keys.shape[0], 16) - self._keys.shape[0]
+            self._keys = torch.cat([self._keys, torch.zeros((grow, self._keys.shape[1]))])
+            self._live = torch.cat([self._live, torch.zeros(grow, dtype=torch.bool)])
+            self._sq = torch.cat([self._sq, torch.full((grow,), float("inf"))])
+        rows = torch.tensor(ids)
+        self._keys[rows] = torch.from_numpy(np.ascontiguousarray(keys, dtype=np.float32))
+        self._live[rows] = True
+        self._sq[rows] = self._keys[rows].pow(2).sum(1)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -31,6 +70,7 @@ class KeyTable:
         """Add one key (shape (1, dim)); returns its id."""
         i = self.next_id
         self.index.add(key, [i])
+        self._put([i], np.asarray(key, dtype=np.float32).reshape(1, -1))
         self.label[i], self.owner[i] = label, owner
         self.norm[i] = float(np.linalg.norm(key))
         self.next_id += 1
@@ -39,6 +79,10 @@ class KeyTable:
     def remove(self, ids: Iterable[int]) -> None:
         ids = list(ids)
         self.index.remove(ids)
+        if ids:
+            rows = torch.tensor(ids)
+            self._live[rows] = False
+            self._sq[rows] = float("inf")
         for i in ids:
             self.label.pop(i), self.owner.pop(i), self.norm.pop(i)
 
@@ -51,9 +95,24 @@ class KeyTable:
         return [i for i, m in self.label.items() if m == label]
 
     def nearest(self, queries: np.ndarray) -> list[tuple[float, int]]:
-        """(distance, id) of each query's nearest key (id -1 when there is none)."""
-        dist, ids = self.index.search(queries, k=1)
-        return [(d ** 0.5, i) for d, i in zip(dist[:, 0].tolist(), ids[:, 0].tolist())]
+        """(distance, id) of each query's nearest key, by exact float64 Euclidean distance,
+        ties to the lower id ((inf, -1) when there is none; module docstring)."""
+        q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).reshape(-1, self.index.dim)
+        if not len(self):
+            return [(float("inf"), -1)] * q.shape[0]
+        n = self.next_id
+        keys, live = self._keys[:n], self._live[:n]
+        bounds = self._sketch.lower_bounds(keys, live, q)
+        found = None if bounds is None else nearest_one(keys, q, bounds, limit=max(32, n // 8))
+        if found is None:
+            rows, dist = nearest_rows(keys, self._sq[:n], q, 1)
+            found = rows[:, 0].numpy(), dist[:, 0].numpy()
+        return [(float(d), int(i)) for i, d in zip(*found)]
+
+    def nbytes(self) -> int:
+        """Bytes held: the FAISS index, the search copy of the keys and the sketch."""
+        return self.index.nbytes() + self._keys.numel() * 4 + self._live.numel() \
+            + self._sq.numel() * 4 + self._sketch.nbytes()
 
     def to_state(self) -> dict[str, Any]:
         return {"index": torch.from_numpy(self.index.to_bytes().copy()),
@@ -68,4 +127,8 @@ class KeyTable:
         table.owner = {int(k): v for k, v in state["key_edit"].items()}
         table.norm = {int(k): float(v) for k, v in state["key_norm"].items()}
         table.next_id = state["next_key"]
+        table._searchable()
+        ids = sorted(table.label)
+        if ids:
+            table._put(ids, table.index.get(ids))
         return table

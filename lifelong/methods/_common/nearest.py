@@ -93,6 +93,36 @@ def nearest_covering(keys: torch.Tensor, radii: np.ndarray, queries: torch.Tenso
     return entry, entry >= 0
 
 
+def nearest_one(keys: torch.Tensor, queries: torch.Tensor, bounds: np.ndarray,
+                limit: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(row, distance) of each query's nearest live row, by exact float64 distance, ties to the
+    lower row (-1 and +inf where no row is live): the answer `nearest_rows(..., k=1)` gives,
+    computed from `bounds` ((B, n) float32 squared lower bounds, +inf for dead rows;
+    `sketch.Sketch`) without a full scan. None when some query leaves more than `limit` rows
+    to measure (then scan).
+
+    Why it is exact: the least of a few measured distances, `best`, bounds the nearest
+    distance from above; a row at most `best` away has its bound at most best^2, so measuring
+    every such row finds the nearest, and every row tied with it."""
+    b, n = bounds.shape
+    m = min(n, 8)
+    first = np.argpartition(bounds, m - 1, axis=1)[:, :m]  # the m smallest bounds per query
+    q64 = queries.double()
+    d = _distances(keys, first.ravel(), q64, np.repeat(np.arange(b), m)).reshape(b, m)
+    best = np.where(np.isfinite(np.take_along_axis(bounds, first, 1)), d, np.inf).min(1)
+    near = np.isfinite(bounds) & (bounds.astype(np.float64) <= (best * best)[:, None])
+    if int(np.count_nonzero(near, axis=1).max(initial=0)) > limit:
+        return None
+    rows, dist = np.full(b, -1, dtype=np.int64), np.full(b, np.inf)
+    qi, cand = np.nonzero(near)  # by query, then row
+    if len(qi):
+        dc = _distances(keys, cand, q64, qi)
+        order = np.lexsort((cand, dc, qi))  # per query: nearest, then lower row
+        order = order[np.r_[True, qi[order][1:] != qi[order][:-1]]]
+        rows[qi[order]], dist[qi[order]] = cand[order], dc[order]
+    return rows, dist
+
+
 def _distances(keys: torch.Tensor, rows: np.ndarray, queries: torch.Tensor,
                which: np.ndarray) -> np.ndarray:
     """Exact float64 distances from `queries[which[i]]` to `keys[rows[i]]`, the expression

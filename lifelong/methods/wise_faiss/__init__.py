@@ -11,8 +11,9 @@ weight is never changed. A routed row is served by a side memory at all its toke
 routed to the main memory is left bit for bit. Rows are routed one by one (mixed batches
 are fine). Design, measurements and where this departs from the paper: docs/wise.md.
 
-Routers (`router.py`): the paper's activation score, or (default) the nearest edit key in a
-FAISS index. Editing (`trainer.py`) trains a delta of the side memory with SGD on the edit's
+Routers (`router.py`): the paper's activation score, or (default, `router = "faiss"`) the
+nearest edit key, its keys held in a FAISS index and searched exactly (float64, through the
+distance sketch GRACE's lookups use: `_common/keytable.py`). Editing (`trainer.py`) trains a delta of the side memory with SGD on the edit's
 target loss (plus the paper's margin terms when a router reads activation scores); with
 `protect`, every step is projected off the span of the memory's earlier edit keys.
 

@@ -83,7 +83,7 @@ class WiseFaiss(Served, MemoryBase, Retractable, Consolidating, Routing):
 
     def footprint(self) -> int:
         return sum(tensor_bytes(m.merged, m.current, m.mask, *m.shards) for m in self.memories) \
-            + self.table.index.nbytes() + self.tombs.index.nbytes() + self._kept.nbytes()
+            + self.table.nbytes() + self.tombs.nbytes() + self._kept.nbytes()
 
     # ---- serving and routing ------------------------------------------------------------
     def _serve(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -3,8 +3,8 @@
 `activation`: score(x) = mean over the router tokens of ||x_t (W_side - W_main)^T||; the
 memory with the highest score serves the row if that score passes act_ratio x the smallest
 score an edit of the memory reached. `faiss`: every edit's key (the projection's input over
-the router tokens, `key_token`) is in a `KeyTable` labelled with its memory; a row goes to its
-nearest key's memory when it lies within `key_radius` x that key's norm x the guard's common factor
+the router tokens, `key_token`) is in a `KeyTable` labelled with its memory (a FAISS index,
+searched exactly by float64 distance); a row goes to its nearest key's memory when it lies within `key_radius` x that key's norm x the guard's common factor
 (`_common.guard`: at most `claim_rate` of the unrelated pool within reach), else to the main
 memory: one search per batch, whatever the number of memories; with `faiss_check` the
 memory's score must also pass its threshold. Keys of edits retracted by unrouting stay as
