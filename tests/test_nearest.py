@@ -153,9 +153,10 @@ def test_nearest_one_through_the_sketch_is_the_exact_nearest(n, dim, seed, grid,
 @given(ops=st.lists(st.tuples(st.booleans(), st.integers(0, 10_000)), min_size=1, max_size=40),
        sketch_from=st.sampled_from([1, 10**9]), grid=st.booleans())
 def test_a_key_table_finds_the_exact_nearest_key_as_keys_come_and_go(ops, sketch_from, grid):
-    """Adds and removals in any order, searched through the sketch from the first key or by
-    scan, and after a save and load: each query's nearest live key by float64 distance, ties
-    to the lower id, and its distance (the router's rule reads both)."""
+    """Adds and removals in any order, searched in a batch (through the sketch from the first
+    key, or by scan) and one query at a time (FAISS's shortlist), and after a save and load:
+    each query's nearest live key by float64 distance, ties to the lower id, and its distance
+    (the router's rule reads both)."""
     from unittest import mock
     with mock.patch.object(KeyTable, "sketch_min_rows", sketch_from), \
             mock.patch.object(KeyTable, "sketch_rank", 2):
@@ -181,3 +182,7 @@ def test_a_key_table_finds_the_exact_nearest_key_as_keys_come_and_go(ops, sketch
                 want = [(float("inf"), -1)] * len(queries)
             for t in (table, KeyTable.from_state(table.to_state())):
                 assert t.nearest(queries.numpy()) == want
+                assert [t.nearest(q[None].numpy())[0] for q in queries] == want  # one at a time
+                # within a reach: the same answer wherever the nearest key lies within it
+                for (d, i), got in zip(want, t.nearest(queries.numpy(), within=0.05)):
+                    assert got == (d, i) if i >= 0 and d <= 0.05 * t.norm[i] else got in ((d, i), (float("inf"), -1))

@@ -9,7 +9,7 @@ from lifelong.cli import main
 from lifelong.methods._common.keytable import KeyTable
 
 
-def faiss_nearest(self, queries):
+def faiss_nearest(self, queries, within=None):  # `within`: ignored, as the code before had none
     dist, ids = self.index.search(queries, k=1)
     return [(d ** 0.5, i) for d, i in zip(dist[:, 0].tolist(), ids[:, 0].tolist())]
 

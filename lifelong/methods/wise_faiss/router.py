@@ -48,8 +48,9 @@ def by_key(table: KeyTable, x: torch.Tensor, mask: torch.Tensor, radius: float,
     if not len(table):
         return route
     keys = row_keys(x, mask)
-    live = table.nearest(keys)
-    dead = tombs.nearest(keys) if tombs is not None and len(tombs) else [(0.0, -1)] * len(live)
+    live = table.nearest(keys, within=radius)  # (inf, -1) where no key is within its reach
+    dead = tombs.nearest(keys, within=radius) if tombs is not None and len(tombs) \
+        else [(0.0, -1)] * len(live)
     for row, ((d, i), (dt, t)) in enumerate(zip(live, dead)):
         if t >= 0 and dt < d and dt <= radius * tombs.norm[t]:
             continue
