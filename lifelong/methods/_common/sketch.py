@@ -19,8 +19,9 @@ is relaxed by a float32 rounding margin, so it never exceeds the float64 distanc
 The products run in torch, on arrays shared with numpy (no copies): numpy's BLAS (OpenBLAS)
 keeps a thread pool of its own, and a lookup that alternates it with torch's (the model's
 forward, the exact distances) waits for the other pool's spinning threads to yield. With the
-numpy products a 32-query lookup over ~1000 keys took 8 ms on 2 cores at 2 threads against
-0.3 ms at one, and added 12-16 ms to each batch-32 query on a GPU machine's 16 cores
+numpy products GRACE's serving of a 32-row batch over 954 keys took 7.95 ms on 2 cores at 2
+threads, where the same lookup alone took 0.26 ms (`reports/cuda-h200/s38/prof_grace.py cpu
+1000`), and it added 12-16 ms to each batch-32 query on a GPU machine's 16 cores
 (`reports/cuda-h200/README.md`, third and fourth calls).
 """
 
@@ -113,9 +114,8 @@ class Sketch:
         if n < self.min_rows or keys.shape[1] <= 2 * self.rank:  # a scan costs as little
             return None
         self._refresh(keys, live)
-        # torch, not numpy, for the products: numpy's BLAS keeps its own thread pool, and
-        # alternating it with torch's made a 32-query lookup 25x slower on 2 cores (module
-        # docstring); the arrays are shared, not copied
+        # torch, not numpy, for the products: numpy's BLAS keeps its own thread pool, which
+        # waits on torch's and torch's on it (module docstring); the arrays are shared
         q = queries.double() - torch.from_numpy(self.mean)
         a = q @ torch.from_numpy(self.basis)
         qsq = (q * q).sum(1)
