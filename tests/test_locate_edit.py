@@ -243,3 +243,28 @@ def test_every_family_edits_its_own_mlp_projection_and_detaches_exactly(family, 
     assert changed and changed <= real
     method.detach()
     assert all(torch.equal(v, state[k]) for k, v in lm.model.state_dict().items())
+
+
+@pytest.mark.parametrize("name", ["rome", "memit", "alphaedit"])
+def test_an_edit_at_the_subject_of_a_last_block_is_said_once_per_run(name, capsys):
+    """On a one-layer model the subject's last token feeds no later block: the edit cannot
+    move the answer (its loss stays), and the method says so once over a run's chunks."""
+    lm = tiny(n_layer=1)
+    cls = available_methods()[name]
+    ctx = AttachContext(seed=0, corpus=LARGE)  # one memo, as the chunks of one run share
+    for _ in range(2):
+        method = cls(from_mapping(cls.Config, CHEAP), seed=0)
+        method.attach(lm, ctx)
+        receipt = method.edit([EDIT])
+        assert receipt.loss_after == pytest.approx(receipt.loss_before, abs=1e-6)
+        method.detach()
+    assert capsys.readouterr().err.count("no later block reads that position") == 1
+    below_last = {"layer": 0} if name == "rome" else {"layers": (0,)}
+    for model, settings in ((lm, {"key_position": "prompt_last"}),  # where the answer is read
+                            (tiny(n_layer=2), below_last)):
+        method = cls(from_mapping(cls.Config, {**CHEAP, **settings}), seed=0)
+        method.attach(model, AttachContext(seed=0, corpus=LARGE))
+        receipt = method.edit([EDIT])
+        assert abs(receipt.loss_after - receipt.loss_before) > 1e-3  # the edit reaches it
+        method.detach()
+    assert "no later block" not in capsys.readouterr().err

@@ -9,7 +9,8 @@ the model factory and the memo of what was read are not part of equality); the a
 pure functions of the fields (a second call returns the same objects, read once). The memo
 is keyed by every field a reading depends on, so contexts may share one: the runtime hands
 the same memo to every chunk of a run (`restart_every`), which then reads the train split
-and the corpus once, not once per chunk.
+and the corpus once, not once per chunk. A method may also keep there what it says once per
+run (a key naming the method), so that a note is not repeated for every chunk.
 """
 
 from __future__ import annotations
@@ -222,8 +223,8 @@ class AttachContext:
     for methods that need a second model (SERAC's counterfactual model). probed_prompts: the
     locality prompts probed while the method is attached; `calibration_prompts` never
     returns one of them (locality is never measured on what a method calibrated on).
-    memo: what the accessors read, keyed by what it was read from (module docstring); a
-    fresh dict unless given.
+    memo: what the accessors read, keyed by what it was read from, and what methods said once
+    per run (module docstring); a fresh dict unless given.
     """
 
     seed: int

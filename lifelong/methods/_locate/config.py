@@ -16,7 +16,10 @@ class LocateConfig:
                                                 "without a subject falls back to the prompt's "
                                                 "last token, and its receipt says so) or the "
                                                 "prompt's last ('prompt_last': where the built-in "
-                                                "model recalls, per its causal trace)",
+                                                "model recalls, per its causal trace; the only "
+                                                "one that reaches the answer when the edited "
+                                                "layer is the model's last block, as in a "
+                                                "one-layer organism)",
                                 choices=("subject_last", "prompt_last"))
     steps: int = setting(20, "maximum Adam steps of the value optimisation (paper: 20 for "
                              "GPT-2 XL, 25 for GPT-J)", min=1, max=10_000)

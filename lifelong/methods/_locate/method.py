@@ -59,6 +59,7 @@ class LocateEdit(ReplayedWeights):
         self.names = [f"layers.{i}.mlp.out" for i in self.layer_ids]
         self.modules = [layers.resolve(lm.model, n) for n in self.names]
         self.base = [layers.weight_out_in(m).detach().clone() for m in self.modules]
+        self._say_if_unreachable(lm, ctx)
         if cfg.covariance == "corpus":
             self.cov, info = key_covariances(lm, ctx, self.names, cfg.stats_texts,
                                              cfg.stats_fallback)
@@ -77,6 +78,24 @@ class LocateEdit(ReplayedWeights):
         self.log: list[list[EditRequest]] = []
         self._prepare()
         self._reset()
+
+    def _say_if_unreachable(self, lm: LM, ctx: AttachContext) -> None:
+        """Say once per run (the chunks share `ctx.memo`) when the edit can reach the answer
+        only where the subject ends the prompt: the value is written at the subject's last
+        token of the model's last block, and no later block reads that position (causal
+        attention), so the answer, read at the prompt's last token, cannot see it. A one-layer
+        model always is this case; the edit still runs, as the paper's method would."""
+        last = layers.num_layers(lm.model) - 1
+        if self.config.key_position != "subject_last" or self.layer_ids[-1] != last:
+            return
+        said = ("unreachable", self.name)
+        if said not in ctx.memo:
+            ctx.memo[said] = True
+            Reporter().note(f"{self.name}: the edit writes layer {last}, the model's last "
+                            "block, at the subject's last token; no later block reads that "
+                            "position, so only prompts that end with their subject can "
+                            "change (key_position = 'prompt_last' edits where the answer "
+                            "is read)")
 
     def _prefixes(self, ctx: AttachContext) -> list[str]:
         """The prefix contexts (`lookup.make_prefixes`) from corpus texts (else the unrelated
