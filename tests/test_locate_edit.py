@@ -268,3 +268,27 @@ def test_an_edit_at_the_subject_of_a_last_block_is_said_once_per_run(name, capsy
         assert abs(receipt.loss_after - receipt.loss_before) > 1e-3  # the edit reaches it
         method.detach()
     assert "no later block" not in capsys.readouterr().err
+
+
+def test_alphaedit_chunks_of_one_run_share_its_null_space_projection(monkeypatch):
+    """One eigendecomposition per (C, threshold) over the contexts sharing a memo (a run's
+    chunks), and the same projection as a fresh attach computes."""
+    import lifelong.methods.alphaedit as alphaedit
+
+    calls = []
+    eigh = torch.linalg.eigh
+    monkeypatch.setattr(alphaedit.torch.linalg, "eigh", lambda c: calls.append(1) or eigh(c))
+    lm = tiny(n_layer=2)
+    cls = available_methods()["alphaedit"]
+    ctx = AttachContext(seed=0, corpus=LARGE)
+    fresh = make("alphaedit", lm, key_position="prompt_last")
+    n = len(fresh.names)  # one per edited layer
+    assert len(calls) == n
+    for threshold, expected in ((0.02, 2 * n), (0.02, 2 * n), (0.5, 3 * n)):
+        method = cls(from_mapping(cls.Config, {**CHEAP, "null_threshold": threshold}), seed=0)
+        method.attach(lm, ctx)
+        assert len(calls) == expected
+        if threshold == 0.02:
+            assert all(torch.equal(a, b) for a, b in zip(method.projections, fresh.projections))
+        method.detach()
+    fresh.detach()

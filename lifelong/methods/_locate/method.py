@@ -48,8 +48,9 @@ class LocateEdit(ReplayedWeights):
     def _apply(self, requests: Sequence[EditRequest]) -> list[EditReceipt]:
         raise NotImplementedError
 
-    def _prepare(self) -> None:
-        """After the statistics are known (AlphaEdit: its projections)."""
+    def _prepare(self, ctx: AttachContext) -> None:
+        """After the statistics are known (AlphaEdit: its projections; `ctx.memo` keeps what
+        the chunks of one run can share)."""
 
     # ---- lifecycle --------------------------------------------------------------------------
     def attach(self, lm: LM, ctx: AttachContext) -> None:
@@ -76,7 +77,7 @@ class LocateEdit(ReplayedWeights):
                                 f"({cost['tokens']} tokens, {cost['seconds']:.1f} s)")
         self.prefixes = self._prefixes(ctx)
         self.log: list[list[EditRequest]] = []
-        self._prepare()
+        self._prepare(ctx)
         self._reset()
 
     def _say_if_unreachable(self, lm: LM, ctx: AttachContext) -> None:
