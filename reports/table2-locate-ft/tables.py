@@ -1,0 +1,63 @@
+"""The Table 2 sweeps' figures as Markdown, one table per organism, the WISE paper's
+LLaMA-2-7B numbers beside ours where it has the method (ZsRE only: it has no CounterFact
+table):
+
+    python reports/table2-locate-ft/tables.py reports/table2-locate-ft/compare.json \
+        reports/table2-locate-single/compare.json > reports/table2-locate-ft/tables.md
+
+Cells: mean ± std over the seeds, teacher-forced / generated. The last column: the paper's
+reliability / generalization / locality, teacher-forced token accuracy (its evaluation), so
+comparable with our first number of each cell. Rows are read from `lifelong compare --json` (`seed_means`).
+"""
+
+import json
+import sys
+from collections import defaultdict
+
+#: WISE (arXiv 2405.14768) Table 2, LLaMA-2-7B, ZsRE: (rel, gen, loc) at T = 1, 10, 100, 1000
+PAPER = {
+    "ft": ((0.57, 0.52, 0.96), (0.48, 0.48, 0.76), (0.30, 0.27, 0.23), (0.19, 0.16, 0.03)),
+    "ft-ewc": ((0.96, 0.95, 0.02), (0.82, 0.76, 0.01), (0.83, 0.74, 0.08), (0.76, 0.69, 0.08)),
+    "rome": ((0.85, 0.80, 0.99), (0.64, 0.62, 0.75), (0.23, 0.22, 0.04), (0.01, 0.01, 0.00)),
+    "memit": ((0.84, 0.81, 0.99), (0.58, 0.58, 0.85), (0.02, 0.02, 0.02), (0.04, 0.04, 0.02)),
+}
+T_INDEX = {1: 0, 10: 1, 100: 2, 1000: 3}
+FIGURES = (("rel", "reliability"), ("gen", "generalization"), ("loc", "locality"))
+
+
+def cell(row: dict, key: str) -> str:
+    return (f"{row[f'{key}_tf']:.2f} ± {row[f'{key}_tf_std']:.2f} / "
+            f"{row[f'{key}_gen']:.2f} ± {row[f'{key}_gen_std']:.2f}")
+
+
+def load(paths: list[str]) -> dict[str, dict[int, dict[str, dict]]]:
+    """organism -> T -> label -> seed-mean row."""
+    out: dict = defaultdict(lambda: defaultdict(dict))
+    for path in paths:
+        for row in json.load(open(path))["seed_means"]:
+            scenario, label = row["label"].split(",", 1)[0], row["label"].split(":")[-1]
+            organism, t = scenario.rsplit("-t", 1)
+            out[organism][int(t)][label.removesuffix(" (mean)")] = row
+    return out
+
+
+def main(paths: list[str]) -> None:
+    for organism, by_t in sorted(load(paths).items()):
+        labels = sorted({lab for rows in by_t.values() for lab in rows})
+        print(f"### {organism}\n")
+        print("| method | T | seeds | reliability | generalization | locality | paper |")
+        print("| --- | ---: | ---: | --- | --- | --- | --- |")
+        for label in labels:
+            for t in sorted(by_t):
+                row = by_t[t].get(label)
+                if row is None:
+                    continue
+                paper = PAPER.get(row["method"]) if organism == "zsre" else None
+                ref = " / ".join(f"{v:.2f}" for v in paper[T_INDEX[t]]) if paper else "-"
+                print(f"| {label} | {t} | {row['n_seeds']} | "
+                      + " | ".join(cell(row, key) for key, _ in FIGURES) + f" | {ref} |")
+        print()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
