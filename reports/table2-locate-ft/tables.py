@@ -3,7 +3,8 @@ LLaMA-2-7B numbers beside ours where it has the method (ZsRE only: it has no Cou
 table):
 
     python reports/table2-locate-ft/tables.py reports/table2-locate-ft/compare.json \
-        reports/table2-locate-single/compare.json > reports/table2-locate-ft/tables.md
+        zsre-t1000=reports/table2-locate-ft/compare-ft-zsre-1000.json \
+        reports/table2-locate-ft/compare-none.json > reports/table2-locate-ft/tables.md
 
 Cells: mean ± std over the seeds, teacher-forced / generated. The last column: the paper's
 reliability / generalization / locality, teacher-forced token accuracy (its evaluation), so
@@ -30,14 +31,17 @@ def cell(row: dict, key: str) -> str:
             f"{row[f'{key}_gen']:.2f} ± {row[f'{key}_gen_std']:.2f}")
 
 
-def load(paths: list[str]) -> dict[str, dict[int, dict[str, dict]]]:
-    """organism -> T -> label -> seed-mean row."""
+def load(args: list[str]) -> dict[str, dict[int, dict[str, dict]]]:
+    """organism -> T -> label -> seed-mean row. An argument `SCENARIO=FILE` names the
+    scenario of a sweep that ran only one (its labels then carry no scenario)."""
     out: dict = defaultdict(lambda: defaultdict(dict))
-    for path in paths:
+    for arg in args:
+        fixed, _, path = arg.rpartition("=")
         for row in json.load(open(path))["seed_means"]:
-            scenario, label = row["label"].split(",", 1)[0], row["label"].split(":")[-1]
+            label = row["label"].split(":")[-1].removesuffix(" (mean)")
+            scenario = fixed or row["label"].split(",", 1)[0]
             organism, t = scenario.rsplit("-t", 1)
-            out[organism][int(t)][label.removesuffix(" (mean)")] = row
+            out[organism][int(t)][label] = row
     return out
 
 
