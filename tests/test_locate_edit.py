@@ -292,3 +292,8 @@ def test_alphaedit_chunks_of_one_run_share_its_null_space_projection(monkeypatch
             assert all(torch.equal(a, b) for a, b in zip(method.projections, fresh.projections))
         method.detach()
     fresh.detach()
+    # another corpus, another C: the shared memo does not hand it the first C's projection
+    other = cls(from_mapping(cls.Config, CHEAP), seed=0)
+    other.attach(lm, AttachContext(seed=0, corpus=SMALL, memo=ctx.memo))
+    assert len(calls) == 4 * n
+    other.detach()

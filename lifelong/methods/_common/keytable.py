@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ...index import KeyIndex
-from .nearest import SHORTLIST_MARGIN, nearest_one, nearest_rows
+from .nearest import SHORTLIST_MARGIN, nearest_one, nearest_rows, rank_shortlist
 from .sketch import MIN_ROWS, RANK, Sketch
 
 
@@ -130,10 +130,9 @@ class KeyTable:
         `SHORTLIST_MARGIN` + 1), ranked by float64 distance, ties to the lower id (one query
         inside a forward: no slower than the sketch at 10,000 keys, faster at 1000; README)."""
         _, cand = self.index.search(q.numpy(), SHORTLIST_MARGIN + 1)
-        cand = np.sort(cand[0][cand[0] >= 0])
-        d = (self._keys[torch.from_numpy(cand)].double() - q.double()).norm(dim=-1).numpy()
-        best = int(np.argmin(d))  # the first minimum: the lower id among ties
-        return np.array([cand[best]]), np.array([d[best]])
+        short = torch.from_numpy(np.sort(cand[0][cand[0] >= 0]))[None]
+        rows, dist = rank_shortlist(self._keys, self._sq, short, q, 1)
+        return rows[:, 0].numpy(), dist[:, 0].numpy()
 
     def nbytes(self) -> int:
         """Bytes held: the FAISS index, the search copy of the keys and the sketch."""

@@ -36,17 +36,25 @@ def nearest_rows(keys: torch.Tensor, norms: torch.Tensor, queries: torch.Tensor,
     # |q - k|^2 up to |q|^2, which is the same for every row of a query
     score = norms.unsqueeze(0) - 2.0 * (q @ keys.float().T)
     short = score.topk(m, dim=1, largest=False).indices.sort(dim=1).values  # by row: stable
-    dist = (keys[short].double() - queries.double().unsqueeze(1)).norm(dim=-1)
-    dist = torch.where(torch.isfinite(norms[short]), dist, torch.full_like(dist, float("inf")))
-    order = dist.argsort(dim=1, stable=True)[:, :k]
-    rows, dist = short.gather(1, order), dist.gather(1, order)
-    rows = torch.where(torch.isfinite(dist), rows, torch.full_like(rows, -1))
+    rows, dist = rank_shortlist(keys, norms, short, queries, k)
     if k > m:  # fewer rows than k at all
         pad = k - m
         rows = torch.cat([rows, torch.full((b, pad), -1, dtype=torch.long, device=rows.device)], 1)
         dist = torch.cat([dist, torch.full((b, pad), float("inf"), dtype=torch.float64,
                                            device=dist.device)], 1)
     return rows, dist
+
+
+def rank_shortlist(keys: torch.Tensor, norms: torch.Tensor, short: torch.Tensor,
+                   queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `k` nearest of each query's shortlisted rows (`short`, (B, m), ascending by row) by
+    exact float64 distance, ties to the lower row; rows whose norm is +inf (dead) rank last,
+    as -1 with distance +inf."""
+    dist = (keys[short].double() - queries.double().unsqueeze(1)).norm(dim=-1)
+    dist = torch.where(torch.isfinite(norms[short]), dist, torch.full_like(dist, float("inf")))
+    order = dist.argsort(dim=1, stable=True)[:, :k]
+    rows, dist = short.gather(1, order), dist.gather(1, order)
+    return torch.where(torch.isfinite(dist), rows, torch.full_like(rows, -1)), dist
 
 
 def nearest_covering(keys: torch.Tensor, radii: np.ndarray, queries: torch.Tensor, k: int,
