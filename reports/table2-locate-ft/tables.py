@@ -23,7 +23,7 @@ PAPER = {
     "memit": ((0.84, 0.81, 0.99), (0.58, 0.58, 0.85), (0.02, 0.02, 0.02), (0.04, 0.04, 0.02)),
 }
 T_INDEX = {1: 0, 10: 1, 100: 2, 1000: 3}
-FIGURES = (("rel", "reliability"), ("gen", "generalization"), ("loc", "locality"))
+FIGURES = ("rel", "gen", "loc")  # reliability, generalization, locality
 
 
 def cell(row: dict, key: str) -> str:
@@ -59,7 +59,7 @@ def main(paths: list[str]) -> None:
                 paper = PAPER.get(row["method"]) if organism == "zsre" else None
                 ref = " / ".join(f"{v:.2f}" for v in paper[T_INDEX[t]]) if paper else "-"
                 print(f"| {label} | {t} | {row['n_seeds']} | "
-                      + " | ".join(cell(row, key) for key, _ in FIGURES) + f" | {ref} |")
+                      + " | ".join(cell(row, key) for key in FIGURES) + f" | {ref} |")
         print()
 
 
