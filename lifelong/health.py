@@ -8,8 +8,11 @@ Two measures, taken at every checkpoint (the runtime records them, `metrics` rea
   predict (the built-in model and the organisms are trained on the answers of their
   sentences, so there the perplexity is that of the answers given the sentence start). A
   collapse of general capability, the failure that sequential editing is known for, shows
-  here first (the literature's collapse detector). For other models the scenario names a
-  text file (`health.corpus`: every token after the first of each line).
+  here first (the literature's collapse detector). A scenario may name a text file instead
+  (`health_corpus`: every token after the first of each line). A model without a world
+  (an organism, any other model) and without a corpus is measured on the stream's own
+  locality probes, the answers scored: for an organism these are the one part of its
+  training text that no edit of the stream touches.
 - *weight change*: for every parameter that differs from the pre-stream model, the norm of
   the change and the norm of the weight, both relative to the pre-stream weight's norm.
   Methods that keep their edits outside the model's weights (side memories, codebooks)
@@ -53,6 +56,22 @@ def world_texts(world, n: int, seed: int = 0) -> HealthTexts:
     chosen = rng.sample(pairs, min(n, len(pairs)))
     return HealthTexts(tuple((world.prompt(f, t), f.value) for f, t in chosen),
                        "world: held-out phrasings of never-changing facts (answers scored)")
+
+
+def probe_texts(probes: Sequence[Any], n: int, seed: int = 0) -> HealthTexts | None:
+    """`n` of the stream's locality probes (prompt -> the answer the stream records), a
+    seeded sample in stream order; None when the stream has none. The runtime passes the
+    run's probed locality sample, which a whole-stream run never hands to a method (methods
+    that train on unrelated prompts get the rest of the pool); a chunked run hands each
+    chunk the pool minus that chunk's probes, so such methods may have trained on some of
+    these texts."""
+    pairs = list(dict.fromkeys((p.prompt, p.answer) for p in probes))
+    if not pairs:
+        return None
+    rng = random.Random(f"health-{seed}")
+    chosen = sorted(rng.sample(range(len(pairs)), min(n, len(pairs))))
+    return HealthTexts(tuple(pairs[i] for i in chosen),
+                       "stream: locality probes, prompt -> recorded answer (answers scored)")
 
 
 def file_texts(path: str | Path, n: int) -> HealthTexts:
@@ -130,9 +149,11 @@ def _relative(w0: torch.Tensor, delta: torch.Tensor) -> dict[str, float]:
             "norm": float(f"{float((w0 + delta).float().norm()) / n0:.6g}")}
 
 
-def texts_for(model_dir: str | Path, corpus: str, n: int) -> HealthTexts | None:
+def texts_for(model_dir: str | Path, corpus: str, n: int,
+              probes: Sequence[Any] = ()) -> HealthTexts | None:
     """The health texts of a run: `corpus` (a text file) when given, else the held-out text
-    of the world beside the model (`world.json`, as the built-in model has), else None."""
+    of the world beside the model (`world.json`, as the built-in model has), else the
+    stream's locality `probes` (`probe_texts`), else None."""
     if n <= 0:
         return None
     if corpus:
@@ -142,9 +163,9 @@ def texts_for(model_dir: str | Path, corpus: str, n: int) -> HealthTexts | None:
         from .world import World
         try:
             return world_texts(World.from_json(world_file), n)
-        except (ValueError, KeyError):  # a world of another format: no health texts
-            return None
-    return None
+        except (ValueError, KeyError):  # a world of another format: the stream's probes
+            pass
+    return probe_texts(probes, n)
 
 
 class Monitor:

@@ -35,7 +35,9 @@ def health_plot(runs) -> Plot | None:
     _legend(fig, have)
     return Plot("health", "Model health against the number of edits",
                 "Left: perplexity of held-out text (for the built-in model: never-changing facts in "
-                "phrasings it never trained on, answers scored) over the pre-stream model's: the "
+                "phrasings it never trained on; for a model without a world, such as an "
+                "organism: the run's probed locality prompts with their recorded answers; "
+                "answers scored) over the pre-stream model's: the "
                 "collapse detector. Right: the largest relative change of any weight the method "
                 "changed (side memories count as their delta)." + BAND_NOTE * _seeded(have),
                 _png(fig))

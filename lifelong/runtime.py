@@ -213,7 +213,7 @@ class Runtime:
         pool, loc = self._locality(seed)
         self._ensure_reference(lm, model_key, loc)
         sched = self.sc.schedule
-        self._health = Monitor(lm, texts_for(lm.path, sched.health_corpus, sched.health_texts),
+        self._health = Monitor(lm, texts_for(lm.path, sched.health_corpus, sched.health_texts, loc),
                                sched.weight_norms)  # while the model is pristine
         saved = self.store.load_state(run_id) if existing else None
         chunk_start = saved[1]["counters"]["extra"].get("chunk_start", 0) if saved else 0

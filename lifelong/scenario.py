@@ -88,12 +88,13 @@ class Schedule:
                                     "own edits and their locality prompts at its end; figures "
                                     "are pooled over the chunks (0: one stream)", min=0)
     health_texts: int = setting(200, "model health: held-out texts whose perplexity is measured "
-                                     "at every checkpoint (the world's held-out phrasings of "
-                                     "never-changing facts for a model with a world.json, or "
-                                     "`health_corpus`; 0: off)", min=0)
+                                     "at every checkpoint (`health_corpus`, else the world's "
+                                     "held-out phrasings of never-changing facts for a model "
+                                     "with a world.json, else the run's locality probes with "
+                                     "their recorded answers; 0: off)", min=0)
     health_corpus: str = setting("", "model health: a UTF-8 text file, one text per line "
                                      "(relative paths: to the scenario file); default: the "
-                                     "model's world")
+                                     "model's world, else the stream's locality probes")
     weight_norms: bool = setting(True, "model health: record, at every checkpoint, the norm of "
                                        "each weight's change relative to the pre-stream weight "
                                        "(keeps a copy of the pre-stream weights)")

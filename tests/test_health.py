@@ -8,10 +8,22 @@ import math
 import pytest
 import torch
 from conftest import make_tiny_model, tiny_tokenizer
+from tinyrun import run_store, save_tiny_model, stream_events, write_jsonl, write_scenario
 
-from lifelong.health import file_texts, perplexity, snapshot, weight_changes, world_texts
-from lifelong.model import LM
+from lifelong.events import Probe
+from lifelong.health import (
+    file_texts,
+    perplexity,
+    probe_texts,
+    snapshot,
+    texts_for,
+    weight_changes,
+    world_texts,
+)
+from lifelong.model import LM, load_model
+from lifelong.probes import locality_pool, locality_sample
 from lifelong.scoring import target_loss
+from lifelong.stream import parse_stream
 from lifelong.world import World, WorldConfig
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -51,6 +63,48 @@ def test_world_texts_are_never_trained_never_edited():
     stable = {f.value for f in world.stable_facts()}
     assert len(texts.pairs) == 50 and texts == world_texts(world, 50, seed=1)
     assert all(p not in trained and v in stable for p, v in texts.pairs)
+
+
+def test_probe_texts_are_a_seeded_sample_of_distinct_probes_in_stream_order(tmp_path):
+    probes = [Probe(f"p{i} was born in", f"City{i % 7}") for i in range(40)]
+    texts = probe_texts(probes + probes[:5], 10, seed=3)  # repeats count once
+    assert texts == probe_texts(probes, 10, seed=3) and len(texts.pairs) == 10
+    order = [(p.prompt, p.answer) for p in probes]
+    assert sorted(texts.pairs, key=order.index) == list(texts.pairs)
+    assert set(texts.pairs) < set(order) and texts != probe_texts(probes, 10, seed=4)
+    assert len(probe_texts(probes, 500).pairs) == 40 and probe_texts([], 10) is None
+    # the order of precedence: a corpus file, the model's world, the stream's probes
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("Oslo is cold\n", encoding="utf-8")
+    assert texts_for(tmp_path, str(corpus), 10, probes).pairs == (("", "Oslo is cold"),)
+    assert texts_for(tmp_path, "", 10, probes) == probe_texts(probes, 10)
+    assert texts_for(tmp_path, "", 0, probes) is None and texts_for(tmp_path, "", 10) is None
+
+
+def _health_rows(tmp_path, method: str) -> list[dict]:
+    model = save_tiny_model(tmp_path / "tiny")  # no world.json: the stream's probes are used
+    stream = write_jsonl(stream_events(n_edits=8, reedits=0, retracts=0, queries=0),
+                         tmp_path / "s.jsonl")
+    sc = write_scenario(tmp_path / "s.toml", model, stream, methods=method,
+                        schedule="checkpoint_every = 4\nlocality_sample = 3")
+    store = run_store(sc, tmp_path / "s.db")
+    (run,) = store.runs()
+    return store.rows("checkpoints", run["run_id"])
+
+
+def test_a_model_without_a_world_is_measured_on_the_runs_locality_probes(tmp_path):
+    """An organism (or any model without world.json) gets health rows: the probed locality
+    sample with its answers, against the pristine model; editing moves them."""
+    ft = _health_rows(tmp_path / "ft", '[[methods]]\nname = "ft"\nsettings = { steps = 8, lr = 0.05 }\n')
+    none = _health_rows(tmp_path / "none", '[[methods]]\nname = "none"\n')
+    assert len(ft) >= 2 and all(c["health_source"].startswith("stream: locality") for c in ft + none)
+    assert all(c["health_ppl"] == c["health_ppl_base"] for c in none)
+    assert ft[0]["health_ppl_base"] == none[0]["health_ppl_base"]
+    # the texts are the run's probed sample (seed 0), which no whole-stream method trains on
+    sample = locality_sample(locality_pool(parse_stream(tmp_path / "ft" / "s.jsonl").events), 3, 0)
+    lm = load_model(str(tmp_path / "ft" / "tiny"))
+    assert none[0]["health_ppl_base"] == pytest.approx(perplexity(lm, probe_texts(sample, 200).pairs))
+    assert all(c["health_ppl"] != c["health_ppl_base"] for c in ft)
 
 
 def test_weight_changes_name_exactly_the_changed_parameters():
