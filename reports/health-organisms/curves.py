@@ -1,0 +1,60 @@
+"""The health sweep's curves as Markdown: for each method, at each checkpoint, the held-out
+perplexity ratio (the run's probed locality prompts' recorded answers, over the pre-stream
+model's), locality and reliability, teacher-forced, mean ± std over the seeds:
+
+    python reports/health-organisms/curves.py runs/health-organisms-seq/sweep.db \
+        > reports/health-organisms/curves.md
+
+(further arguments: the checkpoints to show, in edits; default 50 100 200 300 400 500)
+
+Reads the store through `lifelong.report.load_runs` (the figures the report plots); the
+ratio's mean over seeds is a geometric mean (ratios span orders of magnitude), its spread
+the range over the seeds.
+"""
+
+import math
+import statistics
+import sys
+from collections import defaultdict
+
+from lifelong.report import load_runs
+
+CHECKPOINTS = (50, 100, 200, 300, 400, 500)
+
+
+def point(run, edits: int) -> dict | None:
+    return next((c for c in run.curves if c["edits_done"] == edits and c["when"] != "final"),
+                None) or next((c for c in run.curves if c["edits_done"] == edits), None)
+
+
+def ratio_cell(values: list[float]) -> str:
+    geo = math.exp(statistics.fmean(math.log(v) for v in values))
+    return f"{geo:.3g} [{min(values):.3g}-{max(values):.3g}]"
+
+
+def rate_cell(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.2f} ± {sd:.2f}"
+
+
+def main(db: str, checkpoints: tuple[int, ...] = CHECKPOINTS) -> None:
+    by: dict[str, list] = defaultdict(list)
+    for run in load_runs([db]):
+        if run.banner is None:
+            by[run.run["run_id"].rsplit(":", 1)[-1].split("@")[0]].append(run)
+    print("| method | seeds | edits | perplexity ratio, geometric mean [range] | locality TF | "
+          "reliability TF (edits so far) |")
+    print("| --- | ---: | ---: | --- | --- | --- |")
+    for label, runs in by.items():
+        for edits in checkpoints:
+            points = [point(r, edits) for r in runs]
+            if any(p is None or not p["health"] for p in points):
+                continue
+            ratio = ratio_cell([p["health"]["ppl_ratio"] for p in points])
+            loc = rate_cell([p["locality"]["teacher_forced"] for p in points])
+            rel = rate_cell([p["reliability"]["teacher_forced"] for p in points])
+            print(f"| {label} | {len(runs)} | {edits} | {ratio} | {loc} | {rel} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], tuple(map(int, sys.argv[2:])) or CHECKPOINTS)
