@@ -237,17 +237,40 @@ class SeedMean:
         return [x for m in self.members for x in m.merges]
 
 
+def setup_key(rd: Any) -> str:
+    """What makes runs seeds of one experiment: the configuration the run recorded (scenario,
+    method and settings, stream) without its seed and its scenario's seed list, as canonical
+    JSON; a run that recorded none is its store's alone. So the per-run stores of a sweep
+    (one seed each) pool, and one label run twice with other settings does not."""
+    try:
+        config = json.loads(rd.run.get("config") or "null")
+    except ValueError:
+        config = None
+    if not isinstance(config, dict):
+        return f"store:{rd.store}"
+    config = {k: v for k, v in config.items() if k != "seed"}
+    if isinstance(config.get("scenario"), dict):
+        config["scenario"] = {k: v for k, v in config["scenario"].items() if k != "seeds"}
+    return json.dumps(config, sort_keys=True)
+
+
 def seed_means(runs: Sequence[Any]) -> list[SeedMean]:
-    """One SeedMean per (store, run label, comparison group) with two or more complete runs,
-    in order of first appearance; labels unique (the store's name added where needed)."""
+    """One SeedMean per (run label, comparison group, `setup_key`) with two or more complete
+    runs, from any of the stores, in order of first appearance; labels unique (the first
+    member's store name added where two means share a label, then a number if needed)."""
     by: dict[tuple, list] = {}
     for r in runs:
         if r.banner is None:
-            by.setdefault((str(r.store), r.run.get("label") or r.run["run_id"], group_key(r)), []).append(r)
-    means = [(k, ms) for k, ms in by.items() if len(ms) >= 2]
-    labels = [k[1] for k, _ in means]
-    return [SeedMean(f"{PurePath(k[0]).stem + ':' if labels.count(k[1]) > 1 else ''}{k[1]} (mean)", ms)
-            for k, ms in means]
+            by.setdefault((r.run.get("label") or r.run["run_id"], group_key(r), setup_key(r)),
+                          []).append(r)
+    means = [(k[0], ms) for k, ms in by.items() if len(ms) >= 2]
+    labels = [label for label, _ in means]
+    out, seen = [], {}
+    for label, ms in means:
+        name = f"{PurePath(str(ms[0].store)).stem}:{label}" if labels.count(label) > 1 else label
+        seen[name] = seen.get(name, 0) + 1
+        out.append(SeedMean(f"{name}{'' if seen[name] == 1 else f' #{seen[name]}'} (mean)", ms))
+    return out
 
 
 # ------------------------------------------------------------------------------ the table

@@ -21,6 +21,7 @@ from tinyrun import save_tiny_model, stream_events, write_jsonl, write_scenario
 
 from lifelong.cli import cli
 from lifelong.report import entities, load_runs, write_report
+from lifelong.report_table import seed_means
 from lifelong.runtime import Runtime
 from lifelong.scenario import load_scenario
 from lifelong.store import Store
@@ -147,3 +148,18 @@ def test_widest_page_does_not_scroll_sideways(seeds_db, other_db, tmp_path):
     scroll, inner, tables = map(int, found.groups())
     assert scroll <= inner and tables <= inner, (scroll, inner, tables)
     assert "span 2 comparison groups" in out["html"].read_text()
+
+
+def test_seeds_in_stores_of_their_own_pool_and_other_settings_do_not(tmp_path):
+    """A sweep keeps each seed in its own store: their mean is one row. The same label run
+    with other settings is another experiment: its own mean, never pooled with them."""
+    model = save_tiny_model(tmp_path / "tiny")
+    stream = write_jsonl(stream_events(n_edits=6, reedits=0, retracts=0, queries=0), tmp_path / "s.jsonl")
+    ft = '[[methods]]\nname = "ft"\nsettings = {{ steps = {}, lr = 0.01 }}\n'
+    dbs = [_run(write_scenario(tmp_path / "one.toml", model, stream, methods=ft.format(4),
+                               extra=f"seeds = [{seed}]"), tmp_path / f"ft@seed{seed}.db")
+           for seed in (0, 1, 2)]
+    dbs.append(_run(write_scenario(tmp_path / "one.toml", model, stream, methods=ft.format(2),
+                                   extra="seeds = [0, 1]"), tmp_path / "other.db"))
+    means = {m.label: sorted(r.run["seed"] for r in m.members) for m in seed_means(load_runs(dbs))}
+    assert means == {"ft@seed0:ft (mean)": [0, 1, 2], "other:ft (mean)": [0, 1]}
