@@ -5,7 +5,7 @@ model's), locality and reliability, teacher-forced, mean ± std over the seeds:
     python reports/health-organisms/curves.py runs/health-organisms-seq/sweep.db \
         > reports/health-organisms/curves.md
 
-(further arguments: the checkpoints to show, in edits; default 50 100 200 300 400 500)
+(arguments: stores, and the checkpoints to show in edits; default 50 100 200 300 400 500)
 
 Reads the store through `lifelong.report.load_runs` (the figures the report plots); the
 ratio's mean over seeds is a geometric mean (ratios span orders of magnitude), its spread
@@ -37,9 +37,9 @@ def rate_cell(values: list[float]) -> str:
     return f"{statistics.fmean(values):.2f} ± {sd:.2f}"
 
 
-def main(db: str, checkpoints: tuple[int, ...] = CHECKPOINTS) -> None:
+def main(dbs: list[str], checkpoints: tuple[int, ...] = CHECKPOINTS) -> None:
     by: dict[str, list] = defaultdict(list)
-    for run in load_runs([db]):
+    for run in load_runs(dbs):
         if run.banner is None:
             by[run.run["run_id"].rsplit(":", 1)[-1].split("@")[0]].append(run)
     print("| method | seeds | edits | perplexity ratio, geometric mean [range] | locality TF | "
@@ -57,4 +57,5 @@ def main(db: str, checkpoints: tuple[int, ...] = CHECKPOINTS) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], tuple(map(int, sys.argv[2:])) or CHECKPOINTS)
+    args = sys.argv[1:]
+    main([a for a in args if not a.isdigit()], tuple(int(a) for a in args if a.isdigit()) or CHECKPOINTS)
