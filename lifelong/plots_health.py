@@ -11,6 +11,20 @@ def _health(c: dict, key: str) -> float | None:
     return (c.get("health") or {}).get(key)
 
 
+#: a panel whose values span more than this factor is drawn on a log scale
+LOG_SPAN = 50.0
+
+
+def _scale(ax, values: list[float]) -> None:
+    """A log axis where the values span orders of magnitude (a ratio of 1 beside one of
+    1000 would otherwise read as a flat line at 0); zeros (an unchanged model) stay on it
+    through a linear stretch below 0.01 (symlog)."""
+    positive = [v for v in values if v > 0]
+    if positive and max(positive) / min(positive) > LOG_SPAN:
+        ax.set_yscale("symlog", linthresh=0.01)
+        ax.set_ylim(bottom=0)  # both figures are >= 0
+
+
 def health_plot(runs) -> Plot | None:
     """Two panels, each drawn only for runs that recorded it."""
     panels = [("ppl_ratio", "Held-out text perplexity / before the stream", "ratio (1 = unchanged)"),
@@ -27,6 +41,7 @@ def health_plot(runs) -> Plot | None:
             ax.plot(*series(run), color=run.colour, lw=1.6, **MARKER["-"])
             _band(ax, run, series)
         _edits_axis(ax, have)
+        _scale(ax, [y for run in have for y in _series(run, lambda c, k=key: _health(c, k))[1]])
         ax.set_title(title)
         ax.set_xlabel("edits applied (count)")
         ax.set_ylabel(ylabel)
@@ -39,5 +54,6 @@ def health_plot(runs) -> Plot | None:
                 "organism: the run's probed locality prompts with their recorded answers; "
                 "answers scored) over the pre-stream model's: the "
                 "collapse detector. Right: the largest relative change of any weight the method "
-                "changed (side memories count as their delta)." + BAND_NOTE * _seeded(have),
+                "changed (side memories count as their delta). A panel whose values span more than "
+                f"{LOG_SPAN:g}x is drawn on a log scale." + BAND_NOTE * _seeded(have),
                 _png(fig))

@@ -125,3 +125,18 @@ def test_weight_changes_name_exactly_the_changed_parameters():
 
     side = weight_changes(lm, base, SideMemory())
     assert side["transformer.h.0.mlp.c_proj.weight"] == {"delta": 1.0, "norm": 0.0}
+
+
+@pytest.mark.parametrize(("values", "scale"), [([1.0, 1.2, 30.0], "linear"), ([0.0, 1.0, 800.0], "symlog"),
+                                               ([0.0, 0.0], "linear"), ([0.2, 0.5], "linear"), ([0.002, 0.5], "symlog")])
+def test_the_health_figure_goes_logarithmic_where_values_span_orders_of_magnitude(values, scale):
+    """A ratio of 1 beside one of 800 must not read as a flat line at 0; zeros stay drawable."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from lifelong.plots_health import _scale
+    fig, ax = plt.subplots()
+    _scale(ax, values)
+    assert ax.get_yscale() == scale and (scale == "linear" or ax.get_ylim()[0] == 0)
+    plt.close(fig)

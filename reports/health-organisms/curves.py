@@ -1,6 +1,7 @@
 """The health sweep's curves as Markdown: for each method, at each checkpoint, the held-out
 perplexity ratio (the run's probed locality prompts' recorded answers, over the pre-stream
-model's), locality and reliability, teacher-forced, mean ± std over the seeds:
+model's), the largest relative weight change, locality and reliability, teacher-forced,
+mean ± std over the seeds:
 
     python reports/health-organisms/curves.py runs/health-organisms-seq/sweep.db \
         > reports/health-organisms/curves.md
@@ -42,18 +43,19 @@ def main(dbs: list[str], checkpoints: tuple[int, ...] = CHECKPOINTS) -> None:
     for run in load_runs(dbs):
         if run.banner is None:
             by[run.run["run_id"].rsplit(":", 1)[-1].split("@")[0]].append(run)
-    print("| method | seeds | edits | perplexity ratio, geometric mean [range] | locality TF | "
-          "reliability TF (edits so far) |")
-    print("| --- | ---: | ---: | --- | --- | --- |")
+    print("| method | seeds | edits | perplexity ratio, geometric mean [range] | largest weight "
+          "change | locality TF | reliability TF (edits so far) |")
+    print("| --- | ---: | ---: | --- | --- | --- | --- |")
     for label, runs in by.items():
         for edits in checkpoints:
             points = [point(r, edits) for r in runs]
             if any(p is None or not p["health"] for p in points):
                 continue
             ratio = ratio_cell([p["health"]["ppl_ratio"] for p in points])
+            weight = rate_cell([p["health"]["weight_delta_max"] for p in points])
             loc = rate_cell([p["locality"]["teacher_forced"] for p in points])
             rel = rate_cell([p["reliability"]["teacher_forced"] for p in points])
-            print(f"| {label} | {len(runs)} | {edits} | {ratio} | {loc} | {rel} |")
+            print(f"| {label} | {len(runs)} | {edits} | {ratio} | {weight} | {loc} | {rel} |")
 
 
 if __name__ == "__main__":
