@@ -307,7 +307,7 @@ def bench_edit(methods: Sequence[str], model: str | None = None, edits: int = 20
     import click
 
     from .methods import build_method
-    from .runtime import code_version, machine
+    from .provenance import code_version, machine
     per_method = parse_settings(settings, methods)
     for name in methods:
         build_method(name, per_method[name], seed, where="--settings")

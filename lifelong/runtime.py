@@ -33,18 +33,14 @@ import contextlib
 import functools
 import json
 import os
-import platform
-import signal
-import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import __version__
 from .config import to_dict
 from .dispatch import (
     apply_edits,
@@ -57,6 +53,7 @@ from .dispatch import (
 )
 from .errors import LifelongError, StoreError
 from .health import Monitor, texts_for
+from .interrupts import counting_interrupts
 from .methods import AttachContext, BatchEditing, Routing, build_method
 from .methods.context import default_corpus
 from .metrics import compute_run_metrics
@@ -74,6 +71,7 @@ from .probes import (
     run_probes,
 )
 from .progress import Reporter
+from .provenance import code_version, machine
 from .querytiming import time_queries, timing_pairs
 from .runsetup import Setup, preflight
 from .scenario import MethodSpec, Scenario, check_methods, same_config
@@ -95,46 +93,6 @@ class Counters:
     checkpoints: int = 0   # checkpoints probed
     merges: int = 0        # consolidations fired by the schedule
     extra: dict = field(default_factory=dict)
-
-
-def code_version() -> str:
-    """Package version plus the git commit when running from a checkout."""
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
-                             text=True, timeout=5, check=False).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5, check=False).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha, dirty = "", ""
-    return f"{__version__}+{sha}{'.dirty' if dirty else ''}" if sha else __version__
-
-
-def machine() -> dict[str, Any]:
-    return {"platform": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpus": os.cpu_count(), "cuda": torch.cuda.is_available()}
-
-
-@contextlib.contextmanager
-def graceful_interrupt() -> Iterator[list[bool]]:
-    """First Ctrl-C sets a flag the loop checks between events; a second one aborts now."""
-    flag = [False]
-
-    def handler(signum, frame):
-        if flag[0]:
-            raise KeyboardInterrupt
-        flag[0] = True
-
-    try:
-        old = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: keep the default behaviour
-        yield flag
-        return
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, old)
 
 
 class Runtime:
@@ -405,7 +363,7 @@ class Runtime:
         reference = self.store.reference(model_key)
         last_save = time.monotonic()
         self.reporter.start(run_id, len(self.events), c.position)
-        with graceful_interrupt() as stop:
+        with counting_interrupts(raise_after=1) as stop:
             while c.position < len(self.events):
                 batching = sched.edit_batch > 1 and isinstance(method, BatchEditing)
                 n = edit_count(self.events, c.position, c.edits, sched, batching)

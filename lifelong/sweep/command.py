@@ -20,18 +20,17 @@ of the sweep is complete.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
 
 from ..errors import ConfigError, LifelongError
+from ..interrupts import counting_interrupts
 from .gather import Gatherer, Outcome, describe_error, read_outcome
 from .progress import Counts, SweepProgress
 from .spec import PlannedRun, Sweep, load_sweep
@@ -173,7 +172,7 @@ def _execute(executor, jobs, gatherer: Gatherer, progress: SweepProgress,
         c.running = running
         progress.show()
 
-    with _counting_interrupts() as presses:
+    with counting_interrupts() as presses:
         progress.start()
         try:
             for run, outcome in executor.results(jobs, tick, presses):
@@ -203,26 +202,6 @@ def _count(c: Counts, o: Outcome) -> None:
         c.failed += 1
     else:
         c.stopped += 1
-
-
-@contextlib.contextmanager
-def _counting_interrupts() -> Iterator[list[int]]:
-    """Ctrl-C presses, counted instead of raised (executors poll the count); outside the
-    main thread nothing is installed and the count stays 0."""
-    presses = [0]
-
-    def handler(signum, frame):
-        presses[0] += 1
-
-    try:
-        old = signal.signal(signal.SIGINT, handler)
-    except ValueError:
-        yield presses
-        return
-    try:
-        yield presses
-    finally:
-        signal.signal(signal.SIGINT, old)
 
 
 def _task(run: PlannedRun, out: Path, sw: Sweep, token: str, executor) -> dict:

@@ -117,7 +117,7 @@ def _ensure_attempts(store) -> None:
 
 def _begin(store, task: dict, resumed: bool) -> int:
     """Record the attempt as running; returns its number (1, 2, ...)."""
-    from ..runtime import code_version
+    from ..provenance import code_version
     run_id = task["run_id"]
     n = 1 + (store.db.execute(f"select max(attempt) from {ATTEMPTS} where run_id = ?",
                               [run_id]).fetchone()[0] or 0)
@@ -184,7 +184,7 @@ def _scenario(task: dict):
 def _failed_before_start(store, task: dict, error: str, status: str) -> None:
     """Where the runtime wrote no row (setup refused: model, stream, settings), write one
     saying why, so the gathered store and its reports show the run and its error."""
-    from ..runtime import code_version, machine
+    from ..provenance import code_version, machine
     sc, method = task["scenario"], task["scenario"]["methods"][0]
     now = time.time()
     store.start_run({
