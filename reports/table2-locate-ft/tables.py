@@ -5,6 +5,7 @@ table):
     python reports/table2-locate-ft/tables.py reports/table2-locate-ft/compare.json \
         zsre-t1000=reports/table2-locate-ft/compare-ft-zsre-1000.json \
         zsre-t1000=reports/table2-locate-ft/compare-locate-zsre-1000.json \
+        reports/table2-locate-ft/compare-locate-single.json \
         reports/table2-locate-ft/compare-none.json > reports/table2-locate-ft/tables.md
 
 Cells: mean ± std over the seeds, teacher-forced / generated. The last column: the paper's
