@@ -8,24 +8,25 @@ mean ± std over the seeds:
 
 (arguments: stores, and the checkpoints to show in edits; default 50 100 200 300 400 500)
 
-Reads the store through `lifelong.report.load_runs` (the figures the report plots); the
-ratio's mean over seeds is a geometric mean (ratios span orders of magnitude), its spread
-the range over the seeds.
+Reads the store through `lifelong.report.load_runs` and groups seeds as the report does
+(`seed_means`), so the figures are the ones the report plots; the ratio's mean over seeds
+is a geometric mean (ratios span orders of magnitude), its spread the range over the seeds.
 """
 
 import math
 import statistics
 import sys
-from collections import defaultdict
 
+from lifelong.metrics_seeds import mean_std
 from lifelong.report import load_runs
+from lifelong.report_table import seed_means
 
 CHECKPOINTS = (50, 100, 200, 300, 400, 500)
 
 
 def point(run, edits: int) -> dict | None:
-    return next((c for c in run.curves if c["edits_done"] == edits and c["when"] != "final"),
-                None) or next((c for c in run.curves if c["edits_done"] == edits), None)
+    """The run's checkpoint after `edits` edits (curves hold one per edit count)."""
+    return next((c for c in run.curves if c["edits_done"] == edits), None)
 
 
 def ratio_cell(values: list[float]) -> str:
@@ -34,19 +35,16 @@ def ratio_cell(values: list[float]) -> str:
 
 
 def rate_cell(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.2f} ± {sd:.2f}"
+    m = mean_std(values)
+    return f"{m['mean']:.2f} ± {m['std'] or 0.0:.2f}"
 
 
 def main(dbs: list[str], checkpoints: tuple[int, ...] = CHECKPOINTS) -> None:
-    by: dict[str, list] = defaultdict(list)
-    for run in load_runs(dbs):
-        if run.banner is None:
-            by[run.run["run_id"].rsplit(":", 1)[-1].split("@")[0]].append(run)
     print("| method | seeds | edits | perplexity ratio, geometric mean [range] | largest weight "
           "change | locality TF | reliability TF (edits so far) |")
     print("| --- | ---: | ---: | --- | --- | --- | --- |")
-    for label, runs in by.items():
+    for sm in seed_means(load_runs(dbs)):  # the report's own grouping of seeds
+        label, runs = sm.label.removesuffix(" (mean)"), sm.members
         for edits in checkpoints:
             points = [point(r, edits) for r in runs]
             if any(p is None or not p["health"] for p in points):
