@@ -187,6 +187,25 @@ def test_retraction_can_be_refused_and_says_so():
     assert torch.equal(a.state_dict()["memories"][0]["shards"][0]["delta"], before)
 
 
+@pytest.mark.parametrize("pool", ["stream", "stream+train", "stream-or-train"])
+def test_a_chunk_holding_the_whole_stream_takes_its_negatives_from_the_train_split(pool):
+    """Where the stream leaves no unrelated prompt (a chunk holding every edit), the margin
+    loss's negatives and the score's scale come from the train split's locality prompts, none
+    of them probed; with the stream's pool alone there are none (the margin trains against
+    "." and the scale is 1). Where the stream leaves some, the default keeps exactly those."""
+    from lifelong.methods import TrainRecord
+    split = tuple(TrainRecord(EditRequest(f"t{i}", f"p{i}", "x", f"f{i}"), (), ((p, "a"),))
+                  for i, p in enumerate(UNRELATED))
+    method = build_method("wise", FAST | {"negative_pool": pool}, seed=0)
+    method.attach(lm(), AttachContext(seed=0, train_split=split,
+                                      probed_prompts=frozenset({UNRELATED[0]})))
+    assert method.unrelated == ([] if pool == "stream" else list(UNRELATED[1:]))
+    assert (method.scale == 1.0) == (pool == "stream")
+    streamed = build_method("wise", FAST, seed=0)
+    streamed.attach(lm(), AttachContext(seed=0, unrelated_prompts=UNRELATED[2:], train_split=split))
+    assert streamed.unrelated == list(UNRELATED[2:])
+
+
 def test_retrieve_mode_opens_a_memory_every_memory_size_edits():
     method = attached(lm(), mode="retrieve", memory_size=2)
     for r in EDITS:

@@ -41,6 +41,8 @@ from .trainer import Inputs, train_shard
 
 #: where the reference's prefixes start (EasyEdit's WISE: five starts, 5 and 10 tokens written)
 STARTS = ("I", "You", "Because", "Yes", "Q:")
+#: most train-split prompts topped up into the negatives pool (the calibration pools' size)
+NEGATIVE_POOL = 1024
 
 
 def top1(scores: torch.Tensor, limits: torch.Tensor) -> torch.Tensor:
@@ -68,7 +70,8 @@ class Wise(Served, MemoryBase, Retractable, Consolidating, Routing):
         self.lm = lm
         _, self.module = layers.edit_target(lm.model, self.config.layer)
         self.w_main = layers.weight_out_in(self.module).detach()
-        self.unrelated = list(ctx.unrelated_prompts)
+        self.unrelated = ctx.calibration_prompts(
+            max(len(ctx.unrelated_prompts), NEGATIVE_POOL), self.config.negative_pool)
         self.memories: list[SideMemory] = []
         self.since_merge = 0
         self._served: list[tuple[int, torch.Tensor, float]] | None = None
