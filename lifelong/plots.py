@@ -8,7 +8,7 @@ software tag, fixed fonts and sizes).
 
 The runs passed in are duck-typed: `label`, `colour`, `metrics` (run_metrics' dict), `curves`
 (checkpoint_curves), `edit_windows` (edit_latency_windows), `merges` (merge_latencies). A
-method's seeds drawn as one (`report_table.SeedMean`) also has `members` (the seeds' runs)
+method's seeds drawn as one (`report_groups.SeedMean`) also has `members` (the seeds' runs)
 and `legend`: its figures are the means over the seeds, drawn with a band from the lowest to
 the highest seed (min..max). A legend names only the runs a figure drew.
 """

@@ -37,17 +37,14 @@ from .metrics import (
     merge_latencies,
     run_metrics,
 )
+from .report_groups import get, seed_means, short_names, stream_of
 from .report_table import (
     IDENTITY,
     PROTOCOL_NOTE,
     TEXT_KEYS,
     Comparison,
     comparison,
-    get,
     group_note,
-    seed_means,
-    short_names,
-    stream_of,
     table_groups,
 )
 

@@ -21,7 +21,7 @@ from tinyrun import save_tiny_model, stream_events, write_jsonl, write_scenario
 
 from lifelong.cli import cli
 from lifelong.report import entities, load_runs, write_report
-from lifelong.report_table import seed_means
+from lifelong.report_groups import seed_means
 from lifelong.runtime import Runtime
 from lifelong.scenario import load_scenario
 from lifelong.store import Store

@@ -19,7 +19,7 @@ import sys
 
 from lifelong.metrics_seeds import mean_std
 from lifelong.report import load_runs
-from lifelong.report_table import seed_means
+from lifelong.report_groups import seed_means
 
 CHECKPOINTS = (50, 100, 200, 300, 400, 500)
 
