@@ -167,7 +167,7 @@ def time_bare_vs_memory(lm, prompts: list[str], targets: list[str],
 @click.group()
 def bench() -> None:
     """Micro-benchmarks: the FAISS key index; GRACE's and WISE's edit and query cost; any
-    method's attach, edit and query cost (`edit`)."""
+    method's attach, edit and query cost (`edit`); probing cost (`scoring`)."""
 
 
 @bench.command("index")
@@ -247,6 +247,25 @@ def bench_wise_cmd(model, edits, memories, queries, mode, seed, methods, json_pa
                for name in names}
     if json_path:
         Path(json_path).write_text(json.dumps(out, indent=2, default=str) + "\n", encoding="utf-8")
+        click.echo(f"json: {json_path}")
+
+
+@bench.command("scoring")
+@click.option("--model", default=None, help="'builtin' (default) or a model directory")
+@click.option("--stream", "stream_file", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="a stream file: its first edits' prompts and targets, and their locality pairs")
+@click.option("--probes", "n", default=200, show_default=True, type=click.IntRange(min=1),
+              help="edit prompts scored (and at most as many locality pairs)")
+@click.option("--rounds", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="also write the results as JSON")
+def bench_scoring_cmd(model, stream_file, n, rounds, device, json_path):
+    """Probing cost with the output projection computed only at the positions a figure reads,
+    against every position, and whether the figures agree."""
+    from .bench_scoring import bench_scoring
+    out = bench_scoring(model, stream_file, n, rounds, device, echo=click.echo)
+    if json_path:
+        Path(json_path).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
         click.echo(f"json: {json_path}")
 
 

@@ -113,8 +113,10 @@ def perplexity(lm: LM, pairs: Sequence[tuple[str, str]], batch_size: int = 64) -
             ids[i, width - len(r):] = torch.tensor(r)
             mask[i, width - len(r):] = 1
             keep[i, width - 1 - k:] = True  # predictions of the last k tokens
-        logp = next_token_logp(forward_logits(lm, ids, mask, torch.full((len(rows),), width)), ids)
-        total -= float(logp[keep.to(logp.device)].sum())
+        n = max(scored) + 1  # the positions that predict scored tokens, and the last
+        logits = forward_logits(lm, ids, mask, torch.full((len(rows),), width), keep=n)
+        logp = next_token_logp(logits, ids[:, -n:])
+        total -= float(logp[keep[:, -(n - 1):].to(logp.device)].sum())
         count += int(keep.sum())
     return math.exp(total / count) if count else float("nan")
 

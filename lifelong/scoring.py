@@ -14,10 +14,16 @@ Batches are left padded with explicit position ids, so every row's last position
 token and results do not depend on which other rows share the batch (up to float rounding
 of padded matmuls, which argmax comparisons absorb in practice). Generation recomputes the
 whole sequence at each step (no KV cache) so that hook-based methods see ordinary forwards.
+Scoring computes the output projection only at the positions a figure reads (the last one
+when generating, those predicting target tokens when teacher-forcing: `forward_logits`'s
+`keep`), most of a small model's forward; the training loss computes every position, so an
+edit is trained exactly as before.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -75,14 +81,27 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
 
 
 def forward_logits(lm: LM, ids: torch.Tensor, mask: torch.Tensor,
-                   prompt_end: torch.Tensor) -> torch.Tensor:
+                   prompt_end: torch.Tensor, keep: int = 0) -> torch.Tensor:
     """Logits for a left-padded batch, with position ids that skip the padding and the
-    batch's ForwardInfo exposed to hooks."""
+    batch's ForwardInfo exposed to hooks. `keep` > 0: only the last `keep` positions' logits
+    (B, keep, V), where the model's output projection is most of a small model's cost; the
+    kept logits are those of the full forward. A model whose forward cannot skip the others
+    computes them and returns the last `keep`; hooks on the output projection see the kept
+    positions only (`conditioning.replace_rows` aligns them on the right)."""
     dev = lm.device
     ids, mask, prompt_end = ids.to(dev), mask.to(dev), prompt_end.to(dev)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    extra = {"logits_to_keep": keep} if keep and _takes_keep(type(lm.model)) else {}
     with lm.batch_context(ForwardInfo(attention_mask=mask, prompt_end=prompt_end)):
-        return lm.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+        logits = lm.model(input_ids=ids, attention_mask=mask, position_ids=pos, **extra).logits
+    return logits[:, -keep:] if keep else logits
+
+
+@functools.cache
+def _takes_keep(cls: type) -> bool:
+    """Whether a model class's forward takes `logits_to_keep` (every family transformers
+    ships for causal LMs does; a custom class may not)."""
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
 def encode_pairs(lm: LM, prompts: Sequence[str], targets: Sequence[str]):
@@ -114,6 +133,8 @@ def target_loss(lm: LM, prompts: Sequence[str], targets: Sequence[str]) -> torch
 def batch_target_loss(lm: LM, batch) -> torch.Tensor:
     """`target_loss` of an `encode_pairs` batch: training loops encode once, not every step."""
     ids, mask, prompt_end, tlens, _ = batch
+    # every position's logits (no `keep`): the gradient of a kept slice differs from the
+    # whole forward's in the last bits, and editing results would move with it
     tok_logp = next_token_logp(forward_logits(lm, ids, mask, prompt_end), ids)
     width = ids.shape[1]
     positions = torch.arange(width - 1, device=tok_logp.device).unsqueeze(0)
@@ -126,10 +147,10 @@ def batch_target_loss(lm: LM, batch) -> torch.Tensor:
 @torch.no_grad()
 def _teacher_forced(lm: LM, pairs: list[tuple[list[int], list[int]]]):
     ids, mask, prompt_end, tlens, tids = _encode(pairs, lm.tok.pad_token_id)
-    logits = forward_logits(lm, ids, mask, prompt_end)
+    width = min(int(tlens.max()) + 1, ids.shape[1])  # positions predicting target tokens, and the last
+    logits = forward_logits(lm, ids, mask, prompt_end, keep=width)
     pred = logits.argmax(-1).cpu()
-    gold_logp = next_token_logp(logits, ids).cpu()
-    width = ids.shape[1]
+    gold_logp = next_token_logp(logits, ids[:, -width:]).cpu()
     out = []
     for i, t in enumerate(tids):
         n = len(t)
@@ -145,8 +166,7 @@ def _generate(lm: LM, p_rows: list[list[int]], lengths: Sequence[int]) -> list[t
     prompt_end = torch.full((len(p_rows),), ids.shape[1])
     steps = max(lengths)
     for _ in range(steps):
-        logits = forward_logits(lm, ids, mask, prompt_end)
-        nxt = logits[:, -1].argmax(-1).cpu()
+        nxt = forward_logits(lm, ids, mask, prompt_end, keep=1)[:, -1].argmax(-1).cpu()
         ids = torch.cat([ids, nxt.unsqueeze(1)], dim=1)
         mask = torch.cat([mask, torch.ones_like(nxt).unsqueeze(1)], dim=1)
     gen = ids[:, prompt_end[0]:].tolist()
