@@ -203,6 +203,8 @@ class Cache:
 
 #: where a calibration pool comes from (`AttachContext.calibration_prompts`)
 CALIBRATION_POOLS = ("stream", "stream+train", "stream-or-train")
+#: most prompts a calibration pool holds (the train split tops the stream's up to this)
+CALIBRATION_POOL_SIZE = 1024
 
 
 @dataclass(frozen=True)

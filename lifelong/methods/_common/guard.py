@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ..context import AttachContext
+from ..context import CALIBRATION_POOL_SIZE, AttachContext
 
 CLAIM_RATE_HELP = ("the largest share of the unrelated pool (the stream's locality prompts "
                    "never probed while the method is attached, and the train split's: "
@@ -201,7 +201,7 @@ def pool_digest(prompts: Sequence[str]) -> str:
 
 
 def guard_from_context(ctx: AttachContext, reader: str, dim: int, rate: float,
-                       keys_of: Callable[[list[str]], torch.Tensor], limit: int = 1024,
+                       keys_of: Callable[[list[str]], torch.Tensor], limit: int = CALIBRATION_POOL_SIZE,
                        batch: int = 64, pool: str = "stream") -> Guard:
     """The guard of `ctx`'s calibration prompts (`AttachContext.calibration_prompts`: at most
     `limit`, the train split's by `pool`; none when `rate` >= 1), their keys computed by

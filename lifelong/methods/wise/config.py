@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ...config import setting
+from ..context import CALIBRATION_POOLS
 
 
 @dataclass(frozen=True)
@@ -66,14 +67,15 @@ class WiseConfig:
                 "over the input's tokens; ours never reads target or generated tokens)")
     negatives: int = setting(4, "unrelated prompts per edit for the margin loss (paper: one "
                                 "irrelevant input per edit)", min=1)
-    negative_pool: Literal["stream", "stream+train", "stream-or-train"] = setting(
+    negative_pool: str = setting(
         "stream-or-train", "where the margin loss's unrelated prompts (and the scale's) come "
                            "from: the stream's locality prompts never probed while the method "
                            "is attached ('stream'); those topped up with the train split's "
                            "locality prompts ('stream+train'); or the train split's only when "
                            "the stream leaves none, as in a chunk holding the whole stream "
                            "('stream-or-train'). Never a probed prompt (paper: a locality "
-                           "record from a separate split)", before="stream")
+                           "record from a separate split)", choices=CALIBRATION_POOLS,
+        before="stream")
     prefixes: int = setting(4, "prefixes each edit prompt is also trained with (paper: 10, "
                                "the reference's five starts at two lengths; ours: 4, for "
                                "cost)", min=0)

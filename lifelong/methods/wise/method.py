@@ -33,7 +33,7 @@ from ..base import (
     UnknownEdit,
     tensor_bytes,
 )
-from ..context import AttachContext
+from ..context import CALIBRATION_POOL_SIZE, AttachContext
 from ..wise_faiss.memory import activation_score
 from .config import WiseConfig
 from .memory import Shard, SideMemory, clamp, entry_mask, merge_shards, threshold
@@ -41,8 +41,6 @@ from .trainer import Inputs, train_shard
 
 #: where the reference's prefixes start (EasyEdit's WISE: five starts, 5 and 10 tokens written)
 STARTS = ("I", "You", "Because", "Yes", "Q:")
-#: most train-split prompts topped up into the negatives pool (the calibration pools' size)
-NEGATIVE_POOL = 1024
 
 
 def top1(scores: torch.Tensor, limits: torch.Tensor) -> torch.Tensor:
@@ -70,8 +68,10 @@ class Wise(Served, MemoryBase, Retractable, Consolidating, Routing):
         self.lm = lm
         _, self.module = layers.edit_target(lm.model, self.config.layer)
         self.w_main = layers.weight_out_in(self.module).detach()
+        # every unrelated prompt of the stream, as before the pool setting; the train split
+        # tops up to the calibration pools' size
         self.unrelated = ctx.calibration_prompts(
-            max(len(ctx.unrelated_prompts), NEGATIVE_POOL), self.config.negative_pool)
+            max(len(ctx.unrelated_prompts), CALIBRATION_POOL_SIZE), self.config.negative_pool)
         self.memories: list[SideMemory] = []
         self.since_merge = 0
         self._served: list[tuple[int, torch.Tensor, float]] | None = None
