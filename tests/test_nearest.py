@@ -173,8 +173,11 @@ def test_a_key_table_finds_the_exact_nearest_key_as_keys_come_and_go(ops, sketch
                 del keys[gone]
             ids = sorted(keys)
             held = [keys[i] for i in ids]
+            first = (held or [torch.full((12,), 20.0)])[0]
+            step = torch.randn(12, generator=g)
+            edge = first + 0.0499 * first.norm() * step / step.norm()  # just inside a reach
             queries = torch.cat([torch.stack(held or [torch.zeros(12)])[:3],
-                                 (torch.randn(3, 12, generator=g) + 20.0).round()])
+                                 (torch.randn(3, 12, generator=g) + 20.0).round(), edge[None]])
             if held:
                 d = (torch.stack(held).double()[None] - queries.double()[:, None]).norm(dim=-1)
                 want = [min(zip(row.tolist(), ids)) for row in d]
@@ -183,6 +186,10 @@ def test_a_key_table_finds_the_exact_nearest_key_as_keys_come_and_go(ops, sketch
             for t in (table, KeyTable.from_state(table.to_state())):
                 assert t.nearest(queries.numpy()) == want
                 assert [t.nearest(q[None].numpy())[0] for q in queries] == want  # one at a time
-                # within a reach: the same answer wherever the nearest key lies within it
-                for (d, i), got in zip(want, t.nearest(queries.numpy(), within=0.05)):
-                    assert got == (d, i) if i >= 0 and d <= 0.05 * t.norm[i] else got in ((d, i), (float("inf"), -1))
+                # within a reach, in a batch and one at a time: the same answer wherever the
+                # nearest key lies within it
+                alone = [t.nearest(q[None].numpy(), within=0.05)[0] for q in queries]
+                for got in (t.nearest(queries.numpy(), within=0.05), alone):
+                    for (d, i), one in zip(want, got):
+                        assert one == (d, i) if i >= 0 and d <= 0.05 * t.norm[i] \
+                            else one in ((d, i), (float("inf"), -1))

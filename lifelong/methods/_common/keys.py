@@ -93,10 +93,13 @@ def serve_routed(x: torch.Tensor, y: torch.Tensor, route: torch.Tensor,
                  deltas: list[torch.Tensor]) -> torch.Tensor:
     """`y` with each row routed to memory m >= 0 (`route`, (B,)) given its delta's output
     ``x @ deltas[m].T`` at every token; rows routed to -1 are returned bit for bit."""
-    if (route < 0).all():
+    memories = set(route.tolist())
+    if all(m < 0 for m in memories):
         return y
+    if len(memories) == 1:  # one memory serves every row (batch 1): no copy, no row gathers
+        return y + x @ deltas[memories.pop()].T
     out = y.clone()
-    for m in route.unique().tolist():
+    for m in sorted(memories):
         if m >= 0:
             rows = (route == m).to(y.device)
             out[rows] = y[rows] + x[rows] @ deltas[m].T
