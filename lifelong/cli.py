@@ -397,9 +397,9 @@ def _pretrain_organism(facts_path, pcfg, ocfg, out, hold_out, show_config, quiet
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def methods(as_json):
     """Registered methods, their optional capabilities and their settings."""
-    from .methods import BatchEditing, Consolidating, Retractable, Routing, available_methods
+    from .methods import BatchEditing, Consolidating, Retractable, Routing, WeightDeltas, available_methods
     caps = {"retractable": Retractable, "consolidating": Consolidating, "routing": Routing,
-            "batch editing": BatchEditing}
+            "batch editing": BatchEditing, "weight deltas": WeightDeltas}
 
     def capabilities(cls) -> list[str]:
         return [n for n, c in caps.items() if issubclass(cls, c)]

@@ -15,9 +15,10 @@ Two measures, taken at every checkpoint (the runtime records them, `metrics` rea
   training text that no edit of the stream touches.
 - *weight change*: for every parameter that differs from the pre-stream model, the norm of
   the change and the norm of the weight, both relative to the pre-stream weight's norm.
-  Methods that keep their edits outside the model's weights (side memories, codebooks)
-  report their own deltas through an optional `weight_deltas()` (name -> delta tensor, the
-  change it makes to the named weight when it applies).
+  Methods that keep their edits as weights outside the model's (side memories) report them
+  through the `WeightDeltas` capability (`methods.base`: name -> delta tensor, the change it
+  makes to the named weight where it serves). Codebooks, adapters and added neurons have no
+  weight-shaped change and are not measured here.
 
 Invariants: pure measurements (no state is kept here; the snapshot is the caller's); the
 same model and texts give the same perplexity; a pristine model changes no weight.
@@ -35,6 +36,7 @@ from typing import Any
 import torch
 
 from .errors import LifelongError
+from .methods.base import side_weight_deltas
 from .model import LM
 from .scoring import forward_logits, next_token_logp, tokenize_pair
 
@@ -136,12 +138,10 @@ def weight_changes(lm: LM, base: dict[str, torch.Tensor], method: Any = None) ->
         w = p.detach().to("cpu")
         if not torch.equal(w, w0):
             out[name] = _relative(w0, w - w0)
-    deltas = getattr(method, "weight_deltas", None)
-    if callable(deltas):
-        for name, delta in deltas().items():
-            w0 = base.get(name)
-            if w0 is not None and delta is not None and delta.shape == w0.shape:
-                out[name] = _relative(w0, delta.detach().to("cpu", w0.dtype))
+    for name, delta in side_weight_deltas(method).items():
+        w0 = base.get(name)
+        if w0 is not None and delta is not None and delta.shape == w0.shape:
+            out[name] = _relative(w0, delta.detach().to("cpu", w0.dtype))
     return out
 
 

@@ -262,6 +262,25 @@ def weight_out_in(module: nn.Module) -> torch.Tensor:
     return module.weight.T if _is_conv1d(module) else module.weight
 
 
+def parameter_layout(module: nn.Module, out_in: torch.Tensor) -> torch.Tensor:
+    """A weight-shaped tensor in ``(out_features, in_features)`` orientation (as
+    `weight_out_in` gives) in the layout of ``module.weight`` itself (GPT-2's ``Conv1D``
+    stores ``(in, out)``): a view, no copy."""
+    _check_projection(module)
+    return out_in.T if _is_conv1d(module) else out_in
+
+
+def largest_weight_change(model: nn.Module, name: str,
+                          changes: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """{the `named_parameters` name of projection `name`'s weight: the largest of `changes`
+    (Frobenius norm; changes to that weight in ``(out, in)`` orientation, e.g. side
+    memories') in that weight's layout}; {} without changes."""
+    if not changes:
+        return {}
+    path, module = _resolve(model, name)
+    return {f"{path}.weight": parameter_layout(module, max(changes, key=lambda d: float(d.norm())))}
+
+
 def in_out_features(module: nn.Module) -> tuple[int, int]:
     """``(in_features, out_features)`` of a projection."""
     out_features, in_features = weight_out_in(module).shape

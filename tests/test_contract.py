@@ -5,7 +5,7 @@ the template method (`lifelong/methods/_template.py`), which the registry skips.
 Core: edit -> a receipt; state round trip -> identical outputs on a fresh model; detach ->
 bit-identical to the base model. Then one contract per capability, run against every method
 that declares it (`lifelong.methods.base`): Retractable (what `retraction` promises, unknown
-ids), Consolidating, Routing, BatchEditing; and what a method that lacks one gets from the
+ids), Consolidating, Routing, BatchEditing, WeightDeltas; and what a method that lacks one gets from the
 platform (NotSupported, nothing merged, one edit at a time)."""
 
 from __future__ import annotations
@@ -29,10 +29,12 @@ from lifelong.methods import (
     Retractable,
     Routing,
     UnknownEdit,
+    WeightDeltas,
     available_methods,
     consolidate_memory,
     edit_batch,
     retract_edit,
+    side_weight_deltas,
 )
 from lifelong.methods._template import TemplateMethod
 from lifelong.methods.context import TrainRecord
@@ -253,6 +255,30 @@ def test_routing_names_the_memory_of_each_edit(name):
     assert routes == where  # an edit's own prompt goes to the memory holding it
     for router in method.shadow_routers:
         assert len(method.route(PROBES, router=router)) == len(PROBES)
+
+
+# ---- WeightDeltas ---------------------------------------------------------------------------
+@pytest.mark.parametrize("name", declaring(WeightDeltas))
+def test_weight_deltas_name_parameters_in_their_layout_and_leave_them_alone(name):
+    """Nothing before an edit; after edits, changes to named parameters of the model, each
+    of its parameter's shape, nonzero, while the model's own weights stay as they were."""
+    lm = fresh_lm()
+    before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+    method = attached(name, lm)
+    assert method.weight_deltas() == {}
+    for r in EDITS:
+        method.edit([r])
+    deltas = method.weight_deltas()
+    assert deltas and set(deltas) <= set(before)
+    assert all(d.shape == before[n].shape and float(d.norm()) > 0 for n, d in deltas.items())
+    assert all(torch.equal(p, before[n]) for n, p in lm.model.named_parameters())
+
+
+@pytest.mark.parametrize("name", sorted(set(METHODS) - set(declaring(WeightDeltas))))
+def test_no_side_weight_deltas_for_the_others(name):
+    method = attached(name, fresh_lm())
+    method.edit([EDITS[0]])
+    assert side_weight_deltas(method) == {}
 
 
 # ---- BatchEditing ---------------------------------------------------------------------------

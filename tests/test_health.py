@@ -20,6 +20,7 @@ from lifelong.health import (
     weight_changes,
     world_texts,
 )
+from lifelong.methods import WeightDeltas
 from lifelong.model import LM, load_model
 from lifelong.probes import locality_pool, locality_sample
 from lifelong.scoring import target_loss
@@ -119,12 +120,42 @@ def test_weight_changes_name_exactly_the_changed_parameters():
     assert changes[name]["delta"] == pytest.approx(1.0, rel=1e-5)
     assert changes[name]["norm"] == pytest.approx(2.0, rel=1e-5)
 
-    class SideMemory:  # a method holding its edit outside the weights
+    class SideMemory(WeightDeltas):  # a method holding its edit outside the weights
         def weight_deltas(self):
             return {"transformer.h.0.mlp.c_proj.weight": -base["transformer.h.0.mlp.c_proj.weight"]}
 
     side = weight_changes(lm, base, SideMemory())
     assert side["transformer.h.0.mlp.c_proj.weight"] == {"delta": 1.0, "norm": 0.0}
+
+    class Named:  # a method that merely has a method of that name declares nothing
+        weight_deltas = SideMemory.weight_deltas
+
+    assert set(weight_changes(lm, base, Named())) == {name}
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("method", ["wise", "wise-faiss"])
+def test_a_side_memory_is_measured_as_the_weight_change_it_serves(method, family):
+    """WISE's side memories keep edits outside the model's weights: health measures the
+    largest of them as the change it makes to the edited projection (before: nothing), in
+    the parameter's own layout (GPT-2's Conv1D stores its weight transposed)."""
+    from lifelong import layers
+    from lifelong.methods import AttachContext, EditRequest, build_method
+    lm = LM(make_tiny_model(family), tiny_tokenizer(), "tiny", "")
+    base = snapshot(lm)
+    m = build_method(method, {"steps": 4, "layer": 1}, 0)
+    m.attach(lm, AttachContext(seed=0, unrelated_prompts=("Oslo is cold", "The sky is")))
+    assert weight_changes(lm, base, m) == {}
+    m.edit([EditRequest("e1", "Aldric Brenna works for", "Vantex", "f1", "Aldric Brenna")])
+    m.edit([EditRequest("e2", "Caspar Delphine lives in", "Lisbon", "f2", "Caspar Delphine")])
+    changes = weight_changes(lm, base, m)
+    name = layers.module_path(lm.model, "layers.1.mlp.out") + ".weight"
+    assert set(changes) == {name}  # the model's own weights are untouched
+    w0 = base[name]
+    served = m._served_deltas() if method == "wise-faiss" else [d for _, d, _ in m._candidates()]
+    largest = max(float(d.norm()) for d in served) / float(w0.norm())
+    assert changes[name]["delta"] == pytest.approx(largest, rel=1e-5) and largest > 0
+    m.detach()
 
 
 @pytest.mark.parametrize(("values", "scale"), [([1.0, 1.2, 30.0], "linear"), ([0.0, 1.0, 800.0], "symlog"),

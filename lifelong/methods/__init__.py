@@ -13,9 +13,11 @@ from .base import (
                    Retractable,
                    Routing,
                    UnknownEdit,
+                   WeightDeltas,
                    consolidate_memory,
                    edit_batch,
                    retract_edit,
+                   side_weight_deltas,
                    tensor_bytes,
 )
 from .context import AttachContext, Cache, TrainRecord
@@ -23,5 +25,6 @@ from .registry import available_methods, build_method, current_name, get_method
 
 __all__ = ["AttachContext", "BatchEditing", "Cache", "Consolidating", "EditReceipt",
            "EditRequest", "Memory", "MemoryBase", "Retractable", "Routing", "TrainRecord",
-           "UnknownEdit", "available_methods", "build_method", "current_name", "consolidate_memory",
-           "edit_batch", "get_method", "retract_edit", "tensor_bytes"]
+           "UnknownEdit", "WeightDeltas", "available_methods", "build_method", "current_name",
+           "consolidate_memory", "edit_batch", "get_method", "retract_edit", "side_weight_deltas",
+           "tensor_bytes"]

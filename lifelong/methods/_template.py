@@ -19,8 +19,8 @@ The platform pieces it uses, one each:
     while keys are captured and values trained;
   * `_common.keys` - where a row's key is read;
   * `_common.loop` - `frozen(model)` and the shared edit loop, which also builds the receipt;
-  * `Retractable` - a declared capability (add `Consolidating`, `Routing`, `BatchEditing`
-    the same way when your method has them).
+  * `Retractable` - a declared capability (add `Consolidating`, `Routing`, `BatchEditing`,
+    `WeightDeltas` the same way when your method has them).
 """
 
 from __future__ import annotations

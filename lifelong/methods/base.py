@@ -39,6 +39,9 @@ Optional capabilities, each an abstract mixin a method lists among its bases:
 * `BatchEditing` - `edit_batch(requests)` makes N edits in one call, one receipt per
   request (MEMIT-style joint updates); the runtime hands such a method `schedule.edit_batch`
   consecutive edits per call, and every other method gets them one by one.
+* `WeightDeltas` - `weight_deltas()` names the weight changes a method keeps outside the
+  model's weights (a side memory's copy of a projection), so that model health measures them
+  as it measures changed weights (`side_weight_deltas`).
 
 Why nominal mixins (explicit bases checked with `isinstance`) rather than
 `typing.runtime_checkable` Protocols: a runtime-checkable Protocol only checks that names
@@ -69,6 +72,8 @@ from ..errors import LifelongError, NotSupported
 from ..model import LM
 
 if TYPE_CHECKING:
+    import torch
+
     from .context import AttachContext
 
 Retraction = Literal["exact", "own"]
@@ -184,6 +189,17 @@ class BatchEditing(abc.ABC):
         what `edit([request])` would."""
 
 
+class WeightDeltas(abc.ABC):
+    """Keep edits as weight changes outside the model's weights (side memories)."""
+
+    @abc.abstractmethod
+    def weight_deltas(self) -> dict[str, torch.Tensor]:
+        """{parameter name (`named_parameters`): the change the method makes to that weight
+        where it serves, in the parameter's own layout}; a method with several memories for
+        one weight gives the largest change (Frobenius norm): the most-changed weight any
+        input meets. Empty while nothing is held."""
+
+
 class MemoryBase:
     """What every method shares: the constructor and the class-level declarations.
 
@@ -234,6 +250,12 @@ def edit_batch(method: Memory, requests: Sequence[EditRequest]) -> list[EditRece
     return receipts
 
 
+def side_weight_deltas(method: Any) -> dict[str, torch.Tensor]:
+    """`weight_deltas()` of a WeightDeltas method; {} for the others (their changes, if any,
+    are in the model's own weights)."""
+    return method.weight_deltas() if isinstance(method, WeightDeltas) else {}
+
+
 def shared_receipts(receipt: EditReceipt, n: int) -> list[EditReceipt]:
     """`n` receipts for the `n` requests of one joint update that reports one figure: each
     carries the joint losses and steps, and says so (`detail["batch"]`)."""
@@ -249,5 +271,5 @@ def tensor_bytes(*tensors) -> int:
 
 __all__ = ["BatchEditing", "Consolidating", "EditReceipt", "EditRequest", "Memory",
            "MemoryBase", "MemoryKind", "Retractable", "Retraction", "Routing", "UnknownEdit",
-           "consolidate_memory", "edit_batch", "retract_edit", "shared_receipts",
-           "tensor_bytes"]
+           "WeightDeltas", "consolidate_memory", "edit_batch", "retract_edit",
+           "shared_receipts", "side_weight_deltas", "tensor_bytes"]

@@ -31,6 +31,7 @@ from ..base import (
     Retractable,
     Routing,
     UnknownEdit,
+    WeightDeltas,
     tensor_bytes,
 )
 from ..context import CALIBRATION_POOL_SIZE, AttachContext
@@ -51,7 +52,7 @@ def top1(scores: torch.Tensor, limits: torch.Tensor) -> torch.Tensor:
     return torch.where(passed.any(0), best, torch.full_like(best, -1))
 
 
-class Wise(Served, MemoryBase, Retractable, Consolidating, Routing):
+class Wise(Served, MemoryBase, Retractable, Consolidating, Routing, WeightDeltas):
     """WISE as the paper describes it. Invariants: the main weight is never changed; a row
     routed to the main memory is bit-identical to the base model's; every random choice
     derives from the seed and the edit id (negatives, prefixes) or the shard's position in
@@ -66,7 +67,7 @@ class Wise(Served, MemoryBase, Retractable, Consolidating, Routing):
     # ---- lifecycle ----------------------------------------------------------------------
     def attach(self, lm: LM, ctx: AttachContext) -> None:
         self.lm = lm
-        _, self.module = layers.edit_target(lm.model, self.config.layer)
+        self.layer_name, self.module = layers.edit_target(lm.model, self.config.layer)
         self.w_main = layers.weight_out_in(self.module).detach()
         # every unrelated prompt of the stream, as before the pool setting; the train split
         # tops up to the calibration pools' size
@@ -84,6 +85,11 @@ class Wise(Served, MemoryBase, Retractable, Consolidating, Routing):
     def footprint(self) -> int:
         return sum(tensor_bytes(m.merged, *(t for s in m.shards for t in (s.delta, s.mask)))
                    for m in self.memories)
+
+    def weight_deltas(self) -> dict[str, torch.Tensor]:
+        """The largest change any served candidate (merged memory or shard) makes to the
+        projection (`WeightDeltas`)."""
+        return layers.largest_weight_change(self.lm.model, self.layer_name, [d for _, d, _ in self._candidates()])
 
     # ---- serving and routing ------------------------------------------------------------
     def _candidates(self) -> list[tuple[int, torch.Tensor, float]]:

@@ -36,6 +36,7 @@ from ..base import (
     Retractable,
     Routing,
     UnknownEdit,
+    WeightDeltas,
     tensor_bytes,
 )
 from ..context import AttachContext
@@ -45,7 +46,7 @@ from .router import route_rows
 from .trainer import Inputs, train_delta
 
 
-class WiseFaiss(Served, MemoryBase, Retractable, Consolidating, Routing):
+class WiseFaiss(Served, MemoryBase, Retractable, Consolidating, Routing, WeightDeltas):
     """WISE. Invariants: the main weight is never changed; a row routed to the main memory is
     bit-identical to the base model's; every random choice of an edit derives from the seed
     and the edit id, masks from the seed and the shard's position."""
@@ -59,7 +60,7 @@ class WiseFaiss(Served, MemoryBase, Retractable, Consolidating, Routing):
     # ---- lifecycle ----------------------------------------------------------------------
     def attach(self, lm: LM, ctx: AttachContext) -> None:
         self.lm, self.ctx = lm, ctx
-        layer_name, self.module = layers.edit_target(lm.model, self.config.layer)
+        self.layer_name, self.module = layers.edit_target(lm.model, self.config.layer)
         self.w_main = layers.weight_out_in(self.module).detach()
         self._limit = max(1, round(self.config.protect_share * self.w_main.shape[1]))
         self.unrelated = list(ctx.unrelated_prompts)
@@ -75,7 +76,7 @@ class WiseFaiss(Served, MemoryBase, Retractable, Consolidating, Routing):
             rewrite_output(self.module, self._serve)))
         self.hooks.open()
         self.guard = guard_from_context(
-            ctx, f"{layer_name}/input/{self.config.key_token}", self.w_main.shape[1],
+            ctx, f"{self.layer_name}/input/{self.config.key_token}", self.w_main.shape[1],
             self.config.claim_rate if self.config.router == "faiss" else 1.0,
             lambda prompts: torch.from_numpy(row_keys(*self._activations(prompts))),
             pool=self.config.claim_pool)
@@ -84,6 +85,10 @@ class WiseFaiss(Served, MemoryBase, Retractable, Consolidating, Routing):
     def footprint(self) -> int:
         return sum(tensor_bytes(m.merged, m.current, m.mask, *m.shards) for m in self.memories) \
             + self.table.nbytes() + self.tombs.nbytes() + self._kept.nbytes()
+
+    def weight_deltas(self) -> dict[str, torch.Tensor]:
+        """The largest change any side memory makes to the projection (`WeightDeltas`)."""
+        return layers.largest_weight_change(self.lm.model, self.layer_name, self._served_deltas())
 
     # ---- serving and routing ------------------------------------------------------------
     def _serve(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
