@@ -445,6 +445,10 @@ from .sweep import sweep_command  # noqa: E402
 
 cli.add_command(sweep_command)
 
+from .sentiment_cli import sentiment_command  # noqa: E402
+
+cli.add_command(sentiment_command)
+
 
 def main() -> None:
     try:

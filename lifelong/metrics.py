@@ -346,19 +346,28 @@ def edit_counts(edit_rows: Sequence[dict]) -> dict[str, int | None]:
             "total": len(edit_rows)}
 
 
+def _final(checkpoints: Sequence[dict]) -> dict | None:
+    return max((c for c in checkpoints if c["when"] == "final"), key=lambda c: c["checkpoint"],
+               default=None)
+
+
+def final_roles(checkpoints: Sequence[dict], probes: Sequence[dict]) -> dict[str, list[dict]]:
+    """The probe rows a run's final figures read, by role: the final checkpoint's, or in a
+    chunked run (`restart_every`) every chunk's end probe pooled (the WISE paper's average)."""
+    final, chunks = _final(checkpoints), [c for c in checkpoints if c["when"] == "chunk"]
+    if chunks:
+        return pooled_roles(probes, {c["checkpoint"] for c in chunks + ([final] if final else [])})
+    return by_role(probes, final["checkpoint"]) if final else {}
+
+
 def run_metrics(run: dict, events: Sequence[dict], checkpoints: Sequence[dict],
                 probes: Sequence[dict], timings: Sequence[dict]) -> dict[str, Any]:
     """All final metrics of one run, from its rows (the stable keys of the JSON summary)."""
     config = json.loads(run["config"]) if isinstance(run["config"], str) else run["config"]
     sched = config["scenario"]["schedule"]
     group = sched["group_size"] or sched["checkpoint_every"] or max(1, run.get("edits_total") or 1)
-    final = max((c for c in checkpoints if c["when"] == "final"), key=lambda c: c["checkpoint"],
-                default=None)
-    chunks = [c for c in checkpoints if c["when"] == "chunk"]
-    if chunks:  # restart_every: every chunk's end probe, pooled (the WISE paper's average)
-        roles = pooled_roles(probes, {c["checkpoint"] for c in chunks + ([final] if final else [])})
-    else:
-        roles = by_role(probes, final["checkpoint"]) if final else {}
+    final, chunks = _final(checkpoints), [c for c in checkpoints if c["when"] == "chunk"]
+    roles = final_roles(checkpoints, probes)
     edit_rows = [e for e in events if e["kind"] == "edit"]
     after = [e for e in edit_rows if e.get("tf_acc") is not None]
     # runs that record `latency_rounds` time the query latencies side by side at the end
