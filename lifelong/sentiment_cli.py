@@ -85,7 +85,7 @@ def score_store(path: str, edits: dict, model: SentimentModel) -> list[dict]:
 
 
 def seed_means(rows: list[dict]) -> list[dict]:
-    """Mean and std over the runs of each (scenario, label), per role."""
+    """Mean and sample std over the runs of each (scenario, label), per role (as `compare`)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[(r["scenario"], r["label"] or r["method"])].append(r)
@@ -97,8 +97,8 @@ def seed_means(rows: list[dict]) -> list[dict]:
             for k in ("success", "target_agrees", "no_sentiment"):
                 xs = [v[k] for v in vals]
                 row[f"{role}_{k}"] = float(np.mean(xs)) if xs else None
-                row[f"{role}_{k}_std"] = float(np.std(xs)) if len(xs) > 1 else None
-            row[f"{role}_n"] = vals[0]["n"] if vals else 0
+                row[f"{role}_{k}_std"] = float(np.std(xs, ddof=1)) if len(xs) > 1 else None
+            row[f"{role}_n"] = [v["n"] for v in vals]  # rows scored, per run
         out.append(row)
     return out
 
@@ -118,7 +118,8 @@ def score_cmd(stores, stream, model_path, json_path) -> None:
     means = seed_means(rows)
     for m in means:
         parts = [f"{role} {_pm(m, role, 'success')} (target {_pm(m, role, 'target_agrees')}, "
-                 f"n {m[f'{role}_n']})" for role in ROLES if m[f"{role}_success"] is not None]
+                 f"n {'/'.join(map(str, m[f'{role}_n']))})" for role in ROLES
+                 if m[f"{role}_success"] is not None]
         click.echo(f"{m['scenario']}  {m['label']}  seeds {m['seeds']}: " + "; ".join(parts or ["no held-out edit"]))
     if json_path:
         doc = {"schema": "lifelong.sentiment-score/1", "model": model.provenance, "stream": stream,
