@@ -54,10 +54,6 @@ class SentimentModel:
     log_odds: dict[str, float]
     provenance: dict
 
-    def score(self, text: str) -> float:
-        """Log-odds that `text` is positive (> 0: positive)."""
-        return self.prior + sum(self.log_odds.get(f, 0.0) for f in features(text))
-
     def classify(self, text: str) -> str | None:
         """POSITIVE or NEGATIVE; None for a text with no feature the model knows (an empty
         answer has no sentiment, whatever the prior says)."""
@@ -164,4 +160,6 @@ def train_convsent(path: str | Path, seed: int = 0, train_share: float = 0.5,
     model = train(*texts_of(recs, chosen), min_count=min_count, provenance={
         "data": Path(path).name, "sha256": digest, "seed": seed, "train_share": train_share,
         "train_entities": len(chosen), "held_out_entities": len(entities) - len(chosen)})
-    return model, accuracy(model, *texts_of(recs, set(entities) - chosen))
+    acc = accuracy(model, *texts_of(recs, set(entities) - chosen))
+    model.provenance["held_out_accuracy"] = acc  # saved with the model: what it is worth
+    return model, acc

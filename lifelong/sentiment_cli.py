@@ -11,16 +11,16 @@ entities) is the default for `score`.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections import defaultdict
 from pathlib import Path
 
 import click
-import numpy as np
 
 from .errors import LifelongError
 from .metrics import final_roles
+from .metrics_seeds import mean_tree
 from .metrics_sentiment import ROLES, sentiment_success
+from .report import _connect, _rows
 from .sentiment import SentimentModel, train_convsent, trains_on
 from .stream import parse_stream
 
@@ -43,7 +43,6 @@ def sentiment_command() -> None:
 def train_cmd(data, out, seed, train_share, min_count) -> None:
     """Train the naive Bayes classifier on a ConvSent file (KnowEdit layout: ent, pos, neg)."""
     model, acc = train_convsent(data, seed, train_share, min_count)
-    model.provenance["held_out_accuracy"] = acc
     Path(out).write_text(model.to_json(), encoding="utf-8")
     click.echo(f"{model.provenance['features']} features from {model.provenance['train_entities']} "
                f"entities; held-out accuracy {acc['accuracy']:.3f} on {acc['n']} texts of "
@@ -66,40 +65,31 @@ def stream_sentiments(path: str) -> dict[str, tuple[str, str]]:
 def score_store(path: str, edits: dict, model: SentimentModel) -> list[dict]:
     """One row per run of the store: its label, seed, scenario and `sentiment_success`."""
     seed, share = model.provenance.get("seed", 0), model.provenance.get("train_share", 0.5)
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    con.row_factory = sqlite3.Row
+    con, tables = _connect(Path(path))  # read-only; StoreError for anything not a store
     try:
         rows = []
         for run in con.execute("select run_id, label, method, seed, scenario, status from runs order by rowid"):
             rid = run["run_id"]
-            cks = [dict(r) for r in con.execute("select * from checkpoints where run_id = ?", (rid,))]
-            probes = [dict(r) for r in con.execute(
-                "select * from probes where run_id = ? and role in ('rel', 'gen')", (rid,))]
+            roles = final_roles(_rows(con, tables, "checkpoints", rid), _rows(con, tables, "probes", rid))
             rows.append({**dict(run), "store": path, **sentiment_success(
-                final_roles(cks, probes), edits, model, lambda e: not trains_on(e, seed, share))})
+                roles, edits, model, lambda e: not trains_on(e, seed, share))})
         return rows
-    except sqlite3.DatabaseError as exc:
-        raise LifelongError(f"{path}: not a lifelong store ({exc})") from None
     finally:
         con.close()
 
 
 def seed_means(rows: list[dict]) -> list[dict]:
-    """Mean and sample std over the runs of each (scenario, label), per role (as `compare`)."""
+    """Per (scenario, label): the mean over its runs of each role's figures and their spread
+    (`metrics_seeds.mean_tree`: sample std and count per figure), and the rows scored per run."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[(r["scenario"], r["label"] or r["method"])].append(r)
     out = []
     for (scenario, label), runs in groups.items():
-        row = {"scenario": scenario, "label": label, "seeds": sorted(r["seed"] for r in runs)}
-        for role in ROLES:
-            vals = [r[role] for r in runs if r[role]]
-            for k in ("success", "target_agrees", "no_sentiment"):
-                xs = [v[k] for v in vals]
-                row[f"{role}_{k}"] = float(np.mean(xs)) if xs else None
-                row[f"{role}_{k}_std"] = float(np.std(xs, ddof=1)) if len(xs) > 1 else None
-            row[f"{role}_n"] = [v["n"] for v in vals]  # rows scored, per run
-        out.append(row)
+        mean, spread = mean_tree([{role: r[role] for role in ROLES} for r in runs])
+        out.append({"scenario": scenario, "label": label, "seeds": sorted(r["seed"] for r in runs),
+                    "mean": mean, "spread": spread,
+                    "n": {role: [r[role]["n"] for r in runs if r[role]] for role in ROLES}})
     return out
 
 
@@ -118,8 +108,7 @@ def score_cmd(stores, stream, model_path, json_path) -> None:
     means = seed_means(rows)
     for m in means:
         parts = [f"{role} {_pm(m, role, 'success')} (target {_pm(m, role, 'target_agrees')}, "
-                 f"n {'/'.join(map(str, m[f'{role}_n']))})" for role in ROLES
-                 if m[f"{role}_success"] is not None]
+                 f"n {'/'.join(map(str, m['n'][role]))})" for role in ROLES if m["mean"][role]]
         click.echo(f"{m['scenario']}  {m['label']}  seeds {m['seeds']}: " + "; ".join(parts or ["no held-out edit"]))
     if json_path:
         doc = {"schema": "lifelong.sentiment-score/1", "model": model.provenance, "stream": stream,
@@ -128,5 +117,6 @@ def score_cmd(stores, stream, model_path, json_path) -> None:
 
 
 def _pm(m: dict, role: str, key: str) -> str:
-    std = m[f"{role}_{key}_std"]
-    return f"{m[f'{role}_{key}']:.3f}" + (f" ± {std:.3f}" if std is not None else "")
+    spread = (m["spread"][role] or {}).get(key)
+    std = spread["std"] if spread else None
+    return f"{m['mean'][role][key]:.3f}" + (f" ± {std:.3f}" if std is not None else "")
