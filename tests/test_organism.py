@@ -219,3 +219,27 @@ def test_organism_table_mistakes_are_one_line_errors(tmp_path, table, with_facts
     assert res.exit_code != 0 and message in str(res.exception)
     if with_facts:
         assert "bpe" in str(res.exception) and "word" in str(res.exception)
+
+
+#: organisms trained on an earlier revision of their stream: counterfact (word level) on
+#: streams/real/counterfact-edit-1k.jsonl before commit 4c352da, which rewrote the fact ids
+#: and changed one training pair (Tirana's twin city: Beijing, then Istanbul; 1 of 2972)
+REVISED_SINCE = {"counterfact"}
+SHIPPED = sorted((Path(__file__).resolve().parents[1] / "lifelong" / "organisms").glob(
+    "*/organism.json"))
+
+
+@pytest.mark.parametrize("record", SHIPPED, ids=lambda p: p.parent.name)
+def test_every_shipped_organism_names_its_training_stream_inside_the_repository(record):
+    """ROME, MEMIT and AlphaEdit take an organism's key statistics from the stream it was
+    trained on, so a fresh clone must hold that stream, byte for byte, at the path
+    organism.json names (relative to the repository root, never a past machine's path)."""
+    from lifelong.methods.context import read_corpus
+    from lifelong.stream import file_sha256
+    made = json.loads(record.read_text())
+    name = Path(made["stream"])
+    assert not name.is_absolute(), made["stream"]
+    stream = Path(__file__).resolve().parents[1] / name
+    if record.parent.name not in REVISED_SINCE:
+        assert file_sha256(stream) == made["stream_sha256"]
+    assert read_corpus(str(record))
