@@ -420,15 +420,25 @@ def print_comparison(runs: Sequence[RunData], console: Any) -> Comparison:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write the table as JSON")
 @click.option("--scenario", "scenarios", multiple=True,
               help="only the runs of this scenario (repeatable; a sweep's store holds several)")
-def compare(stores, csv_path, json_path, scenarios):
+@click.option("--minus", "minus", multiple=True, metavar="VARIANT=CONTROL",
+              help="also: VARIANT's figures minus CONTROL's, seed by seed, mean ± std over the "
+                   "seeds (run labels; repeatable; see lifelong/report_pairs.py)")
+def compare(stores, csv_path, json_path, scenarios, minus):
     """The comparison table of every run of the STORE files (terminal, CSV, JSON)."""
     import sys
 
     from rich.console import Console
+
+    from .report_pairs import differences, parse_pairs, rich_table
+    pairs = parse_pairs(minus)
     runs = load_runs(stores, scenarios)
-    cmp = print_comparison(runs, Console(width=None if sys.stdout.isatty() else 200))
+    diffs = differences(runs, pairs) if pairs else []
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    cmp = print_comparison(runs, console)
     if not runs:
         print(f"no runs in {', '.join(stores)}")
+    if diffs:
+        console.print(rich_table(diffs))
     path = csv_path
     try:
         if csv_path:
@@ -438,6 +448,7 @@ def compare(stores, csv_path, json_path, scenarios):
             doc = {"schema": "lifelong.compare/1", "protocol": PROTOCOL_NOTE,
                    "columns": [{"key": c.key, "header": c.header, "better": c.better} for c in cmp.columns],
                    "rows": cmp.rows, "seed_means": cmp.means, "best": cmp.best,
+                   **({"differences": diffs} if pairs else {}),
                    "groups": [{"group": i, "description": d, "labels": [
                        ln.label for ln in cmp.lines if ln.group + 1 == i]} for i, d in enumerate(cmp.groups, 1)]}
             Path(json_path).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")

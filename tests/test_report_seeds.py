@@ -20,6 +20,7 @@ from test_report_honest import cells
 from tinyrun import save_tiny_model, stream_events, write_jsonl, write_scenario
 
 from lifelong.cli import cli
+from lifelong.errors import LifelongError
 from lifelong.report import entities, load_runs, write_report
 from lifelong.report_groups import seed_means
 from lifelong.runtime import Runtime
@@ -163,3 +164,20 @@ def test_seeds_in_stores_of_their_own_pool_and_other_settings_do_not(tmp_path):
                                    extra="seeds = [0, 1]"), tmp_path / "other.db"))
     means = {m.label: sorted(r.run["seed"] for r in m.members) for m in seed_means(load_runs(dbs))}
     assert means == {"ft@seed0:ft (mean)": [0, 1, 2], "other:ft (mean)": [0, 1]}
+
+
+def test_compare_minus_gives_each_seeds_difference_and_names_a_missing_label(seeds_db, tmp_path):
+    res = CliRunner().invoke(cli, ["compare", str(seeds_db), "--minus", "ft=none",
+                                   "--json", str(tmp_path / "c.json")])
+    assert res.exit_code == 0, res.output
+    assert "Paired differences" in res.output
+    [row] = json.loads((tmp_path / "c.json").read_text())["differences"]
+    rel = per_run(seeds_db, "reliability")
+    diffs = [rel[f"ft@seed{i}"] - rel[f"none@seed{i}"] for i in range(3)]
+    assert row["seeds"] == [0, 1, 2]
+    assert row["rel_gen"] == pytest.approx(statistics.fmean(diffs))
+    assert row["rel_gen_std"] == pytest.approx(statistics.stdev(diffs))
+    res = CliRunner().invoke(cli, ["compare", str(seeds_db), "--minus", "ft=fx"])
+    assert res.exit_code != 0 and isinstance(res.exception, LifelongError)
+    assert "--minus ft=fx: no seed has complete runs of both" in str(res.exception)
+    assert "labels: ft, none" in str(res.exception)

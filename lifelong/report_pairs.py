@@ -1,0 +1,136 @@
+"""Paired differences (`lifelong compare --minus VARIANT=CONTROL`): a variant's figures minus
+its control's, seed by seed, then the mean and sample std of those differences.
+
+A pair is two complete runs, one of each label, with the same seed, in one comparison group
+(`group_key`: model, stream, events replayed, chunk size) and one scenario. Seeds replay
+their own edit orders, so differencing within a seed removes what the two runs share (which
+edits, in which order and chunks) and leaves what the variant changes: the spread of the
+differences is usually far smaller than the spread of either method's figures over seeds.
+Pure: reads the figures the comparison table reads (`report_table.figures`).
+
+Invariants: a difference is computed only where both runs have the figure; a pair never
+crosses groups or scenarios; runs that are not complete are never paired.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import LifelongError
+from .report_groups import get, group_key
+from .report_table import COLUMNS, figures, fmt
+
+#: the columns a difference is taken of: scores, ratios and plain numbers (not counts, times, sizes)
+DIFFERENCED = tuple(c for c in COLUMNS if c.kind in ("score", "ratio", "number"))
+#: the columns the terminal table shows, where some pair has them
+SHOWN = ("rel_tf", "rel_gen", "gen_tf", "gen_gen", "loc_tf", "loc_gen", "port_gen",
+         "conflict_latest_gen", "conflict_stale_gen")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """`variant` minus `control`, both run labels (a method's label, as the table shows it
+    without the scenario and seed)."""
+
+    variant: str
+    control: str
+
+
+def parse_pairs(specs: Sequence[str]) -> list[Pair]:
+    """`VARIANT=CONTROL` texts as pairs; a one-line error names a malformed one."""
+    out = []
+    for spec in specs:
+        variant, sep, control = spec.partition("=")
+        if not sep or not variant.strip() or not control.strip() or variant == control:
+            raise LifelongError(f"--minus {spec!r}: expected VARIANT=CONTROL, two different run "
+                                "labels (e.g. --minus f-learning=ft)")
+        out.append(Pair(variant.strip(), control.strip()))
+    return out
+
+
+def _label(rd: Any) -> str:
+    """The method's label: a sweep's run label without its scenario part ("zsre-t10,...:ft"),
+    a plain run id without its seed ("ft@seed0")."""
+    return str(rd.run.get("label") or rd.run["run_id"]).rpartition(":")[2].split("@seed")[0]
+
+
+def _scenario(rd: Any) -> str:
+    return str(get(rd.run.get("config"), "scenario", "name") or "")
+
+
+def differences(runs: Sequence[Any], pairs: Sequence[Pair]) -> list[dict[str, Any]]:
+    """One row per (pair, scenario, comparison group) with at least one common seed:
+    `variant`, `control`, `scenario`, `seeds`, `n_seeds`, then for every figure both runs
+    have `{key}` (mean difference), `{key}_std` (sample std; 0.0 for one seed),
+    `{key}_variant` and `{key}_control` (the two means over the same seeds).
+    LifelongError where a pair finds no common seed anywhere (a label mistyped, or the two
+    never ran in one group)."""
+    index: dict[tuple, Any] = {}
+    for r in runs:
+        if r.banner is None:
+            index[(_scenario(r), group_key(r), _label(r), r.run.get("seed"))] = r
+    out = []
+    for pair in pairs:
+        rows = [_row(pair, scenario, group, index) for scenario, group in
+                dict.fromkeys((s, g) for s, g, lab, _ in index if lab == pair.variant)]
+        rows = [r for r in rows if r is not None]
+        if not rows:
+            labels = sorted({lab for _, _, lab, _ in index})
+            raise LifelongError(f"--minus {pair.variant}={pair.control}: no seed has complete runs "
+                                f"of both in one comparison group (labels: {', '.join(labels)})")
+        out.extend(rows)
+    return out
+
+
+def _row(pair: Pair, scenario: str, group: tuple, index: dict) -> dict[str, Any] | None:
+    seeds = sorted(s for sc, g, lab, s in index
+                   if (sc, g, lab) == (scenario, group, pair.variant)
+                   and (scenario, group, pair.control, s) in index)
+    if not seeds:
+        return None
+    figs = [(figures(index[(scenario, group, pair.variant, s)]),
+             figures(index[(scenario, group, pair.control, s)])) for s in seeds]
+    row: dict[str, Any] = {"variant": pair.variant, "control": pair.control, "scenario": scenario,
+                           "seeds": seeds, "n_seeds": len(seeds)}
+    for col in DIFFERENCED:
+        both = [(v[col.key], c[col.key]) for v, c in figs]
+        if any(a is None or b is None for a, b in both):
+            continue
+        diffs = [a - b for a, b in both]
+        row[col.key] = statistics.fmean(diffs)
+        row[f"{col.key}_std"] = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+        row[f"{col.key}_variant"] = statistics.fmean(a for a, _ in both)
+        row[f"{col.key}_control"] = statistics.fmean(b for _, b in both)
+    return row
+
+
+def shown_columns(rows: Sequence[dict]) -> list[tuple[str, str]]:
+    """(key, header) of the terminal table's figure columns: `SHOWN` where some row has it."""
+    headers = {c.key: c.header for c in COLUMNS}
+    return [(k, headers[k]) for k in SHOWN if any(k in r for r in rows)]
+
+
+def cell(row: dict, key: str) -> str:
+    """'variant (difference ± std)', e.g. '0.998 (+0.003 ± 0.004)'; '' where not computed."""
+    if key not in row:
+        return ""
+    kind = next(c.kind for c in COLUMNS if c.key == key)
+    return f"{fmt(row[f'{key}_variant'], kind)} ({row[key]:+.3f} ± {row[f'{key}_std']:.3f})"
+
+
+def rich_table(rows: Sequence[dict]) -> Any:
+    """The differences as one terminal table (rich), a row per pair and scenario."""
+    from rich.table import Table
+    t = Table(title="Paired differences: variant (variant minus control, per seed: mean ± std)")
+    cols = shown_columns(rows)
+    for head in ("scenario", "variant - control", "seeds"):
+        t.add_column(head, justify="left")
+    for _, header in cols:
+        t.add_column("\n".join(header.rsplit(" ", 1)), justify="right")
+    for r in rows:
+        t.add_row(r["scenario"] or "-", f"{r['variant']} - {r['control']}",
+                  ", ".join(map(str, r["seeds"])), *[cell(r, k) for k, _ in cols])
+    return t
