@@ -297,3 +297,20 @@ def test_alphaedit_chunks_of_one_run_share_its_null_space_projection(monkeypatch
     other.attach(lm, AttachContext(seed=0, corpus=SMALL, memo=ctx.memo))
     assert len(calls) == 4 * n
     other.detach()
+
+
+def test_alphaedit_says_when_its_null_space_is_empty_and_then_edits_nothing(capsys):
+    """A threshold below every eigenvalue of C leaves no null space: every update projects to
+    zero. The run says so once (not silently recording edits that change nothing)."""
+    lm = tiny(n_layer=2)
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    method = make("alphaedit", lm, key_position="prompt_last", null_threshold=1e-9)
+    assert set(method.info["null_space_dims"].values()) == {0}
+    assert "the null space is empty" in capsys.readouterr().err
+    method.edit([EDIT])
+    assert all(torch.equal(v, before[k]) for k, v in lm.model.state_dict().items())
+    method.detach()
+    roomy = make("alphaedit", lm, key_position="prompt_last", null_threshold=0.5)
+    assert min(roomy.info["null_space_dims"].values()) > 0
+    assert "null space is empty" not in capsys.readouterr().err
+    roomy.detach()
