@@ -2,7 +2,8 @@
 its control's, seed by seed, then the mean and sample std of those differences.
 
 A pair is two complete runs, one of each label, with the same seed, in one comparison group
-(`group_key`: model, stream, events replayed, chunk size) and one scenario. Seeds replay
+(`group_key`: model, stream, events replayed, chunk size), one scenario and one sweep setup
+(what a sweep's run label says beside the method). Seeds replay
 their own edit orders, so differencing within a seed removes what the two runs share (which
 edits, in which order and chunks) and leaves what the variant changes: the spread of the
 differences is usually far smaller than the spread of either method's figures over seeds.
@@ -61,6 +62,12 @@ def _scenario(rd: Any) -> str:
     return str(get(rd.run.get("config"), "scenario", "name") or "")
 
 
+def _setup(rd: Any) -> str:
+    """What a sweep's label says beside the method ("zsre-t1,model=zsre,edits=200"): runs of
+    two sweeps that named their axes differently are not paired."""
+    return str(rd.run.get("label") or "").rpartition(":")[0]
+
+
 def differences(runs: Sequence[Any], pairs: Sequence[Pair]) -> list[dict[str, Any]]:
     """One row per (pair, scenario, comparison group) with at least one common seed:
     `variant`, `control`, `scenario`, `seeds`, `n_seeds`, then for every figure both runs
@@ -71,7 +78,7 @@ def differences(runs: Sequence[Any], pairs: Sequence[Pair]) -> list[dict[str, An
     index: dict[tuple, Any] = {}
     for r in runs:
         if r.banner is None:
-            index[(_scenario(r), group_key(r), _label(r), r.run.get("seed"))] = r
+            index[(_scenario(r), (group_key(r), _setup(r)), _label(r), r.run.get("seed"))] = r
     out = []
     for pair in pairs:
         rows = [_row(pair, scenario, group, index) for scenario, group in

@@ -19,13 +19,13 @@ from lifelong.report_pairs import Pair, cell, differences, parse_pairs
 
 
 def run(label: str, seed: int, rel: float, loc: float, *, scenario: str = "s", chunk: int = 0,
-        complete: bool = True, stream: str = "a" * 64) -> RunData:
+        complete: bool = True, stream: str = "a" * 64, axes: str = "model=m") -> RunData:
     """A run as the report loads it: a sweep label ("scenario,...:method"), its config (the
     scenario's name and chunk size), a stream digest, and one final checkpoint's figures."""
     config = {"scenario": {"name": scenario, "schedule": {"restart_every": chunk}}, "seed": seed}
     figure = {"teacher_forced": rel, "generated": rel}
     return RunData(Path("x.db"), {"run_id": f"{scenario}:{label}@seed{seed}",
-                                  "label": f"{scenario},model=m:{label}", "seed": seed,
+                                  "label": f"{scenario},{axes}:{label}", "seed": seed,
                                   "config": json.dumps(config), "model_fingerprint": "f",
                                   "stream": json.dumps({"sha256": stream, "events": 10})},
                    curves=[{"reliability": figure, "locality": {"teacher_forced": loc,
@@ -61,7 +61,9 @@ def test_a_pair_never_crosses_a_scenario_or_a_comparison_group():
     runs = [run("v", 0, 0.9, 1.0, scenario="t10", chunk=10), run("c", 0, 0.1, 1.0, scenario="t10", chunk=10),
             run("v", 0, 0.8, 1.0, scenario="t100", chunk=100), run("c", 0, 0.7, 1.0, scenario="t100", chunk=100),
             # same scenario name, another stream: another group, no control there
-            run("v", 0, 0.0, 1.0, scenario="t10", chunk=10, stream="b" * 64)]
+            run("v", 0, 0.0, 1.0, scenario="t10", chunk=10, stream="b" * 64),
+            # same scenario and group, another sweep's axes in its label: not this pair's
+            run("v", 0, 0.3, 1.0, scenario="t100", chunk=100, axes="model=m,edits=200")]
     rows = differences(runs, [Pair("v", "c")])
     assert sorted((r["scenario"], round(r["rel_gen"], 6)) for r in rows) == [
         ("t10", 0.8), ("t100", 0.1)]
