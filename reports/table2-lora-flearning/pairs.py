@@ -1,10 +1,10 @@
 """F-Learning against its own learning step as Markdown, from the `differences` that
 `lifelong compare --minus` writes:
 
-    lifelong compare runs/table2-lora-flearning/sweep.db --minus f-learning=ft \
+    lifelong compare runs/table2-lora-flearning-t1/sweep.db --minus f-learning=ft \
         --minus f-learning-lora=f-learning-lora-learn-only --minus f-learning-lora-ft=ft \
-        --json reports/table2-lora-flearning/compare.json
-    python reports/table2-lora-flearning/pairs.py reports/table2-lora-flearning/compare.json \
+        --json reports/table2-lora-flearning/compare-t1.json
+    python reports/table2-lora-flearning/pairs.py reports/table2-lora-flearning/compare*.json \
         > reports/table2-lora-flearning/pairs.md
 
 Each variant ran beside its control in the same sweep (same edits, chunks, seeds and
@@ -28,8 +28,8 @@ def order(row: dict) -> tuple:
     return organism, int(t), list(NAMES).index(row["variant"])
 
 
-def main(path: str) -> None:
-    rows = sorted(json.load(open(path))["differences"], key=order)
+def main(paths: list[str]) -> None:
+    rows = sorted((r for p in paths for r in json.load(open(p))["differences"]), key=order)
     print("| scenario | forget / learn (control) | seeds | "
           + " | ".join(h for _, h in FIGURES) + " | held-out ppl, variant / control |")
     print("|---|---|---:|" + "---|" * (len(FIGURES) + 1))
@@ -42,4 +42,4 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1:])
