@@ -3,14 +3,15 @@ its control's, seed by seed, then the mean and sample std of those differences.
 
 A pair is two complete runs, one of each label, with the same seed, in one comparison group
 (`group_key`: model, stream, events replayed, chunk size), one scenario and one sweep setup
-(what a sweep's run label says beside the method). Seeds replay
-their own edit orders, so differencing within a seed removes what the two runs share (which
-edits, in which order and chunks) and leaves what the variant changes: the spread of the
-differences is usually far smaller than the spread of either method's figures over seeds.
+(what a sweep's run label says beside the method). Seeds replay their own edit orders, so
+differencing within a seed removes what the two runs share (which edits, in which order and
+chunks) and leaves what the variant changes: the spread of the differences can be far
+smaller than that of either method's figures over seeds (F-Learning minus FT-L on ZsRE at
+T = 1: reliability +0.008 ± 0.003 where either alone varies by ± 0.003-0.005 around 0.99).
 Pure: reads the figures the comparison table reads (`report_table.figures`).
 
 Invariants: a difference is computed only where both runs have the figure; a pair never
-crosses groups or scenarios; runs that are not complete are never paired.
+crosses groups, scenarios or sweep setups; runs that are not complete are never paired.
 """
 
 from __future__ import annotations
