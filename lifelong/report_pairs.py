@@ -17,12 +17,12 @@ crosses groups, scenarios or sweep setups; runs that are not complete are never 
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import LifelongError
+from .metrics_seeds import mean_std
 from .report_groups import get, group_key
 from .report_table import COLUMNS, figures, fmt
 
@@ -73,7 +73,7 @@ def _setup(rd: Any) -> str:
 def differences(runs: Sequence[Any], pairs: Sequence[Pair]) -> list[dict[str, Any]]:
     """One row per (pair, scenario, comparison group) with at least one common seed:
     `variant`, `control`, `scenario`, `seeds`, `n_seeds`, then for every figure both runs
-    have `{key}` (mean difference), `{key}_std` (sample std; 0.0 for one seed),
+    have `{key}` (mean difference), `{key}_std` (sample std; None for one seed, as `metrics_seeds.mean_std`),
     `{key}_variant` and `{key}_control` (the two means over the same seeds).
     LifelongError where a pair finds no common seed anywhere (a label mistyped, or the two
     never ran in one group)."""
@@ -108,11 +108,10 @@ def _row(pair: Pair, scenario: str, group: tuple, index: dict) -> dict[str, Any]
         both = [(v[col.key], c[col.key]) for v, c in figs]
         if any(a is None or b is None for a, b in both):
             continue
-        diffs = [a - b for a, b in both]
-        row[col.key] = statistics.fmean(diffs)
-        row[f"{col.key}_std"] = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
-        row[f"{col.key}_variant"] = statistics.fmean(a for a, _ in both)
-        row[f"{col.key}_control"] = statistics.fmean(b for _, b in both)
+        diff = mean_std([a - b for a, b in both])
+        row[col.key], row[f"{col.key}_std"] = diff["mean"], diff["std"]
+        row[f"{col.key}_variant"] = mean_std([a for a, _ in both])["mean"]
+        row[f"{col.key}_control"] = mean_std([b for _, b in both])["mean"]
     return row
 
 
@@ -123,11 +122,14 @@ def shown_columns(rows: Sequence[dict]) -> list[tuple[str, str]]:
 
 
 def cell(row: dict, key: str) -> str:
-    """'variant (difference ± std)', e.g. '0.998 (+0.003 ± 0.004)'; '' where not computed."""
+    """'variant (difference ± std)', e.g. '0.998 (+0.003 ± 0.004)' ('(+0.003)' for one seed);
+    '' where not computed."""
     if key not in row:
         return ""
     kind = next(c.kind for c in COLUMNS if c.key == key)
-    return f"{fmt(row[f'{key}_variant'], kind)} ({row[key]:+.3f} ± {row[f'{key}_std']:.3f})"
+    std = row[f"{key}_std"]
+    spread = f" ± {std:.3f}" if std is not None else ""
+    return f"{fmt(row[f'{key}_variant'], kind)} ({row[key]:+.3f}{spread})"
 
 
 def rich_table(rows: Sequence[dict]) -> Any:

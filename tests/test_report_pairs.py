@@ -52,7 +52,10 @@ def test_differences_pair_each_seed_with_its_own_control(variant, control, incom
     diffs = [variant[s] - control[s] for s in seeds]
     assert row["seeds"] == seeds and row["n_seeds"] == len(seeds)
     assert row["rel_gen"] == pytest.approx(statistics.fmean(diffs))
-    assert row["rel_gen_std"] == pytest.approx(statistics.stdev(diffs) if len(diffs) > 1 else 0.0)
+    if len(diffs) > 1:
+        assert row["rel_gen_std"] == pytest.approx(statistics.stdev(diffs))
+    else:
+        assert row["rel_gen_std"] is None  # no spread from one seed, as the seed means
     assert row["rel_tf_variant"] == pytest.approx(statistics.fmean(variant[s] for s in seeds))
     assert row["loc_tf"] == pytest.approx(statistics.fmean(0.5 - variant[s] for s in seeds))
 
@@ -82,3 +85,5 @@ def test_a_cell_shows_the_variant_and_the_difference_with_its_spread():
     [row] = differences(runs, [Pair("v", "c")])
     assert cell(row, "rel_gen") == "0.600 (+0.350 ± 0.141)"
     assert cell(row, "port_gen") == ""  # neither run has the figure
+    [one] = differences(runs[:1] + runs[2:3], [Pair("v", "c")])
+    assert cell(one, "rel_gen") == "0.500 (+0.250)"  # one seed: no spread shown
