@@ -11,13 +11,16 @@ rephrasings.
 """
 
 import json
-import statistics
 import sys
 
+from lifelong.metrics_seeds import mean_std
 
-def mean_std(values: list[float], signed: bool = False) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):{'+' if signed else ''}.3f} ± {sd:.3f}"
+
+def pm(values: list[float], signed: bool = False) -> str:
+    """'mean ± sample std' (the spread left out for one seed), as the comparison table."""
+    st = mean_std(values)
+    spread = f" ± {st['std']:.3f}" if st["std"] is not None else ""
+    return f"{st['mean']:{'+' if signed else ''}.3f}{spread}"
 
 
 def main(paths: list[str]) -> None:
@@ -29,8 +32,8 @@ def main(paths: list[str]) -> None:
     for label in labels:
         mine = sorted((r for r in runs if r["label"] == label and r["seed"] in base),
                       key=lambda r: r["seed"])
-        success = " / ".join(mean_std([r[k]["success"] for r in mine]) for k in ("rel", "gen"))
-        gain = " / ".join(mean_std([r[k]["success"] - base[r["seed"]][k]["success"] for r in mine],
+        success = " / ".join(pm([r[k]["success"] for r in mine]) for k in ("rel", "gen"))
+        gain = " / ".join(pm([r[k]["success"] - base[r["seed"]][k]["success"] for r in mine],
                                    signed=True) for k in ("rel", "gen"))
         cells = [success, gain]
         print(f"| `{label}` | {' | '.join(cells)} | {', '.join(str(r['seed']) for r in mine)} |")
