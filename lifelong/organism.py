@@ -41,7 +41,16 @@ from pathlib import Path
 from .config import setting, to_dict
 from .errors import LifelongError
 from .modelcheck import _summarise
-from .pretrain import PretrainConfig, _quiet_transformers, torch_threads, train_on_pairs, write_model_dir
+from .pretrain import (
+    PretrainConfig,
+    _quiet_transformers,
+    pad_rows,
+    quick_accuracy,
+    torch_threads,
+    train_on_pairs,
+    write_model_dir,
+)
+from .reading import KINDS, build_reading, read_records, reading_texts, split_facts
 from .stream import Edit, Event, Query, file_sha256, parse_stream
 from .tokenizer import build_bpe_tokenizer, build_word_tokenizer
 
@@ -60,6 +69,22 @@ class OrganismConfig:
                                      "BPE of [pretrain] vocab_size trained on the stream's "
                                      "texts (targets are several tokens, as on real models)",
                              choices=("word", "bpe"))
+    reading: str = setting("", "a train split (stream file; never the edited stream) whose "
+                               "records teach the organism to read a fact written before its "
+                               "input in IKE's format (lifelong/reading.py), and whose facts it "
+                               "also learns; empty: none (an organism of facts alone)")
+    reading_variants: int = setting(2, "with reading: rows of each kind (copy, update, retain) "
+                                       "per train record, each with its own random new value "
+                                       "and context", min=1)
+    reading_held: int = setting(100, "with reading: the split's last records whose rows are "
+                                     "never trained, only checked (their facts are learned)",
+                                min=0)
+    reading_swap: float = setting(0.5, "with reading: share of rows about another record's "
+                                       "subject (a prompt the organism does not know), so "
+                                       "reading is not tied to the split's own prompts",
+                                  min=0.0, max=1.0)
+    reading_separator: str = setting(".", "with reading: written after each fact (IKE's "
+                                          "`separator`; the two must agree)")
 
 
 @dataclass(frozen=True)
@@ -269,15 +294,59 @@ def pretrain_organism(stream: str | Path, cfg: PretrainConfig, out_dir: str | Pa
     wall = time.perf_counter()
     facts = collect_facts(stream)
     trained, held = _split(facts, hold_out)
-    tok = organism_tokenizer(facts, organism, cfg.vocab_size)
+    records = read_records(organism.reading) if organism.reading else []
+    texts = facts.texts + tuple(reading_texts(records))
+    tok = organism_tokenizer(dataclasses.replace(facts, texts=texts), organism, cfg.vocab_size)
     cfg = resolve_config(cfg, tok, facts)
+    reading, extra = _reading(records, trained, tok, cfg, organism)
     with torch_threads(cfg.threads), _quiet_transformers():
-        model, info = train_on_pairs(trained, held, cfg, tok, progress=progress)
+        model, info = train_on_pairs(trained + extra, held, cfg, tok, progress=progress,
+                                     extra_rows=reading.get("rows"),
+                                     monitors=reading.get("monitors"))
         check = check_organism(LM(model=model, tok=tok, name="organism", path=""), facts)
+        if organism.reading:
+            reading["record"]["check"] = {k: quick_accuracy(model, pad_rows(rows, tok.pad_token_id, 10 ** 6))
+                                          for k, rows in reading["monitors"].items() if rows}
     record = {"stream": str(stream), "stream_sha256": file_sha256(stream),
+              **({"reading": reading["record"]} if organism.reading else {}),
               "counts": facts.counts(), "held_out": list(hold_out),
               "organism": to_dict(organism), "target_tokens": target_tokens(tok, facts),
               "vocab_size": len(tok), "pretrain_config": to_dict(cfg),
               "parameters": sum(p.numel() for p in model.parameters()),
               **info, "check": check, "wall_seconds": round(time.perf_counter() - wall, 1)}
     return write_model_dir(out_dir, model, tok, "organism.json", record, cfg.threads)
+
+
+def _reading(records, trained: list[Pair], tok, cfg: PretrainConfig,
+             organism: OrganismConfig) -> tuple[dict, list[Pair]]:
+    """With `organism.reading`: the reading rows to train, the held records' rows to monitor
+    (by kind), what organism.json says of them, and the split's own facts to learn (those
+    whose prompt the stream's pairs do not already hold). Without: ({}, [])."""
+    if not organism.reading:
+        return {}, []
+    have = {p for p, _ in trained}
+    extra: list[Pair] = []
+    for p, a in split_facts(records):
+        if p not in have:
+            have.add(p)
+            extra.append((p, a))
+    n_held = min(organism.reading_held, len(records) - 1)
+    used, held = records[:len(records) - n_held], records[len(records) - n_held:]
+    known = trained + extra
+    common = {"separator": organism.reading_separator, "limit": cfg.n_positions, "context": used,
+              "swap": organism.reading_swap}
+
+    def rows(epoch: int) -> list:
+        """The epoch's rows: new values and contexts every epoch (`f"{seed}-{epoch}"`)."""
+        return build_reading(used, known, tok, variants=organism.reading_variants,
+                             seed=f"{cfg.seed}-{epoch}", **common).rows
+
+    first = build_reading(used, known, tok, variants=organism.reading_variants,
+                          seed=f"{cfg.seed}-0", **common)
+    check = build_reading(held, known, tok, variants=1, seed=f"{cfg.seed}-held",
+                          **{**common, "swap": 0.0})
+    record = {"file": organism.reading, "sha256": file_sha256(organism.reading),
+              "records": len(used), "held_records": len(held), "facts_learned": len(extra),
+              "rows_per_epoch": first.counts(), "held_rows": check.counts()}
+    return ({"rows": rows, "monitors": {f"read-{k}": check.of(k) for k in KINDS},
+             "record": record}, extra)

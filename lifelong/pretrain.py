@@ -83,26 +83,41 @@ class PretrainConfig:
             raise ValueError(f"n_head ({self.n_head}) must divide n_embd ({self.n_embd})")
 
 
-def _encode(tok, pairs: list[tuple[str, str]], prompt_weight: float,
-            max_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ids, per-position loss weights (aligned with the *predicted* token), and
-    row lengths. weights[i, k] weighs the prediction of ids[i, k + 1]."""
-    rows, weights = [], []
+#: A training sequence as token ids and its per-position loss weights (weights[k] weighs
+#: the prediction of ids[k + 1]; len(weights) == len(ids) - 1).
+Row = tuple[list[int], list[float]]
+Encoded = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def pair_rows(tok, pairs: list[tuple[str, str]], prompt_weight: float) -> list[Row]:
+    """(prompt, target) pairs as rows `prompt target [EOS]`: the target and the EOS weigh 1,
+    the prompt's later tokens `prompt_weight`."""
+    rows = []
     for prompt, target in pairs:
         p = tok(prompt, add_special_tokens=False)["input_ids"]
         t = tok(prompt + " " + target, add_special_tokens=False)["input_ids"][len(p):]
-        ids = p + t + [tok.eos_token_id]
+        rows.append((p + t + [tok.eos_token_id], [prompt_weight] * (len(p) - 1) + [1.0] * (len(t) + 1)))
+    return rows
+
+
+def pad_rows(rows: list[Row], pad_id: int, max_len: int) -> Encoded:
+    """Right-padded ids, per-position loss weights (aligned with the *predicted* token), and
+    row lengths; a ValueError for a row longer than `max_len`."""
+    for ids, _ in rows:
         if len(ids) > max_len:
             raise ValueError(f"sequence of {len(ids)} tokens exceeds n_positions={max_len}")
-        rows.append(ids)
-        weights.append([prompt_weight] * (len(p) - 1) + [1.0] * (len(t) + 1))
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+    width = max(len(r) for r, _ in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     w = torch.zeros((len(rows), width - 1))
-    for i, (r, wr) in enumerate(zip(rows, weights)):
+    for i, (r, wr) in enumerate(rows):
         ids[i, : len(r)] = torch.tensor(r)
         w[i, : len(wr)] = torch.tensor(wr)
-    return ids, w, torch.tensor([len(r) for r in rows])
+    return ids, w, torch.tensor([len(r) for r, _ in rows])
+
+
+def _encode(tok, pairs: list[tuple[str, str]], prompt_weight: float, max_len: int) -> Encoded:
+    """`pad_rows` of `pair_rows`."""
+    return pad_rows(pair_rows(tok, pairs, prompt_weight), tok.pad_token_id, max_len)
 
 
 def _pairs(world: World, split: list) -> list[tuple[str, str]]:
@@ -220,12 +235,26 @@ def train(world: World, cfg: PretrainConfig, tok, progress: bool = True,
 
 def train_on_pairs(train_pairs: list[tuple[str, str]], held_pairs: list[tuple[str, str]],
                    cfg: PretrainConfig, tok, progress: bool = True,
-                   log: Callable[[str], None] | None = None) -> tuple[GPT2LMHeadModel, dict]:
-    """Train a fresh model on (prompt, target) `train_pairs`, in a seeded order; `held_pairs`
-    are never trained, only monitored (may be empty: no held-out accuracy then). Ctrl-C stops
-    early (the partial model is returned, `info["interrupted"]` is True)."""
+                   log: Callable[[str], None] | None = None,
+                   extra_rows: Callable[[int], list[Row]] | None = None,
+                   monitors: dict[str, list[Row]] | None = None) -> tuple[GPT2LMHeadModel, dict]:
+    """Train a fresh model on (prompt, target) `train_pairs` and `extra_rows(epoch)`
+    (token-level sequences drawn afresh for each epoch, e.g. an organism's reading sequences,
+    whose random values must not be memorised), in a seeded order; `held_pairs` are never
+    trained, only monitored (may be empty: no held-out accuracy then), and so are the rows of
+    `monitors` (each named in the progress lines and the history). Without extra rows and
+    monitors, exactly as before they existed. Ctrl-C stops early (the partial model is
+    returned, `info["interrupted"]` is True)."""
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
-    ids, w, lens = _encode(tok, train_pairs, cfg.prompt_weight, cfg.n_positions)
+    pairs = pair_rows(tok, train_pairs, cfg.prompt_weight)
+
+    def epoch_data(epoch: int) -> Encoded:
+        rows = pairs + (extra_rows(epoch) if extra_rows else [])
+        return pad_rows(rows, tok.pad_token_id, cfg.n_positions)
+
+    ids, w, lens = epoch_data(0)
+    epoch = 0
+    watched = {name: pad_rows(r, tok.pad_token_id, 10 ** 6) for name, r in (monitors or {}).items() if r}
     mon_train = _encode(tok, _sample(train_pairs, cfg.eval_sample, cfg.seed + 1), 0.0, 10 ** 6)
     mon_held = (_encode(tok, _sample(held_pairs, cfg.eval_sample, cfg.seed + 2), 0.0, 10 ** 6)
                 if held_pairs else None)
@@ -246,6 +275,9 @@ def train_on_pairs(train_pairs: list[tuple[str, str]], held_pairs: list[tuple[st
     try:
         for step in range(cfg.steps):
             if not batches:  # a new epoch
+                if step and extra_rows:
+                    epoch += 1
+                    ids, w, lens = epoch_data(epoch)
                 batches = _epoch_batches(lens, cfg, gen)
             idx = batches.pop()
             for group in opt.param_groups:
@@ -268,6 +300,10 @@ def train_on_pairs(train_pairs: list[tuple[str, str]], held_pairs: list[tuple[st
                                         "elapsed_s": round(now - start, 1)})
                 line = f" trained-acc {acc_t:.3f}" + (
                     f" held-out-acc {acc_h:.3f}" if acc_h is not None else "")
+                if watched:
+                    accs = {n: quick_accuracy(model, enc) for n, enc in watched.items()}
+                    info["history"][-1]["monitors"] = accs
+                    line += "".join(f" {n} {a:.3f}" for n, a in accs.items())
             if progress and (line is not None or now - last_log >= cfg.log_seconds):
                 log(f"step {step + 1}/{cfg.steps} loss {loss_avg:.4f} lr {lr_at(step, cfg):.2e} "
                     f"elapsed {now - start:.0f}s{line or ''}")

@@ -59,7 +59,12 @@ def tokenize_pair(lm: LM, prompt: str, target: str) -> tuple[list[int], list[int
     as a prefix (true for BPE and word-level tokenizers), which avoids the extra-space artefacts
     of tokenizing " target" on its own with SentencePiece tokenizers.
     """
-    tok = lm.tok
+    return pair_ids(lm.tok, prompt, target)
+
+
+def pair_ids(tok, prompt: str, target: str) -> tuple[list[int], list[int]]:
+    """`tokenize_pair` with the tokenizer alone (for code that has no LM yet: an organism's
+    training sequences are split exactly as scoring splits them)."""
     p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
     full = tok(prompt + " " + target, add_special_tokens=False)["input_ids"]
     if full[: len(p_ids)] == p_ids and len(full) > len(p_ids):

@@ -196,7 +196,8 @@ def test_bpe_organism_splits_targets_and_records_its_tokenizer(tmp_path):
                                        str(recipe), "--steps", "2", "-o", str(out), "--quiet"])
     assert res.exit_code == 0, res.output
     record = json.loads((out / "organism.json").read_text())
-    assert record["organism"] == {"tokenizer": "bpe"} and record["vocab_size"] == 300
+    assert record["organism"]["tokenizer"] == "bpe" and not record["organism"]["reading"]
+    assert record["vocab_size"] == 300
     assert record["target_tokens"]["multi_token"] > 0.5
     lm = load_model(str(out))
     assert len(lm.tok(" Plinth", add_special_tokens=False)["input_ids"]) > 1

@@ -29,7 +29,7 @@ from torch import nn
 
 from ...model import LM
 from ...nethook import Trace, replace_output
-from ...scoring import forward_logits, left_pad, tokenize_pair
+from ...scoring import forward_logits, left_pad, pair_ids
 from .editlog import EditLog
 from .hooks import Served
 
@@ -47,8 +47,14 @@ def max_positions(model: nn.Module) -> int | None:
 
 def edit_prefix(lm: LM, prompt: str, target: str, separator: str) -> list[int]:
     """The token ids an edit is written as before an input: prompt, target, separator."""
-    p_ids, t_ids = tokenize_pair(lm, prompt, target)
-    sep = lm.tok(separator, add_special_tokens=False)["input_ids"] if separator else []
+    return fact_ids(lm.tok, prompt, target, separator)
+
+
+def fact_ids(tok, prompt: str, target: str, separator: str) -> list[int]:
+    """`edit_prefix` with the tokenizer alone (an organism taught to read facts is trained
+    on exactly the ids IKE writes)."""
+    p_ids, t_ids = pair_ids(tok, prompt, target)
+    sep = tok(separator, add_special_tokens=False)["input_ids"] if separator else []
     return list(p_ids) + list(t_ids) + list(sep)
 
 
