@@ -94,14 +94,13 @@ order                nearest last, next to the query       sorted by similarity,
 use_fact_identity    off                                   (no such oracle)
 ===================  ====================================  ==================================
 
-Not calibrated or measured here yet. A development check while writing it (one seed, 30
-edits of streams/quickstart.jsonl, teacher-forced exact match; not a result) found what the
-built-in model predicts: it was never trained to read a fact from its context (SERAC's
-counterfactual model starts at a loss of ~13 for the same reason), so IKE, which relies on
-in-context learning alone, barely edits it (0.07 of the edits' own prompts), and under scope
-"all" the demonstrations change nearly every unrelated answer; its 48 positions hold about 3
-stored edits, or one new fact and one or two of the paper's demonstrations. The method is
-meant for pretrained models that learn in context.
+Not calibrated. On the built-in model and the organisms, which were never trained to read a
+fact from their context (SERAC's counterfactual model starts at a loss of ~13 for the same
+reason), IKE barely edits (0.03 of 1000 sequential edits, README) and under scope "all" the
+demonstrations change many unrelated answers. Measured on a model that reads as well:
+`lifelong/organisms/counterfact-bpe-reader`, taught to read facts written in exactly the
+format below (`[organism] reading`, lifelong/reading.py), in reports/ike-reader; its 64
+positions hold the new fact and one or two demonstrations.
 
 Deviations from the paper:
   * several stored edits: in a stream the edits held are all "new facts"; the nearest is
