@@ -141,3 +141,25 @@ def test_an_organism_with_reading_records_it_and_one_without_is_unchanged(tmp_pa
     with torch.random.fork_rng(devices=[]):
         plain = pretrain_organism(stream, cfg, tmp_path / "p", progress=False)
     assert "reading" not in plain and "Ostmark" not in (tmp_path / "p" / "tokenizer.json").read_text()
+
+
+def test_reading_rows_are_drawn_afresh_every_epoch(split):
+    """`train_on_pairs(extra_rows=...)` asks for each epoch's rows once, in order, as an epoch
+    starts: a row's random value is never trained twice in the same draw."""
+    from lifelong.pretrain import train_on_pairs
+    records, tok, known = split
+    asked: list[int] = []
+
+    def rows(epoch: int):
+        asked.append(epoch)
+        return build_reading(records, known, tok, separator=".", variants=1, limit=64,
+                             seed=f"0-{epoch}").rows
+
+    n = len(known) + len(rows(0))
+    asked.clear()
+    cfg = PretrainConfig(n_layer=1, n_embd=16, n_head=2, steps=3 * (n // 8), batch_size=8,
+                         warmup_steps=1, eval_every=0, threads=1, n_positions=64)
+    with torch.random.fork_rng(devices=[]):
+        train_on_pairs(known, [], cfg, tok, progress=False, extra_rows=rows)
+    assert len(asked) >= 3 and asked == list(range(len(asked)))  # epochs' sizes vary a little
+    assert rows(1) != rows(2)
