@@ -40,6 +40,7 @@ from pathlib import Path
 
 from .config import setting, to_dict
 from .errors import LifelongError
+from .methods.context import read_train_split
 from .modelcheck import _summarise
 from .pretrain import (
     PretrainConfig,
@@ -50,7 +51,7 @@ from .pretrain import (
     train_on_pairs,
     write_model_dir,
 )
-from .reading import KINDS, build_reading, read_records, reading_texts, split_facts
+from .reading import KINDS, build_reading, reading_texts, split_facts
 from .stream import Edit, Event, Query, file_sha256, parse_stream
 from .tokenizer import build_bpe_tokenizer, build_word_tokenizer
 
@@ -294,7 +295,7 @@ def pretrain_organism(stream: str | Path, cfg: PretrainConfig, out_dir: str | Pa
     wall = time.perf_counter()
     facts = collect_facts(stream)
     trained, held = _split(facts, hold_out)
-    records = read_records(organism.reading) if organism.reading else []
+    records = list(read_train_split(organism.reading))
     texts = facts.texts + tuple(reading_texts(records))
     tok = organism_tokenizer(dataclasses.replace(facts, texts=texts), organism, cfg.vocab_size)
     cfg = resolve_config(cfg, tok, facts)
@@ -336,13 +337,16 @@ def _reading(records, trained: list[Pair], tok, cfg: PretrainConfig,
     common = {"separator": organism.reading_separator, "limit": cfg.n_positions, "context": used,
               "swap": organism.reading_swap}
 
-    def rows(epoch: int) -> list:
+    def draw(epoch: int):
         """The epoch's rows: new values and contexts every epoch (`f"{seed}-{epoch}"`)."""
         return build_reading(used, known, tok, variants=organism.reading_variants,
-                             seed=f"{cfg.seed}-{epoch}", **common).rows
+                             seed=f"{cfg.seed}-{epoch}", **common)
 
-    first = build_reading(used, known, tok, variants=organism.reading_variants,
-                          seed=f"{cfg.seed}-0", **common)
+    first = draw(0)
+
+    def rows(epoch: int) -> list:
+        return first.rows if epoch == 0 else draw(epoch).rows
+
     check = build_reading(held, known, tok, variants=1, seed=f"{cfg.seed}-held",
                           **{**common, "swap": 0.0})
     record = {"file": organism.reading, "sha256": file_sha256(organism.reading),

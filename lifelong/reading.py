@@ -41,8 +41,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .methods._common.conditioning import fact_ids
+from .methods.context import TrainRecord
 from .scoring import pair_ids
-from .stream import Edit, parse_stream
 
 #: Kinds of reading sequences, in report order.
 KINDS: tuple[str, ...] = ("copy", "update", "retain")
@@ -50,51 +50,33 @@ KINDS: tuple[str, ...] = ("copy", "update", "retain")
 Pair = tuple[str, str]
 
 
-@dataclass(frozen=True)
-class ReadingRecord:
-    """One edit of the train split: its fact, true value, rephrases and locality pairs."""
-
-    prompt: str
-    target: str
-    previous: str | None
-    rephrases: tuple[str, ...]
-    locality: tuple[Pair, ...]
-    subject: str | None = None
-
-    def about(self, subject: str) -> tuple[str, tuple[str, ...]]:
-        """Its prompt and rephrases with its subject replaced by `subject` (those that do not
-        name its subject are left out of the rephrases; the prompt always kept)."""
-        old = self.subject or ""
-        if not old or old not in self.prompt:
-            return self.prompt, self.rephrases
-        return (self.prompt.replace(old, subject),
-                tuple(q.replace(old, subject) for q in self.rephrases if old in q))
+def _about(r: TrainRecord, subject: str) -> tuple[str, tuple[str, ...]]:
+    """A record's prompt and rephrases with its subject replaced by `subject` (rephrases that
+    do not name its subject are left out; the prompt always kept)."""
+    old, prompt = r.request.subject or "", r.request.prompt
+    if not old or old not in prompt:
+        return prompt, r.rephrases
+    return prompt.replace(old, subject), tuple(q.replace(old, subject) for q in r.rephrases if old in q)
 
 
-def read_records(path: str) -> list[ReadingRecord]:
-    """The split's edits in file order (a StreamError if the file is not a valid stream)."""
-    return [ReadingRecord(ev.prompt, ev.target, ev.previous, tuple(ev.rephrases),
-                          tuple((p.prompt, p.answer) for p in ev.locality), ev.subject)
-            for ev in parse_stream(path).events if isinstance(ev, Edit)]
-
-
-def reading_texts(records: Sequence[ReadingRecord]) -> list[str]:
+def reading_texts(records: Sequence[TrainRecord]) -> list[str]:
     """Every text of the split (for the organism's vocabulary)."""
     out: list[str] = []
     for r in records:
-        out += [r.prompt, r.target, *([r.previous] if r.previous else []), *r.rephrases]
+        q = r.request
+        out += [q.prompt, q.target, *([q.previous] if q.previous else []), *r.rephrases]
         out += [t for pair in r.locality for t in pair]
     return out
 
 
-def split_facts(records: Sequence[ReadingRecord]) -> list[Pair]:
+def split_facts(records: Sequence[TrainRecord]) -> list[Pair]:
     """What the organism learns of the split itself, so a written fact overrides a value it
     knows (as an edit does): each prompt and rephrase -> its true value (records with one),
     each locality prompt -> its answer."""
     out: list[Pair] = []
     for r in records:
-        if r.previous is not None:
-            out += [(p, r.previous) for p in (r.prompt, *r.rephrases)]
+        if r.request.previous is not None:
+            out += [(p, r.request.previous) for p in (r.request.prompt, *r.rephrases)]
         out += list(r.locality)
     return out
 
@@ -133,39 +115,41 @@ class _Writer:
             self._pairs[key] = pair_ids(self.tok, prompt, answer)
         return self._pairs[key]
 
-    def item(self, r: ReadingRecord, rng: random.Random) -> list[int]:
+    def item(self, r: TrainRecord, rng: random.Random) -> list[int]:
         """A context item of record `r`: its bare fact, or one of its demonstrations."""
-        fact = self.fact(r.prompt, r.target)
-        probes = [(r.prompt, r.target), *((q, r.target) for q in r.rephrases[:1]), *r.locality[:1]]
+        prompt, target = r.request.prompt, r.request.target
+        fact = self.fact(prompt, target)
+        probes = [(prompt, target), *((q, target) for q in r.rephrases[:1]), *r.locality[:1]]
         if rng.random() < 0.5:
             return fact
         p, a = rng.choice(probes)
         return fact + self.fact(p, a)
 
 
-def build_reading(records: Sequence[ReadingRecord], known: Sequence[Pair], tok, *,
+def build_reading(records: Sequence[TrainRecord], known: Sequence[Pair], tok, *,
                   separator: str, variants: int, limit: int, seed: int | str,
-                  context: Sequence[ReadingRecord] | None = None, swap: float = 0.0) -> Reading:
+                  context: Sequence[TrainRecord] | None = None, swap: float = 0.0) -> Reading:
     """`variants` rows of every kind a record has data for, for each of `records`; context
     items drawn from `context` (default: `records`), never the row's own record. `known`:
     the pairs retain rows may probe. With probability `swap` a variant is about another
-    record's subject (`ReadingRecord.about`): a prompt the organism was never taught, so
+    record's subject (`_about`): a prompt the organism was never taught, so
     reading cannot be tied to the split's own prompts. Rows longer than `limit` tokens lose
     context first and are dropped (counted by their absence) when even the bare row does
     not fit."""
     rng = random.Random(seed)
     w = _Writer(tok, separator)
-    pool = sorted({t for r in records for t in (r.target, r.previous) if t is not None})
-    subjects = sorted({r.subject for r in records if r.subject})
+    pool = sorted({t for r in records for t in (r.request.target, r.request.previous)
+                   if t is not None})
+    subjects = sorted({r.request.subject for r in records if r.request.subject})
     context = list(records if context is None else context)
     rows: list[tuple[list[int], list[float]]] = []
     kinds: list[str] = []
     for r in records:
         for _ in range(variants):
-            new = rng.choice([t for t in pool if t != r.previous] or pool)
-            prompt, rephrases = r.prompt, r.rephrases
+            new = rng.choice([t for t in pool if t != r.request.previous] or pool)
+            prompt, rephrases = r.request.prompt, r.rephrases
             if subjects and rng.random() < swap:
-                prompt, rephrases = r.about(rng.choice(subjects))
+                prompt, rephrases = _about(r, rng.choice(subjects))
             probes = [("copy", prompt, new), *(("update", q, new) for q in rephrases),
                       *(("retain", p, a) for p, a in r.locality)]
             if known:
@@ -180,8 +164,8 @@ def build_reading(records: Sequence[ReadingRecord], known: Sequence[Pair], tok, 
     return Reading(rows, kinds)
 
 
-def _row(w: _Writer, fact: list[int], prompt: str, answer: str, own: ReadingRecord,
-         context: list[ReadingRecord], limit: int, rng: random.Random):
+def _row(w: _Writer, fact: list[int], prompt: str, answer: str, own: TrainRecord,
+         context: list[TrainRecord], limit: int, rng: random.Random):
     """One row: context items up to a length drawn in [bare row, limit], the fact, the probe
     and its answer, EOS; the loss on the answer and the EOS. None when the bare row is longer
     than `limit`."""

@@ -13,10 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lifelong.methods._common.conditioning import edit_prefix
+from lifelong.methods.context import read_train_split
 from lifelong.model import LM
 from lifelong.organism import OrganismConfig, collect_facts, organism_tokenizer, pretrain_organism
 from lifelong.pretrain import PretrainConfig
-from lifelong.reading import KINDS, build_reading, read_records, reading_texts, split_facts
+from lifelong.reading import KINDS, build_reading, reading_texts, split_facts
 from lifelong.scoring import tokenize_pair
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -42,7 +43,7 @@ def _split(path: Path, lands=LANDS) -> Path:
 def split(tmp_path_factory):
     """(records, tokenizer, known pairs) of the split, a word-level tokenizer over its texts."""
     path = _split(tmp_path_factory.mktemp("reading") / "split.jsonl")
-    records = read_records(str(path))
+    records = list(read_train_split(str(path)))
     facts = collect_facts(path)
     tok = organism_tokenizer(facts)
     return records, tok, split_facts(records)
@@ -72,7 +73,7 @@ def test_rows_end_with_the_fact_as_ike_writes_it_then_the_probe(split, seed, var
                          seed=seed)
     assert made == build_reading(records, known, tok, separator=".", variants=variants,
                                  limit=limit, seed=seed)
-    pool = {t for r in records for t in (r.target, r.previous)}
+    pool = {t for r in records for t in (r.request.target, r.request.previous)}
     values = {tok.decode(tokenize_pair(lm, "x", v)[1]).strip(): v for v in pool}
     for row, kind in zip(made.rows, made.kinds):
         assert len(row[0]) <= limit and len(row[1]) == len(row[0]) - 1
@@ -80,9 +81,9 @@ def test_rows_end_with_the_fact_as_ike_writes_it_then_the_probe(split, seed, var
         text = tok.decode(probe).strip()
         said = tok.decode(answer).strip()
         if kind in ("copy", "update"):
-            rec = next(r for r in records if text in (r.prompt, *r.rephrases))
-            assert said in values and values[said] != rec.previous
-            fact = edit_prefix(lm, rec.prompt, values[said], ".")
+            rec = next(r for r in records if text in (r.request.prompt, *r.rephrases))
+            assert said in values and values[said] != rec.request.previous
+            fact = edit_prefix(lm, rec.request.prompt, values[said], ".")
             assert before[-len(fact):] == fact
         else:
             assert (text, said) in set(known)

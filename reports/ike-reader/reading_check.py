@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import sys
 
+from lifelong.methods.context import read_train_split
 from lifelong.model import load_model
 from lifelong.organism import OrganismConfig, collect_facts
 from lifelong.pretrain import pad_rows, quick_accuracy
-from lifelong.reading import KINDS, build_reading, read_records, split_facts
+from lifelong.reading import KINDS, build_reading, split_facts
 
 
 def main(model_dir: str) -> None:
@@ -24,7 +25,7 @@ def main(model_dir: str) -> None:
     made = json.loads((Path(model_dir) / "organism.json").read_text())
     cfg = OrganismConfig(**made["organism"])
     lm = load_model(model_dir)
-    records = read_records(cfg.reading)
+    records = list(read_train_split(cfg.reading))
     n_held = made["reading"]["held_records"]
     used, held = records[:-n_held], records[-n_held:]
     known = list(collect_facts(made["stream"]).pairs) + split_facts(records)
