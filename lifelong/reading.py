@@ -25,8 +25,8 @@ only read from the context, so what is learned is reading, not the split's targe
 Context: before the fact, items from other records until the sequence would pass a length
 drawn uniformly up to the model's context (so every position the context holds is trained):
 each item either a bare stored edit (`fact`, as IKE writes further stored edits) or one of
-IKE's copy / update / retain demonstrations (`ike.bank`'s layout: a fact then a probe and
-its answer, with the record's own target). Nothing of the edit stream's targets is ever
+IKE's copy / update / retain demonstrations (written by `ike.bank.record_demos`: a fact
+then a probe and its answer, with the record's own target). Nothing of the edit stream's targets is ever
 written.
 
 Invariant: the rows are a pure function of the split, the known pairs, the tokenizer and
@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 from .methods._common.conditioning import fact_ids
 from .methods.context import TrainRecord
+from .methods.ike.bank import record_demos
 from .scoring import pair_ids
 
 #: Kinds of reading sequences, in report order.
@@ -116,14 +117,11 @@ class _Writer:
         return self._pairs[key]
 
     def item(self, r: TrainRecord, rng: random.Random) -> list[int]:
-        """A context item of record `r`: its bare fact, or one of its demonstrations."""
-        prompt, target = r.request.prompt, r.request.target
-        fact = self.fact(prompt, target)
-        probes = [(prompt, target), *((q, target) for q in r.rephrases[:1]), *r.locality[:1]]
+        """A context item of record `r`: its bare fact, or one of the demonstrations IKE's
+        bank writes of it (`ike.bank.record_demos`, the same ids)."""
         if rng.random() < 0.5:
-            return fact
-        p, a = rng.choice(probes)
-        return fact + self.fact(p, a)
+            return self.fact(r.request.prompt, r.request.target)
+        return rng.choice(record_demos(r, self.fact))
 
 
 def build_reading(records: Sequence[TrainRecord], known: Sequence[Pair], tok, *,

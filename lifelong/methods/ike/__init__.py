@@ -99,8 +99,8 @@ fact from their context (SERAC's counterfactual model starts at a loss of ~13 fo
 reason), IKE barely edits (0.03 of 1000 sequential edits, README) and under scope "all" the
 demonstrations change many unrelated answers. Measured on a model that reads as well:
 `lifelong/organisms/counterfact-bpe-reader`, taught to read facts written in exactly the
-format below (`[organism] reading`, lifelong/reading.py), in reports/ike-reader; its 64
-positions hold the new fact and one or two demonstrations.
+format below (`[organism] reading`, lifelong/reading.py), in reports/ike-reader (a
+context of 64 positions).
 
 Deviations from the paper:
   * several stored edits: in a stream the edits held are all "new facts"; the nearest is

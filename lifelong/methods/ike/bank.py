@@ -74,8 +74,8 @@ def _answer(answer) -> str:
 
 
 def build_demos(records: Sequence[TrainRecord], prefix: Prefix) -> list[list[list[int]]]:
-    """Each record's demonstrations, as token ids (`_demos`)."""
-    return [_demos(r, prefix) for r in records]
+    """Each record's demonstrations, as token ids (`record_demos`)."""
+    return [record_demos(r, prefix) for r in records]
 
 
 def cached_demos(records: Sequence[TrainRecord], prefix: Prefix, separator: str,
@@ -96,7 +96,7 @@ def cached_demos(records: Sequence[TrainRecord], prefix: Prefix, separator: str,
 
 
 def _texts(records: Sequence[TrainRecord], separator: str) -> list[str]:
-    """Every text `_demos` reads, in order (what names the cache entry)."""
+    """Every text `record_demos` reads, in order (what names the cache entry)."""
     out = [separator]
     for r in records:
         loc = (r.locality[0][0], _answer(r.locality[0][1])) if r.locality else ("", "")
@@ -126,8 +126,9 @@ def _unpack(saved: dict[str, torch.Tensor]) -> list[list[list[int]]]:
     return out
 
 
-def _demos(r: TrainRecord, prefix: Prefix) -> list[list[int]]:
-    """A record's copy, update and retain demonstrations (those it has the data for)."""
+def record_demos(r: TrainRecord, prefix: Prefix) -> list[list[int]]:
+    """A record's copy, update and retain demonstrations (those it has the data for), in
+    that order; a reading organism's context items are written by it too (lifelong/reading.py)."""
     fact = prefix(r.request.prompt, r.request.target)
     probes = [(r.request.prompt, r.request.target)]
     if r.rephrases:
